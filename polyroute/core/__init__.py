@@ -1,0 +1,1 @@
+"""Ground floor: types, errors, SSE decoding, HTTP plumbing, logging. Private API."""

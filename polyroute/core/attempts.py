@@ -1,0 +1,29 @@
+"""The record of one try at one provider, kept by the router and carried by errors."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(slots=True)
+class Attempt:
+    """One try of one provider entry for one model.
+
+    ``outcome`` is ``"ok"``, ``"failed"``, ``"cancelled"`` or ``"running"``.
+    Times are in milliseconds; ``ttft_ms`` is ``None`` when no text arrived.
+    """
+
+    provider: str
+    model: str
+    outcome: str = "running"
+    error: BaseException | None = None
+    ttft_ms: float | None = None
+    duration_ms: float | None = None
+    chars: int = 0
+
+    def describe(self) -> str:
+        """One line for humans: provider, model, and what went wrong."""
+        text = f"{self.provider} ({self.model}): {self.outcome}"
+        if self.error is not None:
+            text += f" - {type(self.error).__name__}: {self.error}"
+        return text

@@ -1,0 +1,193 @@
+"""The whole polyroute exception tree.
+
+Every exception carries its facts as attributes (``provider``, ``status``,
+``retryable``, ``retry_after``...) so that callers and the router decide on
+fields, never on message text. Messages are redacted: no API key or proxy
+credential can leak through ``str(exc)`` or ``repr(exc)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from polyroute.core.redaction import redact
+
+if TYPE_CHECKING:
+    from polyroute.core.attempts import Attempt
+
+
+class PolyrouteError(Exception):
+    """Base of every error polyroute raises on purpose."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(redact(message))
+
+    @property
+    def message(self) -> str:
+        """The human-readable, redacted message."""
+        return str(self.args[0]) if self.args else ""
+
+
+class ConfigError(PolyrouteError, ValueError):
+    """A configuration is invalid; the message names the offending key path."""
+
+
+class InvalidMessagesError(PolyrouteError, ValueError):
+    """The chat messages given to a provider or router are malformed."""
+
+
+class ModelNotSupportedError(PolyrouteError, ValueError):
+    """A provider (or the whole router) cannot serve the requested model.
+
+    ``provider`` is ``None`` when the router as a whole knows no such model.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        provider: str | None = None,
+        supported: Sequence[str] = (),
+        detail: str | None = None,
+    ) -> None:
+        self.model = model
+        self.provider = provider
+        self.supported = list(supported)
+        where = f"provider {provider!r}" if provider else "this router"
+        message = f"model {model!r} is not supported by {where}"
+        if self.supported:
+            message += f"; valid models: {', '.join(self.supported)}"
+        if detail:
+            message += f" ({detail})"
+        super().__init__(message)
+
+
+class ProviderNotFoundError(PolyrouteError, LookupError):
+    """No provider type of that name is registered."""
+
+    def __init__(self, name: str, known: Sequence[str]) -> None:
+        self.name = name
+        self.known = list(known)
+        super().__init__(
+            f"unknown provider {name!r}; known providers: {', '.join(self.known) or '(none)'}"
+        )
+
+
+class ProviderNotWorkingError(PolyrouteError):
+    """The provider is flagged ``working = False`` and was asked to serve anyway."""
+
+    def __init__(self, provider: str) -> None:
+        self.provider = provider
+        super().__init__(
+            f"provider {provider!r} is marked as not working; "
+            "set working: true in its configuration to use it anyway"
+        )
+
+
+class StreamNotSupportedError(PolyrouteError):
+    """The provider cannot stream, and a stream was requested."""
+
+    def __init__(self, provider: str) -> None:
+        self.provider = provider
+        super().__init__(f"provider {provider!r} does not support streaming")
+
+
+class UpstreamError(PolyrouteError):
+    """An upstream API failed. ``retryable`` says whether trying again may help."""
+
+    default_retryable = True
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        provider: str | None = None,
+        retryable: bool | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        self.provider = provider
+        self.retryable = self.default_retryable if retryable is None else retryable
+        self.retry_after = retry_after
+        where = f"{provider}: " if provider else ""
+        super().__init__(f"{where}{message}")
+
+
+class UpstreamStatusError(UpstreamError):
+    """The upstream answered with a non-2xx HTTP status.
+
+    ``body`` holds a short excerpt of the response body, ``retry_after`` the parsed
+    ``Retry-After`` header in seconds (``None`` when absent).
+    """
+
+    def __init__(
+        self,
+        status: int,
+        *,
+        provider: str | None = None,
+        body: str = "",
+        retry_after: float | None = None,
+        retryable: bool | None = None,
+    ) -> None:
+        self.status = status
+        self.body = redact(body)
+        if retryable is None:
+            retryable = status in (408, 429) or status >= 500
+        message = f"HTTP {status}"
+        if body:
+            message += f": {self.body}"
+        super().__init__(message, provider=provider, retryable=retryable, retry_after=retry_after)
+
+
+class RateLimitedError(UpstreamStatusError):
+    """HTTP 429: retry after ``retry_after`` seconds (when the upstream said)."""
+
+
+class AuthenticationError(UpstreamStatusError):
+    """HTTP 401/403: the credentials were refused. Never retried on the same provider."""
+
+
+class UpstreamConnectionError(UpstreamError):
+    """The connection could not be made or broke (refused, reset, DNS failure)."""
+
+
+class UpstreamTimeout(UpstreamError, TimeoutError):
+    """The upstream did not answer in time (connect, first chunk, idle or total)."""
+
+
+class UpstreamProtocolError(UpstreamError):
+    """The upstream's data does not follow its wire format.
+
+    Not retryable by default: the same upstream tends to send the same garbage.
+    """
+
+    default_retryable = False
+
+
+class AllProvidersFailed(PolyrouteError):
+    """Every candidate provider (and every fallback model) failed.
+
+    ``attempts`` lists each try in order, with its provider, model and error.
+    """
+
+    def __init__(
+        self, model: str, attempts: Sequence[Attempt], reasons: Sequence[str] = ()
+    ) -> None:
+        self.model = model
+        self.attempts = list(attempts)
+        self.reasons = list(reasons)
+        lines = [f"all providers failed for model {model!r}"]
+        lines += [f"  - {attempt.describe()}" for attempt in self.attempts]
+        lines += [f"  - {reason}" for reason in self.reasons]
+        if not self.attempts and not self.reasons:
+            lines.append("  - no provider was tried")
+        super().__init__("\n".join(lines))
+
+
+def describe_error(error: BaseException) -> dict[str, Any]:
+    """Fields of ``error`` fit for a structured log event (type, message, retryable)."""
+    return {
+        "error_type": type(error).__name__,
+        "error": redact(str(error)),
+        "retryable": getattr(error, "retryable", False),
+    }

@@ -1,0 +1,199 @@
+"""HTTP plumbing shared by every provider: session ownership, timeouts, and one
+function that POSTs a request and yields the Server-Sent Events of the answer.
+
+This is the only module that knows aiohttp's exceptions; everything above it sees
+polyroute's typed errors.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import time
+from collections.abc import AsyncGenerator, Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+import aiohttp
+
+from polyroute.core.errors import (
+    AuthenticationError,
+    RateLimitedError,
+    UpstreamConnectionError,
+    UpstreamError,
+    UpstreamProtocolError,
+    UpstreamStatusError,
+    UpstreamTimeout,
+)
+from polyroute.core.sse import DEFAULT_MAX_LINE_BYTES, SSEDecoder, SSEEvent, excerpt
+
+_BODY_EXCERPT_BYTES = 2048
+_BODY_EXCERPT_CHARS = 300
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """Per-request time limits in seconds; ``None`` disables one.
+
+    - ``connect``: opening the TCP (and TLS) connection;
+    - ``first_chunk``: from the request until the first piece of text;
+    - ``idle``: the longest silence between two reads of the response (this covers
+      waiting for the response headers too; keep-alive comments reset it);
+    - ``total``: the whole request, from sending it to the last byte.
+    """
+
+    connect: float | None = 10.0
+    first_chunk: float | None = None
+    idle: float | None = None
+    total: float | None = 600.0
+
+    def merged(self, override: Timeouts | float | None) -> Timeouts:
+        """These timeouts with ``override`` applied (a number replaces ``total``)."""
+        if override is None:
+            return self
+        if isinstance(override, Timeouts):
+            return override
+        return replace(self, total=float(override))
+
+    def for_aiohttp(self) -> aiohttp.ClientTimeout:
+        return aiohttp.ClientTimeout(
+            total=self.total, sock_connect=self.connect, sock_read=self.idle
+        )
+
+
+class SessionOwner:
+    """Owns one ``aiohttp.ClientSession`` (and its connection pool), created lazily
+    inside the running event loop and reused by every request until :meth:`aclose`.
+
+    ``limit`` caps simultaneous connections (``0``: no cap, which suits long-lived
+    streams, where each open stream holds one connection).
+    """
+
+    def __init__(self, *, limit: int = 0, limit_per_host: int = 0) -> None:
+        self._limit = limit
+        self._limit_per_host = limit_per_host
+        self._session: aiohttp.ClientSession | None = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            connector = aiohttp.TCPConnector(
+                limit=self._limit, limit_per_host=self._limit_per_host, ttl_dns_cache=300
+            )
+            self._session = aiohttp.ClientSession(connector=connector)
+        return self._session
+
+    @property
+    def is_open(self) -> bool:
+        return self._session is not None and not self._session.closed
+
+    async def aclose(self) -> None:
+        """Close the session and every pooled connection. Safe to call twice."""
+        session, self._session = self._session, None
+        if session is not None and not session.closed:
+            await session.close()
+
+
+def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header: delta-seconds or an HTTP-date.
+
+    Returns ``None`` for a missing or unparseable value, and never a negative number.
+    """
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        return None
+    current = time.time() if now is None else now
+    return max(0.0, when.timestamp() - current)
+
+
+def status_error(
+    status: int, *, provider: str, body: str = "", headers: Mapping[str, str] | None = None
+) -> UpstreamStatusError:
+    """The typed error for a non-2xx answer: 429 rate limit, 401/403 auth, others by status."""
+    retry_after = parse_retry_after((headers or {}).get("Retry-After"))
+    body = excerpt(body.strip(), _BODY_EXCERPT_CHARS)
+    if status == 429:
+        return RateLimitedError(status, provider=provider, body=body, retry_after=retry_after)
+    if status in (401, 403):
+        return AuthenticationError(status, provider=provider, body=body, retryable=False)
+    return UpstreamStatusError(status, provider=provider, body=body, retry_after=retry_after)
+
+
+async def _raise_for_status(response: aiohttp.ClientResponse, provider: str) -> None:
+    if response.status < 300:
+        return
+    raw = await response.content.read(_BODY_EXCERPT_BYTES)
+    raise status_error(
+        response.status,
+        provider=provider,
+        body=raw.decode("utf-8", "replace"),
+        headers=response.headers,
+    )
+
+
+def _check_content_type(response: aiohttp.ClientResponse, provider: str) -> None:
+    # An HTML error page served with status 200 is a classic proxy/CDN failure mode;
+    # reading it as SSE would only produce a vaguer error later.
+    content_type = response.headers.get("Content-Type")
+    if content_type is None or response.content_type == "text/event-stream":
+        return
+    raise UpstreamProtocolError(
+        f"expected Content-Type text/event-stream, got {content_type!r}", provider=provider
+    )
+
+
+def translate_client_error(error: BaseException, provider: str) -> UpstreamError:
+    """Map an aiohttp or socket exception to polyroute's typed upstream error."""
+    if isinstance(error, TimeoutError):
+        return UpstreamTimeout(f"timed out ({type(error).__name__})", provider=provider)
+    if isinstance(error, aiohttp.ClientPayloadError):
+        return UpstreamConnectionError(f"response body broken off: {error}", provider=provider)
+    if isinstance(error, aiohttp.InvalidURL):
+        return UpstreamConnectionError(f"invalid URL {error}", provider=provider, retryable=False)
+    detail = str(error) or type(error).__name__
+    return UpstreamConnectionError(f"connection failed: {detail}", provider=provider)
+
+
+async def stream_events(
+    session: aiohttp.ClientSession,
+    url: str,
+    *,
+    provider: str,
+    body: Any,
+    headers: Mapping[str, str] | None = None,
+    proxy: str | None = None,
+    timeouts: Timeouts = Timeouts(),
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+) -> AsyncGenerator[SSEEvent, None]:
+    """POST ``body`` as JSON to ``url`` and yield the answer's SSE events as they arrive.
+
+    Raises :class:`UpstreamStatusError` (or a subclass) for non-2xx answers,
+    :class:`UpstreamConnectionError`, :class:`UpstreamTimeout` and
+    :class:`UpstreamProtocolError`. Closing the generator (``aclose()``, ``break`` in
+    an ``async with aclosing(...)``, or cancellation) releases the connection at once.
+    """
+    decoder = SSEDecoder(provider=provider, max_line_bytes=max_line_bytes)
+    try:
+        async with session.post(
+            url, json=body, headers=headers, proxy=proxy, timeout=timeouts.for_aiohttp()
+        ) as response:
+            await _raise_for_status(response, provider)
+            _check_content_type(response, provider)
+            async for data in response.content.iter_any():
+                for event in decoder.feed(data):
+                    yield event
+            for event in decoder.close():
+                yield event
+    except UpstreamError:
+        raise
+    except (TimeoutError, aiohttp.ClientError, OSError) as error:
+        raise translate_client_error(error, provider) from error

@@ -1,0 +1,186 @@
+"""The one incremental Server-Sent-Events decoder.
+
+Fed raw bytes in pieces of any size, it yields the same events whatever the
+chunking. It follows the WHATWG event-stream rules (LF, CR and CRLF line ends;
+``data:`` with or without one space; multi-line data; comments; ``event``, ``id``
+and ``retry`` fields) with two deliberate differences:
+
+- a final event not followed by a blank line is still delivered at end of input
+  (upstreams that close right after their last ``data:`` line are common, and the
+  g4f original lost that event);
+- bytes that are not valid UTF-8, and lines longer than ``max_line_bytes``, raise
+  :class:`UpstreamProtocolError` instead of being replaced or buffered without bound.
+
+Lines are split on bytes before decoding: UTF-8 never uses the bytes of CR or LF
+inside a multi-byte character, so a character split across reads is only ever
+decoded whole.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from polyroute.core.errors import UpstreamProtocolError
+
+DEFAULT_MAX_LINE_BYTES = 1024 * 1024
+_LINE_END = re.compile(rb"\r\n|\r|\n")
+_EXCERPT = 120
+
+
+@dataclass(slots=True, frozen=True)
+class SSEEvent:
+    """One dispatched event. ``event`` defaults to ``"message"``."""
+
+    data: str
+    event: str = "message"
+    id: str | None = None
+    retry: int | None = None
+
+
+def excerpt(text: str | bytes, limit: int = _EXCERPT) -> str:
+    """A short, printable cut of ``text`` for error messages."""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "backslashreplace")
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} chars)"
+
+
+class SSEDecoder:
+    """Incremental decoder: :meth:`feed` bytes as they arrive, :meth:`close` at EOF.
+
+    ``provider`` names the upstream in the errors it raises.
+    """
+
+    __slots__ = (
+        "_data",
+        "_event",
+        "_id",
+        "_pending",
+        "_pending_size",
+        "_retry",
+        "_skip_lf",
+        "_started",
+        "max_line_bytes",
+        "provider",
+    )
+
+    def __init__(
+        self, *, provider: str | None = None, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
+    ) -> None:
+        self.provider = provider
+        self.max_line_bytes = max_line_bytes
+        self._pending: list[bytes] = []
+        self._pending_size = 0
+        self._skip_lf = False
+        self._started = False
+        self._data: list[str] = []
+        self._event = ""
+        self._id: str | None = None
+        self._retry: int | None = None
+
+    def feed(self, chunk: bytes) -> list[SSEEvent]:
+        """Decode ``chunk`` and return the events it completes (often none or one)."""
+        if self._skip_lf:
+            self._skip_lf = False
+            if chunk[:1] == b"\n":
+                chunk = chunk[1:]
+        if b"\n" not in chunk and b"\r" not in chunk:
+            # No line end: keep the piece without joining, so a long line arriving
+            # in many reads is copied once, not once per read.
+            if chunk:
+                self._pending.append(chunk)
+                self._pending_size += len(chunk)
+                if self._pending_size > self.max_line_bytes:
+                    self._raise_line_too_long()
+            return []
+        if self._pending:
+            self._pending.append(chunk)
+            chunk = b"".join(self._pending)
+            self._pending.clear()
+        lines = _LINE_END.split(chunk) if b"\r" in chunk else chunk.split(b"\n")
+        if chunk[-1:] == b"\r":
+            # The LF of a CRLF may come in the next read; it must not count as a blank line.
+            self._skip_lf = True
+        tail = lines.pop()
+        if tail:
+            self._pending.append(tail)
+        self._pending_size = len(tail)
+        if self._pending_size > self.max_line_bytes:
+            self._raise_line_too_long()
+        events: list[SSEEvent] = []
+        for line in lines:
+            if len(line) > self.max_line_bytes:
+                self._raise_line_too_long()
+            self._process_line(line, events)
+        return events
+
+    def close(self) -> list[SSEEvent]:
+        """Signal end of input: return the last event even without a trailing blank line."""
+        events: list[SSEEvent] = []
+        if self._pending:
+            line = b"".join(self._pending)
+            self._pending.clear()
+            self._pending_size = 0
+            self._process_line(line, events)
+        self._dispatch(events)
+        return events
+
+    def _process_line(self, raw: bytes, events: list[SSEEvent]) -> None:
+        if not raw:
+            self._dispatch(events)
+            return
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise UpstreamProtocolError(
+                f"invalid UTF-8 in event stream ({exc.reason} at byte {exc.start}): {excerpt(raw)}",
+                provider=self.provider,
+            ) from None
+        if not self._started:
+            self._started = True
+            line = line.removeprefix("\ufeff")
+        if line.startswith("data"):
+            # The common case first: one split, no dict lookups.
+            if line.startswith("data: "):
+                self._data.append(line[6:])
+                return
+            if line.startswith("data:"):
+                self._data.append(line[5:])
+                return
+        field, colon, value = line.partition(":")
+        if not field:
+            return  # a comment line (starts with ':'), kept alive by some upstreams
+        if colon and value.startswith(" "):
+            value = value[1:]
+        if field == "data":
+            self._data.append(value)
+        elif field == "event":
+            self._event = value
+        elif field == "id" and "\0" not in value:
+            self._id = value
+        elif field == "retry" and value.isascii() and value.isdigit():
+            self._retry = int(value)
+        # Unknown fields are ignored, as the SSE specification requires.
+
+    def _dispatch(self, events: list[SSEEvent]) -> None:
+        if self._data:
+            events.append(
+                SSEEvent(
+                    data="\n".join(self._data),
+                    event=self._event or "message",
+                    id=self._id,
+                    retry=self._retry,
+                )
+            )
+            self._data = []
+        # The id persists across events (it is the "last event id"); the type does not.
+        self._event = ""
+        self._retry = None
+
+    def _raise_line_too_long(self) -> None:
+        self._pending.clear()
+        self._pending_size = 0
+        raise UpstreamProtocolError(
+            f"event stream line longer than {self.max_line_bytes} bytes; refusing to buffer it",
+            provider=self.provider,
+        )

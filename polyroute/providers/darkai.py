@@ -1,0 +1,65 @@
+"""DarkAI (darkai.foundation): a prompt-format upstream streaming JSON over SSE.
+
+Specified by the g4f-derived seed ``shared/seeds/000_4c44414efa0ec245.txt``. The
+real service is gone, so ``working`` is False; a configuration can turn it on for
+a compatible endpoint. Wire format, per event::
+
+    data: {"event": "text-chunk", "data": {"text": "Hel"}}
+    data: {"event": "stream-end", ...}
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from polyroute.core.errors import UpstreamProtocolError
+from polyroute.core.logging import get_logger
+from polyroute.core.messages import Message, format_prompt
+from polyroute.core.sse import SSEEvent, excerpt
+from polyroute.providers.base import STREAM_END, AsyncGeneratorProvider, ParseResult
+
+_log = get_logger()
+
+
+class DarkAI(AsyncGeneratorProvider):
+    """The DarkAI upstream: ``{"query": prompt, "model": model}`` in, text chunks out."""
+
+    name = "darkai"
+    url = "https://darkai.foundation/chat"
+    api_endpoint = "https://darkai.foundation/chat"
+    working = False
+    default_model = "llama-3-70b"
+    models = ["gpt-4o", "gpt-3.5-turbo", "llama-3-70b"]
+    model_aliases = {"llama-3.1-70b": "llama-3-70b"}
+    headers = {
+        "accept": "text/event-stream",
+        "content-type": "application/json",
+        "user-agent": (
+            "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 "
+            "(KHTML, like Gecko) Chrome/126.0.0.0 Safari/537.36"
+        ),
+    }
+    end_event_name = "stream-end"
+
+    def build_request(self, model: str, messages: list[Message], **kwargs: Any) -> Any:
+        return {"query": format_prompt(messages), "model": model}
+
+    def parse_event(self, event: SSEEvent) -> ParseResult:
+        try:
+            payload = json.loads(event.data)
+            kind = payload["event"]
+            if kind == "text-chunk":
+                text = payload["data"]["text"]
+                if isinstance(text, str):
+                    return text
+                raise TypeError("text is not a string")
+        except (ValueError, KeyError, TypeError) as error:
+            raise UpstreamProtocolError(
+                f"malformed event ({type(error).__name__}: {error}): {excerpt(event.data)}",
+                provider=self.entry_name,
+            ) from None
+        if kind == "stream-end":
+            return STREAM_END
+        _log.debug("provider.unknown_event", provider=self.entry_name, upstream_event=str(kind))
+        return None

@@ -1,0 +1,1 @@
+"""Second floor: routing, retries, fallback and health. Private API."""

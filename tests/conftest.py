@@ -1,0 +1,23 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from tests.upstreams.darkai import DarkAIUpstream
+from tests.upstreams.proxy import RecordingProxy
+
+
+@pytest.fixture
+async def darkai_upstream() -> AsyncIterator[DarkAIUpstream]:
+    """A DarkAI-format server on 127.0.0.1, healthy unless a test scripts it."""
+    server = await DarkAIUpstream().start()
+    yield server
+    await server.stop()
+
+
+@pytest.fixture
+async def recording_proxy() -> AsyncIterator[RecordingProxy]:
+    proxy = await RecordingProxy().start()
+    yield proxy
+    await proxy.stop()

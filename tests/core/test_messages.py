@@ -1,0 +1,62 @@
+from __future__ import annotations
+
+import pytest
+from pydantic import BaseModel
+
+from polyroute import InvalidMessagesError, Message, format_prompt
+from polyroute.core.messages import normalize_messages
+
+
+def test_single_message_gives_its_content_unchanged() -> None:
+    assert (
+        format_prompt([{"role": "user", "content": "Hello, how are you?"}]) == "Hello, how are you?"
+    )
+
+
+def test_several_messages_give_role_lines_and_assistant_cue() -> None:
+    prompt = format_prompt(
+        [
+            {"role": "system", "content": "Be kind."},
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello!"},
+            {"role": "user", "content": "Joke?"},
+        ]
+    )
+    assert prompt == "System: Be kind.\nUser: Hi\nAssistant: Hello!\nUser: Joke?\nAssistant:"
+
+
+def test_empty_list_is_a_value_error_with_a_clear_message() -> None:
+    with pytest.raises(ValueError, match="messages must not be empty"):
+        format_prompt([])
+
+
+def test_pydantic_models_are_accepted() -> None:
+    class Custom(BaseModel):
+        role: str
+        content: str
+
+    messages = [Custom(role="user", content="a"), Message(role="assistant", content="b")]
+    assert format_prompt(messages) == "User: a\nAssistant: b\nAssistant:"
+
+
+@pytest.mark.parametrize(
+    ("messages", "fragment"),
+    [
+        ([{"role": "robot", "content": "x"}], "message 0.role"),
+        ([{"role": "user"}], "message 0.content"),
+        (
+            [{"role": "user", "content": "ok"}, {"role": "user", "content": None}],
+            "message 1.content",
+        ),
+        ("Hello", "must be a list"),
+        ([], "must not be empty"),
+    ],
+)
+def test_invalid_messages_name_the_problem(messages: object, fragment: str) -> None:
+    with pytest.raises(InvalidMessagesError, match=fragment):
+        normalize_messages(messages)  # type: ignore[arg-type]
+
+
+def test_extra_keys_are_kept() -> None:
+    (message,) = normalize_messages([{"role": "user", "content": "x", "name": "bob"}])
+    assert message.model_dump() == {"role": "user", "content": "x", "name": "bob"}
