@@ -25,6 +25,16 @@ from polyroute.core.errors import (
 from polyroute.core.http import Timeouts
 from polyroute.core.logging import configure_logging
 from polyroute.core.messages import Message, Messages, format_prompt
+from polyroute.router.config import (
+    CooldownConfig,
+    ProviderEntry,
+    RetryConfig,
+    RouterConfig,
+    TimeoutsConfig,
+    load_config,
+)
+from polyroute.router.health import HealthStore, InMemoryHealth
+from polyroute.router.router import Router, RouterStream
 
 __version__ = "0.1.0"
 
@@ -33,16 +43,25 @@ __all__ = [
     "Attempt",
     "AuthenticationError",
     "ConfigError",
+    "CooldownConfig",
+    "HealthStore",
+    "InMemoryHealth",
     "InvalidMessagesError",
     "Message",
     "Messages",
     "ModelNotSupportedError",
     "PolyrouteError",
+    "ProviderEntry",
     "ProviderNotFoundError",
     "ProviderNotWorkingError",
     "RateLimitedError",
+    "RetryConfig",
+    "Router",
+    "RouterConfig",
+    "RouterStream",
     "StreamNotSupportedError",
     "Timeouts",
+    "TimeoutsConfig",
     "UpstreamConnectionError",
     "UpstreamError",
     "UpstreamProtocolError",
@@ -51,4 +70,5 @@ __all__ = [
     "__version__",
     "configure_logging",
     "format_prompt",
+    "load_config",
 ]

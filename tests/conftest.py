@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
@@ -21,3 +21,18 @@ async def recording_proxy() -> AsyncIterator[RecordingProxy]:
     proxy = await RecordingProxy().start()
     yield proxy
     await proxy.stop()
+
+
+@pytest.fixture
+async def start_darkai() -> AsyncIterator[Callable[[], Awaitable[DarkAIUpstream]]]:
+    """Factory: start as many DarkAI-format servers as a test needs (each on its own port)."""
+    servers: list[DarkAIUpstream] = []
+
+    async def start() -> DarkAIUpstream:
+        server = await DarkAIUpstream().start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        await server.stop()

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 
 @dataclass(slots=True)
@@ -11,6 +12,7 @@ class Attempt:
 
     ``outcome`` is ``"ok"``, ``"failed"``, ``"cancelled"`` or ``"running"``.
     Times are in milliseconds; ``ttft_ms`` is ``None`` when no text arrived.
+    ``started`` is a ``time.perf_counter()`` reading, for ordering attempts in time.
     """
 
     provider: str
@@ -20,6 +22,11 @@ class Attempt:
     ttft_ms: float | None = None
     duration_ms: float | None = None
     chars: int = 0
+    started: float = field(default_factory=time.perf_counter, repr=False)
+
+    def elapsed_ms(self) -> float:
+        """Milliseconds since the attempt started."""
+        return round((time.perf_counter() - self.started) * 1000, 3)
 
     def describe(self) -> str:
         """One line for humans: provider, model, and what went wrong."""

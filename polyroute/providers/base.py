@@ -23,7 +23,7 @@ from typing import Any, ClassVar, Final, Generic, TypeVar
 from polyroute.core.errors import ModelNotSupportedError, UpstreamProtocolError, UpstreamTimeout
 from polyroute.core.http import SessionOwner, Timeouts, stream_events
 from polyroute.core.messages import Message, Messages, normalize_messages
-from polyroute.core.redaction import redact
+from polyroute.core.redaction import redact, register_secret
 from polyroute.core.sse import SSEEvent
 
 _R = TypeVar("_R")
@@ -126,6 +126,7 @@ class AsyncGeneratorProvider(BaseProvider):
         models: list[str] | None = None,
         model_aliases: dict[str, str] | None = None,
         connection_limit: int = 0,
+        api_key: str | None = None,
     ) -> None:
         self.entry_name = name or type(self).name or type(self).__name__
         if api_endpoint is not None:
@@ -133,6 +134,9 @@ class AsyncGeneratorProvider(BaseProvider):
         self.timeouts = type(self).timeouts.merged(timeout)
         self.proxy = proxy
         self.headers = {**type(self).headers, **(headers or {})}
+        if api_key:
+            register_secret(api_key)
+            self.headers.update(self.auth_headers(api_key))
         if working is not None:
             self.working = working
         if default_model is not None:
@@ -163,6 +167,10 @@ class AsyncGeneratorProvider(BaseProvider):
 
     # What a provider module fills in -----------------------------------------
 
+    def auth_headers(self, api_key: str) -> dict[str, str]:
+        """Headers that carry ``api_key``; bearer authentication unless overridden."""
+        return {"Authorization": f"Bearer {api_key}"}
+
     def build_request(self, model: str, messages: list[Message], **kwargs: Any) -> Any:
         """The JSON body for ``model`` and the validated ``messages``."""
         raise NotImplementedError
@@ -183,7 +191,7 @@ class AsyncGeneratorProvider(BaseProvider):
         messages: Messages,
         proxy: str | None = None,
         **kwargs: Any,
-    ) -> AsyncIterator[str]:
+    ) -> AsyncGenerator[str, None]:
         """Stream the answer to ``messages`` from ``model`` as text pieces, as they arrive.
 
         Keyword overrides ``api_endpoint=`` and ``timeout=`` (seconds in all, or a

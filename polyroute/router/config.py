@@ -1,0 +1,171 @@
+"""Router configuration: pydantic models, and loaders for YAML, TOML, JSON and dicts.
+
+All loaders produce the same :class:`RouterConfig`; a validation error becomes a
+:class:`ConfigError` naming the key path (``providers.1.priority``).
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from polyroute.core.errors import ConfigError
+from polyroute.core.http import Timeouts
+
+
+class _Strict(BaseModel):
+    # Unknown keys are errors: a typo like `priorty` must not be ignored silently.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TimeoutsConfig(_Strict):
+    """Per-attempt time limits in seconds; ``null`` disables one."""
+
+    connect: float | None = Field(10.0, gt=0, description="opening the connection")
+    first_chunk: float | None = Field(30.0, gt=0, description="request sent -> first text")
+    idle: float | None = Field(60.0, gt=0, description="longest silence between reads")
+    total: float | None = Field(600.0, gt=0, description="the whole attempt")
+
+    def to_timeouts(self) -> Timeouts:
+        return Timeouts(
+            connect=self.connect, first_chunk=self.first_chunk, idle=self.idle, total=self.total
+        )
+
+
+class PartialTimeouts(_Strict):
+    """A provider entry's overrides of the router-wide timeouts."""
+
+    connect: float | None = Field(None, gt=0)
+    first_chunk: float | None = Field(None, gt=0)
+    idle: float | None = Field(None, gt=0)
+    total: float | None = Field(None, gt=0)
+
+
+class RetryConfig(_Strict):
+    """Retries of retryable errors on the same provider, before moving on."""
+
+    attempts: int = Field(2, ge=1, description="tries per provider; 1 disables retries")
+    backoff_initial: float = Field(0.2, ge=0, description="seconds before the first retry")
+    backoff_max: float = Field(5.0, ge=0, description="cap of the exponential backoff")
+    max_retry_after: float = Field(
+        30.0, ge=0, description="a longer Retry-After moves on to the next provider instead"
+    )
+
+
+class CooldownConfig(_Strict):
+    """Skip a provider entry for ``seconds`` after ``failures`` consecutive failures."""
+
+    failures: int = Field(3, ge=1)
+    seconds: float = Field(30.0, ge=0)
+
+
+class ProviderEntry(_Strict):
+    """One configured provider: a registry ``type`` plus overrides of its class attributes."""
+
+    name: str = Field(min_length=1, description="unique entry name, used in events and errors")
+    type: str = Field(min_length=1, description="registry type name, e.g. darkai")
+    priority: int = Field(0, description="lower is tried first; ties keep list order")
+    working: bool | None = Field(None, description="overrides the class's working flag")
+    api_endpoint: str | None = None
+    base_url: str | None = None
+    api_key_env: str | None = Field(None, description="environment variable holding the key")
+    proxy: str | None = None
+    headers: dict[str, str] = Field(default_factory=dict)
+    default_model: str | None = None
+    models: list[str] | None = None
+    model_aliases: dict[str, str] | None = None
+    timeouts: PartialTimeouts = PartialTimeouts()
+    connection_limit: int = Field(0, ge=0, description="0: no cap on open connections")
+
+    def __repr_args__(self) -> Any:
+        # proxy URLs and headers may hold credentials: keep them out of reprs.
+        for key, value in super().__repr_args__():
+            if key in ("proxy", "headers") and value:
+                yield key, "***"
+            else:
+                yield key, value
+
+
+class RouterSettings(_Strict):
+    """Everything but the providers: shared by config files and ``Router(...)`` in code."""
+
+    aliases: dict[str, str] = Field(default_factory=dict)
+    fallbacks: dict[str, list[str]] = Field(default_factory=dict)
+    retry: RetryConfig = RetryConfig()
+    timeouts: TimeoutsConfig = TimeoutsConfig()
+    cooldown: CooldownConfig = CooldownConfig()
+
+    @model_validator(mode="after")
+    def _aliases_terminate(self) -> RouterSettings:
+        for start in self.aliases:
+            seen = [start]
+            name = start
+            while name in self.aliases:
+                name = self.aliases[name]
+                if name in seen:
+                    raise ValueError(f"alias cycle: {' -> '.join([*seen, name])}")
+                seen.append(name)
+        return self
+
+
+class RouterConfig(RouterSettings):
+    """The whole router configuration (see docs/router.md for every key)."""
+
+    providers: list[ProviderEntry] = Field(min_length=1)
+
+
+_M = TypeVar("_M", bound=BaseModel)
+
+
+def validate(model: type[_M], data: Any, origin: str = "config") -> _M:
+    """``model.model_validate(data)``, with errors as one :class:`ConfigError` naming key paths."""
+    if isinstance(data, model):
+        return data
+    try:
+        return model.model_validate(data)
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in item['loc']) or '(top level)'}: {item['msg']}"
+            for item in error.errors()
+        )
+        raise ConfigError(f"invalid {origin}: {problems}") from None
+
+
+def load_config(source: RouterConfig | Mapping[str, Any] | str | Path) -> RouterConfig:
+    """Build a :class:`RouterConfig` from a model, a dict, or a ``.yaml``/``.toml``/``.json`` file.
+
+    Raises :class:`ConfigError` naming the file and the key path of every problem.
+    """
+    if isinstance(source, str | Path):
+        return validate(RouterConfig, _read_file(Path(source)), str(source))
+    return validate(RouterConfig, source)
+
+
+_PARSERS: dict[str, Any] = {
+    ".yaml": yaml.safe_load,
+    ".yml": yaml.safe_load,
+    ".toml": tomllib.loads,
+    ".json": json.loads,
+}
+
+
+def _read_file(path: Path) -> Any:
+    parse = _PARSERS.get(path.suffix.lower())
+    if parse is None:
+        raise ConfigError(
+            f"unknown config format {path.suffix!r} for {path}; use .yaml, .toml or .json"
+        )
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise ConfigError(f"cannot read config {path}: {error.strerror or error}") from None
+    try:
+        return parse(text)
+    except (yaml.YAMLError, tomllib.TOMLDecodeError, json.JSONDecodeError) as error:
+        raise ConfigError(f"cannot parse {path}: {error}") from None

@@ -1,0 +1,129 @@
+"""Cooldown and half-open recovery, with a fake clock."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+import pytest
+from structlog.testing import capture_logs
+
+from polyroute import AllProvidersFailed, InMemoryHealth, Router
+from tests.router.helpers import FakeSleep, collect, entry
+from tests.upstreams.darkai import DarkAIScript, DarkAIUpstream
+
+Start = Callable[[], Awaitable[DarkAIUpstream]]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_circuit_opens_after_consecutive_failures_and_half_opens_for_one_probe() -> None:
+    clock = Clock()
+    health = InMemoryHealth(failures=2, seconds=30, clock=clock)
+    assert health.record_failure("a") is False
+    assert health.state("a") == "closed"
+    assert health.record_failure("a") is True
+    assert health.state("a") == "open"
+    assert health.admit("a") is False
+    clock.now += 30
+    assert health.state("a") == "half-open"
+    assert health.admit("a") is True
+    assert health.admit("a") is False  # the one probe is taken
+    health.record_success("a")
+    assert health.state("a") == "closed"
+    assert health.failures("a") == 0
+
+
+def test_failed_probe_reopens_and_a_cancelled_probe_is_released() -> None:
+    clock = Clock()
+    health = InMemoryHealth(failures=1, seconds=10, clock=clock)
+    health.record_failure("a")
+    clock.now += 10
+    assert health.admit("a")
+    assert health.record_failure("a") is True
+    assert health.state("a") == "open"
+    clock.now += 10
+    assert health.admit("a")
+    health.release("a")
+    assert health.admit("a")
+
+
+def test_a_success_resets_the_count() -> None:
+    health = InMemoryHealth(failures=2, seconds=10)
+    health.record_failure("a")
+    health.record_success("a")
+    assert health.record_failure("a") is False
+
+
+async def test_cooling_entry_is_skipped_then_probed_and_recovers(start_darkai: Start) -> None:
+    flaky, steady = await start_darkai(), await start_darkai()
+    flaky.default = DarkAIScript(status=503)
+    clock = Clock()
+    health = InMemoryHealth(failures=2, seconds=30, clock=clock)
+    config = {
+        "providers": [entry("flaky", flaky), entry("steady", steady)],
+        "retry": {"attempts": 1},
+    }
+    async with Router.from_config(config, health=health, sleep=FakeSleep()) as router:
+        with capture_logs() as logs:
+            for _ in range(2):
+                _, stream = await collect(router)
+                assert stream.provider == "steady"
+        assert [log["provider"] for log in logs if log["event"] == "provider.cooldown"] == ["flaky"]
+        assert health.state("flaky") == "open"
+
+        _, stream = await collect(router)  # skipped while cooling down: no request reaches it
+        assert [a.provider for a in stream.attempts] == ["steady"]
+        assert len(flaky.requests) == 2
+
+        clock.now += 30
+        flaky.default = DarkAIScript()  # it recovered
+        _, stream = await collect(router)
+        assert stream.provider == "flaky"
+        assert health.state("flaky") == "closed"
+
+
+async def test_cooling_down_is_reported_when_nothing_else_is_left(start_darkai: Start) -> None:
+    server = await start_darkai()
+    server.default = DarkAIScript(status=500)
+    config = {
+        "providers": [entry("only", server)],
+        "retry": {"attempts": 1},
+        "cooldown": {"failures": 1},
+    }
+    async with Router.from_config(config, sleep=FakeSleep()) as router:
+        with pytest.raises(AllProvidersFailed):
+            await collect(router)
+        with pytest.raises(AllProvidersFailed, match=r"only \(gpt-4o\): cooling down") as caught:
+            await collect(router)
+    assert caught.value.attempts == []
+    assert len(server.requests) == 1
+
+
+async def test_client_errors_do_not_cool_an_entry_down(start_darkai: Start) -> None:
+    server = await start_darkai()
+    server.default = DarkAIScript(status=400)
+    health = InMemoryHealth(failures=1, seconds=30)
+    async with Router.from_config({"providers": [entry("a", server)]}, health=health) as router:
+        with pytest.raises(AllProvidersFailed):
+            await collect(router)
+    assert health.state("a") == "closed"
+
+
+async def test_retries_stop_once_the_entry_starts_cooling_down(start_darkai: Start) -> None:
+    server = await start_darkai()
+    server.default = DarkAIScript(status=503)
+    config = {
+        "providers": [entry("a", server)],
+        "retry": {"attempts": 5},
+        "cooldown": {"failures": 2},
+    }
+    async with Router.from_config(config, sleep=FakeSleep()) as router:
+        with pytest.raises(AllProvidersFailed):
+            await collect(router)
+    assert len(server.requests) == 2
