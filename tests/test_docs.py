@@ -5,33 +5,87 @@ from __future__ import annotations
 import asyncio
 import re
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import pytest
+import yaml
+
+from polyroute import Router
 from tests.upstreams.darkai import DarkAIUpstream
 
 ROOT = Path(__file__).resolve().parent.parent
+Start = Callable[[], Awaitable[DarkAIUpstream]]
 
 
-def python_blocks(path: Path) -> list[str]:
-    return re.findall(r"```python\n(.*?)```", path.read_text(), flags=re.DOTALL)
+def blocks(path: Path, language: str) -> list[str]:
+    return re.findall(rf"```{language}\n(.*?)```", path.read_text(), flags=re.DOTALL)
 
 
-async def test_readme_provider_example_streams_from_a_local_server(
-    darkai_upstream: DarkAIUpstream,
-) -> None:
-    (example,) = python_blocks(ROOT / "README.md")
-    code = example.replace("http://127.0.0.1:8081/chat", darkai_upstream.url)
+def local(code: str, *servers: DarkAIUpstream) -> str:
+    for port, server in zip((8081, 8082), servers, strict=False):
+        code = code.replace(f"http://127.0.0.1:{port}/chat", server.url)
+    return code
+
+
+async def run_python(code: str, cwd: Path | None = None) -> str:
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", code, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        sys.executable,
+        "-c",
+        code,
+        cwd=cwd,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     out, err = await asyncio.wait_for(process.communicate(), 60)
     assert process.returncode == 0, err.decode()
-    assert out.decode() == "Hello, world!"
-    assert darkai_upstream.requests[0].body == {"query": "Tell me a joke.", "model": "gpt-4o"}
+    return out.decode()
+
+
+async def test_readme_provider_example_streams_from_a_local_server(start_darkai: Start) -> None:
+    server = await start_darkai()
+    example = next(b for b in blocks(ROOT / "README.md", "python") if "DarkAI(" in b)
+    assert await run_python(local(example, server)) == "Hello, world!"
+    assert server.requests[0].body == {"query": "Tell me a joke.", "model": "gpt-4o"}
+
+
+async def test_readme_router_example_streams_through_the_router(start_darkai: Start) -> None:
+    first, second = await start_darkai(), await start_darkai()
+    example = next(b for b in blocks(ROOT / "README.md", "python") if "Router" in b)
+    output = await run_python(local(example, first, second))
+    assert output == "Hello, world!\n[dark, gpt-4o, 1 attempt(s)]\n"
+
+
+@pytest.mark.parametrize("index", range(len(blocks(ROOT / "docs" / "router.md", "yaml"))))
+async def test_router_guide_configs_load_and_route(start_darkai: Start, index: int) -> None:
+    first, second = await start_darkai(), await start_darkai()
+    text = local(blocks(ROOT / "docs" / "router.md", "yaml")[index], first, second)
+    config = yaml.safe_load(text)
+    for provider in config["providers"]:
+        provider["working"] = True  # the reference block shows one entry left at its class flag
+    async with Router.from_config(config) as router:
+        model = "cheap" if "cheap" in config.get("aliases", {}) else "gpt-4o"
+        assert await router.complete(model, [{"role": "user", "content": "Hi"}]) == "Hello, world!"
+
+
+async def test_router_guide_example_runs_with_the_reference_config(
+    start_darkai: Start, tmp_path: Path
+) -> None:
+    first, second = await start_darkai(), await start_darkai()
+    guide = ROOT / "docs" / "router.md"
+    reference = local(blocks(guide, "yaml")[0], first, second)
+    (tmp_path / "routes.yaml").write_text(reference)
+    output = await run_python(blocks(guide, "python")[0], cwd=tmp_path)
+    lines = output.splitlines()
+    assert lines[0] == "Hello, world!dark"
+    assert lines[1] == "gpt-4o"
+    assert "provider='dark'" in lines[2]
+    assert "outcome='ok'" in lines[2]
+    assert lines[3] == "Hello, world!"
 
 
 def test_provider_guide_example_is_a_working_provider() -> None:
-    (example,) = python_blocks(ROOT / "docs" / "providers.md")
+    (example,) = blocks(ROOT / "docs" / "providers.md", "python")
     namespace: dict[str, object] = {}
     exec(compile(example, "docs/providers.md", "exec"), namespace)
     echo = namespace["Echo"]
