@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from pydantic import ValidationError
+
 from polyroute.core.redaction import redact
 
 if TYPE_CHECKING:
@@ -182,6 +184,14 @@ class AllProvidersFailed(PolyrouteError):
         if not self.attempts and not self.reasons:
             lines.append("  - no provider was tried")
         super().__init__("\n".join(lines))
+
+
+def describe_validation_error(error: ValidationError, prefix: str = "") -> str:
+    """One line per problem of a pydantic error: ``prefix`` + key path, then what is wrong."""
+    return "; ".join(
+        f"{prefix}{'.'.join(str(part) for part in item['loc']) or '(top level)'}: {item['msg']}"
+        for item in error.errors()
+    )
 
 
 def describe_error(error: BaseException) -> dict[str, Any]:

@@ -7,7 +7,7 @@ from typing import Any, Literal, TypeAlias
 
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 
-from polyroute.core.errors import InvalidMessagesError
+from polyroute.core.errors import InvalidMessagesError, describe_validation_error
 
 Role: TypeAlias = Literal["system", "user", "assistant", "tool", "developer"]
 
@@ -51,11 +51,8 @@ def normalize_messages(messages: Messages) -> list[Message]:
     ]
     try:
         return _MESSAGE_LIST.validate_python(raw)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"message {'.'.join(str(part) for part in error['loc'])}: {error['msg']}"
-            for error in exc.errors()
-        )
+    except ValidationError as error:
+        problems = describe_validation_error(error, prefix="message ")
         raise InvalidMessagesError(f"invalid messages: {problems}") from None
 
 

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from polyroute.core.errors import ConfigError
+from polyroute.core.errors import ConfigError, describe_validation_error
 from polyroute.core.http import Timeouts
 
 
@@ -130,11 +130,7 @@ def validate(model: type[_M], data: Any, origin: str = "config") -> _M:
     try:
         return model.model_validate(data)
     except ValidationError as error:
-        problems = "; ".join(
-            f"{'.'.join(str(part) for part in item['loc']) or '(top level)'}: {item['msg']}"
-            for item in error.errors()
-        )
-        raise ConfigError(f"invalid {origin}: {problems}") from None
+        raise ConfigError(f"invalid {origin}: {describe_validation_error(error)}") from None
 
 
 def load_config(source: RouterConfig | Mapping[str, Any] | str | Path) -> RouterConfig:

@@ -14,7 +14,7 @@ import os
 import time
 import uuid
 import weakref
-from collections.abc import AsyncGenerator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -151,59 +151,42 @@ class RouterStream:
             candidates=[candidate.name for candidate in candidates],
         )
         reasons: list[str] = []
-        previous: Candidate | None = None
         try:
-            for index, model in enumerate(self._chain):
-                if index:
-                    candidates, excluded = router.policy.candidates(model, router.health)
-                reasons += excluded
-                for candidate in candidates:
-                    if previous is not None:
+            for candidate in self._walk(candidates, excluded, reasons, log):
+                opened = await self._open(candidate, log)
+                if opened is None:
+                    continue
+                generator, first, attempt = opened
+                self.provider, self.model = candidate.name, candidate.upstream_model
+                try:
+                    if first is not None:
                         log.info(
-                            "route.fallback",
-                            from_provider=previous.name,
-                            from_model=previous.model,
-                            to_provider=candidate.name,
-                            to_model=candidate.model,
+                            "stream.first_chunk",
+                            provider=candidate.name,
+                            model=candidate.upstream_model,
+                            ttft_ms=attempt.ttft_ms,
                         )
-                    previous = candidate
-                    if not router.health.admit(candidate.name):
-                        reasons.append(f"{candidate.name} ({model}): cooling down")
-                        continue
-                    opened = await self._open(candidate, log)
-                    if opened is None:
-                        continue
-                    generator, first, attempt = opened
-                    self.provider, self.model = candidate.name, candidate.upstream_model
-                    try:
-                        if first is not None:
-                            log.info(
-                                "stream.first_chunk",
-                                provider=candidate.name,
-                                model=candidate.upstream_model,
-                                ttft_ms=attempt.ttft_ms,
-                            )
-                            self._parts.append(first)
-                            yield first
-                            async for text in generator:
-                                self._parts.append(text)
-                                yield text
-                    except PolyrouteError as error:
-                        # Text already reached the caller: raise, keeping the partial text.
-                        self._fail(attempt, candidate, error, log)
-                        log.warning(
-                            "route.failed",
-                            model=self.requested_model,
-                            attempts=len(self.attempts),
-                            chars=sum(map(len, self._parts)),
-                            duration_ms=_ms(started),
-                            **describe_error(error),
-                        )
-                        raise
-                    finally:
-                        await generator.aclose()
-                    self._succeed(attempt, candidate, log, started)
-                    return
+                        self._parts.append(first)
+                        yield first
+                        async for text in generator:
+                            self._parts.append(text)
+                            yield text
+                except PolyrouteError as error:
+                    # Text already reached the caller: raise, keeping the partial text.
+                    self._fail(attempt, candidate, error, log)
+                    log.warning(
+                        "route.failed",
+                        model=self.requested_model,
+                        attempts=len(self.attempts),
+                        chars=sum(map(len, self._parts)),
+                        duration_ms=_ms(started),
+                        **describe_error(error),
+                    )
+                    raise
+                finally:
+                    await generator.aclose()
+                self._succeed(attempt, candidate, log, started)
+                return
         except (GeneratorExit, asyncio.CancelledError):
             self._cancel(log, started)
             raise
@@ -217,6 +200,37 @@ class RouterStream:
             error_type="AllProvidersFailed",
         )
         raise exhausted
+
+    def _walk(
+        self,
+        candidates: list[Candidate],
+        excluded: list[str],
+        reasons: list[str],
+        log: Any,
+    ) -> Iterator[Candidate]:
+        """Admitted candidates across the model chain, in order; the first model's
+        ``candidates`` and ``excluded`` are given, the rest computed when reached.
+        Appends to ``reasons`` why each skipped entry was skipped."""
+        router = self._router
+        previous: Candidate | None = None
+        for index, model in enumerate(self._chain):
+            if index:
+                candidates, excluded = router.policy.candidates(model, router.health)
+            reasons += excluded
+            for candidate in candidates:
+                if previous is not None:
+                    log.info(
+                        "route.fallback",
+                        from_provider=previous.name,
+                        from_model=previous.model,
+                        to_provider=candidate.name,
+                        to_model=candidate.model,
+                    )
+                previous = candidate
+                if router.health.admit(candidate.name):
+                    yield candidate
+                else:
+                    reasons.append(f"{candidate.name} ({model}): cooling down")
 
     async def _open(
         self, candidate: Candidate, log: Any
