@@ -4,12 +4,14 @@ The public API is what this module exports (``__all__``) plus ``polyroute.provid
 every other module is private and may change without notice.
 """
 
-from polyroute.core.attempts import Attempt
+from polyroute.core.attempts import Attempt, StreamReport
 from polyroute.core.errors import (
     AllProvidersFailed,
     AuthenticationError,
     ConfigError,
+    ContextLengthExceededError,
     InvalidMessagesError,
+    InvalidRequestError,
     ModelNotSupportedError,
     PolyrouteError,
     ProviderNotFoundError,
@@ -43,10 +45,12 @@ __all__ = [
     "Attempt",
     "AuthenticationError",
     "ConfigError",
+    "ContextLengthExceededError",
     "CooldownConfig",
     "HealthStore",
     "InMemoryHealth",
     "InvalidMessagesError",
+    "InvalidRequestError",
     "Message",
     "Messages",
     "ModelNotSupportedError",
@@ -60,6 +64,7 @@ __all__ = [
     "RouterConfig",
     "RouterStream",
     "StreamNotSupportedError",
+    "StreamReport",
     "Timeouts",
     "TimeoutsConfig",
     "UpstreamConnectionError",

@@ -5,6 +5,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 
 from tests.upstreams.darkai import DarkAIUpstream
+from tests.upstreams.openai import OpenAIUpstream
 from tests.upstreams.proxy import RecordingProxy
 
 
@@ -12,6 +13,14 @@ from tests.upstreams.proxy import RecordingProxy
 async def darkai_upstream() -> AsyncIterator[DarkAIUpstream]:
     """A DarkAI-format server on 127.0.0.1, healthy unless a test scripts it."""
     server = await DarkAIUpstream().start()
+    yield server
+    await server.stop()
+
+
+@pytest.fixture
+async def openai_upstream() -> AsyncIterator[OpenAIUpstream]:
+    """An OpenAI-format server on 127.0.0.1, healthy unless a test scripts it."""
+    server = await OpenAIUpstream().start()
     yield server
     await server.stop()
 

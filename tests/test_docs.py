@@ -89,11 +89,13 @@ def test_provider_guide_example_is_a_working_provider() -> None:
     namespace: dict[str, object] = {}
     exec(compile(example, "docs/providers.md", "exec"), namespace)
     echo = namespace["Echo"]
+    from polyroute.core.attempts import StreamReport
     from polyroute.core.sse import SSEEvent
     from polyroute.providers import STREAM_END
 
     provider = echo()  # type: ignore[operator]
     assert provider.get_model("echo") == "echo-1"
-    assert provider.parse_event(SSEEvent('{"text": "hi"}')) == "hi"
-    assert provider.parse_event(SSEEvent("[DONE]")) is STREAM_END
+    report = StreamReport()
+    assert provider.parse_event(SSEEvent('{"text": "hi"}'), report) == "hi"
+    assert provider.parse_event(SSEEvent("[DONE]"), report) is STREAM_END
     assert len(example.splitlines()) < 40

@@ -1,9 +1,23 @@
-"""The record of one try at one provider, kept by the router and carried by errors."""
+"""Records of one try at one provider: what the upstream reported, and how it went."""
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(slots=True)
+class StreamReport:
+    """What an upstream says about its answer besides the text.
+
+    Filled in by the provider while streaming (pass one as ``report=`` to
+    ``create_async_generator``): ``finish_reason`` (``"stop"``, ``"length"``...) and
+    ``usage`` (token counts, as the upstream names them) when the upstream sends them.
+    """
+
+    finish_reason: str | None = None
+    usage: dict[str, Any] | None = None
 
 
 @dataclass(slots=True)
@@ -22,6 +36,7 @@ class Attempt:
     ttft_ms: float | None = None
     duration_ms: float | None = None
     chars: int = 0
+    report: StreamReport = field(default_factory=StreamReport)
     started: float = field(default_factory=time.perf_counter, repr=False)
 
     def elapsed_ms(self) -> float:

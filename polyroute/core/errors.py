@@ -35,7 +35,11 @@ class ConfigError(PolyrouteError, ValueError):
     """A configuration is invalid; the message names the offending key path."""
 
 
-class InvalidMessagesError(PolyrouteError, ValueError):
+class InvalidRequestError(PolyrouteError, ValueError):
+    """The caller's request is malformed; no provider would accept it, so none is tried."""
+
+
+class InvalidMessagesError(InvalidRequestError):
     """The chat messages given to a provider or router are malformed."""
 
 
@@ -137,8 +141,14 @@ class UpstreamStatusError(UpstreamError):
             retryable = status in (408, 429) or status >= 500
         message = f"HTTP {status}"
         if body:
-            message += f": {self.body}"
+            short = self.body if len(self.body) <= 300 else f"{self.body[:300]}..."
+            message += f": {short}"
         super().__init__(message, provider=provider, retryable=retryable, retry_after=retry_after)
+
+
+class ContextLengthExceededError(UpstreamStatusError):
+    """The conversation is too long for the model. Not retried on that provider;
+    a fallback with a larger context may still serve it."""
 
 
 class RateLimitedError(UpstreamStatusError):

@@ -24,10 +24,9 @@ from polyroute.core.errors import (
     UpstreamStatusError,
     UpstreamTimeout,
 )
-from polyroute.core.sse import DEFAULT_MAX_LINE_BYTES, SSEDecoder, SSEEvent, excerpt
+from polyroute.core.sse import DEFAULT_MAX_LINE_BYTES, SSEDecoder, SSEEvent
 
 _BODY_EXCERPT_BYTES = 2048
-_BODY_EXCERPT_CHARS = 300
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,7 +119,7 @@ def status_error(
 ) -> UpstreamStatusError:
     """The typed error for a non-2xx answer: 429 rate limit, 401/403 auth, others by status."""
     retry_after = parse_retry_after((headers or {}).get("Retry-After"))
-    body = excerpt(body.strip(), _BODY_EXCERPT_CHARS)
+    body = body.strip()[:_BODY_EXCERPT_BYTES]
     if status == 429:
         return RateLimitedError(status, provider=provider, body=body, retry_after=retry_after)
     if status in (401, 403):
@@ -196,4 +195,31 @@ async def stream_events(
     except UpstreamError:
         raise
     except (TimeoutError, aiohttp.ClientError, OSError) as error:
+        raise translate_client_error(error, provider) from error
+
+
+async def fetch_json(
+    session: aiohttp.ClientSession,
+    url: str,
+    *,
+    provider: str,
+    headers: Mapping[str, str] | None = None,
+    proxy: str | None = None,
+    timeouts: Timeouts = Timeouts(),
+) -> Any:
+    """GET ``url`` and return its JSON body, with the same typed errors as :func:`stream_events`."""
+    try:
+        async with session.get(
+            url, headers=headers, proxy=proxy, timeout=timeouts.for_aiohttp()
+        ) as response:
+            await _raise_for_status(response, provider)
+            try:
+                return await response.json(content_type=None)
+            except ValueError as error:
+                raise UpstreamProtocolError(
+                    f"invalid JSON from {url}: {error}", provider=provider
+                ) from None
+    except UpstreamError:
+        raise
+    except (aiohttp.ClientError, OSError, TimeoutError) as error:
         raise translate_client_error(error, provider) from error

@@ -7,6 +7,7 @@ from polyroute.providers.base import (
     ParseResult,
 )
 from polyroute.providers.darkai import DarkAI
+from polyroute.providers.openai import OpenAI
 from polyroute.providers.registry import Registry, default_registry
 
 __all__ = [
@@ -14,6 +15,7 @@ __all__ = [
     "AsyncGeneratorProvider",
     "BaseProvider",
     "DarkAI",
+    "OpenAI",
     "ParseResult",
     "Registry",
     "default_registry",

@@ -20,7 +20,15 @@ import types
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from typing import Any, ClassVar, Final, Generic, TypeVar
 
-from polyroute.core.errors import ModelNotSupportedError, UpstreamProtocolError, UpstreamTimeout
+from polyroute.core.attempts import StreamReport
+from polyroute.core.errors import (
+    ConfigError,
+    ModelNotSupportedError,
+    PolyrouteError,
+    UpstreamProtocolError,
+    UpstreamStatusError,
+    UpstreamTimeout,
+)
 from polyroute.core.http import SessionOwner, Timeouts, stream_events
 from polyroute.core.messages import Message, Messages, normalize_messages
 from polyroute.core.redaction import redact, register_secret
@@ -175,12 +183,29 @@ class AsyncGeneratorProvider(BaseProvider):
         """The JSON body for ``model`` and the validated ``messages``."""
         raise NotImplementedError
 
-    def parse_event(self, event: SSEEvent) -> ParseResult:
+    def parse_event(self, event: SSEEvent, report: StreamReport) -> ParseResult:
         """Text to yield, :data:`STREAM_END`, or ``None`` to skip the event.
 
-        Raise :class:`UpstreamProtocolError` for data that breaks the wire format.
+        Record ``finish_reason`` and ``usage`` on ``report`` when the event carries them.
+        Raise :class:`UpstreamProtocolError` for data that breaks the wire format, or
+        the matching typed error for an error the upstream reports inside the stream.
         """
         raise NotImplementedError
+
+    def classify_status_error(self, error: UpstreamStatusError, model: str) -> PolyrouteError:
+        """A more precise error for a non-2xx answer, read from its body (``error.body``).
+
+        The default keeps the status-based error; OpenAI-style upstreams tell a missing
+        model or an over-long context apart here.
+        """
+        return error
+
+    async def discover_models(self) -> list[str]:
+        """Ask the upstream which models it serves and use that list as ``models``.
+
+        Raises :class:`ConfigError` for provider types that cannot list their models.
+        """
+        raise ConfigError(f"provider {self.entry_name!r} cannot discover its models")
 
     # The streaming machinery ---------------------------------------------------
 
@@ -195,7 +220,9 @@ class AsyncGeneratorProvider(BaseProvider):
         """Stream the answer to ``messages`` from ``model`` as text pieces, as they arrive.
 
         Keyword overrides ``api_endpoint=`` and ``timeout=`` (seconds in all, or a
-        :class:`Timeouts`) apply to this call only. Raises the typed
+        :class:`Timeouts`) apply to this call only; pass ``report=StreamReport()`` to
+        receive ``finish_reason`` and ``usage``. Other keywords are request parameters
+        (sampling options) for providers that take them. Raises the typed
         :class:`UpstreamError` subclasses; text already yielded stays delivered.
         Closing the generator closes the upstream response at once.
         """
@@ -215,6 +242,7 @@ class AsyncGeneratorProvider(BaseProvider):
         *,
         api_endpoint: str | None = None,
         timeout: Timeouts | float | None = None,  # noqa: ASYNC109 - the documented override
+        report: StreamReport | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[str]:
         upstream_model = self.get_model(model)
@@ -232,7 +260,7 @@ class AsyncGeneratorProvider(BaseProvider):
             proxy=proxy or self.proxy,
             timeouts=timeouts,
         )
-        texts = self._texts(events)
+        texts = self._texts(events, upstream_model, report or StreamReport())
         try:
             try:
                 # The first-chunk limit covers only the wait before the first yield: a
@@ -254,15 +282,22 @@ class AsyncGeneratorProvider(BaseProvider):
         finally:
             await texts.aclose()
 
-    async def _texts(self, events: AsyncGenerator[SSEEvent, None]) -> AsyncGenerator[str, None]:
+    async def _texts(
+        self, events: AsyncGenerator[SSEEvent, None], model: str, report: StreamReport
+    ) -> AsyncGenerator[str, None]:
         try:
             async for event in events:
-                result = self.parse_event(event)
+                result = self.parse_event(event, report)
                 if isinstance(result, str):
                     if result:
                         yield result
                 elif result is STREAM_END:
                     return
+        except UpstreamStatusError as error:
+            refined = self.classify_status_error(error, model)
+            if refined is error:
+                raise
+            raise refined from error
         finally:
             await events.aclose()
         raise UpstreamProtocolError(

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from polyroute.core.attempts import StreamReport
 from polyroute.core.errors import UpstreamProtocolError
 from polyroute.core.logging import get_logger
 from polyroute.core.messages import Message, format_prompt
@@ -43,9 +44,10 @@ class DarkAI(AsyncGeneratorProvider):
     end_event_name = "stream-end"
 
     def build_request(self, model: str, messages: list[Message], **kwargs: Any) -> Any:
+        # The upstream takes no sampling options; like the seed, extra keywords are ignored.
         return {"query": format_prompt(messages), "model": model}
 
-    def parse_event(self, event: SSEEvent) -> ParseResult:
+    def parse_event(self, event: SSEEvent, report: StreamReport) -> ParseResult:
         try:
             payload = json.loads(event.data)
             kind = payload["event"]

@@ -20,6 +20,7 @@ ENTRY_POINT_GROUP = "polyroute.providers"
 
 BUILTIN_PROVIDERS: dict[str, str] = {
     "darkai": "polyroute.providers.darkai:DarkAI",
+    "openai": "polyroute.providers.openai:OpenAI",
 }
 
 _P = TypeVar("_P", bound=type[AsyncGeneratorProvider])

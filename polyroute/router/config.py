@@ -10,7 +10,7 @@ import json
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -78,10 +78,15 @@ class ProviderEntry(_Strict):
     proxy: str | None = None
     headers: dict[str, str] = Field(default_factory=dict)
     default_model: str | None = None
-    models: list[str] | None = None
+    models: list[str] | Literal["discover"] | None = Field(
+        None, description='"discover": ask the upstream (GET {base_url}/models) on router start'
+    )
     model_aliases: dict[str, str] | None = None
     timeouts: PartialTimeouts = PartialTimeouts()
     connection_limit: int = Field(0, ge=0, description="0: no cap on open connections")
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="keyword arguments only this provider type takes"
+    )
 
     def __repr_args__(self) -> Any:
         # proxy URLs and headers may hold credentials: keep them out of reprs.

@@ -19,6 +19,8 @@ class Entry:
 
     provider: AsyncGeneratorProvider
     priority: int = 0
+    discover: bool = False
+    """Fetch the model list from the upstream when the router starts."""
 
     @property
     def name(self) -> str:

@@ -25,8 +25,10 @@ from polyroute.core.errors import (
     AllProvidersFailed,
     AuthenticationError,
     ConfigError,
+    InvalidRequestError,
     PolyrouteError,
     ProviderNotFoundError,
+    UpstreamError,
     UpstreamStatusError,
     describe_error,
 )
@@ -66,7 +68,7 @@ def counts_against_health(error: BaseException) -> bool:
         return True
     if isinstance(error, UpstreamStatusError):
         return error.retryable
-    return True
+    return isinstance(error, UpstreamError)
 
 
 class RouterStream:
@@ -75,7 +77,8 @@ class RouterStream:
     - ``provider``, ``model``: the entry that served the answer and the upstream model
       name (``None`` until the first chunk);
     - ``attempts``: every try in order (:class:`polyroute.Attempt`);
-    - ``text``: the text delivered so far (the partial text after a failure).
+    - ``text``: the text delivered so far (the partial text after a failure);
+    - ``finish_reason``, ``usage``: as the serving upstream reported them (or ``None``).
 
     Iterate it once. Leaving the loop early (``break``), cancelling the task, or
     ``await stream.aclose()`` closes the upstream response at once; ``async with``
@@ -105,6 +108,23 @@ class RouterStream:
     def text(self) -> str:
         """All text delivered so far."""
         return "".join(self._parts)
+
+    @property
+    def finish_reason(self) -> str | None:
+        """Why the serving upstream stopped (``"stop"``, ``"length"``...), when it said."""
+        serving = self._serving_attempt()
+        return serving.report.finish_reason if serving else None
+
+    @property
+    def usage(self) -> dict[str, Any] | None:
+        """Token usage reported by the serving upstream, when it sent it."""
+        serving = self._serving_attempt()
+        return serving.report.usage if serving else None
+
+    def _serving_attempt(self) -> Attempt | None:
+        if self.provider is None:
+            return None
+        return next((a for a in reversed(self.attempts) if a.provider == self.provider), None)
 
     def __repr__(self) -> str:
         return (
@@ -256,6 +276,8 @@ class RouterStream:
             result: tuple[AsyncGenerator[str, None], str | None, Attempt] = await retrying(
                 self._try_once, candidate, log
             )
+        except InvalidRequestError:
+            raise  # the caller's mistake: no other provider would take it either
         except PolyrouteError:
             return None  # recorded in self.attempts and logged by _try_once
         return result
@@ -272,7 +294,7 @@ class RouterStream:
             attempt=len(self.attempts),
         )
         generator = candidate.entry.provider.create_async_generator(
-            candidate.upstream_model, self._messages, **self._params
+            candidate.upstream_model, self._messages, report=attempt.report, **self._params
         )
         try:
             first = await anext(generator, None)
@@ -426,11 +448,32 @@ class Router:
         async with self.stream(model, messages, **params) as stream:
             return "".join([text async for text in stream])
 
+    async def discover_models(self) -> None:
+        """Ask entries configured with ``models: discover`` for their model lists, in parallel.
+
+        An entry whose upstream does not answer keeps serving any model name and logs
+        ``provider.discovery_failed``; the router still starts.
+        """
+        entries = [entry for entry in self.policy.entries if entry.discover]
+        results = await asyncio.gather(
+            *(entry.provider.discover_models() for entry in entries), return_exceptions=True
+        )
+        for entry, result in zip(entries, results, strict=True):
+            if isinstance(result, PolyrouteError):
+                _log.warning(
+                    "provider.discovery_failed", provider=entry.name, **describe_error(result)
+                )
+            elif isinstance(result, BaseException):
+                raise result
+            else:
+                _log.info("provider.models_discovered", provider=entry.name, models=len(result))
+
     async def aclose(self) -> None:
         """Close every provider's connection pool."""
         await asyncio.gather(*(provider.aclose() for provider in self.providers))
 
     async def __aenter__(self) -> Router:
+        await self.discover_models()
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -455,12 +498,13 @@ def _build_entry(
         "connection_limit": entry.connection_limit,
     }
     optional = {
+        **entry.options,
         "api_endpoint": entry.api_endpoint,
         "base_url": entry.base_url,
         "proxy": entry.proxy,
         "working": entry.working,
         "default_model": entry.default_model,
-        "models": entry.models,
+        "models": None if entry.models == "discover" else entry.models,
         "model_aliases": entry.model_aliases,
     }
     kwargs.update({key: value for key, value in optional.items() if value is not None})
@@ -477,4 +521,4 @@ def _build_entry(
         raise ConfigError(
             f"providers.{index} ({entry.name!r}, type {entry.type!r}): {error}"
         ) from None
-    return Entry(provider, entry.priority)
+    return Entry(provider, entry.priority, discover=entry.models == "discover")

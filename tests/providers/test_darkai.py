@@ -18,8 +18,9 @@ from polyroute import (
     UpstreamTimeout,
 )
 from polyroute.providers import DarkAI
-from tests.upstreams.darkai import DarkAIScript, DarkAIUpstream, encode_events, text_event
+from tests.upstreams.darkai import DarkAIUpstream, encode_events, text_event
 from tests.upstreams.proxy import RecordingProxy
+from tests.upstreams.scripted import Script
 from tests.upstreams.server import wait_closed
 
 HELLO = [{"role": "user", "content": "Hello, how are you?"}]
@@ -113,7 +114,7 @@ async def test_empty_model_uses_the_default_model(darkai_upstream: DarkAIUpstrea
 
 
 async def test_each_chunk_is_yielded_as_soon_as_it_arrives(darkai_upstream: DarkAIUpstream) -> None:
-    darkai_upstream.default = DarkAIScript(chunks=["one", "two"], stall_after=1)
+    darkai_upstream.default = Script(chunks=["one", "two"], stall_after=1)
     async with DarkAI(api_endpoint=darkai_upstream.url) as provider:
         stream = provider.create_async_generator("gpt-4o", HELLO)
         # The server holds the connection after "one": reaching it proves no accumulation.
@@ -123,7 +124,7 @@ async def test_each_chunk_is_yielded_as_soon_as_it_arrives(darkai_upstream: Dark
 
 async def test_tiny_pieces_split_lines_and_utf8_characters(darkai_upstream: DarkAIUpstream) -> None:
     chunks = ["Привет", ", мир ", "🌍", " done"]
-    darkai_upstream.default = DarkAIScript(chunks=chunks, piece_size=3)
+    darkai_upstream.default = Script(chunks=chunks, piece_size=3)
     async with DarkAI(api_endpoint=darkai_upstream.url) as provider:
         assert await collect(provider) == chunks
 
@@ -132,7 +133,7 @@ async def test_tiny_pieces_split_lines_and_utf8_characters(darkai_upstream: Dark
 async def test_every_line_ending_is_understood(
     darkai_upstream: DarkAIUpstream, line_end: bytes
 ) -> None:
-    darkai_upstream.default = DarkAIScript(line_end=line_end, piece_size=5)
+    darkai_upstream.default = Script(line_end=line_end, piece_size=5)
     async with DarkAI(api_endpoint=darkai_upstream.url) as provider:
         assert "".join(await collect(provider)) == "Hello, world!"
 
@@ -141,7 +142,7 @@ async def test_last_line_without_trailing_newline_is_not_lost(
     darkai_upstream: DarkAIUpstream,
 ) -> None:
     body = encode_events([text_event("kept")]) + b'data: {"event": "stream-end"}'
-    darkai_upstream.default = DarkAIScript(raw=body)
+    darkai_upstream.default = Script(raw=body)
     async with DarkAI(api_endpoint=darkai_upstream.url) as provider:
         assert await collect(provider) == ["kept"]
 
@@ -149,7 +150,7 @@ async def test_last_line_without_trailing_newline_is_not_lost(
 async def test_data_without_a_space_is_understood(darkai_upstream: DarkAIUpstream) -> None:
     body = b'data:{"event": "text-chunk", "data": {"text": "tight"}}\n\n'
     body += b'data:{"event": "stream-end"}\n\n'
-    darkai_upstream.default = DarkAIScript(raw=body)
+    darkai_upstream.default = Script(raw=body)
     async with DarkAI(api_endpoint=darkai_upstream.url) as provider:
         assert await collect(provider) == ["tight"]
 
@@ -158,7 +159,7 @@ async def test_unknown_events_and_comments_are_skipped(darkai_upstream: DarkAIUp
     body = b": keep-alive\n\n" + encode_events(
         [{"event": "metadata", "data": {}}, text_event("x"), {"event": "stream-end"}]
     )
-    darkai_upstream.default = DarkAIScript(raw=body)
+    darkai_upstream.default = Script(raw=body)
     async with DarkAI(api_endpoint=darkai_upstream.url) as provider:
         assert await collect(provider) == ["x"]
 
@@ -166,7 +167,7 @@ async def test_unknown_events_and_comments_are_skipped(darkai_upstream: DarkAIUp
 async def test_stream_ending_before_stream_end_raises_after_the_text(
     darkai_upstream: DarkAIUpstream,
 ) -> None:
-    darkai_upstream.default = DarkAIScript(chunks=["partial"], end=False)
+    darkai_upstream.default = Script(chunks=["partial"], end=False)
     received: list[str] = []
 
     async def consume(provider: DarkAI) -> None:
@@ -193,7 +194,7 @@ async def test_stream_ending_before_stream_end_raises_after_the_text(
 async def test_malformed_events_raise_with_the_offending_line(
     darkai_upstream: DarkAIUpstream, body: bytes, detail: str
 ) -> None:
-    darkai_upstream.default = DarkAIScript(raw=body)
+    darkai_upstream.default = Script(raw=body)
     async with DarkAI(api_endpoint=darkai_upstream.url) as provider:
         with pytest.raises(UpstreamProtocolError, match=detail) as caught:
             await collect(provider)
@@ -202,7 +203,7 @@ async def test_malformed_events_raise_with_the_offending_line(
 
 
 async def test_malformed_line_is_cut_short_in_the_error(darkai_upstream: DarkAIUpstream) -> None:
-    darkai_upstream.default = DarkAIScript(raw=b"data: {" + b"x" * 5000 + b"\n\n")
+    darkai_upstream.default = Script(raw=b"data: {" + b"x" * 5000 + b"\n\n")
     async with DarkAI(api_endpoint=darkai_upstream.url) as provider:
         with pytest.raises(UpstreamProtocolError) as caught:
             await collect(provider)
@@ -213,7 +214,7 @@ async def test_malformed_line_is_cut_short_in_the_error(darkai_upstream: DarkAIU
 async def test_server_error_status_raises_retryable_status_error(
     darkai_upstream: DarkAIUpstream,
 ) -> None:
-    darkai_upstream.default = DarkAIScript(status=503, error_body="service overloaded")
+    darkai_upstream.default = Script(status=503, error_body="service overloaded")
     async with DarkAI(api_endpoint=darkai_upstream.url) as provider:
         with pytest.raises(UpstreamStatusError) as caught:
             await collect(provider)
@@ -225,7 +226,7 @@ async def test_server_error_status_raises_retryable_status_error(
 
 
 async def test_client_error_status_is_not_retryable(darkai_upstream: DarkAIUpstream) -> None:
-    darkai_upstream.default = DarkAIScript(status=400)
+    darkai_upstream.default = Script(status=400)
     async with DarkAI(api_endpoint=darkai_upstream.url) as provider:
         with pytest.raises(UpstreamStatusError) as caught:
             await collect(provider)
@@ -234,7 +235,7 @@ async def test_client_error_status_is_not_retryable(darkai_upstream: DarkAIUpstr
 
 
 async def test_rate_limit_carries_retry_after(darkai_upstream: DarkAIUpstream) -> None:
-    darkai_upstream.default = DarkAIScript(status=429, headers={"Retry-After": "7"})
+    darkai_upstream.default = Script(status=429, headers={"Retry-After": "7"})
     async with DarkAI(api_endpoint=darkai_upstream.url) as provider:
         with pytest.raises(RateLimitedError) as caught:
             await collect(provider)
@@ -245,9 +246,7 @@ async def test_rate_limit_carries_retry_after(darkai_upstream: DarkAIUpstream) -
 async def test_html_page_with_status_200_is_a_protocol_error(
     darkai_upstream: DarkAIUpstream,
 ) -> None:
-    darkai_upstream.default = DarkAIScript(
-        raw=b"<html>maintenance</html>", content_type="text/html"
-    )
+    darkai_upstream.default = Script(raw=b"<html>maintenance</html>", content_type="text/html")
     async with DarkAI(api_endpoint=darkai_upstream.url) as provider:
         with pytest.raises(UpstreamProtocolError, match="text/html"):
             await collect(provider)
@@ -265,7 +264,7 @@ async def test_refused_connection_raises_connection_error() -> None:
 
 
 async def test_stall_before_headers_times_out(darkai_upstream: DarkAIUpstream) -> None:
-    darkai_upstream.default = DarkAIScript(stall_before_headers=True)
+    darkai_upstream.default = Script(stall_before_headers=True)
     async with DarkAI(api_endpoint=darkai_upstream.url, timeout=Timeouts(idle=0.2)) as provider:
         with pytest.raises(UpstreamTimeout) as caught:
             await collect(provider)
@@ -274,7 +273,7 @@ async def test_stall_before_headers_times_out(darkai_upstream: DarkAIUpstream) -
 
 
 async def test_stall_mid_stream_times_out_after_the_text(darkai_upstream: DarkAIUpstream) -> None:
-    darkai_upstream.default = DarkAIScript(chunks=["a", "b", "c"], stall_after=2)
+    darkai_upstream.default = Script(chunks=["a", "b", "c"], stall_after=2)
     received: list[str] = []
 
     async def consume(provider: DarkAI) -> None:
@@ -291,7 +290,7 @@ async def test_stall_mid_stream_times_out_after_the_text(darkai_upstream: DarkAI
 async def test_first_chunk_timeout_counts_only_until_the_first_text(
     darkai_upstream: DarkAIUpstream,
 ) -> None:
-    darkai_upstream.default = DarkAIScript(chunks=[], stall_after=0)  # headers, then silence
+    darkai_upstream.default = Script(chunks=[], stall_after=0)  # headers, then silence
     async with DarkAI(
         api_endpoint=darkai_upstream.url, timeout=Timeouts(first_chunk=0.2)
     ) as provider:
@@ -300,7 +299,7 @@ async def test_first_chunk_timeout_counts_only_until_the_first_text(
 
 
 async def test_total_timeout_override_applies_to_one_call(darkai_upstream: DarkAIUpstream) -> None:
-    darkai_upstream.default = DarkAIScript(chunks=["a"], stall_after=1)
+    darkai_upstream.default = Script(chunks=["a"], stall_after=1)
     async with DarkAI(api_endpoint=darkai_upstream.url) as provider:
         assert provider.timeouts.total == 600
         with pytest.raises(UpstreamTimeout):
@@ -316,7 +315,7 @@ async def test_api_endpoint_override_applies_to_one_call(darkai_upstream: DarkAI
 async def test_closing_the_generator_closes_the_upstream_connection(
     darkai_upstream: DarkAIUpstream,
 ) -> None:
-    darkai_upstream.default = DarkAIScript(chunks=["first", "second"], stall_after=1)
+    darkai_upstream.default = Script(chunks=["first", "second"], stall_after=1)
     async with DarkAI(api_endpoint=darkai_upstream.url) as provider:
         stream = provider.create_async_generator("gpt-4o", HELLO)
         assert await anext(stream) == "first"
@@ -328,7 +327,7 @@ async def test_closing_the_generator_closes_the_upstream_connection(
 async def test_cancelling_the_consumer_closes_the_upstream_connection(
     darkai_upstream: DarkAIUpstream,
 ) -> None:
-    darkai_upstream.default = DarkAIScript(stall_before_headers=True)
+    darkai_upstream.default = Script(stall_before_headers=True)
     async with DarkAI(api_endpoint=darkai_upstream.url) as provider:
         task = asyncio.create_task(collect(provider))
         await darkai_upstream.request_seen.wait()
@@ -367,7 +366,7 @@ async def test_invalid_messages_fail_before_any_request(darkai_upstream: DarkAIU
 async def test_unknown_event_is_logged_at_debug(darkai_upstream: DarkAIUpstream) -> None:
     from structlog.testing import capture_logs
 
-    darkai_upstream.default = DarkAIScript(
+    darkai_upstream.default = Script(
         raw=encode_events([{"event": "ping"}, {"event": "stream-end"}])
     )
     async with DarkAI(api_endpoint=darkai_upstream.url) as provider:

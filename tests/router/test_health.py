@@ -9,7 +9,8 @@ from structlog.testing import capture_logs
 
 from polyroute import AllProvidersFailed, InMemoryHealth, Router
 from tests.router.helpers import FakeSleep, collect, entry
-from tests.upstreams.darkai import DarkAIScript, DarkAIUpstream
+from tests.upstreams.darkai import DarkAIUpstream
+from tests.upstreams.scripted import Script
 
 Start = Callable[[], Awaitable[DarkAIUpstream]]
 
@@ -62,7 +63,7 @@ def test_a_success_resets_the_count() -> None:
 
 async def test_cooling_entry_is_skipped_then_probed_and_recovers(start_darkai: Start) -> None:
     flaky, steady = await start_darkai(), await start_darkai()
-    flaky.default = DarkAIScript(status=503)
+    flaky.default = Script(status=503)
     clock = Clock()
     health = InMemoryHealth(failures=2, seconds=30, clock=clock)
     config = {
@@ -82,7 +83,7 @@ async def test_cooling_entry_is_skipped_then_probed_and_recovers(start_darkai: S
         assert len(flaky.requests) == 2
 
         clock.now += 30
-        flaky.default = DarkAIScript()  # it recovered
+        flaky.default = Script()  # it recovered
         _, stream = await collect(router)
         assert stream.provider == "flaky"
         assert health.state("flaky") == "closed"
@@ -90,7 +91,7 @@ async def test_cooling_entry_is_skipped_then_probed_and_recovers(start_darkai: S
 
 async def test_cooling_down_is_reported_when_nothing_else_is_left(start_darkai: Start) -> None:
     server = await start_darkai()
-    server.default = DarkAIScript(status=500)
+    server.default = Script(status=500)
     config = {
         "providers": [entry("only", server)],
         "retry": {"attempts": 1},
@@ -107,7 +108,7 @@ async def test_cooling_down_is_reported_when_nothing_else_is_left(start_darkai: 
 
 async def test_client_errors_do_not_cool_an_entry_down(start_darkai: Start) -> None:
     server = await start_darkai()
-    server.default = DarkAIScript(status=400)
+    server.default = Script(status=400)
     health = InMemoryHealth(failures=1, seconds=30)
     async with Router.from_config({"providers": [entry("a", server)]}, health=health) as router:
         with pytest.raises(AllProvidersFailed):
@@ -117,7 +118,7 @@ async def test_client_errors_do_not_cool_an_entry_down(start_darkai: Start) -> N
 
 async def test_retries_stop_once_the_entry_starts_cooling_down(start_darkai: Start) -> None:
     server = await start_darkai()
-    server.default = DarkAIScript(status=503)
+    server.default = Script(status=503)
     config = {
         "providers": [entry("a", server)],
         "retry": {"attempts": 5},

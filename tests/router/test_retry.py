@@ -11,14 +11,15 @@ from tenacity import RetryCallState
 from polyroute import AllProvidersFailed, RateLimitedError, RetryConfig
 from polyroute.router.retry import RetryPolicy
 from tests.router.helpers import FakeSleep, collect, entry, router_for
-from tests.upstreams.darkai import DarkAIScript, DarkAIUpstream
+from tests.upstreams.darkai import DarkAIUpstream
+from tests.upstreams.scripted import Script
 
 Start = Callable[[], Awaitable[DarkAIUpstream]]
 
 
 async def test_retryable_errors_are_retried_up_to_attempts(start_darkai: Start) -> None:
     server = await start_darkai()
-    server.then(DarkAIScript(status=503), DarkAIScript(status=502))
+    server.then(Script(status=503), Script(status=502))
     sleep = FakeSleep()
     async with router_for(entry("dark", server), retry={"attempts": 3}, sleep=sleep) as router:
         text, stream = await collect(router)
@@ -30,7 +31,7 @@ async def test_retryable_errors_are_retried_up_to_attempts(start_darkai: Start) 
 
 async def test_attempts_bound_the_tries_then_the_router_gives_up(start_darkai: Start) -> None:
     server = await start_darkai()
-    server.default = DarkAIScript(status=500)
+    server.default = Script(status=500)
     async with router_for(entry("dark", server), retry={"attempts": 2}) as router:
         with pytest.raises(AllProvidersFailed) as caught:
             await collect(router)
@@ -40,7 +41,7 @@ async def test_attempts_bound_the_tries_then_the_router_gives_up(start_darkai: S
 
 async def test_attempts_one_disables_retries(start_darkai: Start) -> None:
     server = await start_darkai()
-    server.default = DarkAIScript(status=503)
+    server.default = Script(status=503)
     sleep = FakeSleep()
     async with router_for(entry("dark", server), retry={"attempts": 1}, sleep=sleep) as router:
         with pytest.raises(AllProvidersFailed):
@@ -51,7 +52,7 @@ async def test_attempts_one_disables_retries(start_darkai: Start) -> None:
 
 async def test_backoff_grows_exponentially_with_bounded_jitter(start_darkai: Start) -> None:
     server = await start_darkai()
-    server.default = DarkAIScript(status=503)
+    server.default = Script(status=503)
     sleep = FakeSleep()
     retry = {"attempts": 5, "backoff_initial": 0.5, "backoff_max": 3}
     cooldown = {"failures": 10}
@@ -69,7 +70,7 @@ async def test_backoff_grows_exponentially_with_bounded_jitter(start_darkai: Sta
 @pytest.mark.parametrize("header", ["2", "Wed, 21 Oct 2099 07:28:00 GMT"])
 async def test_retry_after_is_honoured(start_darkai: Start, header: str) -> None:
     server = await start_darkai()
-    server.then(DarkAIScript(status=429, headers={"Retry-After": header}))
+    server.then(Script(status=429, headers={"Retry-After": header}))
     sleep = FakeSleep()
     retry = {"attempts": 2, "max_retry_after": 10**10}
     with capture_logs() as logs:
@@ -89,7 +90,7 @@ async def test_retry_after_longer_than_the_cap_moves_on_without_waiting(
     start_darkai: Start,
 ) -> None:
     limited, other = await start_darkai(), await start_darkai()
-    limited.default = DarkAIScript(status=429, headers={"Retry-After": "120"})
+    limited.default = Script(status=429, headers={"Retry-After": "120"})
     sleep = FakeSleep()
     retry = {"attempts": 3, "max_retry_after": 30}
     async with router_for(

@@ -17,7 +17,8 @@ from polyroute import (
 )
 from polyroute.providers import DarkAI, Registry
 from tests.router.helpers import HI, FakeSleep, collect, entry, router_for
-from tests.upstreams.darkai import DarkAIScript, DarkAIUpstream
+from tests.upstreams.darkai import DarkAIUpstream
+from tests.upstreams.scripted import Script
 
 Start = Callable[[], Awaitable[DarkAIUpstream]]
 
@@ -96,7 +97,7 @@ async def test_non_retryable_error_moves_to_the_next_provider_without_sleeping(
     start_darkai: Start,
 ) -> None:
     bad, good = await start_darkai(), await start_darkai()
-    bad.default = DarkAIScript(status=400)
+    bad.default = Script(status=400)
     sleep = FakeSleep()
     async with router_for(entry("bad", bad), entry("good", good), sleep=sleep) as router:
         text, stream = await collect(router)
@@ -112,7 +113,7 @@ async def test_fallback_chain_is_tried_after_every_provider_of_the_model(
     start_darkai: Start,
 ) -> None:
     four, llama = await start_darkai(), await start_darkai()
-    four.default = DarkAIScript(status=404)
+    four.default = Script(status=404)
     config = [entry("four", four, models=["gpt-4o"]), entry("llama", llama, models=["llama-3-70b"])]
     with capture_logs() as logs:
         async with router_for(*config, fallbacks={"gpt-4o": ["llama-3-70b"]}) as router:
@@ -136,8 +137,8 @@ async def test_fallback_model_can_be_a_router_alias(start_darkai: Start) -> None
 
 async def test_all_providers_failed_lists_every_attempt(start_darkai: Start) -> None:
     a, b = await start_darkai(), await start_darkai()
-    a.default = DarkAIScript(status=403, error_body="forbidden")
-    b.default = DarkAIScript(raw=b"data: nonsense\n\n")
+    a.default = Script(status=403, error_body="forbidden")
+    b.default = Script(raw=b"data: nonsense\n\n")
     async with router_for(
         entry("a", a), entry("b", b), fallbacks={"gpt-4o": ["llama-3-70b"]}
     ) as router:
@@ -158,7 +159,7 @@ async def test_all_providers_failed_lists_every_attempt(start_darkai: Start) -> 
 
 async def test_failure_after_text_raises_with_the_partial_text(start_darkai: Start) -> None:
     first, second = await start_darkai(), await start_darkai()
-    first.default = DarkAIScript(chunks=["Hel", "lo"], end=False)
+    first.default = Script(chunks=["Hel", "lo"], end=False)
     received: list[str] = []
     async with router_for(entry("first", first), entry("second", second)) as router:
         stream = router.stream("gpt-4o", HI)
@@ -184,7 +185,7 @@ async def test_complete_returns_the_whole_text(start_darkai: Start) -> None:
 
 async def test_empty_answer_is_a_success(start_darkai: Start) -> None:
     server = await start_darkai()
-    server.default = DarkAIScript(chunks=[])
+    server.default = Script(chunks=[])
     async with router_for(entry("dark", server)) as router:
         text, stream = await collect(router)
     assert text == ""
@@ -193,7 +194,7 @@ async def test_empty_answer_is_a_success(start_darkai: Start) -> None:
 
 async def test_events_trace_one_request_with_one_request_id(start_darkai: Start) -> None:
     bad, good = await start_darkai(), await start_darkai()
-    bad.default = DarkAIScript(status=500)
+    bad.default = Script(status=500)
     with capture_logs() as logs:
         async with router_for(
             entry("bad", bad), entry("good", good), retry={"attempts": 2}

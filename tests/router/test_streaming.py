@@ -10,7 +10,8 @@ from structlog.testing import capture_logs
 
 from polyroute import UpstreamTimeout
 from tests.router.helpers import HI, FakeSleep, collect, entry, router_for
-from tests.upstreams.darkai import DarkAIScript, DarkAIUpstream
+from tests.upstreams.darkai import DarkAIUpstream
+from tests.upstreams.scripted import Script
 from tests.upstreams.server import wait_closed
 
 Start = Callable[[], Awaitable[DarkAIUpstream]]
@@ -18,7 +19,7 @@ Start = Callable[[], Awaitable[DarkAIUpstream]]
 
 async def test_first_chunk_timeout_falls_back_before_any_text(start_darkai: Start) -> None:
     slow, fast = await start_darkai(), await start_darkai()
-    slow.default = DarkAIScript(chunks=[], stall_after=0)
+    slow.default = Script(chunks=[], stall_after=0)
     config = [entry("slow", slow, timeouts={"first_chunk": 0.2}), entry("fast", fast)]
     async with router_for(*config, retry={"attempts": 1}) as router:
         text, stream = await collect(router)
@@ -29,7 +30,7 @@ async def test_first_chunk_timeout_falls_back_before_any_text(start_darkai: Star
 
 async def test_idle_timeout_after_text_raises(start_darkai: Start) -> None:
     server = await start_darkai()
-    server.default = DarkAIScript(chunks=["a", "b"], stall_after=1)
+    server.default = Script(chunks=["a", "b"], stall_after=1)
     async with router_for(entry("dark", server), timeouts={"idle": 0.2}) as router:
         stream = router.stream("gpt-4o", HI)
         assert await anext(stream) == "a"
@@ -40,7 +41,7 @@ async def test_idle_timeout_after_text_raises(start_darkai: Start) -> None:
 
 async def test_break_closes_the_upstream_connection(start_darkai: Start) -> None:
     server = await start_darkai()
-    server.default = DarkAIScript(chunks=["one", "two"], stall_after=1)
+    server.default = Script(chunks=["one", "two"], stall_after=1)
     with capture_logs() as logs:
         async with router_for(entry("dark", server)) as router:
             stream = router.stream("gpt-4o", HI)
@@ -55,7 +56,7 @@ async def test_break_closes_the_upstream_connection(start_darkai: Start) -> None
 
 async def test_aclose_closes_the_upstream_connection(start_darkai: Start) -> None:
     server = await start_darkai()
-    server.default = DarkAIScript(chunks=["one", "two"], stall_after=1)
+    server.default = Script(chunks=["one", "two"], stall_after=1)
     async with router_for(entry("dark", server)) as router:
         stream = router.stream("gpt-4o", HI)
         assert await anext(stream) == "one"
@@ -68,7 +69,7 @@ async def test_cancelling_while_waiting_for_the_first_chunk_closes_the_upstream(
     start_darkai: Start,
 ) -> None:
     server = await start_darkai()
-    server.default = DarkAIScript(stall_before_headers=True)
+    server.default = Script(stall_before_headers=True)
     with capture_logs() as logs:
         async with router_for(entry("dark", server)) as router:
             task = asyncio.create_task(collect(router))
@@ -82,7 +83,7 @@ async def test_cancelling_while_waiting_for_the_first_chunk_closes_the_upstream(
 
 async def test_cancelling_during_a_retry_wait_stops_the_request(start_darkai: Start) -> None:
     server = await start_darkai()
-    server.default = DarkAIScript(status=503)
+    server.default = Script(status=503)
     waiting = asyncio.Event()
 
     async def blocking_sleep(delay: float) -> None:
@@ -110,7 +111,7 @@ async def test_a_stream_is_iterated_only_once(start_darkai: Start) -> None:
 
 async def test_200_concurrent_streams_share_one_pool_and_all_complete(start_darkai: Start) -> None:
     a, b = await start_darkai(), await start_darkai()
-    a.default = DarkAIScript(chunks=["x"] * 20)
+    a.default = Script(chunks=["x"] * 20)
     async with router_for(entry("a", a), entry("b", b)) as router:
         results = await asyncio.gather(*(collect(router) for _ in range(200)))
         provider = router.providers[0]

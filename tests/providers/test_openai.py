@@ -1,0 +1,264 @@
+"""The OpenAI-compatible provider against a local server speaking the format."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from openai.types.chat import ChatCompletionChunk
+
+from polyroute import (
+    AuthenticationError,
+    ContextLengthExceededError,
+    InvalidRequestError,
+    ModelNotSupportedError,
+    RateLimitedError,
+    StreamReport,
+    UpstreamError,
+    UpstreamProtocolError,
+    UpstreamStatusError,
+)
+from polyroute.providers import OpenAI
+from tests.upstreams.openai import OpenAIUpstream
+from tests.upstreams.scripted import Script
+
+CHAT = [
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": "Hi"},
+    {"role": "assistant", "content": "Hello!"},
+    {"role": "user", "content": "Again?"},
+]
+
+
+def provider_for(server: OpenAIUpstream, **kwargs: Any) -> OpenAI:
+    return OpenAI(base_url=server.base_url, **kwargs)
+
+
+async def collect(provider: OpenAI, model: str = "local-large", **kwargs: Any) -> list[str]:
+    return [t async for t in provider.create_async_generator(model, CHAT, **kwargs)]
+
+
+def openai_error(message: str, code: str | None = None, kind: str = "invalid_request_error") -> str:
+    return json.dumps({"error": {"message": message, "type": kind, "param": None, "code": code}})
+
+
+def test_flags_declare_chat_support() -> None:
+    assert OpenAI.supports_stream is True
+    assert OpenAI.supports_system_message is True
+    assert OpenAI.supports_message_history is True
+    assert OpenAI.working is True
+
+
+async def test_streams_content_deltas_and_reports_finish_and_usage(
+    openai_upstream: OpenAIUpstream,
+) -> None:
+    report = StreamReport()
+    async with provider_for(openai_upstream) as provider:
+        assert await collect(provider, report=report) == ["Hello", ", ", "world", "!"]
+    assert report.finish_reason == "stop"
+    assert report.usage == {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}
+
+
+async def test_fixture_chunks_validate_as_the_official_chunk_type(
+    openai_upstream: OpenAIUpstream,
+) -> None:
+    async with provider_for(openai_upstream) as provider:
+        await collect(provider)
+    assert len(openai_upstream.sent) == 7  # role, 4 deltas, finish, usage
+    for payload in openai_upstream.sent:
+        ChatCompletionChunk.model_validate(payload, strict=False)
+        assert ChatCompletionChunk.model_validate(payload).object == "chat.completion.chunk"
+
+
+async def test_request_body_carries_messages_stream_and_sampling(
+    openai_upstream: OpenAIUpstream,
+) -> None:
+    async with provider_for(openai_upstream, api_key="sk-test-abcdefghijkl") as provider:
+        await collect(provider, temperature=0.2, max_tokens=50, top_p=0.9, stop=["\n"], seed=7)
+    request = openai_upstream.requests[0]
+    assert request.path == "/v1/chat/completions"
+    assert request.headers["Authorization"] == "Bearer sk-test-abcdefghijkl"
+    assert request.body == {
+        "model": "local-large",
+        "messages": CHAT,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "temperature": 0.2,
+        "max_tokens": 50,
+        "top_p": 0.9,
+        "stop": ["\n"],
+        "seed": 7,
+    }
+    assert "abcdefghijkl" not in repr(provider)
+
+
+async def test_include_usage_can_be_turned_off(openai_upstream: OpenAIUpstream) -> None:
+    report = StreamReport()
+    async with provider_for(openai_upstream, include_usage=False) as provider:
+        await collect(provider, report=report)
+    assert "stream_options" not in openai_upstream.requests[0].body
+    assert report.usage is None
+
+
+async def test_unknown_parameter_is_an_invalid_request(openai_upstream: OpenAIUpstream) -> None:
+    async with provider_for(openai_upstream) as provider:
+        with pytest.raises(InvalidRequestError, match="temprature"):
+            await collect(provider, temprature=1)
+    assert openai_upstream.requests == []
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "kind", "retryable"),
+    [
+        (
+            401,
+            openai_error("Incorrect API key provided", "invalid_api_key"),
+            AuthenticationError,
+            False,
+        ),
+        (403, openai_error("Forbidden"), AuthenticationError, False),
+        (
+            404,
+            openai_error("The model `x` does not exist", "model_not_found"),
+            ModelNotSupportedError,
+            None,
+        ),
+        (
+            400,
+            openai_error("maximum context length is 8192 tokens", "context_length_exceeded"),
+            ContextLengthExceededError,
+            False,
+        ),
+        (
+            429,
+            openai_error("Rate limit reached", "rate_limit_exceeded", "requests"),
+            RateLimitedError,
+            True,
+        ),
+        (
+            429,
+            openai_error("You exceeded your current quota", "insufficient_quota"),
+            RateLimitedError,
+            False,
+        ),
+        (
+            500,
+            openai_error("The server had an error", None, "server_error"),
+            UpstreamStatusError,
+            True,
+        ),
+        (503, "<html>bad gateway</html>", UpstreamStatusError, True),
+    ],
+)
+async def test_error_bodies_map_to_typed_errors(
+    openai_upstream: OpenAIUpstream,
+    status: int,
+    body: str,
+    kind: type[Exception],
+    retryable: bool | None,
+) -> None:
+    openai_upstream.default = Script(status=status, error_body=body, headers={"Retry-After": "4"})
+    async with provider_for(openai_upstream) as provider:
+        with pytest.raises(kind) as caught:
+            await collect(provider)
+    assert type(caught.value) is kind
+    if retryable is not None:
+        assert caught.value.retryable is retryable  # type: ignore[attr-defined]
+    if kind is RateLimitedError and retryable:
+        assert caught.value.retry_after == 4.0  # type: ignore[attr-defined]
+
+
+async def test_bare_404_stays_a_status_error(openai_upstream: OpenAIUpstream) -> None:
+    openai_upstream.default = Script(status=404, error_body="Not Found")
+    async with provider_for(openai_upstream) as provider:
+        with pytest.raises(UpstreamStatusError) as caught:
+            await collect(provider)
+    assert caught.value.status == 404
+
+
+@pytest.mark.parametrize(
+    ("error", "kind"),
+    [
+        (
+            {"message": "This model's maximum context length is 4096 tokens", "code": None},
+            ContextLengthExceededError,
+        ),
+        ({"message": "Provider returned error", "code": 502}, UpstreamStatusError),
+        ({"message": "overloaded", "type": "server_error"}, UpstreamError),
+        ("plain string error", UpstreamError),
+    ],
+)
+async def test_error_object_inside_the_stream_raises_typed_error(
+    openai_upstream: OpenAIUpstream, error: object, kind: type[Exception]
+) -> None:
+    body = b'data: {"choices": [{"index": 0, "delta": {"content": "par"}}]}\n\n'
+    body += b"data: " + json.dumps({"error": error}).encode() + b"\n\n"
+    openai_upstream.default = Script(raw=body)
+    received: list[str] = []
+
+    async def consume(provider: OpenAI) -> None:
+        async for text in provider.create_async_generator("local-large", CHAT):
+            received.append(text)
+
+    async with provider_for(openai_upstream) as provider:
+        with pytest.raises(kind) as caught:
+            await consume(provider)
+    assert type(caught.value) is kind
+    assert received == ["par"]
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b"data: {oops}",
+        b'data: {"id": "x"}',
+        b'data: {"choices": "nope"}',
+        b'data: {"choices": [5]}',
+        b"data: 12",
+    ],
+)
+async def test_malformed_chunks_are_protocol_errors(
+    openai_upstream: OpenAIUpstream, line: bytes
+) -> None:
+    openai_upstream.default = Script(raw=line + b"\n\n")
+    async with provider_for(openai_upstream) as provider:
+        with pytest.raises(UpstreamProtocolError, match="malformed chunk"):
+            await collect(provider)
+
+
+async def test_null_choices_usage_chunk_is_accepted(openai_upstream: OpenAIUpstream) -> None:
+    choice = b'{"index": 0, "delta": {"content": "ok"}, "finish_reason": "length"}'
+    body = b'data: {"choices": [' + choice + b"]}\n\n"
+    body += b'data: {"choices": null, "usage": {"total_tokens": 2}}\n\ndata: [DONE]\n\n'
+    openai_upstream.default = Script(raw=body)
+    report = StreamReport()
+    async with provider_for(openai_upstream) as provider:
+        assert await collect(provider, report=report) == ["ok"]
+    assert (report.finish_reason, report.usage) == ("length", {"total_tokens": 2})
+
+
+async def test_missing_done_is_reported(openai_upstream: OpenAIUpstream) -> None:
+    openai_upstream.default = Script(chunks=["a"], end=False)
+    async with provider_for(openai_upstream) as provider:
+        with pytest.raises(UpstreamProtocolError, match=r"stream ended before data: \[DONE\]"):
+            await collect(provider)
+
+
+async def test_models_are_discovered_from_the_models_endpoint(
+    openai_upstream: OpenAIUpstream,
+) -> None:
+    async with provider_for(openai_upstream) as provider:
+        assert await provider.discover_models() == ["local-large", "local-small"]
+        assert provider.get_model("local-small") == "local-small"
+        with pytest.raises(ModelNotSupportedError):
+            provider.get_model("gpt-4o")
+
+
+def test_base_url_sets_the_endpoint_and_an_explicit_endpoint_wins() -> None:
+    assert (
+        OpenAI(base_url="http://127.0.0.1:1/v1/").api_endpoint
+        == "http://127.0.0.1:1/v1/chat/completions"
+    )
+    explicit = OpenAI(base_url="http://h/v1", api_endpoint="http://h/custom")
+    assert explicit.api_endpoint == "http://h/custom"
