@@ -147,10 +147,13 @@ class AsyncGeneratorProvider(BaseProvider):
             self.headers.update(self.auth_headers(api_key))
         if working is not None:
             self.working = working
-        if default_model is not None:
-            self.default_model = default_model
         if models is not None:
             self.models = list(models)
+        if default_model is not None:
+            self.default_model = default_model
+        elif self.models and self.default_model not in self.models:
+            # An entry restricted to other models must not default to one it rejects.
+            self.default_model = self.models[0]
         if model_aliases is not None:
             self.model_aliases = dict(model_aliases)
         self._sessions = SessionOwner(limit=connection_limit)

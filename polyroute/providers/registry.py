@@ -21,6 +21,7 @@ ENTRY_POINT_GROUP = "polyroute.providers"
 BUILTIN_PROVIDERS: dict[str, str] = {
     "darkai": "polyroute.providers.darkai:DarkAI",
     "openai": "polyroute.providers.openai:OpenAI",
+    "simulated": "polyroute.providers.simulated:Simulated",
 }
 
 _P = TypeVar("_P", bound=type[AsyncGeneratorProvider])

@@ -100,6 +100,7 @@ class ProviderEntry(_Strict):
 class RouterSettings(_Strict):
     """Everything but the providers: shared by config files and ``Router(...)`` in code."""
 
+    default_model: str | None = Field(None, description="used when a request names no model")
     aliases: dict[str, str] = Field(default_factory=dict)
     fallbacks: dict[str, list[str]] = Field(default_factory=dict)
     retry: RetryConfig = RetryConfig()
@@ -144,7 +145,7 @@ def load_config(source: RouterConfig | Mapping[str, Any] | str | Path) -> Router
     Raises :class:`ConfigError` naming the file and the key path of every problem.
     """
     if isinstance(source, str | Path):
-        return validate(RouterConfig, _read_file(Path(source)), str(source))
+        return validate(RouterConfig, read_config_file(Path(source)), str(source))
     return validate(RouterConfig, source)
 
 
@@ -156,7 +157,11 @@ _PARSERS: dict[str, Any] = {
 }
 
 
-def _read_file(path: Path) -> Any:
+def read_config_file(path: Path) -> Any:
+    """The parsed content of a ``.yaml``, ``.yml``, ``.toml`` or ``.json`` file.
+
+    Raises :class:`ConfigError` for an unknown format, an unreadable or unparseable file.
+    """
     parse = _PARSERS.get(path.suffix.lower())
     if parse is None:
         raise ConfigError(

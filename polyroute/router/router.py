@@ -26,6 +26,7 @@ from polyroute.core.errors import (
     AuthenticationError,
     ConfigError,
     InvalidRequestError,
+    ModelNotSupportedError,
     PolyrouteError,
     ProviderNotFoundError,
     UpstreamError,
@@ -366,6 +367,7 @@ class Router:
         self,
         providers: Sequence[ProviderSpec],
         *,
+        default_model: str | None = None,
         aliases: Mapping[str, str] | None = None,
         fallbacks: Mapping[str, Sequence[str]] | None = None,
         retry: Any = None,
@@ -376,6 +378,7 @@ class Router:
         sleep: Sleep = asyncio.sleep,
     ) -> None:
         given = {
+            "default_model": default_model,
             "aliases": aliases,
             "fallbacks": fallbacks,
             "retry": retry,
@@ -414,6 +417,7 @@ class Router:
         config = load_config(source)
         return cls(
             config.providers,
+            default_model=config.default_model,
             aliases=config.aliases,
             fallbacks=config.fallbacks,
             retry=config.retry,
@@ -432,18 +436,26 @@ class Router:
     def __repr__(self) -> str:
         return f"<Router providers={[e.name for e in self.policy.entries]}>"
 
-    def stream(self, model: str, messages: Messages, **params: Any) -> RouterStream:
+    def stream(self, model: str | None, messages: Messages, **params: Any) -> RouterStream:
         """Start routing ``messages`` to ``model``; iterate the result for text.
 
+        An empty or ``None`` model means the configured ``default_model``.
         Raises at once (before any I/O) :class:`InvalidMessagesError` for bad
         messages and :class:`ModelNotSupportedError` for a model no entry serves.
         While iterating: :class:`AllProvidersFailed` when every candidate failed
         before its first chunk, or the upstream's typed error after text was
         delivered. ``params`` go to the provider (sampling options).
         """
+        model = model or self.settings.default_model
+        if not model:
+            raise ModelNotSupportedError(
+                "",
+                supported=self.policy.known_models(),
+                detail="no model given, no default_model set",
+            )
         return RouterStream(self, model, normalize_messages(messages), params)
 
-    async def complete(self, model: str, messages: Messages, **params: Any) -> str:
+    async def complete(self, model: str | None, messages: Messages, **params: Any) -> str:
         """The whole answer as one string, routed like :meth:`stream`."""
         async with self.stream(model, messages, **params) as stream:
             return "".join([text async for text in stream])

@@ -110,3 +110,9 @@ def test_default_flags_of_the_base() -> None:
     assert BaseProvider.default_model is None
     assert BaseProvider.models == []
     assert BaseProvider.model_aliases == {}
+
+
+def test_restricting_models_moves_the_default_onto_the_list() -> None:
+    assert DarkAI(models=["gpt-4o"]).get_model(None) == "gpt-4o"
+    assert DarkAI(models=["gpt-4o", "llama-3-70b"]).get_model(None) == "llama-3-70b"
+    assert DarkAI(models=["gpt-4o"], default_model="gpt-4o").default_model == "gpt-4o"

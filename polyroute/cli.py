@@ -1,0 +1,279 @@
+"""The ``polyroute`` command: argument parsing and terminal output only.
+
+Exit codes: 0 success; 1 every provider failed, or the answer broke off; 2 bad
+usage or configuration; 3 unknown model; 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from importlib import resources
+from pathlib import Path
+from typing import TextIO
+
+from polyroute.core.errors import (
+    AllProvidersFailed,
+    ConfigError,
+    InvalidRequestError,
+    ModelNotSupportedError,
+    PolyrouteError,
+    UpstreamError,
+)
+from polyroute.core.logging import configure_logging
+from polyroute.providers.base import AsyncGeneratorProvider
+from polyroute.router.config import RouterConfig, load_config, read_config_file, validate
+from polyroute.router.router import Router
+from polyroute.simulator.profile import SimulatedUpstream, SimulatorConfig
+from polyroute.simulator.server import SimulatorServer
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_MODEL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+LOCAL_CONFIG = "polyroute.yaml"
+BUILTIN_LABEL = "built-in default (three simulated upstreams on 127.0.0.1; offline)"
+
+
+def find_config(option: str | None) -> tuple[RouterConfig, str]:
+    """The config to use and how it was found: ``-c``, ``POLYROUTE_CONFIG``,
+    ``./polyroute.yaml``, then the built-in default."""
+    searched: list[tuple[str | None, str]] = [
+        (option, "-c"),
+        (os.environ.get("POLYROUTE_CONFIG"), "POLYROUTE_CONFIG"),
+        (LOCAL_CONFIG if Path(LOCAL_CONFIG).is_file() else None, "./polyroute.yaml"),
+    ]
+    for path, origin in searched:
+        if path:
+            return load_config(path), f"{path} (from {origin})"
+    builtin = resources.files("polyroute").joinpath("default_config.yaml")
+    with resources.as_file(builtin) as builtin_path:
+        return load_config(builtin_path), BUILTIN_LABEL
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="polyroute", description="Route streaming LLM chat requests across providers."
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def with_config(command: argparse.ArgumentParser) -> None:
+        command.add_argument("-c", "--config", help="router config (.yaml, .toml or .json)")
+        command.add_argument(
+            "-v",
+            "--verbose",
+            action="count",
+            default=0,
+            help="routing events on stderr (-vv: debug events too)",
+        )
+        command.add_argument(
+            "--log-format",
+            choices=["auto", "console", "json"],
+            default="auto",
+            help="events as text for humans or JSON lines (auto: text on a terminal)",
+        )
+
+    chat = commands.add_parser("chat", help="stream an answer to stdout")
+    with_config(chat)
+    chat.add_argument("-m", "--model", help="model or alias (default: the config's default_model)")
+    chat.add_argument("--system", help="a system message to send first")
+    chat.add_argument("prompt", nargs="*", help="the prompt (read from stdin when absent)")
+
+    models = commands.add_parser("models", help="which providers serve which models")
+    with_config(models)
+
+    providers = commands.add_parser("providers", help="the configured provider entries")
+    with_config(providers)
+    providers.add_argument("--check", action="store_true", help="send one tiny request to each")
+
+    simulate = commands.add_parser("simulate", help="run simulated upstreams on 127.0.0.1")
+    simulate.add_argument(
+        "--config", help="simulator config (upstreams: [...]); default: the built-in demo's"
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    if getattr(args, "verbose", 0):
+        level = logging.DEBUG if args.verbose > 1 else logging.INFO
+        configure_logging(level=level, fmt=args.log_format)
+    handler = {"chat": chat, "models": models, "providers": providers, "simulate": simulate}
+    try:
+        return asyncio.run(handler[args.command](args))
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except PolyrouteError as error:
+        if args.debug:
+            raise
+        print(f"polyroute: {one_line(error)}", file=sys.stderr)
+        if isinstance(error, ModelNotSupportedError):
+            return EXIT_MODEL
+        if isinstance(error, ConfigError | InvalidRequestError):
+            return EXIT_USAGE
+        return EXIT_FAILED
+
+
+def one_line(error: PolyrouteError) -> str:
+    """A single line for the terminal; the full attempt list is in the -v events."""
+    if isinstance(error, AllProvidersFailed):
+        tried = "; ".join(
+            f"{a.provider}: {type(a.error).__name__ if a.error else a.outcome}"
+            for a in error.attempts
+        )
+        skipped = "; ".join(error.reasons)
+        parts = [p for p in (tried, skipped) if p]
+        return f"all providers failed for model {error.model!r} ({' | '.join(parts)}); -v shows why"
+    return " ".join(str(error).split())
+
+
+async def chat(args: argparse.Namespace) -> int:
+    config, origin = find_config(args.config)
+    print(f"polyroute: config: {origin}", file=sys.stderr)
+    prompt = " ".join(args.prompt).strip()
+    if not prompt and not sys.stdin.isatty():
+        prompt = sys.stdin.read().strip()
+    if not prompt:
+        raise InvalidRequestError("no prompt: give one as an argument or on stdin")
+    messages = [{"role": "system", "content": args.system}] if args.system else []
+    messages.append({"role": "user", "content": prompt})
+    out = sys.stdout
+    async with Router.from_config(config) as router:
+        stream = router.stream(args.model, messages)
+        try:
+            async with stream:
+                async for text in stream:
+                    out.write(text)
+                    out.flush()
+        except UpstreamError:
+            out.write("\n")  # end the partial line before the error message
+            raise
+    out.write("\n")
+    return EXIT_OK
+
+
+async def models(args: argparse.Namespace) -> int:
+    config, origin = find_config(args.config)
+    router = Router.from_config(config)
+    async with router:
+        rows: list[tuple[str, ...]] = []
+        for model in router.policy.known_models():
+            served = [
+                p.entry_name
+                for p in router.providers
+                if p.serves(model) and model not in router.policy.aliases
+            ]
+            if served:
+                rows.append((model, ", ".join(served)))
+        anything = [p.entry_name for p in router.providers if not p.models]
+        if anything:
+            rows.append(("(any other name)", ", ".join(anything)))
+        print(f"# config: {origin}")
+        table(["MODEL", "PROVIDERS (in priority order)"], rows)
+        if router.policy.aliases:
+            print()
+            table(["ALIAS", "TARGET"], sorted(router.policy.aliases.items()))
+        if router.policy.fallbacks:
+            print()
+            table(
+                ["MODEL", "FALLBACK CHAIN"],
+                [(m, " -> ".join(chain)) for m, chain in sorted(router.policy.fallbacks.items())],
+            )
+    return EXIT_OK
+
+
+async def providers(args: argparse.Namespace) -> int:
+    config, origin = find_config(args.config)
+    async with Router.from_config(config) as router:
+        entries = router.providers
+        checks: list[str] = []
+        if args.check:
+            checks = list(await asyncio.gather(*(probe(p) for p in entries)))
+        rows = [
+            (
+                p.entry_name,
+                p.name or type(p).__name__,
+                yes(p.working),
+                yes(p.supports_stream),
+                router.health.state(p.entry_name),
+                p.api_endpoint or "-",
+                *([checks[i]] if checks else []),
+            )
+            for i, p in enumerate(entries)
+        ]
+    print(f"# config: {origin}")
+    header = ["NAME", "TYPE", "WORKING", "STREAM", "STATE", "ENDPOINT"]
+    table(header + (["CHECK"] if checks else []), rows)
+    return EXIT_OK
+
+
+async def probe(provider: AsyncGeneratorProvider) -> str:
+    """One tiny request: the time to its first chunk, or why it failed."""
+    if not provider.working:
+        return "skipped (not working)"
+    model = provider.default_model or (provider.models[0] if provider.models else None)
+    started = time.perf_counter()
+    answer = provider.create_async_generator(model, [{"role": "user", "content": "ping"}])
+    try:
+        await anext(answer, None)
+    except PolyrouteError as error:
+        return f"failed: {type(error).__name__}"
+    finally:
+        await answer.aclose()
+    return f"ok {(time.perf_counter() - started) * 1000:.0f} ms"
+
+
+async def simulate(args: argparse.Namespace) -> int:
+    profiles = simulator_profiles(args.config)
+    servers = [SimulatorServer(profile) for profile in profiles]
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        for server in servers:
+            await server.start()
+            print(f"{server.profile.name}\t{server.profile.format}\t{server.url}", flush=True)
+        print(f"polyroute: simulating {len(servers)} upstreams; Ctrl-C stops", file=sys.stderr)
+        await stop.wait()
+    finally:
+        for server in servers:
+            await server.stop()
+    return EXIT_OK
+
+
+def simulator_profiles(path: str | None) -> list[SimulatedUpstream]:
+    if path:
+        return validate(SimulatorConfig, read_config_file(Path(path)), path).upstreams
+    config, _ = find_config(None)
+    return [
+        validate(
+            SimulatedUpstream, {"name": entry.name, **entry.options}, f"providers.{entry.name}"
+        )
+        for entry in config.providers
+        if entry.type == "simulated"
+    ]
+
+
+def yes(flag: bool) -> str:
+    return "yes" if flag else "no"
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[str]], out: TextIO | None = None) -> None:
+    out = out or sys.stdout
+    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows, strict=False)]
+    for row in (header, *rows):
+        line = "  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=False))
+        print(line.rstrip(), file=out)
+
+
+def run() -> None:
+    """Console-script entry point."""
+    with contextlib.suppress(BrokenPipeError):
+        sys.exit(main())

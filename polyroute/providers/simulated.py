@@ -1,0 +1,73 @@
+"""A simulated upstream (``type: simulated``): starts its own server on 127.0.0.1 on
+first use and talks to it through the real DarkAI or OpenAI provider, so routing,
+retries and failures are exercised end to end with no network and no keys."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+from pydantic import ValidationError
+
+from polyroute.core.errors import ConfigError, describe_validation_error
+from polyroute.core.messages import Messages
+from polyroute.providers.base import AsyncGeneratorProvider
+from polyroute.providers.darkai import DarkAI
+from polyroute.providers.openai import OpenAI
+from polyroute.simulator.profile import SimulatedUpstream
+from polyroute.simulator.server import SimulatorServer
+
+_PROFILE_KEYS = ("format", "seed", "words", "latency", "failures")
+
+
+class Simulated(AsyncGeneratorProvider):
+    """Options (``options:`` in a router config): ``format`` (``darkai`` or ``openai``),
+    ``seed``, ``words``, ``latency`` and ``failures``, as in docs/simulator.md."""
+
+    name = "simulated"
+    url = "http://127.0.0.1"
+    working = True
+    default_model = "sim-large"
+
+    def __init__(self, *, timeout: Any = None, **kwargs: Any) -> None:
+        options = {key: kwargs.pop(key) for key in _PROFILE_KEYS if key in kwargs}
+        super().__init__(timeout=timeout, **kwargs)
+        try:
+            self.profile = SimulatedUpstream(name=self.entry_name, **options)
+        except ValidationError as error:
+            problems = describe_validation_error(error, prefix="options.")
+            raise ConfigError(f"simulated provider {self.entry_name!r}: {problems}") from None
+        self.supports_system_message = self.supports_message_history = (
+            self.profile.format == "openai"
+        )
+        self.server = SimulatorServer(self.profile)
+        inner_type = OpenAI if self.profile.format == "openai" else DarkAI
+        # The inner provider accepts any model name: this entry's own list decides.
+        self._inner = inner_type(
+            name=self.entry_name, timeout=self.timeouts, models=[], working=True
+        )
+        self._starting = asyncio.Lock()
+
+    async def start(self) -> None:
+        """Start the simulated server (the first request does it anyway). Idempotent."""
+        async with self._starting:
+            if self.api_endpoint is None:
+                await self.server.start()
+                self._inner.api_endpoint = self.api_endpoint = self.server.url
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+        await self.server.stop()
+        await super().aclose()
+
+    async def _stream(
+        self, model: str | None, messages: Messages, proxy: str | None, **kwargs: Any
+    ) -> AsyncIterator[str]:
+        if self.api_endpoint is None:
+            await self.start()
+        upstream_model = self.get_model(model)
+        async for text in self._inner.create_async_generator(
+            upstream_model, messages, proxy, **kwargs
+        ):
+            yield text

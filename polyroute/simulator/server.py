@@ -1,0 +1,150 @@
+"""One simulated upstream as a real HTTP server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from typing import Any
+
+from aiohttp import web
+
+from polyroute.simulator.profile import SimulatedUpstream
+from polyroute.simulator.text import simulated_words
+
+PATHS = {"darkai": "/chat", "openai": "/v1/chat/completions"}
+
+
+def _frame(payload: object) -> bytes:
+    return b"data: " + json.dumps(payload).encode() + b"\n\n"
+
+
+def _openai_chunk(model: str, delta: dict[str, str], finish: str | None = None) -> bytes:
+    return _frame(
+        {
+            "id": "chatcmpl-simulated",
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        }
+    )
+
+
+class SimulatorServer:
+    """Serves ``profile``'s wire format with its latency and failure shares.
+
+    Decisions are drawn from ``random.Random(f"{seed}:{request number}")``: the same
+    seed gives the same sequence of outcomes for the same sequence of requests.
+    """
+
+    def __init__(self, profile: SimulatedUpstream, host: str = "127.0.0.1") -> None:
+        self.profile = profile
+        self.host = host
+        self.port = profile.port
+        self.requests = 0
+        self._runner: web.AppRunner | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def url(self) -> str:
+        """The endpoint a provider of this wire format posts to."""
+        return self.base_url + PATHS[self.profile.format]
+
+    async def start(self) -> SimulatorServer:
+        app = web.Application()
+        app.router.add_post(PATHS[self.profile.format], self._answer)
+        # handler_cancellation: a stalled answer ends when its client goes away.
+        self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, self.host, self.port).start()
+        self.port = int(self._runner.addresses[0][1])
+        return self
+
+    async def stop(self) -> None:
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+
+    async def _answer(self, request: web.Request) -> web.StreamResponse:
+        profile = self.profile
+        number = self.requests
+        self.requests += 1
+        rng = random.Random(f"{profile.seed}:{number}")
+        body: dict[str, Any] = await request.json()
+        failures = profile.failures
+        draw = rng.random()
+        for status, share in failures.status.items():
+            if draw < share:
+                return web.json_response(
+                    {"error": {"message": f"simulated {status}", "code": None}}, status=status
+                )
+            draw -= share
+        if draw < failures.reset:
+            return await _hang_up(request)
+        draw -= failures.reset
+        if draw < failures.stall:
+            await asyncio.Event().wait()
+        draw -= failures.stall
+        drop_after = None
+        if failures.drop_after and draw < failures.drop_after.rate:
+            drop_after = failures.drop_after.chunks
+
+        prompt = (
+            body.get("query") if profile.format == "darkai" else json.dumps(body.get("messages"))
+        )
+        words = simulated_words(profile.name, profile.seed, str(prompt), profile.words)
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await self._pause(rng, profile.latency.first_chunk_ms)
+        model = str(body.get("model", "simulated"))
+        if profile.format == "openai":
+            await response.write(_openai_chunk(model, {"role": "assistant", "content": ""}))
+        for index, word in enumerate(words):
+            if index == drop_after:
+                return await _hang_up(request)
+            if index:
+                await self._pause(rng, profile.latency.chunk_gap_ms)
+            if profile.format == "openai":
+                await response.write(_openai_chunk(model, {"content": word}))
+            else:
+                await response.write(_frame({"event": "text-chunk", "data": {"text": word}}))
+        await response.write(self._ending(model, body, len(words)))
+        await response.write_eof()
+        return response
+
+    def _ending(self, model: str, body: dict[str, Any], words: int) -> bytes:
+        if self.profile.format == "darkai":
+            return _frame({"event": "stream-end", "data": {}})
+        ending = _openai_chunk(model, {}, finish="stop")
+        if (body.get("stream_options") or {}).get("include_usage"):
+            usage = {"prompt_tokens": 0, "completion_tokens": words, "total_tokens": words}
+            ending += _frame(
+                {
+                    "id": "chatcmpl-simulated",
+                    "object": "chat.completion.chunk",
+                    "created": int(time.time()),
+                    "model": model,
+                    "choices": [],
+                    "usage": usage,
+                }
+            )
+        return ending + b"data: [DONE]\n\n"
+
+    async def _pause(self, rng: random.Random, milliseconds: float) -> None:
+        delay = milliseconds + rng.uniform(0, self.profile.latency.jitter_ms)
+        if delay:
+            await asyncio.sleep(delay / 1000)
+
+
+async def _hang_up(request: web.Request) -> web.StreamResponse:
+    # Abort the TCP connection: the client sees a reset, as from a crashed upstream.
+    transport = request.transport
+    if transport is not None:
+        transport.abort()
+    await asyncio.Event().wait()  # cancelled by aiohttp once it sees the connection gone
+    raise ConnectionAbortedError("simulated hang-up")

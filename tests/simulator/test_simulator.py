@@ -1,0 +1,174 @@
+"""Simulated upstreams: wire formats, deterministic text and failures."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+from openai.types.chat import ChatCompletionChunk
+
+from polyroute import (
+    ConfigError,
+    StreamReport,
+    Timeouts,
+    UpstreamConnectionError,
+    UpstreamStatusError,
+    UpstreamTimeout,
+)
+from polyroute.core.http import SessionOwner
+from polyroute.providers import DarkAI, OpenAI
+from polyroute.providers.simulated import Simulated
+from polyroute.simulator.profile import SimulatedUpstream
+from polyroute.simulator.server import SimulatorServer
+from polyroute.simulator.text import simulated_words
+
+HI = [{"role": "user", "content": "Hi"}]
+
+
+@pytest.fixture
+async def started() -> AsyncIterator[list[SimulatorServer]]:
+    servers: list[SimulatorServer] = []
+    yield servers
+    for server in servers:
+        await server.stop()
+
+
+async def start(servers: list[SimulatorServer], **profile: object) -> SimulatorServer:
+    server = await SimulatorServer(SimulatedUpstream(name="sim", **profile)).start()  # type: ignore[arg-type]
+    servers.append(server)
+    return server
+
+
+FAST = {"latency": {"first_chunk_ms": 0, "chunk_gap_ms": 0}}
+
+
+def test_text_is_tagged_and_deterministic() -> None:
+    words = simulated_words("sim-a", 5, "prompt", 10)
+    assert words[0] == "[simulated sim-a]"
+    assert len(words) == 11
+    assert all(word.startswith(" ") for word in words[1:])
+    assert words == simulated_words("sim-a", 5, "prompt", 10)
+    assert words != simulated_words("sim-a", 6, "prompt", 10)
+
+
+async def test_openai_format_validates_as_official_chunks(started: list[SimulatorServer]) -> None:
+    server = await start(started, format="openai", words=5, **FAST)
+    owner = SessionOwner()
+    async with owner.session.post(
+        server.url,
+        json={
+            "model": "m",
+            "messages": HI,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        },
+    ) as response:
+        body = (await response.read()).decode()
+    await owner.aclose()
+    payloads = [line[6:] for line in body.split("\n") if line.startswith("data: ")]
+    assert payloads[-1] == "[DONE]"
+    for payload in payloads[:-1]:
+        ChatCompletionChunk.model_validate_json(payload)
+
+
+async def test_both_formats_stream_through_the_real_providers(
+    started: list[SimulatorServer],
+) -> None:
+    dark = await start(started, format="darkai", words=6, **FAST)
+    oa = await start(started, format="openai", words=6, **FAST)
+    report = StreamReport()
+    async with DarkAI(api_endpoint=dark.url) as d, OpenAI(api_endpoint=oa.url, models=[]) as o:
+        dark_text = "".join([t async for t in d.create_async_generator("gpt-4o", HI)])
+        oa_text = "".join([t async for t in o.create_async_generator("m", HI, report=report)])
+    assert dark_text.startswith("[simulated sim]")
+    assert len(dark_text.split()) == 2 + 6
+    assert oa_text.startswith("[simulated sim]")
+    assert report.finish_reason == "stop"
+    assert report.usage == {"prompt_tokens": 0, "completion_tokens": 7, "total_tokens": 7}
+
+
+async def test_failure_shares_follow_the_profile_and_the_seed(
+    started: list[SimulatorServer],
+) -> None:
+    profile = {
+        "format": "darkai",
+        "words": 1,
+        "seed": 9,
+        "failures": {"status": {503: 0.3, 429: 0.2}},
+        **FAST,
+    }
+    outcomes: list[str] = []
+    server = await start(started, **profile)
+    async with DarkAI(api_endpoint=server.url) as provider:
+        for _ in range(200):
+            try:
+                [t async for t in provider.create_async_generator("gpt-4o", HI)]
+                outcomes.append("ok")
+            except UpstreamStatusError as error:
+                outcomes.append(str(error.status))
+    assert set(outcomes) == {"ok", "503", "429"}
+    assert 40 <= outcomes.count("503") <= 80
+    assert 20 <= outcomes.count("429") <= 60
+    # The same seed replays the same outcomes.
+    again = await start(started, **profile)
+    async with DarkAI(api_endpoint=again.url) as provider:
+        replay = []
+        for _ in range(20):
+            try:
+                [t async for t in provider.create_async_generator("gpt-4o", HI)]
+                replay.append("ok")
+            except UpstreamStatusError as error:
+                replay.append(str(error.status))
+    assert replay == outcomes[:20]
+
+
+async def test_reset_and_mid_stream_drop_are_connection_errors(
+    started: list[SimulatorServer],
+) -> None:
+    reset = await start(started, format="openai", failures={"reset": 1.0}, **FAST)
+    drop = await start(
+        started,
+        format="darkai",
+        words=10,
+        failures={"drop_after": {"rate": 1, "chunks": 3}},
+        **FAST,
+    )
+    async with OpenAI(api_endpoint=reset.url, models=[]) as provider:
+        with pytest.raises(UpstreamConnectionError):
+            [t async for t in provider.create_async_generator("m", HI)]
+    received: list[str] = []
+
+    async def consume(provider: DarkAI) -> None:
+        async for text in provider.create_async_generator("gpt-4o", HI):
+            received.append(text)
+
+    async with DarkAI(api_endpoint=drop.url) as provider:
+        with pytest.raises(UpstreamConnectionError):
+            await consume(provider)
+    assert len(received) == 3
+
+
+async def test_stall_is_a_timeout(started: list[SimulatorServer]) -> None:
+    server = await start(started, format="darkai", failures={"stall": 1.0}, **FAST)
+    async with DarkAI(api_endpoint=server.url, timeout=Timeouts(idle=0.2)) as provider:
+        with pytest.raises(UpstreamTimeout):
+            [t async for t in provider.create_async_generator("gpt-4o", HI)]
+
+
+def test_bad_profile_values_are_config_errors_naming_the_option() -> None:
+    with pytest.raises(ConfigError, match=r"options\.failures\.status"):
+        Simulated(name="x", failures={"status": {200: 0.5}})
+    with pytest.raises(ConfigError, match="add up to more than 1"):
+        Simulated(name="x", failures={"status": {500: 0.8}, "reset": 0.5})
+    with pytest.raises(ConfigError, match=r"options\.format"):
+        Simulated(name="x", format="smoke-signals")
+
+
+async def test_simulated_provider_starts_its_server_on_first_use_and_stops_it() -> None:
+    provider = Simulated(name="demo", format="openai", words=3, models=["sim-small"], **FAST)
+    assert provider.api_endpoint is None
+    async with provider:
+        text = "".join([t async for t in provider.create_async_generator(None, HI)])
+        assert provider.api_endpoint == provider.server.url
+    assert text.startswith("[simulated demo]")
+    assert provider.server.requests == 1
