@@ -84,6 +84,31 @@ async def test_router_guide_example_runs_with_the_reference_config(
     assert lines[3] == "Hello, world!"
 
 
+def test_readme_quick_start_config_builds_a_router(monkeypatch: pytest.MonkeyPatch) -> None:
+    (quick_start,) = blocks(ROOT / "README.md", "yaml")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-readme-test-0123456789")
+    router = Router.from_config(yaml.safe_load(quick_start))
+    assert [p.entry_name for p in router.providers] == ["openai", "local", "dark"]
+    assert router.policy.model_chain("smart") == ["gpt-4o", "gpt-4o-mini", "llama3.1"]
+    assert router.providers[0].api_endpoint == "https://api.openai.com/v1/chat/completions"
+    assert router.stream(None, [{"role": "user", "content": "x"}]).requested_model == "smart"
+
+
+def test_simulator_guide_configs_are_valid() -> None:
+    from polyroute.simulator.profile import SimulatedUpstream, SimulatorConfig
+
+    one, entry, servers = (
+        yaml.safe_load(b) for b in blocks(ROOT / "docs" / "simulator.md", "yaml")
+    )
+    assert SimulatedUpstream.model_validate(one).failures.drop_after is not None
+    router = Router.from_config(entry)
+    assert router.providers[0].name == "simulated"
+    assert [u.format for u in SimulatorConfig.model_validate(servers).upstreams] == [
+        "darkai",
+        "openai",
+    ]
+
+
 def test_provider_guide_example_is_a_working_provider() -> None:
     (example,) = blocks(ROOT / "docs" / "providers.md", "python")
     namespace: dict[str, object] = {}

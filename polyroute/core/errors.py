@@ -61,7 +61,10 @@ class ModelNotSupportedError(PolyrouteError, ValueError):
         self.provider = provider
         self.supported = list(supported)
         where = f"provider {provider!r}" if provider else "this router"
-        message = f"model {model!r} is not supported by {where}"
+        if model:
+            message = f"model {model!r} is not supported by {where}"
+        else:
+            message = f"no model given, and {where} has no default_model"
         if self.supported:
             message += f"; valid models: {', '.join(self.supported)}"
         if detail:

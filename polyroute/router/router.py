@@ -448,11 +448,7 @@ class Router:
         """
         model = model or self.settings.default_model
         if not model:
-            raise ModelNotSupportedError(
-                "",
-                supported=self.policy.known_models(),
-                detail="no model given, no default_model set",
-            )
+            raise ModelNotSupportedError("", supported=self.policy.known_models())
         return RouterStream(self, model, normalize_messages(messages), params)
 
     async def complete(self, model: str | None, messages: Messages, **params: Any) -> str:

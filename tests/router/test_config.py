@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from polyroute import ConfigError, Router, RouterConfig, load_config
+from polyroute import ConfigError, ModelNotSupportedError, Router, RouterConfig, load_config
 from polyroute.providers import DarkAI
 
 YAML = """
@@ -209,3 +209,13 @@ def test_router_from_code_with_instances_and_settings() -> None:
 
 def test_router_config_is_exported() -> None:
     assert RouterConfig.model_fields["providers"].is_required()
+
+
+async def test_default_model_serves_requests_without_a_model() -> None:
+    router = Router([DarkAI(name="d", working=True)], default_model="gpt-4o")
+    assert router.stream(None, [{"role": "user", "content": "x"}]).requested_model == "gpt-4o"
+    without = Router([DarkAI(name="d")])
+    with pytest.raises(
+        ModelNotSupportedError, match="no model given, and this router has no default_model"
+    ):
+        without.stream("", [{"role": "user", "content": "x"}])

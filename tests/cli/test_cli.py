@@ -1,0 +1,179 @@
+"""The polyroute command, run as users run it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sys
+from pathlib import Path
+
+from polyroute import StreamReport
+from polyroute.providers import DarkAI, OpenAI
+from tests.cli.helpers import run_cli, simulated, write_config
+
+HI = [{"role": "user", "content": "Hi"}]
+
+
+def events(stderr: str) -> list[dict[str, object]]:
+    return [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
+
+
+async def test_chat_on_the_builtin_default_streams_and_shows_retry_and_fallback(
+    tmp_path: Path,
+) -> None:
+    result = await run_cli("chat", "-v", "--log-format", "json", "Hello", cwd=tmp_path)
+    assert result.code == 0, result.err
+    assert result.out.startswith("[simulated sim-steady] ")
+    assert result.out.endswith("\n")
+    assert "config: built-in default" in result.err
+    names = [event["event"] for event in events(result.err)]
+    assert names.count("attempt.retry") == 1
+    assert "route.fallback" in names
+    assert names[-1] == "route.done"
+
+
+async def test_chat_reads_the_prompt_from_stdin_and_sends_the_system_message(
+    tmp_path: Path,
+) -> None:
+    config = write_config(tmp_path / "r.yaml", simulated("only", ["m"], format="openai"))
+    with_system = await run_cli(
+        "chat", "-c", str(config), "--system", "Be brief.", cwd=tmp_path, stdin="Hi"
+    )
+    without = await run_cli("chat", "-c", str(config), cwd=tmp_path, stdin="Hi")
+    assert with_system.code == without.code == 0
+    assert with_system.out.startswith("[simulated only]")
+    # The simulated text depends on the whole conversation: the system message changed it.
+    assert with_system.out != without.out
+    assert f"config: {config} (from -c)" in with_system.err
+
+
+async def test_no_prompt_is_a_usage_error(tmp_path: Path) -> None:
+    result = await run_cli("chat", cwd=tmp_path, stdin="")
+    assert result.code == 2
+    assert "no prompt" in result.err
+
+
+async def test_unknown_model_exits_3_with_one_line(tmp_path: Path) -> None:
+    result = await run_cli("chat", "-m", "nope", "Hi", cwd=tmp_path)
+    assert result.code == 3
+    error_lines = [
+        line for line in result.err.splitlines() if not line.startswith("polyroute: config")
+    ]
+    assert error_lines == [
+        "polyroute: model 'nope' is not supported by this router; "
+        "valid models: fast, sim-large, sim-small"
+    ]
+
+
+async def test_bad_config_exits_2_naming_the_key(tmp_path: Path) -> None:
+    config = tmp_path / "bad.yaml"
+    config.write_text("providers:\n  - {name: a, type: darkai, priorty: 1}\n")
+    result = await run_cli("chat", "-c", str(config), "Hi", cwd=tmp_path)
+    assert result.code == 2
+    assert "providers.0.priorty" in result.err
+    assert "Traceback" not in result.err
+
+
+async def test_all_failed_exits_1_with_one_line_and_debug_shows_the_traceback(
+    tmp_path: Path,
+) -> None:
+    config = write_config(
+        tmp_path / "r.yaml",
+        simulated("down", ["m"], failures={"status": {503: 1.0}}),
+        retry={"attempts": 1},
+    )
+    result = await run_cli("chat", "-c", str(config), "Hi", cwd=tmp_path)
+    assert result.code == 1
+    assert result.err.splitlines()[-1] == (
+        "polyroute: all providers failed for model 'm' (down: UpstreamStatusError); -v shows why"
+    )
+    assert "Traceback" not in result.err
+    debug = await run_cli("--debug", "chat", "-c", str(config), "Hi", cwd=tmp_path)
+    assert "Traceback" in debug.err
+    assert "AllProvidersFailed" in debug.err
+
+
+async def test_answer_breaking_off_exits_1_after_the_partial_text(tmp_path: Path) -> None:
+    config = write_config(
+        tmp_path / "r.yaml",
+        simulated("drops", ["m"], failures={"drop_after": {"rate": 1, "chunks": 2}}),
+    )
+    result = await run_cli("chat", "-c", str(config), "Hi", cwd=tmp_path)
+    assert result.code == 1
+    assert result.out.startswith("[simulated drops]")
+    assert result.out.endswith("\n")
+    assert "UpstreamConnectionError" not in result.out
+    assert "response body broken off" in result.err
+
+
+async def test_config_search_order(tmp_path: Path) -> None:
+    local = write_config(tmp_path / "polyroute.yaml", simulated("local", ["m"]))
+    from_env = write_config(tmp_path / "env.yaml", simulated("env", ["m"]))
+    flag = write_config(tmp_path / "flag.yaml", simulated("flag", ["m"]))
+    env = {"POLYROUTE_CONFIG": str(from_env)}
+    assert (await run_cli("chat", "Hi", cwd=tmp_path)).out.startswith("[simulated local]")
+    assert (await run_cli("chat", "Hi", cwd=tmp_path, env=env)).out.startswith("[simulated env]")
+    chosen = await run_cli("chat", "-c", str(flag), "Hi", cwd=tmp_path, env=env)
+    assert chosen.out.startswith("[simulated flag]")
+    assert local.exists()
+
+
+async def test_models_lists_providers_aliases_and_fallbacks(tmp_path: Path) -> None:
+    result = await run_cli("models", cwd=tmp_path)
+    assert result.code == 0
+    lines = result.out.splitlines()
+    assert "sim-large  sim-flaky, sim-steady" in lines
+    assert "fast   sim-small" in lines
+    assert "sim-large  sim-small" in lines
+
+
+async def test_providers_check_probes_each_entry(tmp_path: Path) -> None:
+    config = write_config(
+        tmp_path / "r.yaml",
+        simulated("good", ["m"]),
+        simulated("bad", ["m"], failures={"status": {500: 1.0}}),
+        {"name": "off", "type": "darkai"},
+    )
+    result = await run_cli("providers", "-c", str(config), "--check", cwd=tmp_path)
+    assert result.code == 0
+    rows = {line.split()[0]: line for line in result.out.splitlines()[2:]}
+    assert "ok " in rows["good"]
+    assert "failed: UpstreamStatusError" in rows["bad"]
+    assert "skipped (not working)" in rows["off"]
+    assert rows["off"].split()[1:4] == ["darkai", "no", "yes"]
+
+
+async def test_simulate_serves_real_upstreams_until_interrupted(tmp_path: Path) -> None:
+    sim = tmp_path / "sim.yaml"
+    sim.write_text(
+        "upstreams:\n"
+        "  - {name: a, format: darkai, words: 3, latency: {first_chunk_ms: 0, chunk_gap_ms: 0}}\n"
+        "  - {name: b, format: openai, words: 3, latency: {first_chunk_ms: 0, chunk_gap_ms: 0}}\n"
+    )
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "polyroute",
+        "simulate",
+        "--config",
+        str(sim),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert process.stdout is not None
+    lines = [
+        (await asyncio.wait_for(process.stdout.readline(), 30)).decode().split() for _ in range(2)
+    ]
+    assert [line[:2] for line in lines] == [["a", "darkai"], ["b", "openai"]]
+    report = StreamReport()
+    async with (
+        DarkAI(api_endpoint=lines[0][2]) as dark,
+        OpenAI(api_endpoint=lines[1][2], models=[]) as oa,
+    ):
+        dark_text = "".join([t async for t in dark.create_async_generator("gpt-4o", HI)])
+        oa_text = "".join([t async for t in oa.create_async_generator("x", HI, report=report)])
+    assert dark_text.startswith("[simulated a]")
+    assert oa_text.startswith("[simulated b]")
+    process.send_signal(signal.SIGINT)
+    assert await asyncio.wait_for(process.wait(), 30) == 0
