@@ -1,12 +1,40 @@
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+import asyncio
+import gc
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
 
 import pytest
 
 from tests.upstreams.darkai import DarkAIUpstream
 from tests.upstreams.openai import OpenAIUpstream
 from tests.upstreams.proxy import RecordingProxy
+
+LOOP_ERRORS: list[dict[str, Any]] = []
+
+
+class StrictLoopPolicy(asyncio.DefaultEventLoopPolicy):
+    """Every test loop records what asyncio would only log: exceptions nobody retrieved,
+    tasks destroyed while pending, errors in callbacks. Such an error fails the test."""
+
+    def new_event_loop(self) -> asyncio.AbstractEventLoop:
+        loop = super().new_event_loop()
+        loop.set_exception_handler(lambda _loop, context: LOOP_ERRORS.append(context))
+        return loop
+
+
+asyncio.set_event_loop_policy(StrictLoopPolicy())
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item: pytest.Item) -> Iterator[None]:
+    yield
+    gc.collect()  # destroyed-while-pending tasks are only reported when collected
+    errors, LOOP_ERRORS[:] = list(LOOP_ERRORS), []
+    if errors:
+        messages = "; ".join(str(error.get("message") or error) for error in errors)
+        pytest.fail(f"unhandled errors in the event loop: {messages}", pytrace=False)
 
 
 @pytest.fixture

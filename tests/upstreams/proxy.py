@@ -22,6 +22,7 @@ class RecordingProxy:
         self.requests: list[ProxiedRequest] = []
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._writers: set[asyncio.StreamWriter] = set()
         self.port = 0
 
     def url(self, credentials: str | None = None) -> str:
@@ -34,9 +35,11 @@ class RecordingProxy:
         return self
 
     async def stop(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        # Closing the sockets ends the relays; cancelling their tasks instead would make
+        # asyncio's stream server report the cancellation as an unhandled error.
+        for writer in list(self._writers):
+            writer.close()
+        await asyncio.gather(*self._tasks)
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
@@ -45,6 +48,7 @@ class RecordingProxy:
         task = asyncio.current_task()
         assert task is not None
         self._tasks.add(task)  # type: ignore[arg-type]
+        self._writers.add(writer)
         try:
             head = await reader.readuntil(b"\r\n\r\n")
             request_line, *header_lines = head.decode("latin-1").split("\r\n")
@@ -61,6 +65,7 @@ class RecordingProxy:
             self.requests.append(ProxiedRequest(request_line, auth))
             url = URL(target)
             up_reader, up_writer = await asyncio.open_connection(url.host, url.port)
+            self._writers.add(up_writer)
             kept = [line for line in headers if not line.lower().startswith("proxy-")]
             origin_head = "\r\n".join([f"{method} {url.raw_path_qs} {version}", *kept, "", ""])
             up_writer.write(origin_head.encode("latin-1"))

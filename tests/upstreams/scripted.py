@@ -33,6 +33,10 @@ class Script:
     stall_after: int | None = None
     """Hold the connection open without writing after this many chunks."""
     stall_before_headers: bool = False
+    reset_before_headers: bool = False
+    """Abort the TCP connection instead of answering."""
+    reset_after: int | None = None
+    """Abort the TCP connection after this many chunks."""
     finish_reason: str = "stop"
     usage: dict[str, int] | None = None
 
@@ -63,6 +67,8 @@ class ScriptedUpstream(LocalServer):
         script = self.queue.pop(0) if self.queue else self.default
         if script.stall_before_headers:
             await asyncio.Event().wait()
+        if script.reset_before_headers:
+            await _abort(request)
         if script.status >= 300:
             return web.Response(
                 status=script.status, text=script.error_body, headers=script.headers
@@ -75,13 +81,14 @@ class ScriptedUpstream(LocalServer):
             pieces = [script.raw]
         else:
             chunks = list(script.chunks)
-            if script.stall_after is not None:
-                chunks = chunks[: script.stall_after]
+            cut = script.stall_after if script.stall_after is not None else script.reset_after
+            if cut is not None:
+                chunks = chunks[:cut]
             pieces = [
                 self.encode_chunk(index, chunk, script, record.body)
                 for index, chunk in enumerate(chunks)
             ]
-            if script.end and script.stall_after is None:
+            if script.end and cut is None:
                 pieces.append(self.encode_end(script, record.body))
         if script.piece_size:
             body = b"".join(pieces)
@@ -93,5 +100,15 @@ class ScriptedUpstream(LocalServer):
                 await asyncio.sleep(script.delay)
         if script.stall_after is not None:
             await asyncio.Event().wait()
+        if script.reset_after is not None:
+            await _abort(request)
         await response.write_eof()
         return response
+
+
+async def _abort(request: web.Request) -> None:
+    # Abort (not close) the socket: the client sees the connection drop mid-exchange.
+    # aiohttp then cancels this handler, which records the exchange as not completed.
+    assert request.transport is not None
+    request.transport.abort()
+    await asyncio.Event().wait()
