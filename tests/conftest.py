@@ -2,14 +2,27 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import io
+import logging
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
+import structlog
+from hypothesis import settings
 
+from polyroute import configure_logging
+from polyroute.core.logging import LOGGER_NAME
 from tests.upstreams.darkai import DarkAIUpstream
 from tests.upstreams.openai import OpenAIUpstream
 from tests.upstreams.proxy import RecordingProxy
+
+# Property tests: a short budget by default (CI), a long one on demand (docs/reliability.md):
+#   HYPOTHESIS_PROFILE=fuzz .venv/bin/python -m pytest tests/reliability/test_fuzz.py
+settings.register_profile("ci", max_examples=200, deadline=None)
+settings.register_profile("fuzz", max_examples=20_000, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 LOOP_ERRORS: list[dict[str, Any]] = []
 
@@ -35,6 +48,22 @@ def pytest_runtest_teardown(item: pytest.Item) -> Iterator[None]:
     if errors:
         messages = "; ".join(str(error.get("message") or error) for error in errors)
         pytest.fail(f"unhandled errors in the event loop: {messages}", pytrace=False)
+
+
+@pytest.fixture
+def json_log() -> Iterator[io.StringIO]:
+    """polyroute's events as configured by an application: JSON lines, debug level, into
+    the returned buffer. The library's silent default is restored afterwards."""
+    stream = io.StringIO()
+    configure_logging(fmt="json", stream=stream, level=logging.DEBUG)
+    yield stream
+    structlog.reset_defaults()
+    logger = logging.getLogger(LOGGER_NAME)
+    for handler in list(logger.handlers):
+        if not isinstance(handler, logging.NullHandler):
+            logger.removeHandler(handler)
+    logger.propagate = True
+    logger.setLevel(logging.NOTSET)
 
 
 @pytest.fixture

@@ -138,11 +138,12 @@ class OpenAI(AsyncGeneratorProvider):
     ) -> PolyrouteError:
         """The typed error for an OpenAI-style ``{"error": ...}`` object."""
         detail = payload["error"]
+        message, code = str(detail), ""
         if isinstance(detail, dict):
             message = str(detail.get("message") or detail)
             code = detail.get("code") or detail.get("type") or ""
-        else:
-            message, code = str(detail), ""
+            if isinstance(code, bool) or not isinstance(code, str | int):
+                code = ""  # a malformed code must not stop the error being reported
         if isinstance(code, int):  # OpenRouter puts the HTTP status in `code`
             status, code = status or code, ""
         text = message.lower()

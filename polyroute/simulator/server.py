@@ -6,6 +6,7 @@ import asyncio
 import json
 import random
 import time
+from collections import Counter
 from typing import Any
 
 from aiohttp import web
@@ -44,6 +45,8 @@ class SimulatorServer:
         self.host = host
         self.port = profile.port
         self.requests = 0
+        self.outcomes: Counter[str] = Counter()
+        """How each request was answered: ``ok``, ``status 503``, ``reset``, ``stall``, ``drop``."""
         self._runner: web.AppRunner | None = None
 
     @property
@@ -80,19 +83,23 @@ class SimulatorServer:
         draw = rng.random()
         for status, share in failures.status.items():
             if draw < share:
+                self.outcomes[f"status {status}"] += 1
                 return web.json_response(
                     {"error": {"message": f"simulated {status}", "code": None}}, status=status
                 )
             draw -= share
         if draw < failures.reset:
+            self.outcomes["reset"] += 1
             return await _hang_up(request)
         draw -= failures.reset
         if draw < failures.stall:
+            self.outcomes["stall"] += 1
             await asyncio.Event().wait()
         draw -= failures.stall
         drop_after = None
         if failures.drop_after and draw < failures.drop_after.rate:
             drop_after = failures.drop_after.chunks
+        self.outcomes["drop" if drop_after is not None else "ok"] += 1
 
         prompt = (
             body.get("query") if profile.format == "darkai" else json.dumps(body.get("messages"))

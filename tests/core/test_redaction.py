@@ -2,12 +2,11 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 
 from structlog.testing import capture_logs
 
-from polyroute import UpstreamConnectionError, configure_logging
-from polyroute.core.logging import LOGGER_NAME, get_logger
+from polyroute import UpstreamConnectionError
+from polyroute.core.logging import get_logger
 from polyroute.core.redaction import redact, redact_headers, register_secret
 
 
@@ -46,16 +45,9 @@ def test_library_is_silent_until_configured(capsys: object) -> None:
     assert captured.err == ""
 
 
-def test_configured_json_logging_redacts_every_value() -> None:
-    stream = io.StringIO()
-    configure_logging(fmt="json", stream=stream, level=logging.DEBUG)
-    try:
-        get_logger().info(
-            "probe.event", proxy="http://u:hunter2@h:1", headers={"Authorization": "k"}
-        )
-    finally:
-        _reset_logging()
-    event = json.loads(stream.getvalue().splitlines()[-1])
+def test_configured_json_logging_redacts_every_value(json_log: io.StringIO) -> None:
+    get_logger().info("probe.event", proxy="http://u:hunter2@h:1", headers={"Authorization": "k"})
+    event = json.loads(json_log.getvalue().splitlines()[-1])
     assert event["event"] == "probe.event"
     assert event["proxy"] == "http://***@h:1"
     assert event["headers"] == {"Authorization": "***"}
@@ -65,15 +57,3 @@ def test_events_reach_structlog_capture() -> None:
     with capture_logs() as logs:
         get_logger().warning("probe.captured", n=3)
     assert logs == [{"event": "probe.captured", "n": 3, "log_level": "warning"}]
-
-
-def _reset_logging() -> None:
-    import structlog
-
-    structlog.reset_defaults()
-    logger = logging.getLogger(LOGGER_NAME)
-    for handler in list(logger.handlers):
-        if not isinstance(handler, logging.NullHandler):
-            logger.removeHandler(handler)
-    logger.propagate = True
-    logger.setLevel(logging.NOTSET)

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from polyroute import UpstreamProtocolError
@@ -100,7 +100,6 @@ _streams = st.lists(st.tuples(_field_line, _line_end), max_size=30).map(
 )
 
 
-@settings(max_examples=300, deadline=None)
 @given(body=_streams, cuts=st.lists(st.integers(min_value=0, max_value=400), max_size=20))
 def test_rechunking_gives_identical_events(body: bytes, cuts: list[int]) -> None:
     points = sorted({cut for cut in cuts if cut < len(body)})
@@ -108,7 +107,6 @@ def test_rechunking_gives_identical_events(body: bytes, cuts: list[int]) -> None
     assert decode(*pieces) == decode(body)
 
 
-@settings(max_examples=300, deadline=None)
 @given(body=st.binary(max_size=300), cut=st.integers(min_value=0, max_value=300))
 def test_arbitrary_bytes_give_events_or_the_documented_error(body: bytes, cut: int) -> None:
     try:
