@@ -68,3 +68,31 @@ def format_prompt(messages: Messages) -> str:
         return checked[0].content
     lines = "\n".join(f"{message.role.capitalize()}: {message.content}" for message in checked)
     return f"{lines}\nAssistant:"
+
+
+CONTINUE_INSTRUCTION = (
+    "Continue your previous answer exactly where it stopped, mid-word if need be. "
+    "Do not repeat anything you already wrote and do not comment on the interruption."
+)
+"""What chat-format providers are told when they take over an answer another one began."""
+
+
+def continuation_messages(messages: list[Message], partial: str, *, prefill: bool) -> list[Message]:
+    """The conversation that asks a chat model to continue ``partial``.
+
+    With ``prefill`` the conversation simply ends with the partial assistant message
+    (for upstreams that continue a final assistant message); otherwise an instruction
+    to continue follows it.
+    """
+    tail = [Message(role="assistant", content=partial)]
+    if not prefill:
+        tail.append(Message(role="user", content=CONTINUE_INSTRUCTION))
+    return [*messages, *tail]
+
+
+def continuation_prompt(messages: Messages, partial: str) -> str:
+    """A prompt-format continuation: every message as a ``Role: content`` line, then
+    ``Assistant:`` followed by the partial answer, for the model to carry on."""
+    checked = normalize_messages(messages)
+    lines = "\n".join(f"{message.role.capitalize()}: {message.content}" for message in checked)
+    return f"{lines}\nAssistant: {partial}"

@@ -23,6 +23,7 @@ from typing import Any, ClassVar, Final, Generic, TypeVar
 from polyroute.core.attempts import StreamReport
 from polyroute.core.errors import (
     ConfigError,
+    InvalidRequestError,
     ModelNotSupportedError,
     PolyrouteError,
     UpstreamProtocolError,
@@ -78,6 +79,8 @@ class BaseProvider:
     supports_system_message: bool = False
     supports_message_history: bool = False
     needs_auth: bool = False
+    supports_continuation: bool = False
+    """Can take over an answer another provider began (``continue_from=`` in requests)."""
     default_model: str | None = None
     models: list[str] = []
     model_aliases: dict[str, str] = {}
@@ -182,8 +185,19 @@ class AsyncGeneratorProvider(BaseProvider):
         """Headers that carry ``api_key``; bearer authentication unless overridden."""
         return {"Authorization": f"Bearer {api_key}"}
 
-    def build_request(self, model: str, messages: list[Message], **kwargs: Any) -> Any:
-        """The JSON body for ``model`` and the validated ``messages``."""
+    def build_request(
+        self,
+        model: str,
+        messages: list[Message],
+        *,
+        continue_from: str | None = None,
+        **params: Any,
+    ) -> Any:
+        """The JSON body for ``model`` and the validated ``messages``.
+
+        ``continue_from`` (only passed when ``supports_continuation``) is a partial
+        answer the upstream must carry on from, without repeating it.
+        """
         raise NotImplementedError
 
     def parse_event(self, event: SSEEvent, report: StreamReport) -> ParseResult:
@@ -224,9 +238,11 @@ class AsyncGeneratorProvider(BaseProvider):
 
         Keyword overrides ``api_endpoint=`` and ``timeout=`` (seconds in all, or a
         :class:`Timeouts`) apply to this call only; pass ``report=StreamReport()`` to
-        receive ``finish_reason`` and ``usage``. Other keywords are request parameters
-        (sampling options) for providers that take them. Raises the typed
-        :class:`UpstreamError` subclasses; text already yielded stays delivered.
+        receive ``finish_reason`` and ``usage``, and ``continue_from=partial`` to have a
+        provider that ``supports_continuation`` carry on an unfinished answer. Other
+        keywords are request parameters (sampling options) for providers that take them.
+        Raises the typed :class:`UpstreamError` subclasses; text already yielded stays
+        delivered.
         Closing the generator closes the upstream response at once.
         """
         if isinstance(self_or_cls, type):
@@ -246,10 +262,16 @@ class AsyncGeneratorProvider(BaseProvider):
         api_endpoint: str | None = None,
         timeout: Timeouts | float | None = None,  # noqa: ASYNC109 - the documented override
         report: StreamReport | None = None,
+        continue_from: str | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[str]:
         upstream_model = self.get_model(model)
-        body = self.build_request(upstream_model, normalize_messages(messages), **kwargs)
+        if continue_from and not self.supports_continuation:
+            raise InvalidRequestError(f"provider {self.entry_name!r} cannot continue an answer")
+        checked = normalize_messages(messages)
+        body = self.build_request(
+            upstream_model, checked, continue_from=continue_from or None, **kwargs
+        )
         timeouts = self.timeouts.merged(timeout)
         url = api_endpoint or self.api_endpoint
         if not url:

@@ -16,7 +16,7 @@ from typing import Any
 from polyroute.core.attempts import StreamReport
 from polyroute.core.errors import UpstreamProtocolError
 from polyroute.core.logging import get_logger
-from polyroute.core.messages import Message, format_prompt
+from polyroute.core.messages import Message, continuation_prompt, format_prompt
 from polyroute.core.sse import SSEEvent, excerpt
 from polyroute.providers.base import STREAM_END, AsyncGeneratorProvider, ParseResult
 
@@ -42,9 +42,19 @@ class DarkAI(AsyncGeneratorProvider):
         ),
     }
     end_event_name = "stream-end"
+    supports_continuation = True  # a prompt format: the partial answer goes after "Assistant:"
 
-    def build_request(self, model: str, messages: list[Message], **kwargs: Any) -> Any:
+    def build_request(
+        self,
+        model: str,
+        messages: list[Message],
+        *,
+        continue_from: str | None = None,
+        **params: Any,
+    ) -> Any:
         # The upstream takes no sampling options; like the seed, extra keywords are ignored.
+        if continue_from:
+            return {"query": continuation_prompt(messages, continue_from), "model": model}
         return {"query": format_prompt(messages), "model": model}
 
     def parse_event(self, event: SSEEvent, report: StreamReport) -> ParseResult:

@@ -10,7 +10,7 @@ POST ``{base_url}/chat/completions`` with ``stream: true``; each SSE event is a
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Literal
 
 from polyroute.core.attempts import StreamReport
 from polyroute.core.errors import (
@@ -25,7 +25,7 @@ from polyroute.core.errors import (
     UpstreamStatusError,
 )
 from polyroute.core.http import fetch_json
-from polyroute.core.messages import Message
+from polyroute.core.messages import Message, continuation_messages
 from polyroute.core.sse import SSEEvent, excerpt
 from polyroute.providers.base import STREAM_END, AsyncGeneratorProvider, ParseResult
 
@@ -67,9 +67,19 @@ class OpenAI(AsyncGeneratorProvider):
     end_event_name = "data: [DONE]"
     include_usage = True
     """Ask for the final usage chunk (``stream_options``); some old servers reject it."""
+    supports_continuation = True
+    continuation: Literal["instruct", "prefill"] = "instruct"
+    """How a partial answer is handed over: as an assistant message followed by an
+    instruction to continue, or as a final assistant message to prefill (for upstreams
+    that continue one, such as vLLM's continue_final_message or DeepSeek's prefix)."""
 
     def __init__(
-        self, *, base_url: str | None = None, include_usage: bool | None = None, **kwargs: Any
+        self,
+        *,
+        base_url: str | None = None,
+        include_usage: bool | None = None,
+        continuation: Literal["instruct", "prefill"] | None = None,
+        **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         if base_url is not None:
@@ -78,14 +88,26 @@ class OpenAI(AsyncGeneratorProvider):
                 self.api_endpoint = f"{self.base_url}/chat/completions"
         if include_usage is not None:
             self.include_usage = include_usage
+        if continuation is not None:
+            self.continuation = continuation
 
-    def build_request(self, model: str, messages: list[Message], **params: Any) -> Any:
+    def build_request(
+        self,
+        model: str,
+        messages: list[Message],
+        *,
+        continue_from: str | None = None,
+        **params: Any,
+    ) -> Any:
         unknown = sorted(set(params) - SAMPLING_PARAMETERS)
         if unknown:
             raise InvalidRequestError(
                 f"unknown request parameters {', '.join(unknown)}; "
                 f"{self.entry_name} takes: {', '.join(sorted(SAMPLING_PARAMETERS))}"
             )
+        if continue_from:
+            prefill = self.continuation == "prefill"
+            messages = continuation_messages(messages, continue_from, prefill=prefill)
         body: dict[str, Any] = {
             "model": model,
             "messages": [message.model_dump(exclude_none=True) for message in messages],

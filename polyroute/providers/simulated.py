@@ -18,7 +18,7 @@ from polyroute.providers.openai import OpenAI
 from polyroute.simulator.profile import SimulatedUpstream
 from polyroute.simulator.server import SimulatorServer
 
-_PROFILE_KEYS = ("format", "seed", "words", "latency", "failures")
+_PROFILE_KEYS = ("format", "seed", "words", "latency", "failures", "continuation_overlap")
 
 
 class Simulated(AsyncGeneratorProvider):
@@ -42,6 +42,7 @@ class Simulated(AsyncGeneratorProvider):
             self.profile.format == "openai"
         )
         self.server = SimulatorServer(self.profile)
+        self.supports_continuation = True
         inner_type = OpenAI if self.profile.format == "openai" else DarkAI
         # The inner provider accepts any model name: this entry's own list decides.
         self._inner = inner_type(

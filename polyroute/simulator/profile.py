@@ -62,6 +62,9 @@ class SimulatedUpstream(_Strict):
     port: int = Field(0, ge=0, le=65535, description="0: any free port")
     seed: int = 0
     words: int = Field(24, ge=1, le=10_000, description="length of each answer in words")
+    continuation_overlap: int = Field(
+        0, ge=0, description="when asked to continue, repeat this many words already given"
+    )
     latency: Latency = Latency()
     failures: Failures = Failures()
 

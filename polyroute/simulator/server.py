@@ -5,14 +5,16 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import re
 import time
 from collections import Counter
 from typing import Any
 
 from aiohttp import web
 
+from polyroute.core.messages import CONTINUE_INSTRUCTION
 from polyroute.simulator.profile import SimulatedUpstream
-from polyroute.simulator.text import simulated_words
+from polyroute.simulator.text import answer_words, tag, words_already_given
 
 PATHS = {"darkai": "/chat", "openai": "/v1/chat/completions"}
 
@@ -101,10 +103,13 @@ class SimulatorServer:
             drop_after = failures.drop_after.chunks
         self.outcomes["drop" if drop_after is not None else "ok"] += 1
 
-        prompt = (
-            body.get("query") if profile.format == "darkai" else json.dumps(body.get("messages"))
-        )
-        words = simulated_words(profile.name, profile.seed, str(prompt), profile.words)
+        key, partial = read_conversation(profile.format, body)
+        words = answer_words(key, profile.words)
+        if partial is None:
+            words = [tag(profile.name), *words]
+        else:
+            given = words_already_given(partial, words)
+            words = words[max(0, given - profile.continuation_overlap) :]
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
         await self._pause(rng, profile.latency.first_chunk_ms)
@@ -146,6 +151,34 @@ class SimulatorServer:
         delay = milliseconds + rng.uniform(0, self.profile.latency.jitter_ms)
         if delay:
             await asyncio.sleep(delay / 1000)
+
+
+_ROLE_LINE = re.compile(r"^(System|User|Assistant|Tool|Developer): ", re.MULTILINE)
+_CUE = "\nAssistant:"
+
+
+def read_conversation(wire: str, body: dict[str, Any]) -> tuple[str, str | None]:
+    """The conversation a request is about (as a stable key) and, for a request to
+    continue an answer, the partial answer it carries."""
+    if wire == "openai":
+        messages = [(str(m.get("role")), str(m.get("content"))) for m in body.get("messages") or []]
+        partial = None
+        if len(messages) >= 2 and messages[-1] == ("user", CONTINUE_INSTRUCTION):
+            partial, messages = messages[-2][1], messages[:-2]
+        elif messages and messages[-1][0] == "assistant":
+            partial, messages = messages[-1][1], messages[:-1]
+        return json.dumps(messages), partial
+    query = str(body.get("query", ""))
+    cue = query.rfind(_CUE)
+    if cue < 0:
+        return json.dumps([("user", query)]), None
+    rest = query[cue + len(_CUE) :]
+    parts = _ROLE_LINE.split(query[:cue])[1:]  # role, content, role, content...
+    messages = [
+        (role.lower(), text.removesuffix("\n"))
+        for role, text in zip(parts[::2], parts[1::2], strict=True)
+    ]
+    return json.dumps(messages), (rest.removeprefix(" ") if rest else None)
 
 
 async def _hang_up(request: web.Request) -> web.StreamResponse:

@@ -3,13 +3,15 @@
 Words are drawn by a bigram walk over the opening of Lewis Carroll's "Alice's
 Adventures in Wonderland" (1865, public domain), so the output reads like prose
 but is never mistaken for a model's answer: it always starts with a
-``[simulated <name>]`` tag.
+``[simulated <name>]`` tag. The words depend only on the conversation (not on the
+upstream), so a simulated continuation can be checked to the character.
 """
 
 from __future__ import annotations
 
 import itertools
 import random
+import re
 from collections import defaultdict
 from functools import cache
 
@@ -41,17 +43,36 @@ def _followers() -> dict[str, list[str]]:
     return dict(table)
 
 
-def simulated_words(name: str, seed: int, prompt: str, count: int) -> list[str]:
-    """A ``[simulated name]`` tag, then ``count`` words, each with its leading space.
-
-    The same ``name``, ``seed`` and ``prompt`` always give the same words.
-    """
-    rng = random.Random(f"{seed}\0{prompt}")
+def answer_words(conversation_key: str, count: int) -> list[str]:
+    """The body of the answer to a conversation: ``count`` words, each with its leading
+    space. Every simulated upstream gives the same words for the same conversation, so
+    one can continue exactly where another stopped."""
+    rng = random.Random(conversation_key)
     followers = _followers()
     starts = sorted(followers)
     word = rng.choice(starts)
-    words = [f"[simulated {name}]"]
+    words = []
     for _ in range(count):
         words.append(" " + word)
         word = rng.choice(followers.get(word) or starts)
     return words
+
+
+def tag(name: str) -> str:
+    """The marker every simulated answer starts with."""
+    return f"[simulated {name}]"
+
+
+def simulated_words(name: str, conversation_key: str, count: int) -> list[str]:
+    """A whole simulated answer as chunks: the tag, then the words."""
+    return [tag(name), *answer_words(conversation_key, count)]
+
+
+def words_already_given(partial: str, words: list[str]) -> int:
+    """How many of ``words`` the ``partial`` answer (tag included) already holds."""
+    body = re.sub(r"^\[simulated [^\]]*\]", "", partial)
+    given = 0
+    while given < len(words) and body.startswith(words[given]):
+        body = body[len(words[given]) :]
+        given += 1
+    return given

@@ -54,9 +54,8 @@ def entry(profile: dict[str, Any]) -> dict[str, Any]:
 
 
 def expected_text(name: str) -> str:
-    profile = next(p for p in PROVIDERS if p["name"] == name)
-    prompt = "Hi" if profile["format"] == "darkai" else json.dumps(MESSAGES)
-    return "".join(simulated_words(name, profile["seed"], prompt, WORDS))
+    conversation = json.dumps([[m["role"], m["content"]] for m in MESSAGES])
+    return "".join(simulated_words(name, conversation, WORDS))
 
 
 async def one_call(router: Router, model: str) -> tuple[str, Any]:

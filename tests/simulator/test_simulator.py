@@ -20,7 +20,7 @@ from polyroute.providers import DarkAI, OpenAI
 from polyroute.providers.simulated import Simulated
 from polyroute.simulator.profile import SimulatedUpstream
 from polyroute.simulator.server import SimulatorServer
-from polyroute.simulator.text import simulated_words
+from polyroute.simulator.text import answer_words, simulated_words, words_already_given
 
 HI = [{"role": "user", "content": "Hi"}]
 
@@ -42,13 +42,21 @@ async def start(servers: list[SimulatorServer], **profile: object) -> SimulatorS
 FAST = {"latency": {"first_chunk_ms": 0, "chunk_gap_ms": 0}}
 
 
-def test_text_is_tagged_and_deterministic() -> None:
-    words = simulated_words("sim-a", 5, "prompt", 10)
+def test_text_is_tagged_and_depends_only_on_the_conversation() -> None:
+    words = simulated_words("sim-a", "conversation", 10)
     assert words[0] == "[simulated sim-a]"
     assert len(words) == 11
     assert all(word.startswith(" ") for word in words[1:])
-    assert words == simulated_words("sim-a", 5, "prompt", 10)
-    assert words != simulated_words("sim-a", 6, "prompt", 10)
+    assert words == simulated_words("sim-a", "conversation", 10)
+    assert words[1:] == simulated_words("sim-b", "conversation", 10)[1:]
+    assert words[1:] != simulated_words("sim-a", "another", 10)[1:]
+
+
+def test_words_already_given_counts_whole_words_after_the_tag() -> None:
+    words = answer_words("c", 6)
+    partial = "[simulated x]" + "".join(words[:4])
+    assert words_already_given(partial, words) == 4
+    assert words_already_given("[simulated x]", words) == 0
 
 
 async def test_openai_format_validates_as_official_chunks(started: list[SimulatorServer]) -> None:
