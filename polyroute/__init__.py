@@ -36,7 +36,9 @@ from polyroute.router.config import (
     load_config,
 )
 from polyroute.router.health import HealthStore, InMemoryHealth
-from polyroute.router.router import Router, RouterStream
+from polyroute.router.relay import StreamRestarted
+from polyroute.router.router import Router
+from polyroute.router.stream import RouterStream
 
 __version__ = "0.1.0"
 
@@ -65,6 +67,7 @@ __all__ = [
     "RouterStream",
     "StreamNotSupportedError",
     "StreamReport",
+    "StreamRestarted",
     "Timeouts",
     "TimeoutsConfig",
     "UpstreamConnectionError",

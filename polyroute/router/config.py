@@ -13,7 +13,14 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from polyroute.core.errors import ConfigError, describe_validation_error
 from polyroute.core.http import Timeouts
@@ -97,8 +104,56 @@ class ProviderEntry(_Strict):
                 yield key, value
 
 
-class RouterSettings(_Strict):
+class HedgeConfig(_Strict):
+    """Start the next candidate in parallel when the first chunk is late."""
+
+    after_ms: float | Literal["p95"] = Field(
+        1500.0,
+        description='milliseconds without a first chunk, or "p95" of the entry\'s recent ones',
+    )
+    max_parallel: int = Field(2, ge=2, description="upstream requests at once for one request")
+    p95_fallback_ms: float = Field(
+        1500.0, gt=0, description='"p95" before the entry has any observation'
+    )
+
+    @field_validator("after_ms")
+    @classmethod
+    def _positive(cls, value: float | str) -> float | str:
+        if isinstance(value, float | int) and value <= 0:
+            raise ValueError("after_ms must be positive")
+        return value
+
+
+class RouteSettings(_Strict):
+    """How one request is routed; set for all models, and per model under ``per_model``."""
+
+    on_midstream_failure: Literal["continue", "restart", "raise"] = Field(
+        "continue", description="what to do when an upstream fails after text was delivered"
+    )
+    continuation_fallback: Literal["restart", "raise"] = Field(
+        "raise", description="when no remaining candidate can continue an answer"
+    )
+    max_relays: int = Field(2, ge=0, description="hand-overs after text was delivered, at most")
+    hedge: HedgeConfig | None = Field(None, description="off unless set: it costs tokens")
+    order: Literal["priority", "latency", "adaptive"] = "priority"
+
+
+class RouterSettings(RouteSettings):
     """Everything but the providers: shared by config files and ``Router(...)`` in code."""
+
+    per_model: dict[str, RouteSettings] = Field(
+        default_factory=dict, description="route settings for one model, over the defaults"
+    )
+
+    def for_model(self, model: str) -> RouteSettings:
+        """The route settings for ``model``: its ``per_model`` keys over the defaults."""
+        override = self.per_model.get(model)
+        defaults = {name: getattr(self, name) for name in RouteSettings.model_fields}
+        if override is None:
+            return RouteSettings(**defaults)
+        return RouteSettings(
+            **{**defaults, **{k: getattr(override, k) for k in override.model_fields_set}}
+        )
 
     default_model: str | None = Field(None, description="used when a request names no model")
     aliases: dict[str, str] = Field(default_factory=dict)

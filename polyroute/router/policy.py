@@ -7,10 +7,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 from polyroute.core.errors import ModelNotSupportedError
 from polyroute.providers.base import AsyncGeneratorProvider
 from polyroute.router.health import HealthStore
+from polyroute.router.stats import StatsBook
+
+Order = Literal["priority", "latency", "adaptive"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,8 +81,20 @@ class RoutingPolicy:
             raise ModelNotSupportedError(requested, supported=self.known_models())
         return chain
 
-    def candidates(self, model: str, health: HealthStore) -> tuple[list[Candidate], list[str]]:
-        """Entries that can serve ``model`` now, in order, and why the others cannot."""
+    def candidates(
+        self,
+        model: str,
+        health: HealthStore,
+        stats: StatsBook | None = None,
+        order: Order = "priority",
+    ) -> tuple[list[Candidate], list[str]]:
+        """Entries that can serve ``model`` now, in order, and why the others cannot.
+
+        ``order``: ``priority`` (configured), ``latency`` (lowest time to first chunk
+        first) or ``adaptive`` (lowest expected time to a complete answer, failures
+        counted); configured priority breaks ties, and unmeasured entries come first so
+        that they get measured.
+        """
         chosen: list[Candidate] = []
         excluded: list[str] = []
         for entry in self.entries:
@@ -93,6 +109,10 @@ class RoutingPolicy:
                 excluded.append(f"{entry.name} ({model}): cooling down")
             else:
                 chosen.append(Candidate(entry, model, provider.get_model(model)))
+        if stats is not None and order == "latency":
+            chosen.sort(key=lambda candidate: stats[candidate.name].ttft_ms or 0.0)
+        elif stats is not None and order == "adaptive":
+            chosen.sort(key=lambda candidate: stats[candidate.name].expected_ms())
         return chosen, excluded
 
     def known_models(self) -> list[str]:

@@ -214,6 +214,8 @@ async def test_fault(
         ],
         "retry": {"attempts": 2},
         "cooldown": {"failures": 100},
+        # This matrix proves the raise-after-text path; relays have their own tests.
+        "on_midstream_failure": "raise",
     }
     sleep = FakeSleep()
     with capture_logs() as logs, aioresponses(passthrough=["http://127.0.0.1"]) as mocked:

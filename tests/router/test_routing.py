@@ -161,7 +161,8 @@ async def test_failure_after_text_raises_with_the_partial_text(start_darkai: Sta
     first, second = await start_darkai(), await start_darkai()
     first.default = Script(chunks=["Hel", "lo"], end=False)
     received: list[str] = []
-    async with router_for(entry("first", first), entry("second", second)) as router:
+    config = [entry("first", first), entry("second", second)]
+    async with router_for(*config, on_midstream_failure="raise") as router:
         stream = router.stream("gpt-4o", HI)
 
         async def consume() -> None:
