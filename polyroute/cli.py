@@ -31,6 +31,7 @@ from polyroute.core.logging import configure_logging
 from polyroute.providers.base import AsyncGeneratorProvider
 from polyroute.router.config import RouterConfig, load_config, read_config_file, validate
 from polyroute.router.router import Router
+from polyroute.router.stats import EntryStats
 from polyroute.simulator.profile import SimulatedUpstream, SimulatorConfig
 from polyroute.simulator.server import SimulatorServer
 
@@ -194,39 +195,56 @@ async def providers(args: argparse.Namespace) -> int:
         entries = router.providers
         checks: list[str] = []
         if args.check:
-            checks = list(await asyncio.gather(*(probe(p) for p in entries)))
-        rows = [
-            (
-                p.entry_name,
-                p.name or type(p).__name__,
-                yes(p.working),
-                yes(p.supports_stream),
-                router.health.state(p.entry_name),
-                p.api_endpoint or "-",
-                *([checks[i]] if checks else []),
+            checks = list(
+                await asyncio.gather(*(probe(p, router.stats[p.entry_name]) for p in entries))
             )
-            for i, p in enumerate(entries)
-        ]
+        rows = []
+        for index, provider in enumerate(entries):
+            stats = router.stats[provider.entry_name]
+            rows.append(
+                (
+                    provider.entry_name,
+                    provider.name or type(provider).__name__,
+                    yes(provider.working),
+                    yes(provider.supports_stream),
+                    router.health.state(provider.entry_name),
+                    figure(stats.ttft_ms, "ms"),
+                    figure(stats.chars_per_s, "/s"),
+                    f"{stats.error_rate:.0%}" if stats.attempts else "-",
+                    provider.api_endpoint or "-",
+                    *([checks[index]] if checks else []),
+                )
+            )
     print(f"# config: {origin}")
-    header = ["NAME", "TYPE", "WORKING", "STREAM", "STATE", "ENDPOINT"]
+    header = ["NAME", "TYPE", "WORKING", "STREAM", "STATE", "TTFT", "CHARS", "ERRORS", "ENDPOINT"]
     table(header + (["CHECK"] if checks else []), rows)
     return EXIT_OK
 
 
-async def probe(provider: AsyncGeneratorProvider) -> str:
-    """One tiny request: the time to its first chunk, or why it failed."""
+async def probe(provider: AsyncGeneratorProvider, stats: EntryStats) -> str:
+    """One tiny request: the time to its whole (short) answer, or why it failed; the
+    figures go into ``stats`` like a routed request's."""
     if not provider.working:
         return "skipped (not working)"
     model = provider.default_model or (provider.models[0] if provider.models else None)
     started = time.perf_counter()
-    answer = provider.create_async_generator(model, [{"role": "user", "content": "ping"}])
+    chars = 0
     try:
-        await anext(answer, None)
+        answer = provider.create_async_generator(model, [{"role": "user", "content": "ping"}])
+        async for text in answer:
+            if not chars:
+                stats.record_first_chunk((time.perf_counter() - started) * 1000)
+            chars += len(text)
     except PolyrouteError as error:
+        stats.record_failure()
         return f"failed: {type(error).__name__}"
-    finally:
-        await answer.aclose()
-    return f"ok {(time.perf_counter() - started) * 1000:.0f} ms"
+    elapsed_ms = (time.perf_counter() - started) * 1000
+    stats.record_success(chars, elapsed_ms - (stats.ttft_ms or 0.0))
+    return f"ok {elapsed_ms:.0f} ms"
+
+
+def figure(value: float | None, unit: str) -> str:
+    return "-" if value is None else f"{value:.0f}{unit}"
 
 
 async def simulate(args: argparse.Namespace) -> int:

@@ -110,7 +110,7 @@ class RoutingPolicy:
             else:
                 chosen.append(Candidate(entry, model, provider.get_model(model)))
         if stats is not None and order == "latency":
-            chosen.sort(key=lambda candidate: stats[candidate.name].ttft_ms or 0.0)
+            chosen.sort(key=lambda candidate: stats[candidate.name].latency_ms())
         elif stats is not None and order == "adaptive":
             chosen.sort(key=lambda candidate: stats[candidate.name].expected_ms())
         return chosen, excluded

@@ -6,6 +6,7 @@ deciding when to hedge.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -38,14 +39,17 @@ class EntryStats:
         self.recent_ttft.append(ttft_ms)
 
     def record_success(self, chars: int, streaming_ms: float) -> None:
-        self.attempts += 1
-        self.error_rate = _ewma(self.error_rate, 0.0)
+        self._record_outcome(0.0)
         if chars and streaming_ms > 0:
             self.chars_per_s = _ewma(self.chars_per_s, chars / (streaming_ms / 1000))
 
     def record_failure(self) -> None:
+        self._record_outcome(1.0)
+
+    def _record_outcome(self, failed: float) -> None:
+        # The first outcome is the whole estimate, not a fifth of it.
+        self.error_rate = _ewma(self.error_rate if self.attempts else None, failed)
         self.attempts += 1
-        self.error_rate = _ewma(self.error_rate, 1.0)
 
     def p95_ttft_ms(self) -> float | None:
         """The 95th percentile of the recent times to first chunk."""
@@ -54,13 +58,18 @@ class EntryStats:
         ordered = sorted(self.recent_ttft)
         return ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))]
 
-    def expected_ms(self, chars: int = TYPICAL_ANSWER_CHARS) -> float:
-        """Expected time to a complete answer, counting failed tries as wasted ones.
+    def latency_ms(self) -> float:
+        """Time to first chunk for ordering: 0 when never tried (so it gets measured
+        early), infinite when every try failed before a first chunk."""
+        if self.ttft_ms is not None:
+            return self.ttft_ms
+        return 0.0 if self.attempts == 0 else math.inf
 
-        Unobserved entries score 0, so they are tried (and measured) early.
-        """
+    def expected_ms(self, chars: int = TYPICAL_ANSWER_CHARS) -> float:
+        """Expected time to a complete answer, counting failed tries as wasted ones;
+        0 when never tried, infinite when every try failed before a first chunk."""
         if self.ttft_ms is None:
-            return 0.0
+            return self.latency_ms()
         streaming = chars / self.chars_per_s * 1000 if self.chars_per_s else 0.0
         success = max(0.05, 1.0 - self.error_rate)
         return (self.ttft_ms + streaming) / success

@@ -140,6 +140,12 @@ async def test_providers_check_probes_each_entry(tmp_path: Path) -> None:
     rows = {line.split()[0]: line for line in result.out.splitlines()[2:]}
     assert "ok " in rows["good"]
     assert "failed: UpstreamStatusError" in rows["bad"]
+    header = result.out.splitlines()[1].split()
+    good = dict(zip(header, rows["good"].split(), strict=False))
+    bad = dict(zip(header, rows["bad"].split(), strict=False))
+    assert good["TTFT"].endswith("ms")
+    assert good["ERRORS"] == "0%"
+    assert (bad["TTFT"], bad["ERRORS"]) == ("-", "100%")
     assert "skipped (not working)" in rows["off"]
     assert rows["off"].split()[1:4] == ["darkai", "no", "yes"]
 
