@@ -109,6 +109,43 @@ def test_simulator_guide_configs_are_valid() -> None:
     ]
 
 
+def test_relay_guide_settings_are_valid_router_settings() -> None:
+    from polyroute.router.config import RouterSettings
+
+    snippets = [yaml.safe_load(block) for block in blocks(ROOT / "docs" / "relay.md", "yaml")]
+    merged: dict[str, object] = {}
+    for snippet in snippets:
+        merged.update(snippet)
+    settings = RouterSettings.model_validate(merged)
+    assert settings.for_model("gpt-4o").order == "adaptive"
+    assert settings.for_model("gpt-4o").hedge is not None
+    assert settings.for_model("other").hedge is not None  # the top-level hedge applies
+
+
+async def test_relay_guide_restart_snippet_leaves_only_the_new_answer() -> None:
+    from polyroute import StreamRestarted
+
+    (snippet,) = blocks(ROOT / "docs" / "relay.md", "python")
+    body = "\n".join("    " + line for line in snippet.splitlines())
+    namespace: dict[str, object] = {"StreamRestarted": StreamRestarted}
+    exec(f"async def consume(router, messages, collected):\n{body}", namespace)
+    latency = {"first_chunk_ms": 0, "chunk_gap_ms": 0}
+
+    def sim(name: str, **failures: object) -> dict[str, object]:
+        options = {"words": 8, "latency": latency, "failures": failures}
+        return {"name": name, "type": "simulated", "models": ["gpt-4o"], "options": options}
+
+    config = {
+        "providers": [sim("a", drop_after={"rate": 1, "chunks": 3}), sim("b")],
+        "on_midstream_failure": "restart",
+    }
+    collected: list[str] = []
+    async with Router.from_config(config) as router:
+        await namespace["consume"](router, [{"role": "user", "content": "Hi"}], collected)  # type: ignore[operator]
+    assert "".join(collected).startswith("[simulated b]")
+    assert "[simulated a]" not in "".join(collected)
+
+
 def test_provider_guide_example_is_a_working_provider() -> None:
     (example,) = blocks(ROOT / "docs" / "providers.md", "python")
     namespace: dict[str, object] = {}
