@@ -23,13 +23,62 @@ _stdlib_logger = logging.getLogger(LOGGER_NAME)
 _stdlib_logger.addHandler(logging.NullHandler())
 
 
-def get_logger(**initial: Any) -> Any:
-    """A structlog logger writing to the ``polyroute`` stdlib logger.
+def _has_real_handler(logger: logging.Logger | None) -> bool:
+    while logger is not None:
+        if any(not isinstance(handler, logging.NullHandler) for handler in logger.handlers):
+            return True
+        if not logger.propagate:
+            return False
+        logger = logger.parent
+    return False
 
-    Processing follows the global structlog configuration, so an application's
-    ``structlog.configure`` (and ``structlog.testing.capture_logs``) sees our events.
+
+def _listened(level: int) -> bool:
+    """Whether an event at ``level`` can reach anyone.
+
+    Rendering an event costs far more than routing a request's share of chunks, so
+    the library skips it unless structlog was configured (by the application,
+    :func:`configure_logging`, or ``structlog.testing.capture_logs``) or a stdlib
+    handler other than our ``NullHandler`` would receive it.
     """
-    return structlog.wrap_logger(_stdlib_logger, **initial)
+    if structlog.is_configured():
+        return True
+    return _stdlib_logger.isEnabledFor(level) and _has_real_handler(_stdlib_logger)
+
+
+class EventLogger:
+    """Emits polyroute's structured events through structlog, when anyone listens."""
+
+    __slots__ = ("_context",)
+
+    def __init__(self, context: dict[str, Any] | None = None) -> None:
+        self._context = context or {}
+
+    def bind(self, **fields: Any) -> EventLogger:
+        """A logger adding ``fields`` to every event."""
+        return EventLogger({**self._context, **fields})
+
+    def debug(self, event: str, **fields: Any) -> None:
+        self._emit(logging.DEBUG, "debug", event, fields)
+
+    def info(self, event: str, **fields: Any) -> None:
+        self._emit(logging.INFO, "info", event, fields)
+
+    def warning(self, event: str, **fields: Any) -> None:
+        self._emit(logging.WARNING, "warning", event, fields)
+
+    def _emit(self, level: int, method: str, event: str, fields: dict[str, Any]) -> None:
+        if not _listened(level):
+            return
+        # Processing follows the global structlog configuration, so an application's
+        # structlog.configure (and capture_logs) sees our events.
+        logger = structlog.wrap_logger(_stdlib_logger)
+        getattr(logger, method)(event, **self._context, **fields)
+
+
+def get_logger() -> EventLogger:
+    """The logger polyroute's modules emit their events with."""
+    return EventLogger()
 
 
 def redact_event(

@@ -19,7 +19,7 @@ decoded whole.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from polyroute.core.errors import UpstreamProtocolError
 
@@ -28,9 +28,12 @@ _LINE_END = re.compile(rb"\r\n|\r|\n")
 _EXCERPT = 120
 
 
-@dataclass(slots=True, frozen=True)
-class SSEEvent:
-    """One dispatched event. ``event`` defaults to ``"message"``."""
+class SSEEvent(NamedTuple):
+    """One dispatched event. ``event`` defaults to ``"message"``.
+
+    A NamedTuple rather than a frozen dataclass: one is made per chunk, and building a
+    tuple costs a fraction of a frozen dataclass's per-field ``object.__setattr__``.
+    """
 
     data: str
     event: str = "message"
@@ -73,7 +76,7 @@ class SSEDecoder:
         self._pending_size = 0
         self._skip_lf = False
         self._started = False
-        self._data: list[str] = []
+        self._data: list[bytes] = []
         self._event = ""
         self._id: str | None = None
         self._retry: int | None = None
@@ -108,10 +111,21 @@ class SSEDecoder:
         if self._pending_size > self.max_line_bytes:
             self._raise_line_too_long()
         events: list[SSEEvent] = []
+        data = self._data
         for line in lines:
-            if len(line) > self.max_line_bytes:
-                self._raise_line_too_long()
-            self._process_line(line, events)
+            # The hot path, inlined: nearly every line is "data: ..." or blank.
+            if not line:
+                self._dispatch(events)
+                data = self._data
+            elif line[:6] == b"data: ":
+                if len(line) > self.max_line_bytes:
+                    self._raise_line_too_long()
+                data.append(line[6:])
+            else:
+                if len(line) > self.max_line_bytes:
+                    self._raise_line_too_long()
+                self._process_line(line, events)
+                data = self._data
         return events
 
     def close(self) -> list[SSEEvent]:
@@ -126,51 +140,48 @@ class SSEDecoder:
         return events
 
     def _process_line(self, raw: bytes, events: list[SSEEvent]) -> None:
+        """Any line but the common ``data: ...`` and blank ones (see :meth:`feed`)."""
         if not raw:
             self._dispatch(events)
             return
+        if not self._started:
+            self._started = True
+            raw = raw.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte order mark
+            if raw[:6] == b"data: ":
+                self._data.append(raw[6:])
+                return
+        field, colon, value = raw.partition(b":")
+        if not field:
+            return  # a comment line (starts with ':'), kept alive by some upstreams
+        if colon and value.startswith(b" "):
+            value = value[1:]
+        if field == b"data":
+            self._data.append(value)
+            return
+        field_name, text = self._text(field), self._text(value)
+        if field_name == "event":
+            self._event = text
+        elif field_name == "id" and "\0" not in text:
+            self._id = text
+        elif field_name == "retry" and text.isascii() and text.isdigit():
+            self._retry = int(text)
+        # Unknown fields are ignored, as the SSE specification requires.
+
+    def _text(self, raw: bytes) -> str:
         try:
-            line = raw.decode("utf-8")
+            return raw.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise UpstreamProtocolError(
                 f"invalid UTF-8 in event stream ({exc.reason} at byte {exc.start}): {excerpt(raw)}",
                 provider=self.provider,
             ) from None
-        if not self._started:
-            self._started = True
-            line = line.removeprefix("\ufeff")
-        if line.startswith("data"):
-            # The common case first: one split, no dict lookups.
-            if line.startswith("data: "):
-                self._data.append(line[6:])
-                return
-            if line.startswith("data:"):
-                self._data.append(line[5:])
-                return
-        field, colon, value = line.partition(":")
-        if not field:
-            return  # a comment line (starts with ':'), kept alive by some upstreams
-        if colon and value.startswith(" "):
-            value = value[1:]
-        if field == "data":
-            self._data.append(value)
-        elif field == "event":
-            self._event = value
-        elif field == "id" and "\0" not in value:
-            self._id = value
-        elif field == "retry" and value.isascii() and value.isdigit():
-            self._retry = int(value)
-        # Unknown fields are ignored, as the SSE specification requires.
 
     def _dispatch(self, events: list[SSEEvent]) -> None:
         if self._data:
+            data = self._data
+            raw = data[0] if len(data) == 1 else b"\n".join(data)
             events.append(
-                SSEEvent(
-                    data="\n".join(self._data),
-                    event=self._event or "message",
-                    id=self._id,
-                    retry=self._retry,
-                )
+                SSEEvent(self._text(raw), self._event or "message", self._id, self._retry)
             )
             self._data = []
         # The id persists across events (it is the "last event id"); the type does not.

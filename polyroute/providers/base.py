@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import types
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from typing import Any, ClassVar, Final, Generic, TypeVar
 
 from polyroute.core.attempts import StreamReport
@@ -30,7 +30,7 @@ from polyroute.core.errors import (
     UpstreamStatusError,
     UpstreamTimeout,
 )
-from polyroute.core.http import SessionOwner, Timeouts, stream_events
+from polyroute.core.http import SessionOwner, Timeouts, stream_event_batches
 from polyroute.core.messages import Message, Messages, normalize_messages
 from polyroute.core.redaction import redact, register_secret
 from polyroute.core.sse import SSEEvent
@@ -227,7 +227,7 @@ class AsyncGeneratorProvider(BaseProvider):
     # The streaming machinery ---------------------------------------------------
 
     @hybridmethod
-    async def create_async_generator(
+    def create_async_generator(
         self_or_cls: Any,  # noqa: N805
         model: str | None,
         messages: Messages,
@@ -242,16 +242,21 @@ class AsyncGeneratorProvider(BaseProvider):
         provider that ``supports_continuation`` carry on an unfinished answer. Other
         keywords are request parameters (sampling options) for providers that take them.
         Raises the typed :class:`UpstreamError` subclasses; text already yielded stays
-        delivered.
-        Closing the generator closes the upstream response at once.
+        delivered. Closing the generator closes the upstream response at once.
         """
         if isinstance(self_or_cls, type):
-            async with self_or_cls() as provider:
-                async for text in provider.create_async_generator(model, messages, proxy, **kwargs):
-                    yield text
-            return
-        async for text in self_or_cls._stream(model, messages, proxy, **kwargs):
-            yield text
+            return self_or_cls._one_call(model, messages, proxy, **kwargs)  # type: ignore[attr-defined, no-any-return]
+        # On an instance, the streaming generator itself: no wrapper costs a hop per chunk.
+        return self_or_cls._stream(model, messages, proxy, **kwargs)  # type: ignore[no-any-return]
+
+    @classmethod
+    async def _one_call(
+        cls, model: str | None, messages: Messages, proxy: str | None, **kwargs: Any
+    ) -> AsyncGenerator[str, None]:
+        # g4f's class-level call: a session for this call only.
+        async with cls() as provider:
+            async for text in provider._stream(model, messages, proxy, **kwargs):
+                yield text
 
     async def _stream(
         self,
@@ -264,7 +269,7 @@ class AsyncGeneratorProvider(BaseProvider):
         report: StreamReport | None = None,
         continue_from: str | None = None,
         **kwargs: Any,
-    ) -> AsyncIterator[str]:
+    ) -> AsyncGenerator[str, None]:
         upstream_model = self.get_model(model)
         if continue_from and not self.supports_continuation:
             raise InvalidRequestError(f"provider {self.entry_name!r} cannot continue an answer")
@@ -276,7 +281,7 @@ class AsyncGeneratorProvider(BaseProvider):
         url = api_endpoint or self.api_endpoint
         if not url:
             raise UpstreamProtocolError("no api_endpoint configured", provider=self.entry_name)
-        events = stream_events(
+        batches = stream_event_batches(
             self._sessions.session,
             url,
             provider=self.entry_name,
@@ -285,13 +290,21 @@ class AsyncGeneratorProvider(BaseProvider):
             proxy=proxy or self.proxy,
             timeouts=timeouts,
         )
-        texts = self._texts(events, upstream_model, report or StreamReport())
+        report = report or StreamReport()
+        texts: list[str] = []
+        ended = exhausted = False
+        failure: PolyrouteError | None = None
         try:
             try:
-                # The first-chunk limit covers only the wait before the first yield: a
+                # The first-chunk limit covers only the wait before the first text: a
                 # timeout must never fire while the consumer holds the generator suspended.
                 async with asyncio.timeout(timeouts.first_chunk):
-                    first = await anext(texts, None)
+                    async for batch in batches:
+                        texts, ended, failure = self._parse(batch, report)
+                        if texts or ended or failure:
+                            break
+                    else:
+                        exhausted = True
             except UpstreamTimeout:
                 raise
             except TimeoutError as error:
@@ -299,35 +312,51 @@ class AsyncGeneratorProvider(BaseProvider):
                     f"no text within the first-chunk timeout of {timeouts.first_chunk} s",
                     provider=self.entry_name,
                 ) from error
-            if first is None:
-                return
-            yield first
-            async for text in texts:
+            for text in texts:
                 yield text
-        finally:
-            await texts.aclose()
-
-    async def _texts(
-        self, events: AsyncGenerator[SSEEvent, None], model: str, report: StreamReport
-    ) -> AsyncGenerator[str, None]:
-        try:
-            async for event in events:
-                result = self.parse_event(event, report)
-                if isinstance(result, str):
-                    if result:
-                        yield result
-                elif result is STREAM_END:
-                    return
+            if failure:
+                raise failure
+            if not (ended or exhausted):
+                async for batch in batches:
+                    texts, ended, failure = self._parse(batch, report)
+                    for text in texts:
+                        yield text
+                    if failure:
+                        raise failure
+                    if ended:
+                        break
+                else:
+                    exhausted = True
+            if exhausted:
+                raise UpstreamProtocolError(
+                    f"stream ended before {self.end_event_name}", provider=self.entry_name
+                )
         except UpstreamStatusError as error:
-            refined = self.classify_status_error(error, model)
+            refined = self.classify_status_error(error, upstream_model)
             if refined is error:
                 raise
             raise refined from error
         finally:
-            await events.aclose()
-        raise UpstreamProtocolError(
-            f"stream ended before {self.end_event_name}", provider=self.entry_name
-        )
+            await batches.aclose()
+
+    def _parse(
+        self, batch: list[SSEEvent], report: StreamReport
+    ) -> tuple[list[str], bool, PolyrouteError | None]:
+        """The texts in ``batch``, whether the upstream ended the answer there, and the
+        error a later event in it raised: returned, not raised, so that the text the
+        upstream sent before it is delivered first."""
+        texts: list[str] = []
+        for event in batch:
+            try:
+                result = self.parse_event(event, report)
+            except PolyrouteError as error:
+                return texts, False, error
+            if isinstance(result, str):
+                if result:
+                    texts.append(result)
+            elif result is STREAM_END:
+                return texts, True, None
+        return texts, False, None
 
 
 def _label(self_or_cls: Any) -> str:

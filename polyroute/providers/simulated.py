@@ -5,7 +5,7 @@ retries and failures are exercised end to end with no network and no keys."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from pydantic import ValidationError
@@ -64,7 +64,7 @@ class Simulated(AsyncGeneratorProvider):
 
     async def _stream(
         self, model: str | None, messages: Messages, proxy: str | None, **kwargs: Any
-    ) -> AsyncIterator[str]:
+    ) -> AsyncGenerator[str, None]:
         if self.api_endpoint is None:
             await self.start()
         upstream_model = self.get_model(model)

@@ -31,7 +31,7 @@ from polyroute.core.errors import (
     UpstreamStatusError,
     describe_error,
 )
-from polyroute.core.logging import get_logger
+from polyroute.core.logging import EventLogger, get_logger
 from polyroute.core.messages import Message
 from polyroute.router.config import HedgeConfig
 from polyroute.router.policy import Candidate
@@ -316,7 +316,7 @@ class RouterStream:
         settings = self._settings
         return settings.on_midstream_failure != "raise" and len(self.switches) < settings.max_relays
 
-    def _give_up(self, error: PolyrouteError, log: Any, started: float) -> None:
+    def _give_up(self, error: PolyrouteError, log: EventLogger, started: float) -> None:
         self.status = "truncated" if self._parts else "failed"
         log.warning(
             "route.failed",
@@ -343,7 +343,7 @@ class RouterStream:
             yield from candidates
 
     def _next_candidate(
-        self, queue: _CandidateQueue, mode: Mode, reasons: list[str], log: Any
+        self, queue: _CandidateQueue, mode: Mode, reasons: list[str], log: EventLogger
     ) -> tuple[Candidate, Mode] | None:
         """The next candidate to try and the mode to try it in; ``continue`` falls back to
         ``restart`` when no candidate that can continue remains, if configured so."""
@@ -373,7 +373,7 @@ class RouterStream:
             return candidate, mode
 
     async def _open_next(
-        self, queue: _CandidateQueue, mode: Mode, reasons: list[str], log: Any
+        self, queue: _CandidateQueue, mode: Mode, reasons: list[str], log: EventLogger
     ) -> tuple[AsyncGenerator[str, None], str | None, Attempt, Candidate, Mode] | None:
         """Open the next candidate that gets to a first chunk (or to the end of an empty
         answer), hedging when configured; ``None`` when every candidate failed."""
@@ -387,7 +387,12 @@ class RouterStream:
         return None
 
     async def _open_hedged(
-        self, queue: _CandidateQueue, mode: Mode, hedge: HedgeConfig, reasons: list[str], log: Any
+        self,
+        queue: _CandidateQueue,
+        mode: Mode,
+        hedge: HedgeConfig,
+        reasons: list[str],
+        log: EventLogger,
     ) -> tuple[AsyncGenerator[str, None], str | None, Attempt, Candidate, Mode] | None:
         running: dict[asyncio.Task[Opened | None], tuple[Candidate, Mode]] = {}
         exhausted = False
@@ -446,7 +451,7 @@ class RouterStream:
         self,
         running: dict[asyncio.Task[Opened | None], tuple[Candidate, Mode]],
         winner: Attempt,
-        log: Any,
+        log: EventLogger,
     ) -> None:
         """Cancel the hedged attempts that lost; close any that got a first chunk too."""
         tasks = list(running)
@@ -463,7 +468,7 @@ class RouterStream:
                 self._router.health.release(attempt.provider)
                 log.info("attempt.hedge_lost", provider=attempt.provider, model=attempt.model)
 
-    async def _open(self, candidate: Candidate, mode: Mode, log: Any) -> Opened | None:
+    async def _open(self, candidate: Candidate, mode: Mode, log: EventLogger) -> Opened | None:
         """Try ``candidate`` (with retries) up to its first chunk; None when it failed."""
         router = self._router
 
@@ -490,7 +495,9 @@ class RouterStream:
             return None  # recorded in self.attempts and logged by _try_once
         return opened
 
-    async def _try_once(self, candidate: Candidate, continue_from: str | None, log: Any) -> Opened:
+    async def _try_once(
+        self, candidate: Candidate, continue_from: str | None, log: EventLogger
+    ) -> Opened:
         attempt = Attempt(candidate.name, candidate.upstream_model)
         self.attempts.append(attempt)
         log.info(
@@ -514,7 +521,9 @@ class RouterStream:
         self._router.stats[candidate.name].record_first_chunk(attempt.ttft_ms)
         return generator, first, attempt
 
-    def _succeed(self, attempt: Attempt, candidate: Candidate, log: Any, started: float) -> None:
+    def _succeed(
+        self, attempt: Attempt, candidate: Candidate, log: EventLogger, started: float
+    ) -> None:
         attempt.outcome = "ok"
         attempt.duration_ms = attempt.elapsed_ms()
         self._router.health.record_success(candidate.name)
@@ -532,7 +541,7 @@ class RouterStream:
         )
 
     def _fail(
-        self, attempt: Attempt, candidate: Candidate, error: PolyrouteError, log: Any
+        self, attempt: Attempt, candidate: Candidate, error: PolyrouteError, log: EventLogger
     ) -> None:
         attempt.outcome = "failed"
         attempt.error = error
@@ -553,7 +562,7 @@ class RouterStream:
                     seconds=router.settings.cooldown.seconds,
                 )
 
-    def _cancel(self, log: Any, started: float) -> None:
+    def _cancel(self, log: EventLogger, started: float) -> None:
         self.status = "cancelled"
         for attempt in self.attempts:
             if attempt.outcome == "running":

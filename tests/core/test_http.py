@@ -12,7 +12,12 @@ from polyroute import (
     UpstreamStatusError,
     UpstreamTimeout,
 )
-from polyroute.core.http import SessionOwner, parse_retry_after, status_error, stream_events
+from polyroute.core.http import (
+    SessionOwner,
+    parse_retry_after,
+    status_error,
+    stream_event_batches,
+)
 
 URL = "http://127.0.0.1:1/chat"
 
@@ -65,7 +70,8 @@ def test_status_body_is_cut_short_and_redacted() -> None:
 
 
 async def collect_events(owner: SessionOwner) -> list[str]:
-    return [e.data async for e in stream_events(owner.session, URL, provider="p", body={})]
+    batches = stream_event_batches(owner.session, URL, provider="p", body={})
+    return [event.data async for batch in batches for event in batch]
 
 
 async def test_client_side_timeout_becomes_upstream_timeout() -> None:

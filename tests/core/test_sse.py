@@ -116,3 +116,7 @@ def test_arbitrary_bytes_give_events_or_the_documented_error(body: bytes, cut: i
             decode(body[:cut], body[cut:])
         return
     assert decode(body[:cut], body[cut:]) == whole
+
+
+def test_a_blank_line_resets_the_event_type_even_without_data() -> None:
+    assert decode(b"event: x\n\ndata: y\n\n") == [SSEEvent("y")]

@@ -1,0 +1,1 @@
+"""polyroute's benchmark suite: ``python -m benchmarks`` (see docs/performance.md)."""

@@ -1,0 +1,106 @@
+"""The benchmark upstream: a separate process on 127.0.0.1 serving both wire formats.
+
+Routes: ``POST /v1/chat/completions`` (openai chunks), ``POST /chat`` (darkai events),
+``POST /fail/v1/chat/completions`` (an instant 503, for the failover figure) and
+``POST /idle/v1/chat/completions`` (one chunk, then the stream is held open).
+With no delay the whole answer is written at once, so that the client is what is
+measured; with a delay each chunk is written on its own, ``delay`` apart, and so
+arrives in its own socket read, as from a real upstream.
+Run: python -m benchmarks.upstream --chunks 64 --delay-ms 0 --cpu 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+
+from aiohttp import web
+
+TEXT = "token "
+
+
+def openai_body(chunks: int) -> list[bytes]:
+    def frame(delta: dict[str, str], finish: str | None = None) -> bytes:
+        payload = {
+            "id": "chatcmpl-bench",
+            "object": "chat.completion.chunk",
+            "created": 1700000000,
+            "model": "bench",
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        }
+        return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
+
+    parts = [frame({"role": "assistant", "content": ""})]
+    parts += [frame({"content": TEXT}) for _ in range(chunks)]
+    parts += [frame({}, "stop"), b"data: [DONE]\n\n"]
+    return parts
+
+
+def darkai_body(chunks: int) -> list[bytes]:
+    event = json.dumps({"event": "text-chunk", "data": {"text": TEXT}}).encode()
+    end = json.dumps({"event": "stream-end", "data": {}}).encode()
+    return [b"data: " + event + b"\n\n"] * chunks + [b"data: " + end + b"\n\n"]
+
+
+def make_app(chunks: int, delay: float) -> web.Application:
+    bodies = {"openai": openai_body(chunks), "darkai": darkai_body(chunks)}
+    whole = {name: b"".join(parts) for name, parts in bodies.items()}
+
+    async def answer(request: web.Request, wire: str) -> web.StreamResponse:
+        await request.read()
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        if delay:
+            for part in bodies[wire]:
+                await response.write(part)
+                await asyncio.sleep(delay)
+        else:
+            await response.write(whole[wire])
+        await response.write_eof()
+        return response
+
+    async def fail(request: web.Request) -> web.Response:
+        await request.read()
+        return web.Response(status=503, text='{"error": {"message": "overloaded"}}')
+
+    async def idle(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(bodies["openai"][1])
+        await asyncio.Event().wait()  # held open until the client goes away
+        return response
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", lambda r: answer(r, "openai"))
+    app.router.add_post("/chat", lambda r: answer(r, "darkai"))
+    app.router.add_post("/fail/v1/chat/completions", fail)
+    app.router.add_post("/idle/v1/chat/completions", idle)
+    return app
+
+
+async def serve(chunks: int, delay_ms: float) -> None:
+    runner = web.AppRunner(
+        make_app(chunks, delay_ms / 1000), access_log=None, handler_cancellation=True
+    )
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0, backlog=4096).start()
+    print(f"ready {runner.addresses[0][1]}", flush=True)
+    await asyncio.Event().wait()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--chunks", type=int, default=64)
+    parser.add_argument("--delay-ms", type=float, default=0.0)
+    parser.add_argument("--cpu", type=int, default=None)
+    args = parser.parse_args()
+    if args.cpu is not None:
+        os.sched_setaffinity(0, {args.cpu})
+    asyncio.run(serve(args.chunks, args.delay_ms))
+
+
+if __name__ == "__main__":
+    main()
