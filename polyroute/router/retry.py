@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from tenacity import (
     AsyncRetrying,
@@ -24,6 +25,7 @@ from tenacity.stop import stop_base
 from polyroute.core.errors import UpstreamError
 from polyroute.router.config import RetryConfig
 
+_T = TypeVar("_T")
 Sleep = Callable[[float], Awaitable[None]]
 BeforeSleep = Callable[[RetryCallState], Awaitable[None] | None]
 
@@ -68,6 +70,39 @@ class RetryPolicy:
     def _waits_too_long(self, state: RetryCallState) -> bool:
         retry_after = _retry_after(state)
         return retry_after is not None and retry_after > self.config.max_retry_after
+
+    async def call(
+        self,
+        fn: Callable[..., Awaitable[_T]],
+        *args: Any,
+        give_up: Callable[[], bool],
+        before_sleep: BeforeSleep,
+    ) -> _T:
+        """``await fn(*args)`` under this policy.
+
+        The first try runs directly: building and driving tenacity costs about 80 us
+        per call here (measured), most requests never retry, and the router's whole
+        per-request budget is about a millisecond. After a retryable failure, tenacity
+        takes over with that failure replayed as its first attempt, so waits, stops
+        and ``before_sleep`` behave exactly as declared.
+        """
+        try:
+            return await fn(*args)
+        except Exception as error:
+            if not is_retryable(error) or self.config.attempts < 2:
+                raise
+            first_failure = error
+        replayed = False
+
+        async def attempt() -> _T:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                raise first_failure
+            return await fn(*args)
+
+        result: _T = await self.retrying(give_up=give_up, before_sleep=before_sleep)(attempt)
+        return result
 
     def retrying(self, *, give_up: Callable[[], bool], before_sleep: BeforeSleep) -> AsyncRetrying:
         """A retry loop; ``give_up()`` true (the entry started cooling down) stops it early."""

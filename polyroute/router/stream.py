@@ -482,13 +482,16 @@ class RouterStream:
                 **(describe_error(error) if error else {}),
             )
 
-        retrying = router.retry.retrying(
-            give_up=lambda: router.health.state(candidate.name) != "closed",
-            before_sleep=before_sleep,
-        )
         continue_from = self.text if mode == "continue" else None
         try:
-            opened: Opened = await retrying(self._try_once, candidate, continue_from, log)
+            opened: Opened = await router.retry.call(
+                self._try_once,
+                candidate,
+                continue_from,
+                log,
+                give_up=lambda: router.health.state(candidate.name) != "closed",
+                before_sleep=before_sleep,
+            )
         except InvalidRequestError:
             raise  # the caller's mistake: no other provider would take it either
         except PolyrouteError:
