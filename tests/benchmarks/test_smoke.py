@@ -1,0 +1,55 @@
+"""The benchmark suite runs and reports (a tiny workload; no figure is asserted)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_benchmark_suite_runs_on_a_tiny_workload(tmp_path: Path) -> None:
+    out = tmp_path / "results.json"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks",
+            "--quick",
+            "--clients",
+            "floor,provider,router",
+            "--concurrency",
+            "1,4",
+            "--chunks",
+            "8",
+            "--seconds",
+            "0.2",
+            "--paced-seconds",
+            "0.3",
+            "--out",
+            str(out),
+            "--plot",
+            str(tmp_path / "plot.png"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads(out.read_text())
+    rows = results["streaming"]
+    assert {(r["client"], r["concurrency"]) for r in rows} == {
+        (client, concurrency)
+        for client in ("floor", "provider", "router")
+        for concurrency in (1, 4)
+    }
+    assert all(row["streams_per_s"] > 0 for row in rows)
+    assert all(row["chunks_per_s"] == row["streams_per_s"] * 8 for row in rows if row["runs"] == 1)
+    assert {r["workload"] for r in rows} == {"throughput", "paced 10 ms"}
+    assert results["failover"]["failover_ttft_p50_ms"] > 0
+    assert results["idle"]["idle_streams"] == 50
+    assert "vs floor" in done.stdout
