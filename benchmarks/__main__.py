@@ -21,7 +21,7 @@ import statistics
 import subprocess
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -81,8 +81,20 @@ def run_client(base: str, cpu: int | None, *options: str) -> dict[str, Any]:
     return result
 
 
-def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    summary: dict[str, Any] = {"runs": len(runs)}
+def summarise(runs: list[dict[str, Any]], floor: list[dict[str, Any]]) -> dict[str, Any]:
+    """Medians with min..max, and ratios to the floor taken per repeat (the floor ran
+    in the same repeat, moments apart), then the median of those: drift between repeats
+    moves every client alike and cancels out of the ratio."""
+    summary: dict[str, Any] = {"runs": len(runs), "raw": runs}
+    for figure in ("streams_per_s", "cpu_s_per_1000"):
+        pairs = [
+            run[figure] / base[figure]
+            for run, base in zip(runs, floor, strict=True)
+            if run.get(figure) and base.get(figure)
+        ]
+        if pairs:
+            summary[f"{figure}_vs_floor"] = statistics.median(pairs)
+            summary[f"{figure}_vs_floor_spread"] = [min(pairs), max(pairs)]
     for figure in FIGURES:
         values = [run[figure] for run in runs if run.get(figure) is not None]
         if values:
@@ -123,12 +135,13 @@ def streaming(
                             file=sys.stderr,
                         )
                 for client in clients:
+                    summary = summarise(runs[client], runs.get("floor", runs[client]))
                     rows.append(
                         {
                             "workload": workload,
                             "concurrency": concurrency,
                             "client": client,
-                            **summarise(runs[client]),
+                            **summary,
                         }
                     )
     return rows
@@ -158,8 +171,9 @@ def idle(args: argparse.Namespace, up_cpu: int | None, client_cpu: int | None) -
         return run_client(base, client_cpu, "--idle", str(args.idle))
 
 
-def ratio(value: float | None, floor: float | None) -> str:
-    return "-" if not value or not floor else f"{value / floor:.2f}x"
+def ratio(row: dict[str, Any], figure: str) -> str:
+    value = row.get(f"{figure}_vs_floor")
+    return "-" if value is None else f"{value:.2f}x"
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
@@ -169,13 +183,11 @@ def print_table(rows: list[dict[str, Any]]) -> None:
     )
     print(header)
     print("-" * len(header))
-    floors = {(r["workload"], r["concurrency"]): r for r in rows if r["client"] == "floor"}
     for row in rows:
-        floor = floors.get((row["workload"], row["concurrency"]), {})
+        speed, cpu = ratio(row, "streams_per_s"), ratio(row, "cpu_s_per_1000")
         print(
             f"{row['workload']:<12} {row['concurrency']:>5} {row['client']:<11} "
-            f"{row['streams_per_s']:>10.0f} {ratio(row['streams_per_s'], floor.get('streams_per_s')):>8} "
-            f"{row['cpu_s_per_1000']:>9.2f} {ratio(row['cpu_s_per_1000'], floor.get('cpu_s_per_1000')):>8} "
+            f"{row['streams_per_s']:>10.0f} {speed:>8} {row['cpu_s_per_1000']:>9.2f} {cpu:>8} "
             f"{row.get('ttft_p50_ms') or 0:>8.1f}ms {row.get('ttft_p99_ms') or 0:>6.1f}ms "
             f"{row['peak_rss_mb']:>7.0f} {row['import_s']:>8.2f}"
         )
@@ -214,10 +226,8 @@ def plot(rows: list[dict[str, Any]], path: Path) -> bool:
 def machine() -> dict[str, Any]:
     versions = {}
     for name in ("polyroute", "aiohttp", "openai", "litellm", "httpx"):
-        try:
+        with suppress(metadata.PackageNotFoundError):
             versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
     return {
         "python": platform.python_version(),
         "platform": platform.platform(),
