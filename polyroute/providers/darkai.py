@@ -10,11 +10,11 @@ a compatible endpoint. Wire format, per event::
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from polyroute.core.attempts import StreamReport
 from polyroute.core.errors import UpstreamProtocolError
+from polyroute.core.jsoncodec import loads
 from polyroute.core.logging import get_logger
 from polyroute.core.messages import Message, continuation_prompt, format_prompt
 from polyroute.core.sse import SSEEvent, excerpt
@@ -59,7 +59,7 @@ class DarkAI(AsyncGeneratorProvider):
 
     def parse_event(self, event: SSEEvent, report: StreamReport) -> ParseResult:
         try:
-            payload = json.loads(event.data)
+            payload = loads(event.data)
             kind = payload["event"]
             if kind == "text-chunk":
                 text = payload["data"]["text"]

@@ -9,7 +9,6 @@ POST ``{base_url}/chat/completions`` with ``stream: true``; each SSE event is a
 
 from __future__ import annotations
 
-import json
 from typing import Any, Literal
 
 from polyroute.core.attempts import StreamReport
@@ -25,6 +24,7 @@ from polyroute.core.errors import (
     UpstreamStatusError,
 )
 from polyroute.core.http import fetch_json
+from polyroute.core.jsoncodec import loads
 from polyroute.core.messages import Message, continuation_messages
 from polyroute.core.sse import SSEEvent, excerpt
 from polyroute.providers.base import STREAM_END, AsyncGeneratorProvider, ParseResult
@@ -122,7 +122,7 @@ class OpenAI(AsyncGeneratorProvider):
         if event.data == "[DONE]":
             return STREAM_END
         try:
-            chunk = json.loads(event.data)
+            chunk = loads(event.data)
             if "error" in chunk:
                 raise self.error_from_payload(chunk, status=None, model=chunk.get("model", "?"))
             if "choices" not in chunk and "usage" not in chunk:
@@ -144,7 +144,7 @@ class OpenAI(AsyncGeneratorProvider):
 
     def classify_status_error(self, error: UpstreamStatusError, model: str) -> PolyrouteError:
         try:
-            payload = json.loads(error.body)
+            payload = loads(error.body)
         except ValueError:
             return error
         if not isinstance(payload, dict) or "error" not in payload:
