@@ -108,14 +108,8 @@ def openai_sdk(base: str) -> tuple[OneStream, Callable[[], Awaitable[None]]]:
 
     async def one() -> tuple[float, int]:
         started = time.perf_counter()
-        ttft, chunks = 0.0, 0
         stream = await client.chat.completions.create(model="bench", messages=MESSAGES, stream=True)  # type: ignore[arg-type]
-        async for chunk in stream:
-            if chunk.choices and chunk.choices[0].delta.content:
-                if not chunks:
-                    ttft = time.perf_counter() - started
-                chunks += 1
-        return ttft, chunks
+        return await _count_chunks(stream, started)
 
     return one, client.close
 
@@ -139,19 +133,24 @@ def litellm_router(base: str) -> tuple[OneStream, Callable[[], Awaitable[None]]]
 
     async def one() -> tuple[float, int]:
         started = time.perf_counter()
-        ttft, chunks = 0.0, 0
         response = await router.acompletion(model="bench", messages=MESSAGES, stream=True)
-        async for chunk in response:
-            if chunk.choices and chunk.choices[0].delta.content:
-                if not chunks:
-                    ttft = time.perf_counter() - started
-                chunks += 1
-        return ttft, chunks
+        return await _count_chunks(response, started)
 
     async def close() -> None:
         return None
 
     return one, close
+
+
+async def _count_chunks(stream: Any, started: float) -> tuple[float, int]:
+    """Time to first content and content chunks of a stream of chat-completion objects."""
+    ttft, chunks = 0.0, 0
+    async for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content:
+            if not chunks:
+                ttft = time.perf_counter() - started
+            chunks += 1
+    return ttft, chunks
 
 
 async def _consume(texts: Any) -> tuple[float, int]:

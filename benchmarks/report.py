@@ -22,15 +22,16 @@ def ratio(row: dict[str, Any], figure: str) -> str:
 
 def table(results: dict[str, Any]) -> str:
     lines = [
-        "| workload | concurrency | client | streams/s | vs floor | CPU s / 1,000 streams "
-        "| vs floor | TTFT p50 | TTFT p99 | peak RSS | import |",
-        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| workload | concurrency | client | streams/s | vs floor | chunks/s | CPU s / 1,000 "
+        "streams | vs floor | TTFT p50 | TTFT p99 | peak RSS | import |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in results["streaming"]:
         lines.append(
             f"| {row['workload']} | {row['concurrency']:,} | {row['client']} "
             f"| {number(row['streams_per_s'], 1 if row['streams_per_s'] < 10 else 0)} "
-            f"| {ratio(row, 'streams_per_s')} | {number(row['cpu_s_per_1000'], 2)} "
+            f"| {ratio(row, 'streams_per_s')} | {number(row['chunks_per_s'])} "
+            f"| {number(row['cpu_s_per_1000'], 2)} "
             f"| {ratio(row, 'cpu_s_per_1000')} | {number(row.get('ttft_p50_ms'), 1, ' ms')} "
             f"| {number(row.get('ttft_p99_ms'), 1, ' ms')} "
             f"| {number(row['peak_rss_mb'], 0, ' MB')} | {number(row['import_s'], 2, ' s')} |"
