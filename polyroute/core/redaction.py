@@ -45,14 +45,6 @@ def redact(text: str) -> str:
     return _KEY_LIKE.sub(MASK, text)
 
 
-def redact_headers(headers: Mapping[str, str]) -> dict[str, str]:
-    """Copy of ``headers`` fit to print: values of secret-bearing headers are masked."""
-    return {
-        key: MASK if key.lower() in _SECRET_HEADERS else redact(value)
-        for key, value in headers.items()
-    }
-
-
 def redact_value(value: Any) -> Any:
     """Redact strings, recursing into dicts, lists and tuples; other values unchanged."""
     if isinstance(value, str):

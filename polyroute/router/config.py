@@ -23,7 +23,6 @@ from pydantic import (
 )
 
 from polyroute.core.errors import ConfigError, describe_validation_error
-from polyroute.core.http import Timeouts
 
 
 class _Strict(BaseModel):
@@ -38,11 +37,6 @@ class TimeoutsConfig(_Strict):
     first_chunk: float | None = Field(30.0, gt=0, description="request sent -> first text")
     idle: float | None = Field(60.0, gt=0, description="longest silence between reads")
     total: float | None = Field(600.0, gt=0, description="the whole attempt")
-
-    def to_timeouts(self) -> Timeouts:
-        return Timeouts(
-            connect=self.connect, first_chunk=self.first_chunk, idle=self.idle, total=self.total
-        )
 
 
 class PartialTimeouts(_Strict):

@@ -7,7 +7,7 @@ from structlog.testing import capture_logs
 
 from polyroute import UpstreamConnectionError
 from polyroute.core.logging import get_logger
-from polyroute.core.redaction import redact, redact_headers, register_secret
+from polyroute.core.redaction import redact, redact_value, register_secret
 
 
 def test_url_credentials_are_masked() -> None:
@@ -26,7 +26,7 @@ def test_registered_secrets_are_masked_anywhere() -> None:
 
 
 def test_secret_headers_are_masked() -> None:
-    assert redact_headers({"Authorization": "Bearer x", "Accept": "text/plain"}) == {
+    assert redact_value({"Authorization": "Bearer x", "Accept": "text/plain"}) == {
         "Authorization": "***",
         "Accept": "text/plain",
     }
