@@ -52,7 +52,7 @@ async def record(config: dict[str, Any]) -> tuple[list[dict[str, Any]], str]:
     structlog.configure(processors=[structlog.processors.TimeStamper(fmt=None), capture])
     try:
         async with Router.from_config({"retry": {"attempts": 1}, **config}) as router:
-            text = await router.complete("m", PROMPT)
+            text = await router.complete_text("m", PROMPT)
     finally:
         structlog.reset_defaults()
     return capture.entries, text

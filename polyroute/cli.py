@@ -19,6 +19,7 @@ from importlib import resources
 from pathlib import Path
 from typing import TextIO
 
+from polyroute.core.deltas import TextDelta
 from polyroute.core.errors import (
     AllProvidersFailed,
     ConfigError,
@@ -28,7 +29,7 @@ from polyroute.core.errors import (
     UpstreamError,
 )
 from polyroute.core.logging import configure_logging
-from polyroute.providers.base import AsyncGeneratorProvider
+from polyroute.providers.base import Provider
 from polyroute.router.config import RouterConfig, load_config, read_config_file, validate
 from polyroute.router.router import Router
 from polyroute.router.stats import EntryStats
@@ -196,7 +197,14 @@ async def providers(args: argparse.Namespace) -> int:
         checks: list[str] = []
         if args.check:
             checks = list(
-                await asyncio.gather(*(probe(p, router.stats[p.entry_name]) for p in entries))
+                await asyncio.gather(
+                    *(
+                        probe(
+                            p, router.stats[p.entry_name], router.discovery_errors.get(p.entry_name)
+                        )
+                        for p in entries
+                    )
+                )
             )
         rows = []
         for index, provider in enumerate(entries):
@@ -221,26 +229,31 @@ async def providers(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-async def probe(provider: AsyncGeneratorProvider, stats: EntryStats) -> str:
-    """One tiny request: the time to its whole (short) answer, or why it failed; the
-    figures go into ``stats`` like a routed request's."""
+async def probe(provider: Provider, stats: EntryStats, discovery: str | None) -> str:
+    """One tiny request, for a model the entry serves: the time to its first chunk and
+    to its whole (short) answer, or why it failed; the figures go into ``stats`` like
+    a routed request's. ``discovery`` is why the entry's model discovery failed."""
     if not provider.working:
         return "skipped (not working)"
-    model = provider.default_model or (provider.models[0] if provider.models else None)
+    if discovery is not None:
+        return f"failed: model discovery: {discovery}"
+    model = provider.models[0] if provider.models else provider.default_model
     started = time.perf_counter()
+    first_ms: float | None = None
     chars = 0
     try:
-        answer = provider.create_async_generator(model, [{"role": "user", "content": "ping"}])
-        async for text in answer:
-            if not chars:
-                stats.record_first_chunk((time.perf_counter() - started) * 1000)
-            chars += len(text)
+        async for delta in provider.stream(model, [{"role": "user", "content": "ping"}]):
+            if first_ms is None:
+                first_ms = (time.perf_counter() - started) * 1000
+                stats.record_first_chunk(first_ms)
+            if isinstance(delta, TextDelta):
+                chars += len(delta.text)
     except PolyrouteError as error:
         stats.record_failure()
         return f"failed: {type(error).__name__}"
     elapsed_ms = (time.perf_counter() - started) * 1000
-    stats.record_success(chars, elapsed_ms - (stats.ttft_ms or 0.0))
-    return f"ok {elapsed_ms:.0f} ms"
+    stats.record_success(chars, elapsed_ms - (first_ms or 0.0))
+    return f"ok {model}: first chunk {first_ms or elapsed_ms:.0f} ms, total {elapsed_ms:.0f} ms"
 
 
 def figure(value: float | None, unit: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import sys
 from collections.abc import Awaitable, Callable
@@ -10,9 +11,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from aiohttp import web
 
 from polyroute import Router
 from tests.upstreams.darkai import DarkAIUpstream
+from tests.upstreams.server import LocalServer
 
 ROOT = Path(__file__).resolve().parent.parent
 Start = Callable[[], Awaitable[DarkAIUpstream]]
@@ -65,7 +68,8 @@ async def test_router_guide_configs_load_and_route(start_darkai: Start, index: i
         provider["working"] = True  # the reference block shows one entry left at its class flag
     async with Router.from_config(config) as router:
         model = "cheap" if "cheap" in config.get("aliases", {}) else "gpt-4o"
-        assert await router.complete(model, [{"role": "user", "content": "Hi"}]) == "Hello, world!"
+        answer = await router.complete_text(model, [{"role": "user", "content": "Hi"}])
+        assert answer == "Hello, world!"
 
 
 async def test_router_guide_example_runs_with_the_reference_config(
@@ -146,18 +150,41 @@ async def test_relay_guide_restart_snippet_leaves_only_the_new_answer() -> None:
     assert "[simulated a]" not in "".join(collected)
 
 
-def test_provider_guide_example_is_a_working_provider() -> None:
+async def test_provider_guide_example_is_a_working_provider() -> None:
     (example,) = blocks(ROOT / "docs" / "providers.md", "python")
     namespace: dict[str, object] = {}
     exec(compile(example, "docs/providers.md", "exec"), namespace)
     echo = namespace["Echo"]
-    from polyroute.core.attempts import StreamReport
-    from polyroute.core.sse import SSEEvent
-    from polyroute.providers import STREAM_END
+    events = [
+        {"text": "Let me look. "},
+        {"call": {"index": 0, "id": "c1", "name": "lookup", "arguments": '{"q": '}},
+        {"call": {"index": 0, "arguments": '"sky"}'}},
+        {"stop": "tool_calls"},
+    ]
+    body = b"".join(b"data: " + json.dumps(e).encode() + b"\n\n" for e in events)
 
-    provider = echo()  # type: ignore[operator]
-    assert provider.get_model("echo") == "echo-1"
-    report = StreamReport()
-    assert provider.parse_event(SSEEvent('{"text": "hi"}'), report) == "hi"
-    assert provider.parse_event(SSEEvent("[DONE]"), report) is STREAM_END
-    assert len(example.splitlines()) < 40
+    async def answer(request: web.Request, _record: object) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(body + b"data: [DONE]\n\n")
+        return response
+
+    server = await LocalServer(answer).start()
+    try:
+        provider = echo(api_endpoint=server.url)  # type: ignore[operator]
+        assert provider.get_model("echo") == "echo-1"
+        tools = [{"type": "function", "function": {"name": "lookup"}}]
+        async with Router([provider]) as router:
+            message = await router.complete("echo", [{"role": "user", "content": "?"}], tools=tools)
+    finally:
+        await server.stop()
+    assert message.content == "Let me look. "
+    assert [call.as_dict() for call in message.tool_calls] == [
+        {
+            "id": "c1",
+            "type": "function",
+            "function": {"name": "lookup", "arguments": '{"q": "sky"}'},
+        }
+    ]
+    assert server.requests[0].body["tools"] == tools
+    assert len(example.splitlines()) < 60

@@ -4,28 +4,17 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
-
-@dataclass(slots=True)
-class StreamReport:
-    """What an upstream says about its answer besides the text.
-
-    Filled in by the provider while streaming (pass one as ``report=`` to
-    ``create_async_generator``): ``finish_reason`` (``"stop"``, ``"length"``...) and
-    ``usage`` (token counts, as the upstream names them) when the upstream sends them.
-    """
-
-    finish_reason: str | None = None
-    usage: dict[str, Any] | None = None
+from polyroute.core.deltas import Usage
 
 
 @dataclass(slots=True)
 class Attempt:
     """One try of one provider entry for one model.
 
-    ``outcome`` is ``"ok"``, ``"failed"``, ``"cancelled"`` or ``"running"``.
-    Times are in milliseconds; ``ttft_ms`` is ``None`` when no text arrived.
+    ``outcome`` is ``"ok"``, ``"failed"``, ``"cancelled"``, ``"hedge_lost"`` or
+    ``"running"``. Times are in milliseconds; ``ttft_ms`` is ``None`` when nothing of
+    the answer arrived. ``finish_reason`` and ``usage`` are what the upstream reported.
     ``started`` is a ``time.perf_counter()`` reading, for ordering attempts in time.
     """
 
@@ -36,7 +25,8 @@ class Attempt:
     ttft_ms: float | None = None
     duration_ms: float | None = None
     chars: int = 0
-    report: StreamReport = field(default_factory=StreamReport)
+    finish_reason: str | None = None
+    usage: Usage | None = None
     started: float = field(default_factory=time.perf_counter, repr=False)
 
     def elapsed_ms(self) -> float:

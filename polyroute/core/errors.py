@@ -17,6 +17,7 @@ from polyroute.core.redaction import redact
 
 if TYPE_CHECKING:
     from polyroute.core.attempts import Attempt
+    from polyroute.core.deltas import AssistantMessage
 
 
 class PolyrouteError(Exception):
@@ -70,6 +71,31 @@ class ModelNotSupportedError(PolyrouteError, ValueError):
         if detail:
             message += f" ({detail})"
         super().__init__(message)
+
+
+class CapabilityNotSupportedError(InvalidRequestError):
+    """The request needs what a provider (or, with ``provider=None``, every entry that
+    serves the model) cannot do: ``capabilities`` lists ``tools``, ``vision`` or
+    ``json_schema``."""
+
+    def __init__(
+        self, capabilities: Sequence[str], *, provider: str | None = None, model: str = ""
+    ) -> None:
+        self.capabilities = list(capabilities)
+        self.provider = provider
+        self.model = model
+        labels = {
+            "tools": "tool calls",
+            "vision": "image, audio or file parts",
+            "json_schema": "JSON-schema answers",
+        }
+        wanted = ", ".join(labels.get(name, name) for name in self.capabilities)
+        if provider:
+            where = f"provider {provider!r} does not support"
+        else:
+            for_model = f" for model {model!r}" if model else ""
+            where = f"no provider{for_model} supports"
+        super().__init__(f"{where} {wanted}, which this request needs")
 
 
 class ProviderNotFoundError(PolyrouteError, LookupError):
@@ -177,6 +203,26 @@ class UpstreamProtocolError(UpstreamError):
     """
 
     default_retryable = False
+
+
+class ToolCallInterruptedError(UpstreamError):
+    """The upstream failed after part of a tool call had reached the consumer.
+
+    A tool call cannot be spliced from two providers (its arguments would not be one
+    JSON document), so the answer is not relayed: ``delivered`` is the message as far
+    as it was delivered, ``__cause__`` the upstream's error. Route with
+    ``tool_calls: atomic`` to have such failures relayed instead.
+    """
+
+    default_retryable = False
+
+    def __init__(self, cause: UpstreamError, delivered: AssistantMessage) -> None:
+        self.delivered = delivered
+        super().__init__(
+            "the answer broke off after a tool call had begun to stream, so it cannot be "
+            f"continued elsewhere ({type(cause).__name__}: {cause})",
+            provider=cause.provider,
+        )
 
 
 class AllProvidersFailed(PolyrouteError):

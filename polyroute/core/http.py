@@ -24,7 +24,7 @@ from polyroute.core.errors import (
     UpstreamStatusError,
     UpstreamTimeout,
 )
-from polyroute.core.sse import DEFAULT_MAX_LINE_BYTES, SSEDecoder, SSEEvent
+from polyroute.core.sse import DEFAULT_MAX_LINE_BYTES, Framing, SSEDecoder, SSEEvent
 
 _BODY_EXCERPT_BYTES = 2048
 
@@ -172,6 +172,7 @@ async def stream_event_batches(
     proxy: str | None = None,
     timeouts: Timeouts = Timeouts(),
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+    framing: Framing = "events",
 ) -> AsyncGenerator[list[SSEEvent], None]:
     """POST ``body`` as JSON to ``url`` and yield the answer's SSE events, one list per
     socket read (one async hop per read rather than per event keeps the hot path short).
@@ -181,7 +182,7 @@ async def stream_event_batches(
     :class:`UpstreamProtocolError`. Closing the generator (``aclose()``, or
     cancellation) releases the connection at once.
     """
-    decoder = SSEDecoder(provider=provider, max_line_bytes=max_line_bytes)
+    decoder = SSEDecoder(provider=provider, max_line_bytes=max_line_bytes, framing=framing)
     try:
         async with session.post(
             url, json=body, headers=headers, proxy=proxy, timeout=timeouts.for_aiohttp()

@@ -1,24 +1,128 @@
-"""Chat messages: validation of what callers pass, and g4f's prompt format."""
+"""Chat messages in OpenAI's full shape: validation of what callers pass, the text
+view of a message, and g4f's prompt format for upstreams that take one prompt."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal, TypeAlias
+from typing import Annotated, Any, Literal, TypeAlias
 
-from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 from polyroute.core.errors import InvalidMessagesError, describe_validation_error
 
 Role: TypeAlias = Literal["system", "user", "assistant", "tool", "developer"]
 
 
+class _Part(BaseModel):
+    # Parts keep keys polyroute does not know (``cache_control``...): upstreams may.
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+
+class TextPart(_Part):
+    type: Literal["text"]
+    text: str
+
+
+class ImageURL(_Part):
+    url: str
+    detail: Literal["auto", "low", "high"] | None = None
+
+
+class ImagePart(_Part):
+    type: Literal["image_url"]
+    image_url: ImageURL
+
+
+class InputAudio(_Part):
+    data: str
+    format: str
+
+
+class AudioPart(_Part):
+    type: Literal["input_audio"]
+    input_audio: InputAudio
+
+
+class FileData(_Part):
+    file_data: str | None = None
+    file_id: str | None = None
+    filename: str | None = None
+
+
+class FilePart(_Part):
+    type: Literal["file"]
+    file: FileData
+
+
+ContentPart: TypeAlias = Annotated[
+    TextPart | ImagePart | AudioPart | FilePart, Field(discriminator="type")
+]
+
+
+class FunctionCall(_Part):
+    name: str
+    arguments: str
+
+
+class MessageToolCall(_Part):
+    """A tool call recorded in an assistant message of the conversation."""
+
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class Message(BaseModel):
-    """One chat message. Extra keys (``name``, ``tool_call_id``...) are kept."""
+    """One chat message, as OpenAI's chat API takes it.
+
+    ``content`` is a string or a list of parts (``text``, ``image_url``,
+    ``input_audio``, ``file``); an assistant message may carry ``tool_calls`` and
+    ``content: None``; a ``tool`` message answers the call ``tool_call_id``.
+    Unknown keys are kept and passed on.
+    """
 
     model_config = ConfigDict(extra="allow", frozen=True)
 
     role: Role
-    content: str
+    content: str | list[ContentPart] | None = None
+    name: str | None = None
+    tool_calls: list[MessageToolCall] | None = None
+    tool_call_id: str | None = None
+
+    @model_validator(mode="after")
+    def _shape_fits_role(self) -> Message:
+        if self.tool_calls is not None and self.role != "assistant":
+            raise ValueError("only assistant messages carry tool_calls")
+        if self.role == "tool" and not self.tool_call_id:
+            raise ValueError("a tool message needs tool_call_id (the call it answers)")
+        if self.tool_call_id is not None and self.role != "tool":
+            raise ValueError("only tool messages carry tool_call_id")
+        if self.content is None and not (self.role == "assistant" and self.tool_calls):
+            raise ValueError("content is required (it may be null only beside tool_calls)")
+        return self
+
+    def text(self) -> str:
+        """The text of ``content``: the string, or the text parts joined by newlines."""
+        content = self.content
+        if content is None:
+            return ""
+        if isinstance(content, str):
+            return content
+        return "\n".join(part.text for part in content if isinstance(part, TextPart))
+
+    @property
+    def has_media(self) -> bool:
+        """Whether ``content`` holds parts other than text (images, audio, files)."""
+        content = self.content
+        return isinstance(content, list) and any(not isinstance(part, TextPart) for part in content)
+
+    @property
+    def uses_tools(self) -> bool:
+        return bool(self.tool_calls) or self.role == "tool"
+
+    def as_openai(self) -> dict[str, Any]:
+        """The message as OpenAI's JSON takes it (unset optional keys left out)."""
+        return self.model_dump(exclude_none=True)
 
 
 Messages: TypeAlias = Sequence[Message | Mapping[str, Any] | BaseModel]
@@ -31,8 +135,8 @@ _MESSAGE_LIST = TypeAdapter(list[Message])
 def normalize_messages(messages: Messages) -> list[Message]:
     """Validate ``messages`` once and return them as :class:`Message` objects.
 
-    Raises :class:`InvalidMessagesError` (a ``ValueError``) naming the bad message
-    and field, or when the list is empty.
+    Raises :class:`InvalidMessagesError` (a ``ValueError``) naming the bad message's
+    index and field, or when the list is empty.
     """
     if isinstance(messages, str | bytes) or not isinstance(messages, Sequence):
         raise InvalidMessagesError(
@@ -56,18 +160,22 @@ def normalize_messages(messages: Messages) -> list[Message]:
         raise InvalidMessagesError(f"invalid messages: {problems}") from None
 
 
+def _role_lines(messages: list[Message]) -> str:
+    return "\n".join(f"{message.role.capitalize()}: {message.text()}" for message in messages)
+
+
 def format_prompt(messages: Messages) -> str:
     """Flatten a conversation into one prompt, as g4f (and DarkAI's upstream) expect.
 
-    One message gives its content unchanged; several give one ``"Role: content"``
-    line each, joined by newlines, followed by ``"\\nAssistant:"``.
+    One message gives its text unchanged; several give one ``"Role: text"`` line each,
+    joined by newlines, followed by ``"\\nAssistant:"``. Text parts are joined by
+    newlines; other parts cannot be put in a prompt (see ``supports_vision``).
     Raises :class:`InvalidMessagesError` (a ``ValueError``) on an empty list.
     """
     checked = normalize_messages(messages)
     if len(checked) == 1:
-        return checked[0].content
-    lines = "\n".join(f"{message.role.capitalize()}: {message.content}" for message in checked)
-    return f"{lines}\nAssistant:"
+        return checked[0].text()
+    return f"{_role_lines(checked)}\nAssistant:"
 
 
 CONTINUE_INSTRUCTION = (
@@ -91,8 +199,6 @@ def continuation_messages(messages: list[Message], partial: str, *, prefill: boo
 
 
 def continuation_prompt(messages: Messages, partial: str) -> str:
-    """A prompt-format continuation: every message as a ``Role: content`` line, then
+    """A prompt-format continuation: every message as a ``Role: text`` line, then
     ``Assistant:`` followed by the partial answer, for the model to carry on."""
-    checked = normalize_messages(messages)
-    lines = "\n".join(f"{message.role.capitalize()}: {message.content}" for message in checked)
-    return f"{lines}\nAssistant: {partial}"
+    return f"{_role_lines(normalize_messages(messages))}\nAssistant: {partial}"

@@ -14,14 +14,36 @@ and ``retry`` fields) with two deliberate differences:
 Lines are split on bytes before decoding: UTF-8 never uses the bytes of CR or LF
 inside a multi-byte character, so a character split across reads is only ever
 decoded whole.
+
+``framing="lines"`` makes every ``data:`` line an event of its own, as the g4f
+original (and DarkAI's seed) read their streams: upstreams that separate events with
+a single newline rather than a blank line stream fine that way.
+
+The module also holds the one encoder of OpenAI's streaming format
+(:class:`OpenAIChunkEncoder`), used by everything of ours that speaks it.
 """
 
 from __future__ import annotations
 
 import re
-from typing import NamedTuple
+import time
+from typing import Any, Literal, NamedTuple, TypeAlias
 
+import orjson
+
+from polyroute.core.deltas import (
+    Delta,
+    ExtraDelta,
+    FinishDelta,
+    ReasoningDelta,
+    TextDelta,
+    ToolCallDelta,
+    Usage,
+    UsageDelta,
+)
 from polyroute.core.errors import UpstreamProtocolError
+
+Framing: TypeAlias = Literal["events", "lines"]
 
 DEFAULT_MAX_LINE_BYTES = 1024 * 1024
 _LINE_END = re.compile(rb"\r\n|\r|\n")
@@ -60,6 +82,7 @@ class SSEDecoder:
         "_id",
         "_pending",
         "_pending_size",
+        "_per_line",
         "_retry",
         "_skip_lf",
         "_started",
@@ -68,9 +91,14 @@ class SSEDecoder:
     )
 
     def __init__(
-        self, *, provider: str | None = None, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
+        self,
+        *,
+        provider: str | None = None,
+        max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+        framing: Framing = "events",
     ) -> None:
         self.provider = provider
+        self._per_line = framing == "lines"
         self.max_line_bytes = max_line_bytes
         self._pending: list[bytes] = []
         self._pending_size = 0
@@ -121,6 +149,9 @@ class SSEDecoder:
                 if len(line) > self.max_line_bytes:
                     self._raise_line_too_long()
                 data.append(line[6:])
+                if self._per_line:
+                    self._dispatch(events)
+                    data = self._data
             else:
                 if len(line) > self.max_line_bytes:
                     self._raise_line_too_long()
@@ -149,6 +180,8 @@ class SSEDecoder:
             raw = raw.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte order mark
             if raw[:6] == b"data: ":
                 self._data.append(raw[6:])
+                if self._per_line:
+                    self._dispatch(events)
                 return
         field, colon, value = raw.partition(b":")
         if not field:
@@ -157,6 +190,8 @@ class SSEDecoder:
             value = value[1:]
         if field == b"data":
             self._data.append(value)
+            if self._per_line:
+                self._dispatch(events)
             return
         field_name, text = self._text(field), self._text(value)
         if field_name == "event":
@@ -195,3 +230,77 @@ class SSEDecoder:
             f"event stream line longer than {self.max_line_bytes} bytes; refusing to buffer it",
             provider=self.provider,
         )
+
+
+def encode_event(payload: Any) -> bytes:
+    """One SSE event carrying ``payload`` as JSON: ``data: {...}`` and a blank line."""
+    return b"data: " + orjson.dumps(payload) + b"\n\n"
+
+
+DONE_EVENT = b"data: [DONE]\n\n"
+"""What ends an OpenAI-format stream."""
+
+
+def openai_delta(delta: Delta) -> dict[str, Any] | None:
+    """``delta`` as the ``choices[0].delta`` of an OpenAI chunk (``None`` for the
+    deltas that travel elsewhere in a chunk: usage, finish, restart)."""
+    if isinstance(delta, TextDelta):
+        return {"content": delta.text}
+    if isinstance(delta, ReasoningDelta):
+        return {"reasoning_content": delta.text}
+    if isinstance(delta, ToolCallDelta):
+        call: dict[str, Any] = {"index": delta.index}
+        function: dict[str, str] = {"arguments": delta.arguments}
+        if delta.id is not None:
+            call["id"] = delta.id
+            call["type"] = "function"
+        if delta.name is not None:
+            function["name"] = delta.name
+        call["function"] = function
+        return {"tool_calls": [call]}
+    if isinstance(delta, ExtraDelta):
+        return dict(delta.fields)
+    return None
+
+
+class OpenAIChunkEncoder:
+    """Encodes one answer as OpenAI's ``chat.completion.chunk`` events."""
+
+    def __init__(self, model: str, *, id: str = "chatcmpl-polyroute", created: int | None = None):
+        self._head = {
+            "id": id,
+            "object": "chat.completion.chunk",
+            "created": int(time.time()) if created is None else created,
+            "model": model,
+        }
+
+    def chunk(
+        self,
+        delta: dict[str, Any] | None = None,
+        *,
+        finish_reason: str | None = None,
+        usage: Usage | None = None,
+        **extra: Any,
+    ) -> dict[str, Any]:
+        """One chunk as a dict: ``delta`` in choice 0, or no choice at all for a
+        usage-only chunk (``delta=None`` with no ``finish_reason``)."""
+        payload: dict[str, Any] = dict(self._head)
+        if delta is None and finish_reason is None:
+            payload["choices"] = []
+        else:
+            payload["choices"] = [
+                {"index": 0, "delta": delta or {}, "logprobs": None, "finish_reason": finish_reason}
+            ]
+        if usage is not None:
+            payload["usage"] = usage.as_dict()
+        payload.update(extra)
+        return payload
+
+    def encode(self, delta: Delta) -> bytes:
+        """``delta`` as one event (empty for a delta with no place in the format)."""
+        if isinstance(delta, FinishDelta):
+            return encode_event(self.chunk(finish_reason=delta.reason))
+        if isinstance(delta, UsageDelta):
+            return encode_event(self.chunk(usage=delta.usage))
+        body = openai_delta(delta)
+        return b"" if body is None else encode_event(self.chunk(body))

@@ -1,16 +1,13 @@
-"""Provider base classes: what every upstream module declares and inherits.
+"""The provider contract: what every upstream module declares, and the one streaming
+machine they all share.
 
-A provider is data plus two small functions. The class attributes say where the
-upstream lives and what it serves; :meth:`build_request` turns messages into the
-JSON body; :meth:`parse_event` turns one decoded SSE event into text, the end of
-the stream, or nothing. HTTP, SSE framing, timeouts and error mapping come from
-``polyroute.core``.
-
-Every public method works on the class (as g4f users call it:
-``DarkAI.create_async_generator(model=..., messages=...)``, which opens and closes a
-session for that one call) and on a configured instance
-(``DarkAI(api_endpoint=..., timeout=...)``, which keeps one connection pool across
-requests until ``await provider.aclose()`` or the end of ``async with``).
+A provider is data plus a few small functions. Class attributes say where the
+upstream lives, what it serves and what it can do (the ``supports_*`` flags);
+:meth:`Provider.build_request` turns a :class:`ChatRequest` into the JSON body;
+:meth:`Provider.parse_event` turns one decoded event into deltas and says whether
+the answer ended there. HTTP, framing, timeouts and status errors come from
+``polyroute.core``. The g4f-style ``create_async_generator`` lives in
+``polyroute.providers.compat``, not here.
 """
 
 from __future__ import annotations
@@ -18,10 +15,12 @@ from __future__ import annotations
 import asyncio
 import types
 from collections.abc import AsyncGenerator, Callable, Mapping
-from typing import Any, ClassVar, Final, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
+from urllib.parse import urlsplit
 
-from polyroute.core.attempts import StreamReport
+from polyroute.core.deltas import CONTENT_DELTAS, Delta
 from polyroute.core.errors import (
+    CapabilityNotSupportedError,
     ConfigError,
     InvalidRequestError,
     ModelNotSupportedError,
@@ -31,24 +30,12 @@ from polyroute.core.errors import (
     UpstreamTimeout,
 )
 from polyroute.core.http import SessionOwner, Timeouts, stream_event_batches
-from polyroute.core.messages import Message, Messages, normalize_messages
+from polyroute.core.messages import Messages
 from polyroute.core.redaction import redact, register_secret
-from polyroute.core.sse import SSEEvent
+from polyroute.core.request import CAPABILITY_FLAGS, Capability, ChatRequest
+from polyroute.core.sse import Framing, SSEEvent
 
 _R = TypeVar("_R")
-
-
-class _StreamEnd:
-    """Type of :data:`STREAM_END`."""
-
-    def __repr__(self) -> str:
-        return "STREAM_END"
-
-
-STREAM_END: Final = _StreamEnd()
-"""Returned by :meth:`AsyncGeneratorProvider.parse_event` when the upstream says it is done."""
-
-ParseResult = str | _StreamEnd | None
 
 
 class hybridmethod(Generic[_R]):  # noqa: N801 - named like the builtins it stands beside
@@ -62,28 +49,114 @@ class hybridmethod(Generic[_R]):  # noqa: N801 - named like the builtins it stan
         return types.MethodType(self.__func__, owner if instance is None else instance)
 
 
-class BaseProvider:
-    """Flags and model handling shared by every provider.
+class Provider:
+    """One upstream API. Class attributes are the defaults; constructor keywords
+    override them for that instance (one configured entry) only.
 
-    Class attributes are the defaults; keyword arguments to the constructor override
-    them for that instance only.
+    A configured instance keeps one connection pool across requests until
+    ``await provider.aclose()`` or the end of ``async with``.
     """
 
     name: ClassVar[str | None] = None
-    """Registry type name (``"darkai"``); set by the registry table."""
+    """Registry type name (``"darkai"``), not to be confused with ``entry_name``."""
 
     url: str | None = None
     api_endpoint: str | None = None
     working: bool = False
-    supports_stream: bool = False
+    supports_stream: bool = True
     supports_system_message: bool = False
     supports_message_history: bool = False
     needs_auth: bool = False
     supports_continuation: bool = False
-    """Can take over an answer another provider began (``continue_from=`` in requests)."""
+    """Can take over an answer another provider began (``continue_from=``)."""
+    supports_tools: bool = False
+    """Takes ``tools``/``tool_choice`` and conversations with tool calls in them."""
+    supports_vision: bool = False
+    """Takes content parts other than text (images, audio, files)."""
+    supports_json_schema: bool = False
+    """Takes ``response_format: {type: json_schema}``."""
+    supports_prefill: bool = False
+    """Continues a final assistant message (so a cut answer is handed over as one)."""
     default_model: str | None = None
     models: list[str] = []
     model_aliases: dict[str, str] = {}
+    timeouts: Timeouts = Timeouts()
+    """Class default: 10 s to connect, 600 s in all."""
+    headers: Mapping[str, str] = {}
+    """Headers sent with every request, before per-instance ``headers``."""
+    framing: ClassVar[Framing] = "events"
+    """``events``: SSE events end at a blank line; ``lines``: every ``data:`` line is one."""
+    end_event_name: ClassVar[str] = "the end-of-stream event"
+    """How errors name the event that ends a complete answer."""
+
+    def __init__(
+        self,
+        *,
+        name: str | None = None,
+        api_endpoint: str | None = None,
+        timeout: Timeouts | float | None = None,
+        proxy: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        working: bool | None = None,
+        default_model: str | None = None,
+        models: list[str] | None = None,
+        model_aliases: dict[str, str] | None = None,
+        connection_limit: int = 0,
+        api_key: str | None = None,
+        supports_tools: bool | None = None,
+        supports_vision: bool | None = None,
+        supports_json_schema: bool | None = None,
+        supports_prefill: bool | None = None,
+    ) -> None:
+        self.entry_name = name or type(self).name or type(self).__name__
+        self.timeouts = type(self).timeouts.merged(timeout)
+        self.proxy = proxy
+        if proxy:
+            # A proxy password must be masked wherever it is echoed, not only in URL form.
+            register_secret(_proxy_password(proxy))
+        self.headers = {**type(self).headers, **(headers or {})}
+        if api_key:
+            register_secret(api_key)
+            self.headers.update(self.auth_headers(api_key))
+        overrides = {
+            "api_endpoint": api_endpoint,
+            "working": working,
+            "models": None if models is None else list(models),
+            "model_aliases": None if model_aliases is None else dict(model_aliases),
+            "supports_tools": supports_tools,
+            "supports_vision": supports_vision,
+            "supports_json_schema": supports_json_schema,
+            "supports_prefill": supports_prefill,
+        }
+        for attribute, value in overrides.items():
+            if value is not None:
+                setattr(self, attribute, value)
+        if default_model is not None:
+            self.default_model = default_model
+        elif self.models and self.default_model not in self.models:
+            # An entry restricted to other models must not default to one it rejects.
+            self.default_model = self.models[0]
+        self._sessions = SessionOwner(limit=connection_limit)
+
+    def __repr__(self) -> str:
+        # Headers and the proxy may carry credentials: show neither in full.
+        proxy = f", proxy={redact(self.proxy)!r}" if self.proxy else ""
+        return (
+            f"{type(self).__name__}(name={self.entry_name!r}, "
+            f"api_endpoint={self.api_endpoint!r}{proxy})"
+        )
+
+    async def __aenter__(self) -> Provider:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close this instance's connection pool. Safe to call twice."""
+        await self._sessions.aclose()
+
+    # Models and capabilities -------------------------------------------------------
 
     @hybridmethod
     def get_model(self_or_cls: Any, model: str | None) -> str:  # noqa: N805
@@ -112,98 +185,34 @@ class BaseProvider:
             return False
         return True
 
+    def lacks(self, needs: frozenset[Capability]) -> list[Capability]:
+        """The capabilities in ``needs`` this provider does not have, sorted."""
+        return sorted(need for need in needs if not getattr(self, CAPABILITY_FLAGS[need]))
 
-class AsyncGeneratorProvider(BaseProvider):
-    """A provider whose answer is an async generator of text pieces over SSE."""
-
-    supports_stream = True
-    timeouts: Timeouts = Timeouts()
-    """Class default: 10 s to connect, 600 s in all."""
-    headers: Mapping[str, str] = {}
-    """Headers sent with every request, before per-instance ``headers``."""
-    end_event_name: ClassVar[str] = "the end-of-stream event"
-    """How errors name the event that ends a complete answer."""
-
-    def __init__(
-        self,
-        *,
-        name: str | None = None,
-        api_endpoint: str | None = None,
-        timeout: Timeouts | float | None = None,
-        proxy: str | None = None,
-        headers: Mapping[str, str] | None = None,
-        working: bool | None = None,
-        default_model: str | None = None,
-        models: list[str] | None = None,
-        model_aliases: dict[str, str] | None = None,
-        connection_limit: int = 0,
-        api_key: str | None = None,
-    ) -> None:
-        self.entry_name = name or type(self).name or type(self).__name__
-        if api_endpoint is not None:
-            self.api_endpoint = api_endpoint
-        self.timeouts = type(self).timeouts.merged(timeout)
-        self.proxy = proxy
-        self.headers = {**type(self).headers, **(headers or {})}
-        if api_key:
-            register_secret(api_key)
-            self.headers.update(self.auth_headers(api_key))
-        if working is not None:
-            self.working = working
-        if models is not None:
-            self.models = list(models)
-        if default_model is not None:
-            self.default_model = default_model
-        elif self.models and self.default_model not in self.models:
-            # An entry restricted to other models must not default to one it rejects.
-            self.default_model = self.models[0]
-        if model_aliases is not None:
-            self.model_aliases = dict(model_aliases)
-        self._sessions = SessionOwner(limit=connection_limit)
-
-    def __repr__(self) -> str:
-        # Headers and the proxy may carry credentials: show neither in full.
-        proxy = f", proxy={redact(self.proxy)!r}" if self.proxy else ""
-        return (
-            f"{type(self).__name__}(name={self.entry_name!r}, "
-            f"api_endpoint={self.api_endpoint!r}{proxy})"
-        )
-
-    async def __aenter__(self) -> AsyncGeneratorProvider:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        """Close this instance's connection pool. Safe to call twice."""
-        await self._sessions.aclose()
-
-    # What a provider module fills in -----------------------------------------
+    # What a provider module fills in ---------------------------------------------
 
     def auth_headers(self, api_key: str) -> dict[str, str]:
         """Headers that carry ``api_key``; bearer authentication unless overridden."""
         return {"Authorization": f"Bearer {api_key}"}
 
+    def request_url(self, model: str) -> str | None:
+        """Where requests for ``model`` go: ``api_endpoint`` unless overridden."""
+        return self.api_endpoint
+
     def build_request(
-        self,
-        model: str,
-        messages: list[Message],
-        *,
-        continue_from: str | None = None,
-        **params: Any,
-    ) -> Any:
-        """The JSON body for ``model`` and the validated ``messages``.
+        self, model: str, request: ChatRequest, *, continue_from: str | None = None
+    ) -> dict[str, Any]:
+        """The JSON body for ``model`` (the upstream's name) and ``request``.
 
         ``continue_from`` (only passed when ``supports_continuation``) is a partial
-        answer the upstream must carry on from, without repeating it.
+        answer the upstream must carry on from, without repeating it. The caller's
+        ``extra_body`` is merged over the result afterwards.
         """
         raise NotImplementedError
 
-    def parse_event(self, event: SSEEvent, report: StreamReport) -> ParseResult:
-        """Text to yield, :data:`STREAM_END`, or ``None`` to skip the event.
+    def parse_event(self, event: SSEEvent, out: list[Delta]) -> bool:
+        """Append the deltas ``event`` carries to ``out``; True when it ends the answer.
 
-        Record ``finish_reason`` and ``usage`` on ``report`` when the event carries them.
         Raise :class:`UpstreamProtocolError` for data that breaks the wire format, or
         the matching typed error for an error the upstream reports inside the stream.
         """
@@ -224,64 +233,70 @@ class AsyncGeneratorProvider(BaseProvider):
         """
         raise ConfigError(f"provider {self.entry_name!r} cannot discover its models")
 
-    # The streaming machinery ---------------------------------------------------
+    # Streaming ---------------------------------------------------------------------
 
-    @hybridmethod
-    def create_async_generator(
-        self_or_cls: Any,  # noqa: N805
-        model: str | None,
-        messages: Messages,
-        proxy: str | None = None,
-        **kwargs: Any,
-    ) -> AsyncGenerator[str, None]:
-        """Stream the answer to ``messages`` from ``model`` as text pieces, as they arrive.
-
-        Keyword overrides ``api_endpoint=`` and ``timeout=`` (seconds in all, or a
-        :class:`Timeouts`) apply to this call only; pass ``report=StreamReport()`` to
-        receive ``finish_reason`` and ``usage``, and ``continue_from=partial`` to have a
-        provider that ``supports_continuation`` carry on an unfinished answer. Other
-        keywords are request parameters (sampling options) for providers that take them.
-        Raises the typed :class:`UpstreamError` subclasses; text already yielded stays
-        delivered. Closing the generator closes the upstream response at once.
-        """
-        if isinstance(self_or_cls, type):
-            return self_or_cls._one_call(model, messages, proxy, **kwargs)  # type: ignore[attr-defined, no-any-return]
-        # On an instance, the streaming generator itself: no wrapper costs a hop per chunk.
-        return self_or_cls._stream(model, messages, proxy, **kwargs)  # type: ignore[no-any-return]
-
-    @classmethod
-    async def _one_call(
-        cls, model: str | None, messages: Messages, proxy: str | None, **kwargs: Any
-    ) -> AsyncGenerator[str, None]:
-        # g4f's class-level call: a session for this call only.
-        async with cls() as provider:
-            async for text in provider._stream(model, messages, proxy, **kwargs):
-                yield text
-
-    async def _stream(
+    async def stream(
         self,
         model: str | None,
         messages: Messages,
-        proxy: str | None,
         *,
-        api_endpoint: str | None = None,
+        proxy: str | None = None,
         timeout: Timeouts | float | None = None,  # noqa: ASYNC109 - the documented override
-        report: StreamReport | None = None,
+        api_endpoint: str | None = None,
         continue_from: str | None = None,
-        **kwargs: Any,
-    ) -> AsyncGenerator[str, None]:
-        upstream_model = self.get_model(model)
-        if continue_from and not self.supports_continuation:
-            raise InvalidRequestError(f"provider {self.entry_name!r} cannot continue an answer")
-        checked = normalize_messages(messages)
-        body = self.build_request(
-            upstream_model, checked, continue_from=continue_from or None, **kwargs
+        **params: Any,
+    ) -> AsyncGenerator[Delta, None]:
+        """Stream the answer to ``messages`` from ``model`` as typed deltas.
+
+        ``params`` are request options (``tools``, ``temperature``, ``extra_body``...,
+        checked before anything is sent); ``proxy``, ``timeout`` (seconds in all, or a
+        :class:`Timeouts`) and ``api_endpoint`` apply to this call only. Raises the
+        typed :class:`UpstreamError` subclasses; deltas already yielded stay delivered.
+        Closing the generator closes the upstream response at once.
+        """
+        request = ChatRequest.build(messages, params)
+        batches = self.stream_batches(
+            self.get_model(model),
+            request,
+            continue_from=continue_from,
+            proxy=proxy,
+            timeout=timeout,
+            api_endpoint=api_endpoint,
         )
+        try:
+            async for batch in batches:
+                for delta in batch:
+                    yield delta
+        finally:
+            await batches.aclose()
+
+    async def stream_batches(
+        self,
+        model: str,
+        request: ChatRequest,
+        *,
+        continue_from: str | None = None,
+        proxy: str | None = None,
+        timeout: Timeouts | float | None = None,  # noqa: ASYNC109 - the documented override
+        api_endpoint: str | None = None,
+    ) -> AsyncGenerator[list[Delta], None]:
+        """The machine under :meth:`stream`, for callers that resolved ``model`` (the
+        upstream's name) and validated ``request`` already: deltas in one list per
+        socket read, which keeps the per-chunk cost of the router down.
+
+        The first list holds the first piece of the answer (text, reasoning or a tool
+        call); ``timeouts.first_chunk`` limits the wait for it, and only for it, so a
+        timeout never fires while the consumer holds the generator suspended.
+        """
+        self._check(request, continue_from)
+        body = self.build_request(model, request, continue_from=continue_from or None)
+        if request.extra_body:
+            body.update(request.extra_body)
         timeouts = self.timeouts.merged(timeout)
-        url = api_endpoint or self.api_endpoint
+        url = api_endpoint or self.request_url(model)
         if not url:
             raise UpstreamProtocolError("no api_endpoint configured", provider=self.entry_name)
-        batches = stream_event_batches(
+        events = stream_event_batches(
             self._sessions.session,
             url,
             provider=self.entry_name,
@@ -289,74 +304,82 @@ class AsyncGeneratorProvider(BaseProvider):
             headers=self.headers,
             proxy=proxy or self.proxy,
             timeouts=timeouts,
+            framing=self.framing,
         )
-        report = report or StreamReport()
-        texts: list[str] = []
-        ended = exhausted = False
-        failure: PolyrouteError | None = None
         try:
             try:
-                # The first-chunk limit covers only the wait before the first text: a
-                # timeout must never fire while the consumer holds the generator suspended.
-                async with asyncio.timeout(timeouts.first_chunk):
-                    async for batch in batches:
-                        texts, ended, failure = self._parse(batch, report)
-                        if texts or ended or failure:
-                            break
-                    else:
-                        exhausted = True
-            except UpstreamTimeout:
-                raise
-            except TimeoutError as error:
-                raise UpstreamTimeout(
-                    f"no text within the first-chunk timeout of {timeouts.first_chunk} s",
-                    provider=self.entry_name,
-                ) from error
-            for text in texts:
-                yield text
-            if failure:
-                raise failure
-            if not (ended or exhausted):
-                async for batch in batches:
-                    texts, ended, failure = self._parse(batch, report)
-                    for text in texts:
-                        yield text
+                first, ended, failure = await self._first_batch(events, timeouts.first_chunk)
+                if first:
+                    yield first
+                if failure:
+                    raise failure
+                while not ended:
+                    batch = await anext(events, None)
+                    if batch is None:
+                        raise UpstreamProtocolError(
+                            f"stream ended before {self.end_event_name}", provider=self.entry_name
+                        )
+                    deltas, ended, failure = self._parse(batch)
+                    if deltas:
+                        yield deltas
                     if failure:
                         raise failure
-                    if ended:
-                        break
-                else:
-                    exhausted = True
-            if exhausted:
-                raise UpstreamProtocolError(
-                    f"stream ended before {self.end_event_name}", provider=self.entry_name
-                )
-        except UpstreamStatusError as error:
-            refined = self.classify_status_error(error, upstream_model)
-            if refined is error:
-                raise
-            raise refined from error
+            except UpstreamStatusError as error:
+                refined = self.classify_status_error(error, model)
+                if refined is error:
+                    raise
+                raise refined from error
         finally:
-            await batches.aclose()
+            await events.aclose()
 
-    def _parse(
-        self, batch: list[SSEEvent], report: StreamReport
-    ) -> tuple[list[str], bool, PolyrouteError | None]:
-        """The texts in ``batch``, whether the upstream ended the answer there, and the
-        error a later event in it raised: returned, not raised, so that the text the
+    def _check(self, request: ChatRequest, continue_from: str | None) -> None:
+        if continue_from and not self.supports_continuation:
+            raise InvalidRequestError(f"provider {self.entry_name!r} cannot continue an answer")
+        if request.needs and (missing := self.lacks(request.needs)):
+            raise CapabilityNotSupportedError(missing, provider=self.entry_name)
+
+    async def _first_batch(
+        self, events: AsyncGenerator[list[SSEEvent], None], limit: float | None
+    ) -> tuple[list[Delta], bool, PolyrouteError | None]:
+        """Deltas up to and including the first piece of the answer (or the end)."""
+        pending: list[Delta] = []
+        try:
+            async with asyncio.timeout(limit):
+                async for batch in events:
+                    deltas, ended, failure = self._parse(batch)
+                    pending += deltas
+                    if ended or failure or any(isinstance(d, CONTENT_DELTAS) for d in deltas):
+                        return pending, ended, failure
+        except UpstreamTimeout:
+            raise
+        except TimeoutError as error:
+            raise UpstreamTimeout(
+                f"no answer within the first-chunk timeout of {limit} s",
+                provider=self.entry_name,
+            ) from error
+        raise UpstreamProtocolError(
+            f"stream ended before {self.end_event_name}", provider=self.entry_name
+        )
+
+    def _parse(self, batch: list[SSEEvent]) -> tuple[list[Delta], bool, PolyrouteError | None]:
+        """The deltas in ``batch``, whether the upstream ended the answer there, and the
+        error a later event in it raised: returned, not raised, so that what the
         upstream sent before it is delivered first."""
-        texts: list[str] = []
+        out: list[Delta] = []
         for event in batch:
             try:
-                result = self.parse_event(event, report)
+                if self.parse_event(event, out):
+                    return out, True, None
             except PolyrouteError as error:
-                return texts, False, error
-            if isinstance(result, str):
-                if result:
-                    texts.append(result)
-            elif result is STREAM_END:
-                return texts, True, None
-        return texts, False, None
+                return out, False, error
+        return out, False, None
+
+
+def _proxy_password(proxy: str) -> str | None:
+    try:
+        return urlsplit(proxy).password
+    except ValueError:
+        return None
 
 
 def _label(self_or_cls: Any) -> str:

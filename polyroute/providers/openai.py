@@ -1,21 +1,32 @@
 """OpenAI-compatible chat completions: OpenAI, Groq, Together, OpenRouter, Mistral,
-DeepSeek, and local servers (vLLM, Ollama, llama.cpp, LM Studio).
+DeepSeek, and local servers (vLLM, Ollama, llama.cpp, LM Studio, LiteLLM).
 
 POST ``{base_url}/chat/completions`` with ``stream: true``; each SSE event is a
-``chat.completion.chunk`` whose ``choices[0].delta.content`` is the next text, and
+``chat.completion.chunk`` whose ``choices[0].delta`` carries ``content``,
+``reasoning_content`` (or ``reasoning``) and ``tool_calls`` fragments, and
 ``data: [DONE]`` ends the answer. Errors come as ``{"error": {"message", "type",
-"code"}}``, in a non-2xx body or, on some servers, inside the stream.
+"code"}}`` (vLLM: the same keys at the top level), in a non-2xx body or, on some
+servers, inside the stream.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import re
+from typing import Any
 
-from polyroute.core.attempts import StreamReport
+from polyroute.core.deltas import (
+    Delta,
+    ExtraDelta,
+    FinishDelta,
+    ReasoningDelta,
+    TextDelta,
+    ToolCallDelta,
+    Usage,
+    UsageDelta,
+)
 from polyroute.core.errors import (
     AuthenticationError,
     ContextLengthExceededError,
-    InvalidRequestError,
     ModelNotSupportedError,
     PolyrouteError,
     RateLimitedError,
@@ -25,30 +36,20 @@ from polyroute.core.errors import (
 )
 from polyroute.core.http import fetch_json
 from polyroute.core.jsoncodec import loads
-from polyroute.core.messages import Message, continuation_messages
+from polyroute.core.messages import continuation_messages
+from polyroute.core.request import ChatRequest
 from polyroute.core.sse import SSEEvent, excerpt
-from polyroute.providers.base import STREAM_END, AsyncGeneratorProvider, ParseResult
+from polyroute.providers.compat import AsyncGeneratorProvider
 
-SAMPLING_PARAMETERS = frozenset(
-    {
-        "temperature",
-        "top_p",
-        "max_tokens",
-        "max_completion_tokens",
-        "stop",
-        "seed",
-        "presence_penalty",
-        "frequency_penalty",
-        "logit_bias",
-        "logprobs",
-        "top_logprobs",
-        "user",
-        "response_format",
-        "reasoning_effort",
-        "service_tier",
-    }
-)
 _CONTEXT_CODES = frozenset({"context_length_exceeded", "string_above_max_length"})
+_MODEL_CODES = frozenset({"model_not_found", "model_not_available", "invalid_model"})
+# How servers say "no such model" (LiteLLM, vLLM, Ollama, OpenRouter, Groq, Together...).
+_UNKNOWN_MODEL = re.compile(
+    r"invalid model|unknown model|no such model|not a valid model|unable to access model"
+    r"|model\b.{0,120}?\b(not found|does not exist|doesn't exist|is not available|not supported)",
+    re.IGNORECASE | re.DOTALL,
+)
+_DELTA_KEYS_HANDLED = frozenset({"role", "content", "reasoning_content", "reasoning", "tool_calls"})
 
 
 class OpenAI(AsyncGeneratorProvider):
@@ -62,24 +63,18 @@ class OpenAI(AsyncGeneratorProvider):
     needs_auth = True
     supports_system_message = True
     supports_message_history = True
+    supports_continuation = True
+    supports_tools = True
+    supports_vision = True
+    supports_json_schema = True
     default_model = "gpt-4o-mini"
     headers = {"accept": "text/event-stream", "content-type": "application/json"}
     end_event_name = "data: [DONE]"
     include_usage = True
     """Ask for the final usage chunk (``stream_options``); some old servers reject it."""
-    supports_continuation = True
-    continuation: Literal["instruct", "prefill"] = "instruct"
-    """How a partial answer is handed over: as an assistant message followed by an
-    instruction to continue, or as a final assistant message to prefill (for upstreams
-    that continue one, such as vLLM's continue_final_message or DeepSeek's prefix)."""
 
     def __init__(
-        self,
-        *,
-        base_url: str | None = None,
-        include_usage: bool | None = None,
-        continuation: Literal["instruct", "prefill"] | None = None,
-        **kwargs: Any,
+        self, *, base_url: str | None = None, include_usage: bool | None = None, **kwargs: Any
     ) -> None:
         super().__init__(**kwargs)
         if base_url is not None:
@@ -88,66 +83,66 @@ class OpenAI(AsyncGeneratorProvider):
                 self.api_endpoint = f"{self.base_url}/chat/completions"
         if include_usage is not None:
             self.include_usage = include_usage
-        if continuation is not None:
-            self.continuation = continuation
 
     def build_request(
-        self,
-        model: str,
-        messages: list[Message],
-        *,
-        continue_from: str | None = None,
-        **params: Any,
-    ) -> Any:
-        unknown = sorted(set(params) - SAMPLING_PARAMETERS)
-        if unknown:
-            raise InvalidRequestError(
-                f"unknown request parameters {', '.join(unknown)}; "
-                f"{self.entry_name} takes: {', '.join(sorted(SAMPLING_PARAMETERS))}"
-            )
+        self, model: str, request: ChatRequest, *, continue_from: str | None = None
+    ) -> dict[str, Any]:
+        messages = request.messages
         if continue_from:
-            prefill = self.continuation == "prefill"
-            messages = continuation_messages(messages, continue_from, prefill=prefill)
+            # With supports_prefill the upstream continues a final assistant message;
+            # otherwise it is told to continue.
+            messages = continuation_messages(messages, continue_from, prefill=self.supports_prefill)
         body: dict[str, Any] = {
             "model": model,
-            "messages": [message.model_dump(exclude_none=True) for message in messages],
+            "messages": [message.as_openai() for message in messages],
             "stream": True,
-            **params,
+            **request.options,
         }
         if self.include_usage:
             body["stream_options"] = {"include_usage": True}
         return body
 
-    def parse_event(self, event: SSEEvent, report: StreamReport) -> ParseResult:
+    def parse_event(self, event: SSEEvent, out: list[Delta]) -> bool:
         if event.data == "[DONE]":
-            return STREAM_END
+            return True
         try:
             chunk = loads(event.data)
-            if "error" in chunk:
+            if "error" in chunk or chunk.get("object") == "error":
                 raise self.error_from_payload(chunk, status=None, model=chunk.get("model", "?"))
-            if "choices" not in chunk and "usage" not in chunk:
+            choices = chunk.get("choices")
+            if choices:
+                self._read_choice(choices[0], out)
+            elif choices is None and "usage" not in chunk:
                 raise KeyError("choices")
-            if chunk.get("usage"):
-                report.usage = chunk["usage"]
-            if not chunk.get("choices"):
-                return None  # the usage-only chunk (choices empty, or null on vLLM)
-            choice = chunk["choices"][0]
-            if choice.get("finish_reason"):
-                report.finish_reason = choice["finish_reason"]
-            content = (choice.get("delta") or {}).get("content")
+            if usage := chunk.get("usage"):
+                out.append(UsageDelta(Usage.from_openai(usage)))
         except (ValueError, KeyError, TypeError, AttributeError, IndexError) as error:
             raise UpstreamProtocolError(
                 f"malformed chunk ({type(error).__name__}: {error}): {excerpt(event.data)}",
                 provider=self.entry_name,
             ) from None
-        return content if isinstance(content, str) else None
+        return False
+
+    def _read_choice(self, choice: dict[str, Any], out: list[Delta]) -> None:
+        delta = choice.get("delta")
+        if delta:
+            content = delta.get("content")
+            if len(delta) == 1 and type(content) is str:
+                if content:  # the hot path: a chunk of text and nothing else
+                    out.append(TextDelta(content))
+            else:
+                _read_delta(delta, out)
+        if logprobs := choice.get("logprobs"):
+            out.append(ExtraDelta({"logprobs": logprobs}))
+        if reason := choice.get("finish_reason"):
+            out.append(FinishDelta(str(reason)))
 
     def classify_status_error(self, error: UpstreamStatusError, model: str) -> PolyrouteError:
         try:
             payload = loads(error.body)
         except ValueError:
             return error
-        if not isinstance(payload, dict) or "error" not in payload:
+        if not isinstance(payload, dict) or not ("error" in payload or "message" in payload):
             return error
         return self.error_from_payload(payload, error.status, model, error.retry_after)
 
@@ -158,23 +153,28 @@ class OpenAI(AsyncGeneratorProvider):
         model: str,
         retry_after: float | None = None,
     ) -> PolyrouteError:
-        """The typed error for an OpenAI-style ``{"error": ...}`` object."""
-        detail = payload["error"]
+        """The typed error for an OpenAI-style error object, nested under ``error`` or
+        (vLLM) at the top level. ``code`` may be a string or a number."""
+        detail = payload.get("error", payload)
         message, code = str(detail), ""
         if isinstance(detail, dict):
             message = str(detail.get("message") or detail)
-            code = detail.get("code") or detail.get("type") or ""
-            if isinstance(code, bool) or not isinstance(code, str | int):
-                code = ""  # a malformed code must not stop the error being reported
-        if isinstance(code, int):  # OpenRouter puts the HTTP status in `code`
-            status, code = status or code, ""
+            code = _code(detail.get("code")) or _code(detail.get("type"))
+        if code.isdigit():  # OpenRouter, LiteLLM and vLLM put an HTTP status in `code`
+            status, code = status or int(code), ""
+        return self._typed_error(message, code, status, model, retry_after)
+
+    def _typed_error(
+        self, message: str, code: str, status: int | None, model: str, retry_after: float | None
+    ) -> PolyrouteError:
         text = message.lower()
         provider = self.entry_name
         if code in _CONTEXT_CODES or "context length" in text or "context window" in text:
             return ContextLengthExceededError(
                 status or 400, provider=provider, body=message, retryable=False
             )
-        if code == "model_not_found" or (status == 404 and "model" in text):
+        unknown_model = status in (400, 404, None) and _UNKNOWN_MODEL.search(message)
+        if code in _MODEL_CODES or unknown_model:
             return ModelNotSupportedError(model, provider=provider, detail=message)
         if code == "insufficient_quota":
             return RateLimitedError(status or 429, provider=provider, body=message, retryable=False)
@@ -209,3 +209,44 @@ class OpenAI(AsyncGeneratorProvider):
                 f"malformed model list ({type(error).__name__}: {error})", provider=self.entry_name
             ) from None
         return self.models
+
+
+def _code(value: Any) -> str:
+    """An error code as text; a malformed one (a list, a bool) must not stop the error
+    being reported, so it reads as no code."""
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        return ""
+    return str(value)
+
+
+def _read_delta(delta: dict[str, Any], out: list[Delta]) -> None:
+    """Every field of a delta: text, reasoning, tool-call fragments, and the rest kept."""
+    content = delta.get("content")
+    if content is not None:
+        if not isinstance(content, str):
+            raise TypeError("delta.content is not a string")
+        if content:
+            out.append(TextDelta(content))
+    # Some servers send both names for the same text: take one.
+    reasoning = delta.get("reasoning_content") or delta.get("reasoning")
+    if reasoning:
+        if not isinstance(reasoning, str):
+            raise TypeError("delta reasoning is not a string")
+        out.append(ReasoningDelta(reasoning))
+    for position, call in enumerate(delta.get("tool_calls") or ()):
+        out.append(_tool_call_delta(position, call))
+    extra = {k: v for k, v in delta.items() if k not in _DELTA_KEYS_HANDLED and v is not None}
+    if extra:
+        out.append(ExtraDelta(extra))
+
+
+def _tool_call_delta(position: int, call: dict[str, Any]) -> ToolCallDelta:
+    function = call.get("function") or {}
+    arguments = function.get("arguments") or ""
+    name = function.get("name")
+    if not isinstance(arguments, str) or not (name is None or isinstance(name, str)):
+        raise TypeError("tool call name and arguments must be strings")
+    index = call.get("index", position)
+    if not isinstance(index, int) or isinstance(index, bool):
+        raise TypeError("tool call index must be an integer")
+    return ToolCallDelta(index, id=call.get("id") or None, name=name or None, arguments=arguments)

@@ -14,7 +14,7 @@ from importlib.metadata import entry_points
 from typing import TypeVar
 
 from polyroute.core.errors import ConfigError, ProviderNotFoundError
-from polyroute.providers.base import AsyncGeneratorProvider
+from polyroute.providers.base import Provider
 
 ENTRY_POINT_GROUP = "polyroute.providers"
 
@@ -24,7 +24,7 @@ BUILTIN_PROVIDERS: dict[str, str] = {
     "simulated": "polyroute.providers.simulated:Simulated",
 }
 
-_P = TypeVar("_P", bound=type[AsyncGeneratorProvider])
+_P = TypeVar("_P", bound=type[Provider])
 
 
 class Registry:
@@ -34,14 +34,12 @@ class Registry:
     so that listing a provider costs no import.
     """
 
-    def __init__(
-        self, providers: dict[str, type[AsyncGeneratorProvider] | str] | None = None
-    ) -> None:
-        self._entries: dict[str, type[AsyncGeneratorProvider] | str] = {}
+    def __init__(self, providers: dict[str, type[Provider] | str] | None = None) -> None:
+        self._entries: dict[str, type[Provider] | str] = {}
         for name, provider in (providers or {}).items():
             self.add(name, provider)
 
-    def add(self, name: str, provider: type[AsyncGeneratorProvider] | str) -> None:
+    def add(self, name: str, provider: type[Provider] | str) -> None:
         """Register ``provider`` under ``name`` (replacing an earlier entry)."""
         if not name or not name.isidentifier():
             raise ConfigError(f"provider type name {name!r} must be a Python identifier")
@@ -60,7 +58,7 @@ class Registry:
         """Every registered type name, sorted."""
         return sorted(self._entries)
 
-    def get(self, name: str) -> type[AsyncGeneratorProvider]:
+    def get(self, name: str) -> type[Provider]:
         """The class registered as ``name``; :class:`ProviderNotFoundError` lists the known ones."""
         try:
             entry = self._entries[name]
@@ -70,7 +68,7 @@ class Registry:
             entry = self._entries[name] = _import(entry)
         return entry
 
-    def __iter__(self) -> Iterator[type[AsyncGeneratorProvider]]:
+    def __iter__(self) -> Iterator[type[Provider]]:
         return (self.get(name) for name in self.names())
 
     def __contains__(self, name: object) -> bool:
@@ -79,7 +77,7 @@ class Registry:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def providers_for(self, model: str) -> list[type[AsyncGeneratorProvider]]:
+    def providers_for(self, model: str) -> list[type[Provider]]:
         """Classes whose ``get_model`` accepts ``model`` (a model name or one of their aliases)."""
         return [provider for provider in self if provider.serves(model)]
 
@@ -89,14 +87,14 @@ class Registry:
             self.add(point.name, point.value)
 
 
-def _import(reference: str) -> type[AsyncGeneratorProvider]:
+def _import(reference: str) -> type[Provider]:
     module_name, _, attribute = reference.partition(":")
     try:
         provider = getattr(importlib.import_module(module_name), attribute)
     except (ImportError, AttributeError) as error:
         raise ConfigError(f"cannot load provider {reference!r}: {error}") from error
-    if not (isinstance(provider, type) and issubclass(provider, AsyncGeneratorProvider)):
-        raise ConfigError(f"{reference!r} is not an AsyncGeneratorProvider subclass")
+    if not (isinstance(provider, type) and issubclass(provider, Provider)):
+        raise ConfigError(f"{reference!r} is not a polyroute Provider subclass")
     return provider
 
 

@@ -10,9 +10,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from polyroute.core.deltas import Delta
 from polyroute.core.errors import ConfigError, describe_validation_error
-from polyroute.core.messages import Messages
-from polyroute.providers.base import AsyncGeneratorProvider
+from polyroute.core.request import ChatRequest
+from polyroute.providers.compat import AsyncGeneratorProvider
 from polyroute.providers.darkai import DarkAI
 from polyroute.providers.openai import OpenAI
 from polyroute.simulator.profile import SimulatedUpstream
@@ -62,13 +63,15 @@ class Simulated(AsyncGeneratorProvider):
         await self.server.stop()
         await super().aclose()
 
-    async def _stream(
-        self, model: str | None, messages: Messages, proxy: str | None, **kwargs: Any
-    ) -> AsyncGenerator[str, None]:
+    async def stream_batches(
+        self, model: str, request: ChatRequest, **kwargs: Any
+    ) -> AsyncGenerator[list[Delta], None]:
         if self.api_endpoint is None:
             await self.start()
-        upstream_model = self.get_model(model)
-        async for text in self._inner.create_async_generator(
-            upstream_model, messages, proxy, **kwargs
-        ):
-            yield text
+        self._check(request, kwargs.get("continue_from"))
+        batches = self._inner.stream_batches(model, request, **kwargs)
+        try:
+            async for batch in batches:
+                yield batch
+        finally:
+            await batches.aclose()

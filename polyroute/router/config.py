@@ -15,7 +15,6 @@ from typing import Any, Literal, TypeVar
 import yaml
 from pydantic import (
     BaseModel,
-    ConfigDict,
     Field,
     ValidationError,
     field_validator,
@@ -23,11 +22,10 @@ from pydantic import (
 )
 
 from polyroute.core.errors import ConfigError, describe_validation_error
+from polyroute.core.schema import StrictModel as _Strict
 
-
-class _Strict(BaseModel):
-    # Unknown keys are errors: a typo like `priorty` must not be ignored silently.
-    model_config = ConfigDict(extra="forbid", frozen=True)
+Order = Literal["priority", "latency", "adaptive"]
+ToolCallMode = Literal["stream", "atomic"]
 
 
 class TimeoutsConfig(_Strict):
@@ -83,6 +81,13 @@ class ProviderEntry(_Strict):
         None, description='"discover": ask the upstream (GET {base_url}/models) on router start'
     )
     model_aliases: dict[str, str] | None = None
+    supports_tools: bool | None = Field(None, description="overrides the class's flag")
+    supports_vision: bool | None = Field(None, description="overrides the class's flag")
+    supports_json_schema: bool | None = Field(None, description="overrides the class's flag")
+    supports_prefill: bool | None = Field(None, description="overrides the class's flag")
+    tool_calls: ToolCallMode | None = Field(
+        None, description="overrides the route's tool_calls for this entry"
+    )
     timeouts: PartialTimeouts = PartialTimeouts()
     connection_limit: int = Field(0, ge=0, description="0: no cap on open connections")
     options: dict[str, Any] = Field(
@@ -129,7 +134,12 @@ class RouteSettings(_Strict):
     )
     max_relays: int = Field(2, ge=0, description="hand-overs after text was delivered, at most")
     hedge: HedgeConfig | None = Field(None, description="off unless set: it costs tokens")
-    order: Literal["priority", "latency", "adaptive"] = "priority"
+    order: Order = "priority"
+    tool_calls: ToolCallMode = Field(
+        "stream",
+        description="stream: pass tool-call fragments on as they come; atomic: hold each "
+        "call back until it is complete, so a failure inside one can still be relayed",
+    )
 
 
 class RouterSettings(RouteSettings):

@@ -1,30 +1,34 @@
 """Which providers to try, for which models, in which order.
 
-Pure decisions over the configured entries and the health store: no I/O here.
+Pure decisions over the configured entries and the health store: no I/O here. The
+requested name is resolved here, once: router aliases to a model, then each entry's
+own aliases to the upstream's name (``Candidate.upstream_model``), which is what the
+provider is sent as it is.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
 
-from polyroute.core.errors import ModelNotSupportedError
-from polyroute.providers.base import AsyncGeneratorProvider
+from polyroute.core.errors import CapabilityNotSupportedError, ModelNotSupportedError
+from polyroute.core.request import CAPABILITY_LABELS, Capability
+from polyroute.providers.base import Provider
+from polyroute.router.config import Order, ToolCallMode
 from polyroute.router.health import HealthStore
 from polyroute.router.stats import StatsBook
-
-Order = Literal["priority", "latency", "adaptive"]
 
 
 @dataclass(frozen=True, slots=True)
 class Entry:
     """A configured provider instance and its place in the priority order."""
 
-    provider: AsyncGeneratorProvider
+    provider: Provider
     priority: int = 0
     discover: bool = False
     """Fetch the model list from the upstream when the router starts."""
+    tool_calls: ToolCallMode | None = None
+    """This entry's ``tool_calls`` mode, over the route's."""
 
     @property
     def name(self) -> str:
@@ -65,20 +69,35 @@ class RoutingPolicy:
             name = self.aliases[name]
         return name
 
-    def model_chain(self, requested: str) -> list[str]:
-        """The resolved model, then its fallback chain, each resolved, without repeats.
-
-        Raises :class:`ModelNotSupportedError` listing what the router can serve when
-        no configured entry (working or not) serves any model of the chain.
-        """
+    def chain_of(self, requested: str) -> list[str]:
+        """The resolved model, then its fallback chain, each resolved, without repeats."""
         model = self.resolve_alias(requested)
         chain: list[str] = []
         for name in [model, *self.fallbacks.get(model, [])]:
             resolved = self.resolve_alias(name)
             if resolved not in chain:
                 chain.append(resolved)
-        if not any(entry.provider.serves(name) for name in chain for entry in self.entries):
+        return chain
+
+    def model_chain(self, requested: str, needs: frozenset[Capability] = frozenset()) -> list[str]:
+        """:meth:`chain_of` ``requested``, checked.
+
+        Raises :class:`ModelNotSupportedError` listing what the router can serve when no
+        configured entry (working or not) serves any model of the chain, and
+        :class:`CapabilityNotSupportedError` when entries serve it but none can do
+        what the request ``needs``.
+        """
+        chain = self.chain_of(requested)
+        serving = [
+            entry.provider
+            for entry in self.entries
+            if any(entry.provider.serves(name) for name in chain)
+        ]
+        if not serving:
             raise ModelNotSupportedError(requested, supported=self.known_models())
+        if needs and all(provider.lacks(needs) for provider in serving):
+            missing = sorted({need for provider in serving for need in provider.lacks(needs)})
+            raise CapabilityNotSupportedError(missing, model=requested)
         return chain
 
     def candidates(
@@ -87,6 +106,7 @@ class RoutingPolicy:
         health: HealthStore,
         stats: StatsBook | None = None,
         order: Order = "priority",
+        needs: frozenset[Capability] = frozenset(),
     ) -> tuple[list[Candidate], list[str]]:
         """Entries that can serve ``model`` now, in order, and why the others cannot.
 
@@ -101,14 +121,13 @@ class RoutingPolicy:
             provider = entry.provider
             if not provider.serves(model):
                 continue
-            if not provider.working:
-                excluded.append(f"{entry.name} ({model}): not working")
-            elif not provider.supports_stream:
-                excluded.append(f"{entry.name} ({model}): cannot stream")
-            elif health.state(entry.name) == "open":
-                excluded.append(f"{entry.name} ({model}): cooling down")
-            else:
+            reason = _unusable(provider, needs)
+            if reason is None and health.state(entry.name) == "open":
+                reason = "cooling down"
+            if reason is None:
                 chosen.append(Candidate(entry, model, provider.get_model(model)))
+            else:
+                excluded.append(f"{entry.name} ({model}): {reason}")
         if stats is not None and order == "latency":
             chosen.sort(key=lambda candidate: stats[candidate.name].latency_ms())
         elif stats is not None and order == "adaptive":
@@ -122,3 +141,13 @@ class RoutingPolicy:
             names.update(entry.provider.models)
             names.update(entry.provider.model_aliases)
         return sorted(names)
+
+
+def _unusable(provider: Provider, needs: frozenset[Capability]) -> str | None:
+    if not provider.working:
+        return "not working"
+    if not provider.supports_stream:
+        return "cannot stream"
+    if needs and (missing := provider.lacks(needs)):
+        return "; ".join(CAPABILITY_LABELS[need] for need in missing)
+    return None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from polyroute.core.deltas import RestartDelta
+
 SEAM_WINDOW = 200
 """How many of the last delivered characters a continuation may repeat and have dropped."""
 SEAM_MIN_OVERLAP = 6
@@ -75,6 +77,11 @@ class StreamRestarted(str):
         marker.discarded = discarded
         marker.provider = provider
         return marker
+
+    @classmethod
+    def of(cls, marker: RestartDelta) -> StreamRestarted:
+        """The text-iteration form of a :class:`RestartDelta`."""
+        return cls(discarded=marker.discarded, provider=marker.provider)
 
     def __repr__(self) -> str:
         return f"StreamRestarted(discarded={self.discarded}, provider={self.provider!r})"

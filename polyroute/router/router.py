@@ -9,8 +9,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from polyroute.core.deltas import AssistantMessage
 from polyroute.core.errors import (
     ConfigError,
+    InvalidRequestError,
     ModelNotSupportedError,
     PolyrouteError,
     ProviderNotFoundError,
@@ -18,8 +20,9 @@ from polyroute.core.errors import (
 )
 from polyroute.core.http import Timeouts
 from polyroute.core.logging import get_logger
-from polyroute.core.messages import Messages, normalize_messages
-from polyroute.providers.base import AsyncGeneratorProvider
+from polyroute.core.messages import Messages
+from polyroute.core.request import ChatRequest
+from polyroute.providers.base import Provider
 from polyroute.providers.registry import Registry, default_registry
 from polyroute.router.config import (
     ProviderEntry,
@@ -30,6 +33,7 @@ from polyroute.router.config import (
     load_config,
     validate,
 )
+from polyroute.router.context import RouteContext
 from polyroute.router.health import HealthStore, InMemoryHealth
 from polyroute.router.policy import Entry, RoutingPolicy
 from polyroute.router.retry import RetryPolicy, Sleep
@@ -38,7 +42,19 @@ from polyroute.router.stream import RouterStream
 
 _log = get_logger()
 
-ProviderSpec = AsyncGeneratorProvider | ProviderEntry | Mapping[str, Any]
+ProviderSpec = Provider | ProviderEntry | Mapping[str, Any]
+# ProviderEntry keys the router itself reads; every other key is a provider attribute
+# and goes to the provider's constructor by its own name.
+_ROUTER_KEYS = {
+    "name",
+    "type",
+    "priority",
+    "api_key_env",
+    "timeouts",
+    "options",
+    "models",
+    "tool_calls",
+}
 
 
 class Router:
@@ -76,11 +92,14 @@ class Router:
         if duplicates:
             raise ConfigError(f"duplicate provider names: {', '.join(duplicates)}")
         self.policy = RoutingPolicy(entries, aliases=settings.aliases, fallbacks=settings.fallbacks)
+        _check_aliases(self.policy)
         self.retry = RetryPolicy(settings.retry, sleep=sleep)
         self.health: HealthStore = health or InMemoryHealth(
             failures=settings.cooldown.failures, seconds=settings.cooldown.seconds
         )
         self.stats = StatsBook()
+        self.discovery_errors: dict[str, str] = {}
+        """Why an entry's ``models: discover`` failed, by entry name."""
         self._route_settings: dict[str, RouteSettings] = {}
 
     @classmethod
@@ -105,31 +124,80 @@ class Router:
         return settings
 
     @property
-    def providers(self) -> list[AsyncGeneratorProvider]:
+    def providers(self) -> list[Provider]:
         """The provider instances, in priority order."""
         return [entry.provider for entry in self.policy.entries]
 
     def __repr__(self) -> str:
         return f"<Router providers={[e.name for e in self.policy.entries]}>"
 
-    def stream(self, model: str | None, messages: Messages, **params: Any) -> RouterStream:
-        """Start routing ``messages`` to ``model``; iterate the result for text.
+    def stream(
+        self,
+        model: str | None,
+        messages: Messages,
+        *,
+        tools: list[dict[str, Any]] | None = None,
+        tool_choice: str | dict[str, Any] | None = None,
+        response_format: dict[str, Any] | None = None,
+        extra_body: dict[str, Any] | None = None,
+        **options: Any,
+    ) -> RouterStream:
+        """Start routing ``messages`` to ``model``; iterate the result for text, or
+        ``stream.deltas()`` for every typed delta.
 
-        An empty or ``None`` model means the configured ``default_model``.
-        Raises at once (before any I/O) :class:`InvalidMessagesError` for bad
-        messages and :class:`ModelNotSupportedError` for a model no entry serves.
-        While iterating: :class:`AllProvidersFailed` when every candidate failed
-        before its first chunk, or the upstream's typed error after text was
-        delivered. ``params`` go to the provider (sampling options).
+        An empty or ``None`` model means the configured ``default_model``. ``options``
+        are OpenAI's request options (``temperature``, ``max_tokens``, ``stop``,
+        ``seed``, ``parallel_tool_calls``...); provider-specific keys go in
+        ``extra_body``. Raises at once (before any I/O) :class:`InvalidRequestError`
+        for a bad argument (:class:`InvalidMessagesError` for bad messages),
+        :class:`ModelNotSupportedError` for a model no entry serves and
+        :class:`CapabilityNotSupportedError` when no entry serving it can do what the
+        request needs (tools, images, JSON schemas). While iterating:
+        :class:`AllProvidersFailed` when every candidate failed before its first chunk,
+        or the upstream's typed error after part of the answer was delivered.
         """
+        if model is not None and not isinstance(model, str):
+            raise InvalidRequestError(
+                f"model must be a string (a model name or alias), got {type(model).__name__}"
+            )
         model = model or self.settings.default_model
         if not model:
             raise ModelNotSupportedError("", supported=self.policy.known_models())
-        return RouterStream(self, model, normalize_messages(messages), params)
+        given = {
+            "tools": tools,
+            "tool_choice": tool_choice,
+            "response_format": response_format,
+            "extra_body": extra_body,
+        }
+        options.update({key: value for key, value in given.items() if value is not None})
+        request = ChatRequest.build(messages, options)
+        chain = self.policy.model_chain(model, request.needs)
+        context = RouteContext(
+            self.policy,
+            self.retry,
+            self.health,
+            self.stats,
+            self.settings.cooldown.seconds,
+            self.route_settings(chain[0]),
+            request,
+            model,
+            chain,
+        )
+        return RouterStream(context)
 
-    async def complete(self, model: str | None, messages: Messages, **params: Any) -> str:
-        """The whole answer as one string, routed like :meth:`stream`."""
-        async with self.stream(model, messages, **params) as stream:
+    async def complete(
+        self, model: str | None, messages: Messages, **options: Any
+    ) -> AssistantMessage:
+        """The whole answer, assembled (``.content``, ``.tool_calls``, ``.reasoning``),
+        routed like :meth:`stream`, which takes the same arguments."""
+        async with self.stream(model, messages, **options) as stream:
+            async for _text in stream:
+                pass
+        return stream.message
+
+    async def complete_text(self, model: str | None, messages: Messages, **options: Any) -> str:
+        """Just the answer's text, routed like :meth:`stream`."""
+        async with self.stream(model, messages, **options) as stream:
             return "".join([text async for text in stream])
 
     async def discover_models(self) -> None:
@@ -144,6 +212,7 @@ class Router:
         )
         for entry, result in zip(entries, results, strict=True):
             if isinstance(result, PolyrouteError):
+                self.discovery_errors[entry.name] = " ".join(str(result).split())
                 _log.warning(
                     "provider.discovery_failed", provider=entry.name, **describe_error(result)
                 )
@@ -167,31 +236,22 @@ class Router:
 def _build_entry(
     spec: ProviderSpec, index: int, registry: Registry, defaults: TimeoutsConfig
 ) -> Entry:
-    if isinstance(spec, AsyncGeneratorProvider):
+    if isinstance(spec, Provider):
         return Entry(spec)
     entry = validate(ProviderEntry, spec, f"providers.{index}")
+    _check_entry_aliases(entry, index)
     try:
         provider_class = registry.get(entry.type)
     except ProviderNotFoundError as error:
         raise ConfigError(f"providers.{index}.type: {error}") from None
     overrides = entry.timeouts.model_dump(exclude_unset=True)
     kwargs: dict[str, Any] = {
-        "name": entry.name,
-        "timeout": Timeouts(**{**defaults.model_dump(), **overrides}),
-        "headers": entry.headers,
-        "connection_limit": entry.connection_limit,
-    }
-    optional = {
         **entry.options,
-        "api_endpoint": entry.api_endpoint,
-        "base_url": entry.base_url,
-        "proxy": entry.proxy,
-        "working": entry.working,
-        "default_model": entry.default_model,
-        "models": None if entry.models == "discover" else entry.models,
-        "model_aliases": entry.model_aliases,
+        **entry.model_dump(exclude=_ROUTER_KEYS, exclude_none=True),
+        "timeout": Timeouts(**{**defaults.model_dump(), **overrides}),
     }
-    kwargs.update({key: value for key, value in optional.items() if value is not None})
+    if isinstance(entry.models, list):
+        kwargs["models"] = entry.models
     if entry.api_key_env:
         kwargs["api_key"] = os.environ.get(entry.api_key_env)
         if not kwargs["api_key"]:
@@ -200,9 +260,38 @@ def _build_entry(
                 "(api_key_env) is not set"
             )
     try:
-        provider = provider_class(**kwargs)
+        provider = provider_class(name=entry.name, **kwargs)
     except TypeError as error:
         raise ConfigError(
             f"providers.{index} ({entry.name!r}, type {entry.type!r}): {error}"
         ) from None
-    return Entry(provider, entry.priority, discover=entry.models == "discover")
+    return Entry(
+        provider, entry.priority, discover=entry.models == "discover", tool_calls=entry.tool_calls
+    )
+
+
+def _check_entry_aliases(entry: ProviderEntry, index: int) -> None:
+    """An entry's own aliases must lead into its ``models``, when it lists them."""
+    if not isinstance(entry.models, list) or not entry.models:
+        return
+    for alias, target in (entry.model_aliases or {}).items():
+        if target not in entry.models and alias not in entry.models:
+            raise ConfigError(
+                f"providers.{index}.model_aliases.{alias} ({entry.name!r}) points to {target!r}, "
+                f"which is not in the entry's models: {', '.join(entry.models)}"
+            )
+
+
+def _check_aliases(policy: RoutingPolicy) -> None:
+    """Every router alias must lead to a model some entry serves, as far as fixed model
+    lists tell (an entry with no list, or ``models: discover``, may serve anything)."""
+    providers = [entry.provider for entry in policy.entries]
+    if any(not provider.models for provider in providers):
+        return
+    for alias in policy.aliases:
+        chain = policy.chain_of(alias)
+        if not any(provider.serves(name) for name in chain for provider in providers):
+            raise ConfigError(
+                f"aliases.{alias} points to {policy.resolve_alias(alias)!r}, which no "
+                f"provider serves; served: {', '.join(policy.known_models())}"
+            )

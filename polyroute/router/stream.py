@@ -5,8 +5,13 @@ each model, the candidate entries in order, retrying retryable errors on an entr
 before moving on. Until the first chunk, failures are invisible to the caller. After
 it, a failure hands the answer to the next candidate (``on_midstream_failure``):
 ``continue`` asks it to carry on from the partial text, dropping what it repeats at
-the seam; ``restart`` yields a :class:`StreamRestarted` marker and its whole answer;
-``raise`` raises the upstream's error with the partial text kept on the stream.
+the seam; ``restart`` sends a restart marker and its whole answer; ``raise`` raises
+the upstream's error with the partial answer kept on the stream. A tool call that
+has begun to reach the consumer is never spliced (see ``tool_calls: atomic``).
+
+The loop is four named steps: open (the next candidate, up to its first chunk),
+deliver (inline in the generator: the per-chunk hot path), hand over (a relay after
+a failure) and give up.
 """
 
 from __future__ import annotations
@@ -18,28 +23,39 @@ import time
 import weakref
 from collections import deque
 from collections.abc import AsyncGenerator, Iterator
-from typing import TYPE_CHECKING, Any, Literal
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 from tenacity import RetryCallState
 
 from polyroute.core.attempts import Attempt
+from polyroute.core.deltas import (
+    AssistantMessage,
+    Delta,
+    FinishDelta,
+    MessageBuilder,
+    RestartDelta,
+    TextDelta,
+    ToolCallDelta,
+    Usage,
+    UsageDelta,
+)
 from polyroute.core.errors import (
     AllProvidersFailed,
     AuthenticationError,
     InvalidRequestError,
     PolyrouteError,
+    ToolCallInterruptedError,
     UpstreamError,
+    UpstreamProtocolError,
     UpstreamStatusError,
     describe_error,
 )
 from polyroute.core.logging import EventLogger, get_logger
-from polyroute.core.messages import Message
-from polyroute.router.config import HedgeConfig
+from polyroute.router.context import Choice, Mode, RouteContext
+from polyroute.router.hedge import Hedge
 from polyroute.router.policy import Candidate
 from polyroute.router.relay import Seam, StreamRestarted
-
-if TYPE_CHECKING:
-    from polyroute.router.router import Router
 
 _log = get_logger()
 # Request ids: a random per-process prefix and a counter, unique without uuid4's
@@ -47,11 +63,10 @@ _log = get_logger()
 _ID_PREFIX = secrets.token_hex(6)
 _request_numbers = itertools.count(1)
 
-Mode = Literal["fresh", "continue", "restart"]
 Status = Literal[
     "pending", "streaming", "complete", "switched", "restarted", "truncated", "failed", "cancelled"
 ]
-Opened = tuple[AsyncGenerator[str, None], str | None, Attempt]
+Upstream = AsyncGenerator[list[Delta], None]
 
 
 def _ms(since: float) -> float:
@@ -71,14 +86,41 @@ def counts_against_health(error: BaseException) -> bool:
     return isinstance(error, UpstreamError)
 
 
-def _add_usage(total: dict[str, Any], usage: dict[str, Any]) -> None:
-    for key, value in usage.items():
-        if isinstance(value, bool):
-            continue
-        if isinstance(value, int | float):
-            total[key] = total.get(key, 0) + value
-        elif isinstance(value, dict):
-            _add_usage(total.setdefault(key, {}), value)
+@dataclass(slots=True)
+class _Opened:
+    """A candidate that got to its first chunk (or to the end of an empty answer)."""
+
+    upstream: Upstream
+    first: list[Delta] | None
+    attempt: Attempt
+    choice: Choice
+    chars_before: int = 0
+
+
+@dataclass(slots=True)
+class _Hold:
+    """``tool_calls: atomic``: the calls of one attempt, and what came after them,
+    held back until the upstream ends its answer."""
+
+    calls: MessageBuilder = field(default_factory=MessageBuilder)
+    later: list[Delta] = field(default_factory=list)
+
+    def release(self, provider: str) -> list[Delta]:
+        """Each call as one whole delta, then what was held after them; a call whose
+        arguments are not JSON is the upstream's fault, not the consumer's."""
+        released: list[Delta] = []
+        for index, call in enumerate(self.calls.tool_calls()):
+            try:
+                call.parsed_arguments()
+            except ValueError:
+                raise UpstreamProtocolError(
+                    f"tool call {call.name!r} ended with arguments that are not JSON",
+                    provider=provider,
+                ) from None
+            released.append(
+                ToolCallDelta(index, id=call.id, name=call.name, arguments=call.arguments)
+            )
+        return released + self.later
 
 
 class _CandidateQueue:
@@ -103,73 +145,83 @@ class _CandidateQueue:
         return None
 
 
+@dataclass(slots=True)
+class _Run:
+    """The state of one routing loop."""
+
+    log: EventLogger
+    text_only: bool
+    queue: _CandidateQueue
+    reasons: list[str]
+    started: float = field(default_factory=time.perf_counter)
+    failure: UpstreamError | None = None
+    """The mid-stream failure being relayed (text had been delivered)."""
+    failed_at: float = 0.0
+    failed_provider: str = ""
+    relay_mode: Mode = "fresh"
+    previous: Candidate | None = None
+
+
 class RouterStream:
-    """One routed answer: iterate it for text, read what happened from its fields.
+    """One routed answer: iterate it for text, or :meth:`deltas` for every delta, and
+    read what happened from its fields.
 
     - ``provider``, ``model``: the entry that served the (last part of the) answer and
       the upstream model name (``None`` until the first chunk);
     - ``attempts``: every try in order (:class:`polyroute.Attempt`), relays included;
-    - ``text``: the text delivered so far (the partial text after a failure);
+    - ``text``: the text delivered so far; ``message``: the assembled
+      :class:`AssistantMessage` (text, tool calls, reasoning);
     - ``status``: ``complete``; ``switched`` (relayed; ``switches`` holds the character
-      offset of each hand-over); ``restarted``; ``truncated`` (a failure after text was
-      raised); ``failed`` (no text); ``cancelled``;
-    - ``finish_reason`` (of the last provider) and ``usage`` (summed over attempts), as
-      upstreams reported them, or ``None``.
+      offset of each hand-over); ``restarted``; ``truncated`` (a failure after part
+      of the answer was delivered was raised); ``failed`` (nothing delivered);
+      ``cancelled``;
+    - ``finish_reason`` (``stop``, ``length``, ``tool_calls``...) and ``usage``
+      (summed over attempts), as upstreams reported them, or ``None``.
 
-    Iterate it once. Leaving the loop early (``break``), cancelling the task, or
-    ``await stream.aclose()`` closes the upstream response at once; ``async with``
-    closes it on exit.
+    Iterate it once. ``async with router.stream(...) as stream:`` closes the upstream
+    response on exit, however the block is left; ``await stream.aclose()`` does too.
     """
 
-    def __init__(
-        self, router: Router, requested: str, messages: list[Message], params: dict[str, Any]
-    ) -> None:
+    def __init__(self, context: RouteContext) -> None:
         self.request_id = f"{_ID_PREFIX}{next(_request_numbers):08x}"
-        self.requested_model = requested
+        self.requested_model = context.requested_model
         self.provider: str | None = None
         self.model: str | None = None
         self.attempts: list[Attempt] = []
         self.status: Status = "pending"
         self.switches: list[int] = []
-        self._router = router
-        self._chain = router.policy.model_chain(requested)
-        self._settings = router.route_settings(self._chain[0])
-        self._messages = messages
-        self._params = params
-        self._parts: list[str] = []
-        self._previous: Candidate | None = None
+        self._context = context
+        self._builder = MessageBuilder()
+        self._tool_call_delivered = False
         # `async for` gets the generator itself and the stream keeps only a weak
         # reference: after a `break` nothing holds it, so it is finalized (and the
         # upstream closed) at once instead of when the stream object is dropped.
-        self._generator: weakref.ref[AsyncGenerator[str, None]] | None = None
-        self._held: AsyncGenerator[str, None] | None = None
+        self._generator: weakref.ref[AsyncGenerator[Any, None]] | None = None
+        self._held: AsyncGenerator[Any, None] | None = None
 
     @property
     def text(self) -> str:
-        """All text delivered so far."""
-        return "".join(self._parts)
+        """All text delivered so far (since the last restart)."""
+        return self._builder.text
+
+    @property
+    def message(self) -> AssistantMessage:
+        """The answer as delivered so far, assembled: content, tool calls, reasoning."""
+        return self._builder.message()
 
     @property
     def finish_reason(self) -> str | None:
-        """Why the serving upstream stopped (``"stop"``, ``"length"``...), when it said."""
-        serving = self._serving_attempt()
-        return serving.report.finish_reason if serving else None
+        """Why the serving upstream stopped (``"stop"``, ``"length"``, ``"tool_calls"``...)."""
+        return self._builder.finish_reason
 
     @property
-    def usage(self) -> dict[str, Any] | None:
+    def usage(self) -> Usage | None:
         """Token usage summed over every attempt that reported some."""
-        reported = [a.report.usage for a in self.attempts if a.report.usage]
-        if not reported:
-            return None
-        total: dict[str, Any] = {}
-        for usage in reported:
-            _add_usage(total, usage)
+        total: Usage | None = None
+        for attempt in self.attempts:
+            if attempt.usage is not None:
+                total = attempt.usage if total is None else total + attempt.usage
         return total
-
-    def _serving_attempt(self) -> Attempt | None:
-        if self.provider is None:
-            return None
-        return next((a for a in reversed(self.attempts) if a.provider == self.provider), None)
 
     def __repr__(self) -> str:
         return (
@@ -178,11 +230,21 @@ class RouterStream:
         )
 
     def __aiter__(self) -> AsyncGenerator[str, None]:
+        """The answer's text, piece by piece (a :class:`StreamRestarted` marker, an
+        empty string, where the answer starts over)."""
         if self._held is not None:
             return self._held
+        return self._start(text_only=True)
+
+    def deltas(self) -> AsyncGenerator[Delta, None]:
+        """Every typed delta of the answer: text, reasoning, tool-call fragments (whole
+        calls with ``tool_calls: atomic``), usage, finish, and restart markers."""
+        return self._start(text_only=False)
+
+    def _start(self, *, text_only: bool) -> AsyncGenerator[Any, None]:
         if self._generator is not None:
             raise RuntimeError("a RouterStream can be iterated only once")
-        generator = self._route()
+        generator = self._run(text_only)
         self._generator = weakref.ref(generator)
         return generator
 
@@ -196,6 +258,8 @@ class RouterStream:
         generator = self._held or (self._generator() if self._generator else None)
         if generator is not None:
             await generator.aclose()
+        elif self.status == "pending":
+            self.status = "cancelled"
 
     async def __aenter__(self) -> RouterStream:
         return self
@@ -205,131 +269,79 @@ class RouterStream:
 
     # The routing loop -----------------------------------------------------------
 
-    async def _route(self) -> AsyncGenerator[str, None]:
-        router = self._router
+    async def _run(self, text_only: bool) -> AsyncGenerator[Any, None]:
+        run = self._begin(text_only)
+        builder = self._builder
+        try:
+            while (opened := await self._open_next(run)) is not None:
+                upstream, attempt = opened.upstream, opened.attempt
+                seam = self._hand_over(run, opened)
+                if opened.choice.mode == "restart":
+                    restart = self._restart(opened)
+                    yield StreamRestarted.of(restart) if text_only else restart
+                hold = self._hold_for(opened)
+                try:
+                    # Deliver: the per-chunk hot path, kept inline (a nested generator
+                    # would cost one more async hop per chunk).
+                    batch = opened.first
+                    while batch is not None:
+                        for delta in batch:
+                            if isinstance(delta, TextDelta):
+                                if seam is not None:
+                                    kept = seam.feed(delta.text)
+                                    if seam.settled:
+                                        seam = None
+                                    if not kept:
+                                        continue
+                                    delta = TextDelta(kept)
+                                builder.text_parts.append(delta.text)
+                                yield delta.text if text_only else delta
+                                continue
+                            if seam is not None:
+                                for text in self._flush(seam):
+                                    yield text.text if text_only else text
+                                seam = None
+                            for out in self._other(delta, attempt, hold):
+                                if not text_only:
+                                    yield out
+                        batch = await anext(upstream, None)
+                    for out in self._end_of_answer(seam, hold, attempt):
+                        if not text_only:
+                            yield out
+                        elif isinstance(out, TextDelta):
+                            yield out.text
+                except PolyrouteError as error:
+                    self._on_failure(run, opened, error)
+                    continue
+                finally:
+                    await upstream.aclose()
+                self._succeed(run, opened)
+                return
+        except (GeneratorExit, asyncio.CancelledError):
+            self._cancel(run)
+            raise
+        self._give_up(run)
+
+    def _begin(self, text_only: bool) -> _Run:
+        context = self._context
         log = _log.bind(request_id=self.request_id)
-        started = time.perf_counter()
-        candidates, excluded = router.policy.candidates(
-            self._chain[0], router.health, router.stats, self._settings.order
-        )
+        reasons: list[str] = []
+        candidates, excluded = self._candidates(context.chain[0])
         log.info(
             "route.start",
             requested_model=self.requested_model,
-            model=self._chain[0],
-            fallbacks=self._chain[1:],
+            model=context.chain[0],
+            fallbacks=context.chain[1:],
             candidates=[candidate.name for candidate in candidates],
         )
-        reasons: list[str] = []
         queue = _CandidateQueue(self._walk(candidates, excluded, reasons))
-        failure: PolyrouteError | None = None
-        failed_at = 0.0
-        failed_provider = ""
-        mode: Mode = "fresh"
         self.status = "streaming"
-        try:
-            while True:
-                if failure is not None:
-                    mode = "restart"
-                    if self._settings.on_midstream_failure == "continue":
-                        mode = "continue"
-                opened = await self._open_next(queue, mode, reasons, log)
-                if opened is None:
-                    break
-                generator, first, attempt, candidate, mode = opened
-                self.provider, self.model = candidate.name, candidate.upstream_model
-                offset = sum(map(len, self._parts))
-                seam: Seam | None = None
-                if failure is not None:
-                    self.switches.append(offset)
-                    log.info(
-                        "route.relay",
-                        from_provider=failed_provider,
-                        to_provider=candidate.name,
-                        mode=mode,
-                        chars=offset,
-                        gap_ms=_ms(failed_at),
-                    )
-                    if mode == "continue":
-                        seam = Seam(self.text)
-                    else:
-                        yield StreamRestarted(discarded=offset, provider=candidate.name)
-                elif first is not None:
-                    log.info(
-                        "stream.first_chunk",
-                        provider=candidate.name,
-                        model=candidate.upstream_model,
-                        ttft_ms=attempt.ttft_ms,
-                    )
-                try:
-                    text = first
-                    if seam is not None:
-                        # Hold the continuation back only until the seam is settled.
-                        while text is not None:
-                            if kept := seam.feed(text):
-                                self._parts.append(kept)
-                                yield kept
-                            if seam.settled:
-                                break
-                            text = await anext(generator, None)
-                        else:
-                            if kept := seam.flush():
-                                self._parts.append(kept)
-                                yield kept
-                    elif text is not None:
-                        self._parts.append(text)
-                        yield text
-                    if text is not None:
-                        async for text in generator:
-                            self._parts.append(text)
-                            yield text
-                except PolyrouteError as error:
-                    attempt.chars = sum(map(len, self._parts)) - offset
-                    self._fail(attempt, candidate, error, log)
-                    if not isinstance(error, UpstreamError) or not self._may_relay():
-                        self._give_up(error, log, started)
-                        raise
-                    failure, failed_provider = error, candidate.name
-                    failed_at = time.perf_counter()
-                    continue
-                finally:
-                    await generator.aclose()
-                attempt.chars = sum(map(len, self._parts)) - offset
-                self._succeed(attempt, candidate, log, started)
-                self.status = "complete"
-                if failure is not None:
-                    self.status = "switched" if mode == "continue" else "restarted"
-                return
-        except (GeneratorExit, asyncio.CancelledError):
-            self._cancel(log, started)
-            raise
-        if failure is not None:
-            self._give_up(failure, log, started)
-            raise failure
-        self.status = "failed"
-        exhausted = AllProvidersFailed(self.requested_model, self.attempts, reasons)
-        log.warning(
-            "route.failed",
-            model=self.requested_model,
-            attempts=len(self.attempts),
-            reasons=reasons,
-            duration_ms=_ms(started),
-            error_type="AllProvidersFailed",
-        )
-        raise exhausted
+        return _Run(log, text_only, queue, reasons)
 
-    def _may_relay(self) -> bool:
-        settings = self._settings
-        return settings.on_midstream_failure != "raise" and len(self.switches) < settings.max_relays
-
-    def _give_up(self, error: PolyrouteError, log: EventLogger, started: float) -> None:
-        self.status = "truncated" if self._parts else "failed"
-        log.warning(
-            "route.failed",
-            model=self.requested_model,
-            attempts=len(self.attempts),
-            chars=sum(map(len, self._parts)),
-            duration_ms=_ms(started),
-            **describe_error(error),
+    def _candidates(self, model: str) -> tuple[list[Candidate], list[str]]:
+        context = self._context
+        return context.policy.candidates(
+            model, context.health, context.stats, context.settings.order, context.request.needs
         )
 
     def _walk(
@@ -338,144 +350,132 @@ class RouterStream:
         """Candidates across the model chain, in order; the first model's ``candidates``
         and ``excluded`` are given, the rest computed when reached. Appends to ``reasons``
         why each excluded entry was excluded."""
-        router = self._router
-        for index, model in enumerate(self._chain):
+        for index, model in enumerate(self._context.chain):
             if index:
-                candidates, excluded = router.policy.candidates(
-                    model, router.health, router.stats, self._settings.order
-                )
+                candidates, excluded = self._candidates(model)
             reasons += excluded
             yield from candidates
 
-    def _next_candidate(
-        self, queue: _CandidateQueue, mode: Mode, reasons: list[str], log: EventLogger
-    ) -> tuple[Candidate, Mode] | None:
-        """The next candidate to try and the mode to try it in; ``continue`` falls back to
-        ``restart`` when no candidate that can continue remains, if configured so."""
-        health = self._router.health
+    # Deliver: what is not plain text ------------------------------------------------
+
+    def _restart(self, opened: _Opened) -> RestartDelta:
+        marker = RestartDelta(discarded=opened.chars_before, provider=opened.choice.name)
+        self._builder.add(marker)
+        opened.chars_before = 0
+        return marker
+
+    def _hold_for(self, opened: _Opened) -> _Hold | None:
+        atomic = self._context.tool_call_mode(opened.choice.candidate) == "atomic"
+        return _Hold() if atomic else None
+
+    def _other(self, delta: Delta, attempt: Attempt, hold: _Hold | None) -> tuple[Delta, ...]:
+        """Record a delta other than text; the deltas to pass on now (none when held)."""
+        if hold is not None:
+            if isinstance(delta, ToolCallDelta):
+                hold.calls.add_tool_call(delta)
+                return ()
+            if hold.calls.has_tool_calls:
+                hold.later.append(delta)
+                return ()
+        return (self._record(delta, attempt),)
+
+    def _record(self, delta: Delta, attempt: Attempt) -> Delta:
+        if isinstance(delta, ToolCallDelta):
+            self._tool_call_delivered = True
+        elif isinstance(delta, UsageDelta):
+            usage = delta.usage
+            attempt.usage = usage if attempt.usage is None else attempt.usage + usage
+        elif isinstance(delta, FinishDelta):
+            attempt.finish_reason = delta.reason
+        self._builder.add(delta)
+        return delta
+
+    def _flush(self, seam: Seam) -> list[TextDelta]:
+        kept = seam.flush()
+        if not kept:
+            return []
+        self._builder.text_parts.append(kept)
+        return [TextDelta(kept)]
+
+    def _end_of_answer(
+        self, seam: Seam | None, hold: _Hold | None, attempt: Attempt
+    ) -> list[Delta]:
+        """The upstream ended its answer: what was still held back, now released."""
+        out: list[Delta] = list(self._flush(seam)) if seam is not None else []
+        if hold is not None:
+            out += [self._record(delta, attempt) for delta in hold.release(attempt.provider)]
+        return out
+
+    # Open --------------------------------------------------------------------------
+
+    def _next_choice(self, run: _Run) -> Choice | None:
+        """The next candidate to try and how; ``continue`` falls back to ``restart``
+        when no candidate that can continue remains, if configured so."""
+        settings, health = self._context.settings, self._context.health
+        mode: Mode = "fresh"
+        if run.failure is not None:
+            mode = "continue" if settings.on_midstream_failure == "continue" else "restart"
         while True:
             if mode == "continue":
-                candidate = queue.next_continuing(reasons)
-                if candidate is None and self._settings.continuation_fallback == "restart":
+                candidate = run.queue.next_continuing(run.reasons)
+                if candidate is None and settings.continuation_fallback == "restart":
                     mode = "restart"
                     continue
             else:
-                candidate = queue.next_any()
+                candidate = run.queue.next_any()
             if candidate is None:
                 return None
             if not health.admit(candidate.name):
-                reasons.append(f"{candidate.name} ({candidate.model}): cooling down")
+                run.reasons.append(f"{candidate.name} ({candidate.model}): cooling down")
                 continue
-            if self._previous is not None:
-                log.info(
+            if run.previous is not None:
+                run.log.info(
                     "route.fallback",
-                    from_provider=self._previous.name,
-                    from_model=self._previous.model,
+                    from_provider=run.previous.name,
+                    from_model=run.previous.model,
                     to_provider=candidate.name,
                     to_model=candidate.model,
                 )
-            self._previous = candidate
-            return candidate, mode
+            run.previous = candidate
+            return Choice(candidate, mode)
 
-    async def _open_next(
-        self, queue: _CandidateQueue, mode: Mode, reasons: list[str], log: EventLogger
-    ) -> tuple[AsyncGenerator[str, None], str | None, Attempt, Candidate, Mode] | None:
-        """Open the next candidate that gets to a first chunk (or to the end of an empty
-        answer), hedging when configured; ``None`` when every candidate failed."""
-        if self._settings.hedge is not None:
-            return await self._open_hedged(queue, mode, self._settings.hedge, reasons, log)
-        while (choice := self._next_candidate(queue, mode, reasons, log)) is not None:
-            candidate, mode = choice
-            opened = await self._open(candidate, mode, log)
+    async def _open_next(self, run: _Run) -> _Opened | None:
+        """Open the next candidate that gets to a first chunk, hedging when configured;
+        ``None`` when every candidate failed."""
+        context = self._context
+        if context.settings.hedge is not None:
+            hedge: Hedge[_Opened] = Hedge(
+                context.settings.hedge,
+                context.stats,
+                run.log,
+                next_choice=lambda: self._next_choice(run),
+                open_one=lambda choice: self._open(choice, run.log),
+                close=self._close_loser,
+            )
+            opened = await hedge.open()
             if opened is not None:
-                return (*opened, candidate, mode)
+                self._drop_hedge_losers(opened.attempt, run.log)
+            return opened
+        while (choice := self._next_choice(run)) is not None:
+            if (opened := await self._open(choice, run.log)) is not None:
+                return opened
         return None
 
-    async def _open_hedged(
-        self,
-        queue: _CandidateQueue,
-        mode: Mode,
-        hedge: HedgeConfig,
-        reasons: list[str],
-        log: EventLogger,
-    ) -> tuple[AsyncGenerator[str, None], str | None, Attempt, Candidate, Mode] | None:
-        running: dict[asyncio.Task[Opened | None], tuple[Candidate, Mode]] = {}
-        exhausted = False
-        launched_at = 0.0
-        latest: Candidate | None = None
+    async def _close_loser(self, opened: _Opened) -> None:
+        await opened.upstream.aclose()
 
-        def launch() -> bool:
-            nonlocal exhausted, launched_at, latest, mode
-            choice = None if exhausted else self._next_candidate(queue, mode, reasons, log)
-            if choice is None:
-                exhausted = True
-                return False
-            latest, mode = choice
-            task = asyncio.create_task(self._open(latest, mode, log))
-            running[task] = choice
-            launched_at = time.perf_counter()
-            return True
-
-        try:
-            launch()
-            while running:
-                delay = None
-                if not exhausted and latest is not None and len(running) < hedge.max_parallel:
-                    waited = time.perf_counter() - launched_at
-                    delay = max(0.0, self._hedge_after_ms(hedge, latest) / 1000 - waited)
-                done, _ = await asyncio.wait(
-                    running, timeout=delay, return_when=asyncio.FIRST_COMPLETED
-                )
-                if not done:
-                    waited_ms = _ms(launched_at)
-                    if launch() and latest is not None:
-                        log.info("attempt.hedge", provider=latest.name, after_ms=waited_ms)
-                    continue
-                for task in done:
-                    candidate, used_mode = running.pop(task)
-                    opened = task.result()
-                    if opened is not None:
-                        await self._drop_losers(running, opened[2], log)
-                        return (*opened, candidate, used_mode)
-                if not running:
-                    launch()  # every attempt in flight failed: move on at once
-            return None
-        finally:
-            for task in running:
-                task.cancel()
-            if running:
-                await asyncio.gather(*running, return_exceptions=True)
-
-    def _hedge_after_ms(self, hedge: HedgeConfig, candidate: Candidate) -> float:
-        if hedge.after_ms != "p95":
-            return hedge.after_ms
-        p95 = self._router.stats[candidate.name].p95_ttft_ms()
-        return hedge.p95_fallback_ms if p95 is None else p95
-
-    async def _drop_losers(
-        self,
-        running: dict[asyncio.Task[Opened | None], tuple[Candidate, Mode]],
-        winner: Attempt,
-        log: EventLogger,
-    ) -> None:
-        """Cancel the hedged attempts that lost; close any that got a first chunk too."""
-        tasks = list(running)
-        running.clear()
-        for task in tasks:
-            task.cancel()
-        for result in await asyncio.gather(*tasks, return_exceptions=True):
-            if isinstance(result, tuple):
-                await result[0].aclose()
+    def _drop_hedge_losers(self, winner: Attempt, log: EventLogger) -> None:
         for attempt in self.attempts:
             if attempt.outcome == "running" and attempt is not winner:
                 attempt.outcome = "hedge_lost"
                 attempt.duration_ms = attempt.elapsed_ms()
-                self._router.health.release(attempt.provider)
+                self._context.health.release(attempt.provider)
                 log.info("attempt.hedge_lost", provider=attempt.provider, model=attempt.model)
 
-    async def _open(self, candidate: Candidate, mode: Mode, log: EventLogger) -> Opened | None:
-        """Try ``candidate`` (with retries) up to its first chunk; None when it failed."""
-        router = self._router
+    async def _open(self, choice: Choice, log: EventLogger) -> _Opened | None:
+        """Try ``choice`` (with retries) up to its first chunk; None when it failed."""
+        context = self._context
+        candidate = choice.candidate
 
         def before_sleep(state: RetryCallState) -> None:
             error = state.outcome.exception() if state.outcome else None
@@ -487,25 +487,21 @@ class RouterStream:
                 **(describe_error(error) if error else {}),
             )
 
-        continue_from = self.text if mode == "continue" else None
         try:
-            opened: Opened = await router.retry.call(
+            return await context.retry.call(
                 self._try_once,
-                candidate,
-                continue_from,
+                choice,
                 log,
-                give_up=lambda: router.health.state(candidate.name) != "closed",
+                give_up=lambda: context.health.state(candidate.name) != "closed",
                 before_sleep=before_sleep,
             )
         except InvalidRequestError:
             raise  # the caller's mistake: no other provider would take it either
         except PolyrouteError:
             return None  # recorded in self.attempts and logged by _try_once
-        return opened
 
-    async def _try_once(
-        self, candidate: Candidate, continue_from: str | None, log: EventLogger
-    ) -> Opened:
+    async def _try_once(self, choice: Choice, log: EventLogger) -> _Opened:
+        candidate = choice.candidate
         attempt = Attempt(candidate.name, candidate.upstream_model)
         self.attempts.append(attempt)
         log.info(
@@ -514,38 +510,123 @@ class RouterStream:
             model=candidate.upstream_model,
             attempt=len(self.attempts),
         )
-        options: dict[str, Any] = {"report": attempt.report, **self._params}
-        if continue_from:
-            options["continue_from"] = continue_from
-        generator = candidate.entry.provider.create_async_generator(
-            candidate.upstream_model, self._messages, **options
+        upstream = candidate.entry.provider.stream_batches(
+            candidate.upstream_model,
+            self._context.request,
+            continue_from=self.text if choice.mode == "continue" else None,
         )
         try:
-            first = await anext(generator, None)
+            first = await anext(upstream, None)
         except PolyrouteError as error:
             self._fail(attempt, candidate, error, log)
             raise
         attempt.ttft_ms = attempt.elapsed_ms()
-        self._router.stats[candidate.name].record_first_chunk(attempt.ttft_ms)
-        return generator, first, attempt
+        self._context.stats[candidate.name].record_first_chunk(attempt.ttft_ms)
+        return _Opened(upstream, first, attempt, choice)
 
-    def _succeed(
-        self, attempt: Attempt, candidate: Candidate, log: EventLogger, started: float
-    ) -> None:
+    # Hand over ---------------------------------------------------------------------
+
+    def _hand_over(self, run: _Run, opened: _Opened) -> Seam | None:
+        """Take ``opened`` as the serving candidate; after a failure, log the relay and
+        return the seam that drops what a continuation repeats."""
+        candidate = opened.choice.candidate
+        self.provider, self.model = candidate.name, candidate.upstream_model
+        opened.chars_before = sum(map(len, self._builder.text_parts))
+        if run.failure is None:
+            if opened.first is not None:
+                run.log.info(
+                    "stream.first_chunk",
+                    provider=candidate.name,
+                    model=candidate.upstream_model,
+                    ttft_ms=opened.attempt.ttft_ms,
+                )
+            return None
+        run.relay_mode = opened.choice.mode
+        self.switches.append(opened.chars_before)
+        run.log.info(
+            "route.relay",
+            from_provider=run.failed_provider,
+            to_provider=candidate.name,
+            mode=opened.choice.mode,
+            chars=opened.chars_before,
+            gap_ms=_ms(run.failed_at),
+        )
+        return Seam(self.text) if opened.choice.mode == "continue" else None
+
+    def _on_failure(self, run: _Run, opened: _Opened, error: PolyrouteError) -> None:
+        """A failure after the first chunk: note it for a relay, or give up (raise)."""
+        attempt, candidate = opened.attempt, opened.choice.candidate
+        attempt.chars = sum(map(len, self._builder.text_parts)) - opened.chars_before
+        self._fail(attempt, candidate, error, run.log)
+        if not isinstance(error, UpstreamError):
+            self._end_failed(run, error)
+            raise error
+        if self._tool_call_delivered:
+            interrupted = ToolCallInterruptedError(error, self._builder.message())
+            self._end_failed(run, interrupted)
+            raise interrupted from error
+        if not self._builder.text_parts:
+            return  # nothing delivered yet (tool calls held back): a fresh try will do
+        settings = self._context.settings
+        if settings.on_midstream_failure == "raise" or len(self.switches) >= settings.max_relays:
+            self._end_failed(run, error)
+            raise error
+        run.failure, run.failed_provider = error, candidate.name
+        run.failed_at = time.perf_counter()
+
+    # Outcomes ----------------------------------------------------------------------
+
+    def _succeed(self, run: _Run, opened: _Opened) -> None:
+        attempt, candidate = opened.attempt, opened.choice.candidate
+        context = self._context
         attempt.outcome = "ok"
         attempt.duration_ms = attempt.elapsed_ms()
-        self._router.health.record_success(candidate.name)
-        self._router.stats[candidate.name].record_success(
+        chars = sum(map(len, self._builder.text_parts))
+        attempt.chars = chars - opened.chars_before
+        context.health.record_success(candidate.name)
+        context.stats[candidate.name].record_success(
             attempt.chars, attempt.duration_ms - (attempt.ttft_ms or 0.0)
         )
-        log.info(
+        self.status = "complete"
+        if run.failure is not None:
+            self.status = "switched" if run.relay_mode == "continue" else "restarted"
+        run.log.info(
             "route.done",
             provider=candidate.name,
             model=candidate.upstream_model,
-            chunks=len(self._parts),
-            chars=sum(map(len, self._parts)),
+            chunks=len(self._builder.text_parts),
+            chars=chars,
             relays=len(self.switches),
-            duration_ms=_ms(started),
+            finish_reason=self._builder.finish_reason,
+            duration_ms=_ms(run.started),
+        )
+
+    def _give_up(self, run: _Run) -> None:
+        """Every candidate failed: raise the relayed failure, or AllProvidersFailed."""
+        if run.failure is not None:
+            self._end_failed(run, run.failure)
+            raise run.failure
+        self.status = "failed"
+        run.log.warning(
+            "route.failed",
+            model=self.requested_model,
+            attempts=len(self.attempts),
+            reasons=run.reasons,
+            duration_ms=_ms(run.started),
+            error_type="AllProvidersFailed",
+        )
+        raise AllProvidersFailed(self.requested_model, self.attempts, run.reasons)
+
+    def _end_failed(self, run: _Run, error: PolyrouteError) -> None:
+        delivered = bool(self._builder.text_parts) or self._tool_call_delivered
+        self.status = "truncated" if delivered else "failed"
+        run.log.warning(
+            "route.failed",
+            model=self.requested_model,
+            attempts=len(self.attempts),
+            chars=sum(map(len, self._builder.text_parts)),
+            duration_ms=_ms(run.started),
+            **describe_error(error),
         )
 
     def _fail(
@@ -560,25 +641,23 @@ class RouterStream:
             model=candidate.upstream_model,
             **describe_error(error),
         )
-        router = self._router
+        context = self._context
         if counts_against_health(error):
-            router.stats[candidate.name].record_failure()
-            if router.health.record_failure(candidate.name):
+            context.stats[candidate.name].record_failure()
+            if context.health.record_failure(candidate.name):
                 log.warning(
-                    "provider.cooldown",
-                    provider=candidate.name,
-                    seconds=router.settings.cooldown.seconds,
+                    "provider.cooldown", provider=candidate.name, seconds=context.cooldown_seconds
                 )
 
-    def _cancel(self, log: EventLogger, started: float) -> None:
+    def _cancel(self, run: _Run) -> None:
         self.status = "cancelled"
         for attempt in self.attempts:
             if attempt.outcome == "running":
                 attempt.outcome = "cancelled"
-                self._router.health.release(attempt.provider)
-        log.info(
+                self._context.health.release(attempt.provider)
+        run.log.info(
             "route.cancelled",
             provider=self.provider,
-            chars=sum(map(len, self._parts)),
-            duration_ms=_ms(started),
+            chars=sum(map(len, self._builder.text_parts)),
+            duration_ms=_ms(run.started),
         )

@@ -8,7 +8,6 @@ import signal
 import sys
 from pathlib import Path
 
-from polyroute import StreamReport
 from polyroute.providers import DarkAI, OpenAI
 from tests.cli.helpers import run_cli, simulated, write_config
 
@@ -172,13 +171,12 @@ async def test_simulate_serves_real_upstreams_until_interrupted(tmp_path: Path) 
         (await asyncio.wait_for(process.stdout.readline(), 30)).decode().split() for _ in range(2)
     ]
     assert [line[:2] for line in lines] == [["a", "darkai"], ["b", "openai"]]
-    report = StreamReport()
     async with (
         DarkAI(api_endpoint=lines[0][2]) as dark,
         OpenAI(api_endpoint=lines[1][2], models=[]) as oa,
     ):
         dark_text = "".join([t async for t in dark.create_async_generator("gpt-4o", HI)])
-        oa_text = "".join([t async for t in oa.create_async_generator("x", HI, report=report)])
+        oa_text = "".join([t async for t in oa.create_async_generator("x", HI)])
     assert dark_text.startswith("[simulated a]")
     assert oa_text.startswith("[simulated b]")
     process.send_signal(signal.SIGINT)

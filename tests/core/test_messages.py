@@ -43,10 +43,10 @@ def test_pydantic_models_are_accepted() -> None:
     ("messages", "fragment"),
     [
         ([{"role": "robot", "content": "x"}], "message 0.role"),
-        ([{"role": "user"}], "message 0.content"),
+        ([{"role": "user"}], "message 0: .*content is required"),
         (
             [{"role": "user", "content": "ok"}, {"role": "user", "content": None}],
-            "message 1.content",
+            "message 1: .*content is required",
         ),
         ("Hello", "must be a list"),
         ([], "must not be empty"),
@@ -59,4 +59,4 @@ def test_invalid_messages_name_the_problem(messages: object, fragment: str) -> N
 
 def test_extra_keys_are_kept() -> None:
     (message,) = normalize_messages([{"role": "user", "content": "x", "name": "bob"}])
-    assert message.model_dump() == {"role": "user", "content": "x", "name": "bob"}
+    assert message.as_openai() == {"role": "user", "content": "x", "name": "bob"}

@@ -382,7 +382,7 @@ async def test_unknown_event_is_logged_at_debug(darkai_upstream: DarkAIUpstream)
 
 def test_body_is_json_serialisable() -> None:
     provider = DarkAI()
-    from polyroute.core.messages import normalize_messages
+    from polyroute.core.request import ChatRequest
 
-    body = provider.build_request("gpt-4o", normalize_messages(HELLO))
+    body = provider.build_request("gpt-4o", ChatRequest.build(HELLO, {}))
     assert json.loads(json.dumps(body)) == {"query": "Hello, how are you?", "model": "gpt-4o"}

@@ -14,11 +14,12 @@ from polyroute import (
     InvalidRequestError,
     ModelNotSupportedError,
     RateLimitedError,
-    StreamReport,
     UpstreamError,
     UpstreamProtocolError,
     UpstreamStatusError,
+    Usage,
 )
+from polyroute.core.deltas import Delta, FinishDelta, UsageDelta
 from polyroute.providers import OpenAI
 from tests.upstreams.openai import OpenAIUpstream
 from tests.upstreams.scripted import Script
@@ -39,6 +40,16 @@ async def collect(provider: OpenAI, model: str = "local-large", **kwargs: Any) -
     return [t async for t in provider.create_async_generator(model, CHAT, **kwargs)]
 
 
+async def deltas_of(provider: OpenAI, model: str = "local-large", **kwargs: Any) -> list[Delta]:
+    return [d async for d in provider.stream(model, CHAT, **kwargs)]
+
+
+def finish_and_usage(deltas: list[Delta]) -> tuple[str | None, Usage | None]:
+    finish = [d.reason for d in deltas if isinstance(d, FinishDelta)]
+    usage = [d.usage for d in deltas if isinstance(d, UsageDelta)]
+    return (finish[-1] if finish else None), (usage[-1] if usage else None)
+
+
 def openai_error(message: str, code: str | None = None, kind: str = "invalid_request_error") -> str:
     return json.dumps({"error": {"message": message, "type": kind, "param": None, "code": code}})
 
@@ -53,11 +64,10 @@ def test_flags_declare_chat_support() -> None:
 async def test_streams_content_deltas_and_reports_finish_and_usage(
     openai_upstream: OpenAIUpstream,
 ) -> None:
-    report = StreamReport()
     async with provider_for(openai_upstream) as provider:
-        assert await collect(provider, report=report) == ["Hello", ", ", "world", "!"]
-    assert report.finish_reason == "stop"
-    assert report.usage == {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}
+        assert await collect(provider) == ["Hello", ", ", "world", "!"]
+        deltas = await deltas_of(provider)
+    assert finish_and_usage(deltas) == ("stop", Usage(3, 4, 7))
 
 
 async def test_fixture_chunks_validate_as_the_official_chunk_type(
@@ -94,11 +104,10 @@ async def test_request_body_carries_messages_stream_and_sampling(
 
 
 async def test_include_usage_can_be_turned_off(openai_upstream: OpenAIUpstream) -> None:
-    report = StreamReport()
     async with provider_for(openai_upstream, include_usage=False) as provider:
-        await collect(provider, report=report)
+        deltas = await deltas_of(provider)
     assert "stream_options" not in openai_upstream.requests[0].body
-    assert report.usage is None
+    assert finish_and_usage(deltas) == ("stop", None)
 
 
 async def test_unknown_parameter_is_an_invalid_request(openai_upstream: OpenAIUpstream) -> None:
@@ -232,10 +241,10 @@ async def test_null_choices_usage_chunk_is_accepted(openai_upstream: OpenAIUpstr
     body = b'data: {"choices": [' + choice + b"]}\n\n"
     body += b'data: {"choices": null, "usage": {"total_tokens": 2}}\n\ndata: [DONE]\n\n'
     openai_upstream.default = Script(raw=body)
-    report = StreamReport()
     async with provider_for(openai_upstream) as provider:
-        assert await collect(provider, report=report) == ["ok"]
-    assert (report.finish_reason, report.usage) == ("length", {"total_tokens": 2})
+        assert await collect(provider) == ["ok"]
+        deltas = await deltas_of(provider)
+    assert finish_and_usage(deltas) == ("length", Usage(0, 0, 2))
 
 
 async def test_missing_done_is_reported(openai_upstream: OpenAIUpstream) -> None:

@@ -47,7 +47,7 @@ def test_lazy_reference_is_imported_on_first_use() -> None:
     "reference", ["no.such.module:X", "polyroute.providers.darkai:Nope", "json:dumps"]
 )
 def test_bad_reference_is_a_config_error(reference: str) -> None:
-    with pytest.raises(ConfigError, match=r"cannot load|not an AsyncGeneratorProvider"):
+    with pytest.raises(ConfigError, match=r"cannot load|not a polyroute Provider"):
         Registry({"bad": reference}).get("bad")
 
 
@@ -93,23 +93,23 @@ def test_instance_overrides_shadow_class_attributes_only_for_that_instance() -> 
 
 
 def test_default_flags_of_the_base() -> None:
-    from polyroute.providers import BaseProvider
+    from polyroute.providers import Provider
 
-    assert (BaseProvider.url, BaseProvider.api_endpoint, BaseProvider.working) == (
-        None,
-        None,
-        False,
-    )
-    assert BaseProvider.supports_stream is False
+    assert (Provider.url, Provider.api_endpoint, Provider.working) == (None, None, False)
+    assert Provider.supports_stream is True
     assert AsyncGeneratorProvider.supports_stream is True
-    assert (BaseProvider.supports_system_message, BaseProvider.supports_message_history) == (
-        False,
-        False,
+    assert (Provider.supports_system_message, Provider.supports_message_history) == (False, False)
+    capabilities = (
+        Provider.supports_tools,
+        Provider.supports_vision,
+        Provider.supports_json_schema,
+        Provider.supports_prefill,
     )
-    assert BaseProvider.needs_auth is False
-    assert BaseProvider.default_model is None
-    assert BaseProvider.models == []
-    assert BaseProvider.model_aliases == {}
+    assert capabilities == (False, False, False, False)
+    assert Provider.needs_auth is False
+    assert Provider.default_model is None
+    assert Provider.models == []
+    assert Provider.model_aliases == {}
 
 
 def test_restricting_models_moves_the_default_onto_the_list() -> None:

@@ -14,9 +14,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from polyroute import PolyrouteError, StreamReport
+from polyroute import PolyrouteError
+from polyroute.core.deltas import Delta
 from polyroute.core.sse import SSEDecoder
-from polyroute.providers import STREAM_END, AsyncGeneratorProvider, DarkAI, OpenAI
+from polyroute.providers import DarkAI, OpenAI, Provider
 
 PROVIDERS = [DarkAI(), OpenAI()]
 
@@ -65,17 +66,16 @@ error_objects = (
 )
 
 
-def outcome(provider: AsyncGeneratorProvider, pieces: list[bytes]) -> list[Any]:
-    """What the provider makes of a byte stream: texts, the end, or the error's type."""
-    decoder = SSEDecoder(provider="fuzz", max_line_bytes=4096)
-    report = StreamReport()
+def outcome(provider: Provider, pieces: list[bytes]) -> list[Any]:
+    """What the provider makes of a byte stream: deltas, the end, or the error's type."""
+    decoder = SSEDecoder(provider="fuzz", max_line_bytes=4096, framing=provider.framing)
     results: list[Any] = []
     try:
         events = [event for piece in pieces for event in decoder.feed(piece)] + decoder.close()
         for event in events:
-            result = provider.parse_event(event, report)
-            assert result is None or result is STREAM_END or isinstance(result, str)
-            results.append(result)
+            out: list[Delta] = []
+            ended = provider.parse_event(event, out)
+            results += [*out, "END"] if ended else out
     except PolyrouteError as error:
         results.append(type(error))
     return results
@@ -89,7 +89,7 @@ def split(body: bytes, cuts: list[int]) -> list[bytes]:
 @pytest.mark.parametrize("provider", PROVIDERS, ids=["darkai", "openai"])
 @given(body=st.binary(max_size=600), cuts=st.lists(st.integers(0, 10_000), max_size=8))
 def test_arbitrary_bytes_give_only_documented_errors_whatever_the_chunking(
-    provider: AsyncGeneratorProvider, body: bytes, cuts: list[int]
+    provider: Provider, body: bytes, cuts: list[int]
 ) -> None:
     assert outcome(provider, split(body, cuts)) == outcome(provider, [body])
 
@@ -100,7 +100,7 @@ def test_arbitrary_bytes_give_only_documented_errors_whatever_the_chunking(
     cuts=st.lists(st.integers(0, 10_000), max_size=8),
 )
 def test_arbitrary_json_events_give_only_documented_errors_whatever_the_chunking(
-    provider: AsyncGeneratorProvider, values: list[Any], cuts: list[int]
+    provider: Provider, values: list[Any], cuts: list[int]
 ) -> None:
     body = b"".join(b"data: " + json.dumps(value).encode() + b"\n\n" for value in values)
     assert outcome(provider, split(body, cuts)) == outcome(provider, [body])

@@ -57,7 +57,7 @@ async def test_nothing_in_process_shows_the_key_or_the_proxy_password(
         router = Router.from_config(config)
         async with router:
             with pytest.raises(AllProvidersFailed) as caught:
-                await router.complete("m", [{"role": "user", "content": "Hi"}])
+                await router.complete_text("m", [{"role": "user", "content": "Hi"}])
         shown += [
             repr(router),
             repr(router.providers[0]),

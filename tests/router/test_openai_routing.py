@@ -12,6 +12,7 @@ from polyroute import (
     InvalidRequestError,
     ModelNotSupportedError,
     Router,
+    Usage,
 )
 from tests.router.helpers import HI, FakeSleep
 from tests.upstreams.darkai import DarkAIUpstream
@@ -35,7 +36,7 @@ async def test_finish_reason_and_usage_are_on_the_stream(openai_upstream: OpenAI
         stream = router.stream("local-large", HI, temperature=0)
         assert "".join([t async for t in stream]) == "Hello, world!"
     assert stream.finish_reason == "stop"
-    assert stream.usage == {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}
+    assert stream.usage == Usage(prompt_tokens=3, completion_tokens=4, total_tokens=7)
     assert openai_upstream.requests[0].body["temperature"] == 0
 
 
@@ -74,7 +75,7 @@ async def test_model_unknown_upstream_moves_on_and_does_not_cool_down(
         "cooldown": {"failures": 1},
     }
     async with Router.from_config(config) as router:
-        text = await router.complete("local-large", HI)
+        text = await router.complete_text("local-large", HI)
         assert router.health.state("a") == "closed"
     assert text == "Hello, world!"
 
@@ -85,7 +86,7 @@ async def test_unknown_parameter_reaches_the_caller_at_once(
     config = {"providers": [openai_entry("a", openai_upstream), openai_entry("b", second_openai)]}
     async with Router.from_config(config) as router:
         with pytest.raises(InvalidRequestError, match="temprature"):
-            await router.complete("local-large", HI, temprature=1)
+            await router.complete_text("local-large", HI, temprature=1)
     assert openai_upstream.requests == []
     assert second_openai.requests == []
 

@@ -14,6 +14,7 @@ from polyroute import (
     Router,
     StreamRestarted,
     UpstreamConnectionError,
+    Usage,
 )
 from polyroute.providers import Registry, default_registry
 from polyroute.providers.simulated import Simulated
@@ -179,29 +180,12 @@ async def test_usage_is_summed_over_attempts() -> None:
     ) as router:
         stream = router.stream("m", HI)
         text = "".join([t async for t in stream])
-        assert stream.usage == {
-            "prompt_tokens": 0,
-            "completion_tokens": WORDS + 1,
-            "total_tokens": WORDS + 1,
-        }
+        assert stream.usage == Usage(0, WORDS + 1, WORDS + 1)
         first = stream.attempts[0]
-        first.report.usage = {
-            "prompt_tokens": 2,
-            "completion_tokens": 3,
-            "total_tokens": 5,
-            "completion_tokens_details": {"reasoning_tokens": 1},
-        }
+        first.usage = Usage(2, 3, 5, {"completion_tokens_details": {"reasoning_tokens": 1}})
         stream.attempts.append(type(first)("b", "m"))
-        stream.attempts[-1].report.usage = {
-            "prompt_tokens": 1,
-            "completion_tokens": 1,
-            "total_tokens": 2,
-            "completion_tokens_details": {"reasoning_tokens": 2},
-        }
+        stream.attempts[-1].usage = Usage(
+            1, 1, 2, {"completion_tokens_details": {"reasoning_tokens": 2}}
+        )
     assert text == expected("a")
-    assert stream.usage == {
-        "prompt_tokens": 3,
-        "completion_tokens": 4,
-        "total_tokens": 7,
-        "completion_tokens_details": {"reasoning_tokens": 3},
-    }
+    assert stream.usage == Usage(3, 4, 7, {"completion_tokens_details": {"reasoning_tokens": 3}})

@@ -181,7 +181,7 @@ async def test_failure_after_text_raises_with_the_partial_text(start_darkai: Sta
 async def test_complete_returns_the_whole_text(start_darkai: Start) -> None:
     server = await start_darkai()
     async with router_for(entry("dark", server), aliases={"smart": "gpt-4o"}) as router:
-        assert await router.complete("smart", HI) == "Hello, world!"
+        assert await router.complete_text("smart", HI) == "Hello, world!"
 
 
 async def test_empty_answer_is_a_success(start_darkai: Start) -> None:

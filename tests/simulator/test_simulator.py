@@ -9,11 +9,14 @@ from openai.types.chat import ChatCompletionChunk
 
 from polyroute import (
     ConfigError,
-    StreamReport,
+    FinishDelta,
+    TextDelta,
     Timeouts,
     UpstreamConnectionError,
     UpstreamStatusError,
     UpstreamTimeout,
+    Usage,
+    UsageDelta,
 )
 from polyroute.core.http import SessionOwner
 from polyroute.providers import DarkAI, OpenAI
@@ -84,15 +87,15 @@ async def test_both_formats_stream_through_the_real_providers(
 ) -> None:
     dark = await start(started, format="darkai", words=6, **FAST)
     oa = await start(started, format="openai", words=6, **FAST)
-    report = StreamReport()
     async with DarkAI(api_endpoint=dark.url) as d, OpenAI(api_endpoint=oa.url, models=[]) as o:
         dark_text = "".join([t async for t in d.create_async_generator("gpt-4o", HI)])
-        oa_text = "".join([t async for t in o.create_async_generator("m", HI, report=report)])
+        oa_deltas = [delta async for delta in o.stream("m", HI)]
+    oa_text = "".join(d.text for d in oa_deltas if isinstance(d, TextDelta))
     assert dark_text.startswith("[simulated sim]")
     assert len(dark_text.split()) == 2 + 6
     assert oa_text.startswith("[simulated sim]")
-    assert report.finish_reason == "stop"
-    assert report.usage == {"prompt_tokens": 0, "completion_tokens": 7, "total_tokens": 7}
+    assert FinishDelta("stop") in oa_deltas
+    assert UsageDelta(Usage(0, 7, 7)) in oa_deltas
 
 
 async def test_failure_shares_follow_the_profile_and_the_seed(

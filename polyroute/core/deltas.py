@@ -1,0 +1,325 @@
+"""The typed items a stream carries, from provider to router to consumer, and the
+assistant message they add up to.
+
+A provider turns each upstream event into zero or more deltas; the router passes them
+on (holding some back, see ``tool_calls: atomic``) and a :class:`MessageBuilder` adds
+them up into an :class:`AssistantMessage`. Delta classes are small ``__slots__``
+classes rather than frozen dataclasses or pydantic models: one is made per chunk on
+the hot path, and a plain slotted ``__init__`` is the cheapest typed object Python has.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, TypeAlias
+
+from polyroute.core.jsoncodec import loads
+
+
+class _Delta:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{name}={value!r}" for name, value in self._fields())
+        return f"{type(self).__name__}({fields})"
+
+    def _fields(self) -> list[tuple[str, Any]]:
+        names: tuple[str, ...] = self.__slots__
+        return [(name, getattr(self, name)) for name in names]
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        return self._fields() == other._fields()
+
+    __hash__ = None  # type: ignore[assignment]  # mutable: equal by value, so unhashable
+
+
+class TextDelta(_Delta):
+    """The next piece of the answer's text."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+
+class ReasoningDelta(_Delta):
+    """The next piece of the model's reasoning (``reasoning_content`` / ``reasoning``)."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+
+class ToolCallDelta(_Delta):
+    """A fragment of tool call number ``index``: ``id`` and ``name`` arrive once (usually
+    in the first fragment), ``arguments`` is the next piece of the JSON argument string."""
+
+    __slots__ = ("arguments", "id", "index", "name")
+
+    def __init__(
+        self, index: int, *, id: str | None = None, name: str | None = None, arguments: str = ""
+    ) -> None:
+        self.index = index
+        self.id = id
+        self.name = name
+        self.arguments = arguments
+
+
+class UsageDelta(_Delta):
+    """Token counts the upstream reported for its answer."""
+
+    __slots__ = ("usage",)
+
+    def __init__(self, usage: Usage) -> None:
+        self.usage = usage
+
+
+class FinishDelta(_Delta):
+    """The upstream finished its answer, for ``reason`` (``stop``, ``tool_calls``...)."""
+
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+class ExtraDelta(_Delta):
+    """Fields of an upstream's delta that polyroute has no type for (``refusal``,
+    ``audio``, choice-level ``logprobs``...): kept, never dropped."""
+
+    __slots__ = ("fields",)
+
+    def __init__(self, fields: dict[str, Any]) -> None:
+        self.fields = fields
+
+
+class RestartDelta(_Delta):
+    """The answer starts over (``on_midstream_failure: restart``): forget the
+    ``discarded`` characters delivered before; what follows is ``provider``'s answer."""
+
+    __slots__ = ("discarded", "provider")
+
+    def __init__(self, *, discarded: int, provider: str) -> None:
+        self.discarded = discarded
+        self.provider = provider
+
+
+Delta: TypeAlias = (
+    TextDelta
+    | ReasoningDelta
+    | ToolCallDelta
+    | UsageDelta
+    | FinishDelta
+    | ExtraDelta
+    | RestartDelta
+)
+"""Everything a stream can carry."""
+
+CONTENT_DELTAS = (TextDelta, ReasoningDelta, ToolCallDelta)
+"""The deltas that count as a first chunk: part of the answer itself."""
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Token counts. ``details`` keeps what upstreams report beyond the three totals
+    (``prompt_tokens_details``, ``completion_tokens_details``...), summed where numeric."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_openai(cls, usage: dict[str, Any]) -> Usage:
+        """From an OpenAI-style ``usage`` object; a missing total is the sum of the two."""
+        prompt = _count(usage.get("prompt_tokens"))
+        completion = _count(usage.get("completion_tokens"))
+        total = _count(usage.get("total_tokens")) or prompt + completion
+        details = {
+            key: value
+            for key, value in usage.items()
+            if key not in ("prompt_tokens", "completion_tokens", "total_tokens")
+            and value is not None
+        }
+        return cls(prompt, completion, total, details)
+
+    def __add__(self, other: Usage) -> Usage:
+        details = dict(self.details)
+        _merge(details, other.details, add_numbers=True)
+        return Usage(
+            self.prompt_tokens + other.prompt_tokens,
+            self.completion_tokens + other.completion_tokens,
+            self.total_tokens + other.total_tokens,
+            details,
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        """The OpenAI ``usage`` object."""
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.total_tokens,
+            **self.details,
+        }
+
+
+def _count(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def _merge(into: dict[str, Any], new: dict[str, Any], *, add_numbers: bool = False) -> None:
+    """Merge ``new`` into ``into``: strings concatenate and lists extend (streamed
+    fragments), dicts merge, numbers add when ``add_numbers``, anything else replaces."""
+    for key, value in new.items():
+        old = into.get(key)
+        if isinstance(old, str | list) and type(value) is type(old):
+            into[key] = old + value  # type: ignore[operator]
+        elif isinstance(old, dict) and isinstance(value, dict):
+            merged = dict(old)
+            _merge(merged, value, add_numbers=add_numbers)
+            into[key] = merged
+        elif (
+            add_numbers
+            and isinstance(old, int | float)
+            and isinstance(value, int | float)
+            and not isinstance(old, bool)
+        ):
+            into[key] = old + value
+        else:
+            into[key] = value
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    """One complete tool call: ``arguments`` is the whole JSON argument string."""
+
+    id: str
+    name: str
+    arguments: str
+
+    def as_dict(self) -> dict[str, Any]:
+        """The OpenAI shape: ``{id, type: "function", function: {name, arguments}}``."""
+        return {
+            "id": self.id,
+            "type": "function",
+            "function": {"name": self.name, "arguments": self.arguments},
+        }
+
+    def parsed_arguments(self) -> Any:
+        """``arguments`` decoded from JSON; raises ``ValueError`` if they are not JSON."""
+        return loads(self.arguments)
+
+
+@dataclass(frozen=True, slots=True)
+class AssistantMessage:
+    """The assembled answer: what ``stream.message`` and ``router.complete`` give.
+
+    ``content`` is ``None`` when the model only called tools; ``tool_calls`` is empty
+    when it called none; ``reasoning`` is ``None`` when the upstream sent none;
+    ``extra`` holds delta fields polyroute has no type for, merged.
+    """
+
+    content: str | None
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    reasoning: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def role(self) -> str:
+        return "assistant"
+
+    def as_dict(self) -> dict[str, Any]:
+        """The OpenAI chat message, ready to append to the conversation."""
+        message: dict[str, Any] = {"role": "assistant", "content": self.content}
+        if self.tool_calls:
+            message["tool_calls"] = [call.as_dict() for call in self.tool_calls]
+        return message
+
+
+class _CallParts:
+    __slots__ = ("arguments", "id", "name")
+
+    def __init__(self) -> None:
+        self.id: str | None = None
+        self.name: str | None = None
+        self.arguments: list[str] = []
+
+    def add(self, delta: ToolCallDelta) -> None:
+        if delta.id:
+            self.id = delta.id
+        if delta.name:
+            self.name = delta.name
+        if delta.arguments:
+            self.arguments.append(delta.arguments)
+
+
+class MessageBuilder:
+    """Adds deltas up into an :class:`AssistantMessage`.
+
+    Text is kept as a list of pieces (joined only when asked), so adding a delta never
+    copies what came before.
+    """
+
+    __slots__ = ("_calls", "_extra", "_reasoning", "finish_reason", "text_parts", "usage")
+
+    def __init__(self) -> None:
+        self.usage: Usage | None = None
+        self._reset()
+
+    def _reset(self) -> None:
+        self.text_parts: list[str] = []
+        self._reasoning: list[str] = []
+        self._calls: dict[int, _CallParts] = {}
+        self._extra: dict[str, Any] = {}
+        self.finish_reason: str | None = None
+
+    def add(self, delta: Delta) -> None:
+        """Take one delta into account (a restart forgets everything before it)."""
+        if isinstance(delta, TextDelta):
+            self.text_parts.append(delta.text)
+        elif isinstance(delta, ReasoningDelta):
+            self._reasoning.append(delta.text)
+        elif isinstance(delta, ToolCallDelta):
+            self.add_tool_call(delta)
+        elif isinstance(delta, UsageDelta):
+            self.usage = delta.usage if self.usage is None else self.usage + delta.usage
+        elif isinstance(delta, FinishDelta):
+            self.finish_reason = delta.reason
+        elif isinstance(delta, ExtraDelta):
+            _merge(self._extra, delta.fields)
+        elif isinstance(delta, RestartDelta):
+            self._reset()  # usage stays: those tokens were spent all the same
+
+    def add_tool_call(self, delta: ToolCallDelta) -> None:
+        parts = self._calls.get(delta.index)
+        if parts is None:
+            parts = self._calls[delta.index] = _CallParts()
+        parts.add(delta)
+
+    @property
+    def text(self) -> str:
+        return "".join(self.text_parts)
+
+    @property
+    def has_tool_calls(self) -> bool:
+        return bool(self._calls)
+
+    def tool_calls(self) -> list[ToolCall]:
+        """The calls so far, by index; a call without an id gets ``call_<index>``."""
+        return [
+            ToolCall(parts.id or f"call_{index}", parts.name or "", "".join(parts.arguments))
+            for index, parts in sorted(self._calls.items())
+        ]
+
+    def message(self) -> AssistantMessage:
+        text = self.text
+        calls = self.tool_calls()
+        return AssistantMessage(
+            content=text if text or not calls else None,
+            tool_calls=calls,
+            reasoning="".join(self._reasoning) if self._reasoning else None,
+            extra=dict(self._extra),
+        )

@@ -1,0 +1,159 @@
+"""One chat request, checked once at the edge: messages, options, and what it needs
+from a provider (tools, images, JSON schemas).
+
+Options use OpenAI's names. Provider-specific keys (``top_k``, ``min_p``...) go in
+``extra_body`` and are merged into the upstream's JSON untouched, as the openai SDK
+does; any other unknown keyword is an :class:`InvalidRequestError`, raised before a
+single byte is sent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal, TypeAlias
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from polyroute.core.errors import InvalidRequestError, describe_validation_error
+from polyroute.core.messages import Message, Messages, normalize_messages
+from polyroute.core.schema import StrictModel
+
+Capability: TypeAlias = Literal["tools", "vision", "json_schema"]
+CAPABILITY_FLAGS: dict[Capability, str] = {
+    "tools": "supports_tools",
+    "vision": "supports_vision",
+    "json_schema": "supports_json_schema",
+}
+"""Each capability a request may need, and the provider flag that says it is there."""
+CAPABILITY_LABELS: dict[Capability, str] = {
+    "tools": "no tool support",
+    "vision": "no support for image, audio or file parts",
+    "json_schema": "no JSON-schema answers",
+}
+
+
+class _Open(BaseModel):
+    # Tool and schema definitions keep every key: the upstream reads them, not us.
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+
+class FunctionSpec(_Open):
+    name: str = Field(min_length=1)
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+
+
+class ToolSpec(_Open):
+    type: Literal["function"]
+    function: FunctionSpec
+
+
+class NamedTool(_Open):
+    type: Literal["function"]
+    function: dict[str, str]
+
+
+class JSONSchemaSpec(_Open):
+    name: str = Field(min_length=1)
+    schema_: dict[str, Any] | None = Field(None, alias="schema")
+
+
+class ResponseFormat(_Open):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JSONSchemaSpec | None = None
+
+
+class RequestOptions(StrictModel):
+    """Every option the router and the OpenAI-format providers take, with its range."""
+
+    tools: list[ToolSpec] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedTool | None = None
+    parallel_tool_calls: bool | None = None
+    response_format: ResponseFormat | None = None
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, ge=0, le=1)
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    logit_bias: dict[str, float] | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+    n: Literal[1] | None = Field(None, description="one answer per request: a stream has one")
+    user: str | None = None
+    metadata: dict[str, str] | None = None
+    reasoning_effort: str | None = None
+    service_tier: str | None = None
+    extra_body: dict[str, Any] | None = None
+
+
+_OPTION_NAMES = frozenset(RequestOptions.model_fields)
+
+
+def check_options(params: Mapping[str, Any]) -> dict[str, Any]:
+    """``params`` validated: the options that were given, in OpenAI's JSON shape.
+
+    Raises :class:`InvalidRequestError` naming each bad option (unknown, wrong type,
+    out of range), and pointing unknown ones at ``extra_body``.
+    """
+    unknown = sorted(set(params) - _OPTION_NAMES)
+    if unknown:
+        raise InvalidRequestError(
+            f"unknown request parameter{'s' if len(unknown) > 1 else ''} "
+            f"{', '.join(unknown)}; provider-specific keys go in extra_body={{...}}, "
+            f"which is merged into the upstream request as it is"
+        )
+    try:
+        options = RequestOptions.model_validate(params)
+    except ValidationError as error:
+        if any(item["loc"][:1] == ("n",) for item in error.errors()):
+            raise InvalidRequestError(
+                f"n={params['n']!r}: polyroute streams one answer per request (n=1); "
+                "send several requests for several answers"
+            ) from None
+        raise InvalidRequestError(
+            f"invalid request parameters: {describe_validation_error(error)}"
+        ) from None
+    checked = options.model_dump(exclude_unset=True, by_alias=True)
+    for name in ("extra_body", "metadata"):
+        if name in checked:
+            try:
+                orjson.dumps(checked[name])
+            except TypeError as error:
+                raise InvalidRequestError(f"{name} is not JSON-serializable: {error}") from None
+    return checked
+
+
+@dataclass(frozen=True, slots=True)
+class ChatRequest:
+    """A validated request: ``options`` in OpenAI's names (``extra_body`` kept apart),
+    ``needs`` the capabilities a provider must have to serve it."""
+
+    messages: list[Message]
+    options: dict[str, Any]
+    extra_body: dict[str, Any]
+    needs: frozenset[Capability]
+
+    @classmethod
+    def build(cls, messages: Messages, params: Mapping[str, Any]) -> ChatRequest:
+        """Validate ``messages`` and ``params``; raises :class:`InvalidRequestError`
+        (or its subclass :class:`InvalidMessagesError`)."""
+        checked = normalize_messages(messages)
+        options = check_options(params) if params else {}
+        extra_body = options.pop("extra_body", None) or {}
+        return cls(checked, options, extra_body, _needs(checked, options))
+
+
+def _needs(messages: list[Message], options: dict[str, Any]) -> frozenset[Capability]:
+    needs: set[Capability] = set()
+    if options.get("tools") or any(message.uses_tools for message in messages):
+        needs.add("tools")
+    if any(message.has_media for message in messages):
+        needs.add("vision")
+    if (options.get("response_format") or {}).get("type") == "json_schema":
+        needs.add("json_schema")
+    return frozenset(needs)

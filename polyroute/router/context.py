@@ -1,0 +1,55 @@
+"""What one routed request needs of its router, handed over frozen.
+
+A :class:`RouterStream` gets a :class:`RouteContext` rather than the router itself,
+so the stream module does not import the router module (no cycle), and what a
+request may touch of the router's state is written down here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, TypeAlias
+
+from polyroute.core.request import ChatRequest
+from polyroute.router.config import RouteSettings, ToolCallMode
+from polyroute.router.health import HealthStore
+from polyroute.router.policy import Candidate, RoutingPolicy
+from polyroute.router.retry import RetryPolicy
+from polyroute.router.stats import StatsBook
+
+Mode: TypeAlias = Literal["fresh", "continue", "restart"]
+"""How a candidate is asked: for a whole answer, to continue the delivered text, or
+for a whole answer that replaces it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Choice:
+    """A candidate to try, and how."""
+
+    candidate: Candidate
+    mode: Mode
+
+    @property
+    def name(self) -> str:
+        return self.candidate.name
+
+
+@dataclass(frozen=True, slots=True)
+class RouteContext:
+    """The shared parts of a router (policy, retries, health, statistics), the route
+    settings of the requested model, and the validated request."""
+
+    policy: RoutingPolicy
+    retry: RetryPolicy
+    health: HealthStore
+    stats: StatsBook
+    cooldown_seconds: float
+    settings: RouteSettings
+    request: ChatRequest
+    requested_model: str
+    chain: list[str]
+    """The resolved model, then its fallbacks."""
+
+    def tool_call_mode(self, candidate: Candidate) -> ToolCallMode:
+        """The entry's ``tool_calls`` mode, else the route's."""
+        return candidate.entry.tool_calls or self.settings.tool_calls
