@@ -115,11 +115,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"polyroute: {one_line(error)}", file=sys.stderr)
-        if isinstance(error, ModelNotSupportedError):
+        if isinstance(error, ModelNotSupportedError) or _no_upstream_knows_the_model(error):
             return EXIT_MODEL
         if isinstance(error, ConfigError | InvalidRequestError):
             return EXIT_USAGE
         return EXIT_FAILED
+
+
+def _no_upstream_knows_the_model(error: PolyrouteError) -> bool:
+    """Every entry tried answered that it has no such model."""
+    return (
+        isinstance(error, AllProvidersFailed)
+        and bool(error.attempts)
+        and all(isinstance(a.error, ModelNotSupportedError) for a in error.attempts)
+    )
 
 
 def one_line(error: PolyrouteError) -> str:

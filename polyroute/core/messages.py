@@ -121,8 +121,11 @@ class Message(BaseModel):
         return bool(self.tool_calls) or self.role == "tool"
 
     def as_openai(self) -> dict[str, Any]:
-        """The message as OpenAI's JSON takes it (unset optional keys left out)."""
-        return self.model_dump(exclude_none=True)
+        """The message as OpenAI's JSON takes it: unset optional keys left out, but
+        ``content`` always there (``null`` beside tool calls, which every server takes)."""
+        message = self.model_dump(exclude_none=True)
+        message.setdefault("content", None)
+        return message
 
 
 Messages: TypeAlias = Sequence[Message | Mapping[str, Any] | BaseModel]

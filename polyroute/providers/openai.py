@@ -160,8 +160,12 @@ class OpenAI(AsyncGeneratorProvider):
         if isinstance(detail, dict):
             message = str(detail.get("message") or detail)
             code = _code(detail.get("code")) or _code(detail.get("type"))
-        if code.isdigit():  # OpenRouter, LiteLLM and vLLM put an HTTP status in `code`
-            status, code = status or int(code), ""
+        if code.isdigit():
+            # OpenRouter, LiteLLM and vLLM put a status in `code`: the one of the model
+            # behind them, which says more than the status of the answer that carries it.
+            if 400 <= int(code) < 600:
+                status = int(code)
+            code = ""
         return self._typed_error(message, code, status, model, retry_after)
 
     def _typed_error(

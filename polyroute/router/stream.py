@@ -193,11 +193,14 @@ class RouterStream:
         self._context = context
         self._builder = MessageBuilder()
         self._tool_call_delivered = False
-        # `async for` gets the generator itself and the stream keeps only a weak
-        # reference: after a `break` nothing holds it, so it is finalized (and the
-        # upstream closed) at once instead of when the stream object is dropped.
+        # `async for` gets the generator itself. Outside `async with`, the stream keeps
+        # only a weak reference: after a bare `break` nothing holds it, so the event
+        # loop finalizes it (closing the upstream) one turn later rather than when the
+        # stream object is dropped. Inside `async with`, the stream holds it, so that
+        # leaving the block closes it at once.
         self._generator: weakref.ref[AsyncGenerator[Any, None]] | None = None
         self._held: AsyncGenerator[Any, None] | None = None
+        self._in_context = False
 
     @property
     def text(self) -> str:
@@ -246,6 +249,8 @@ class RouterStream:
             raise RuntimeError("a RouterStream can be iterated only once")
         generator = self._run(text_only)
         self._generator = weakref.ref(generator)
+        if self._in_context:
+            self._held = generator
         return generator
 
     async def __anext__(self) -> str:
@@ -262,6 +267,7 @@ class RouterStream:
             self.status = "cancelled"
 
     async def __aenter__(self) -> RouterStream:
+        self._in_context = True
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:

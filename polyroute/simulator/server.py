@@ -6,33 +6,18 @@ import asyncio
 import json
 import random
 import re
-import time
 from collections import Counter
 from typing import Any
 
 from aiohttp import web
 
+from polyroute.core.deltas import FinishDelta, TextDelta, Usage, UsageDelta
 from polyroute.core.messages import CONTINUE_INSTRUCTION
+from polyroute.core.sse import DONE_EVENT, OpenAIChunkEncoder, encode_event
 from polyroute.simulator.profile import SimulatedUpstream
 from polyroute.simulator.text import answer_words, tag, words_already_given
 
 PATHS = {"darkai": "/chat", "openai": "/v1/chat/completions"}
-
-
-def _frame(payload: object) -> bytes:
-    return b"data: " + json.dumps(payload).encode() + b"\n\n"
-
-
-def _openai_chunk(model: str, delta: dict[str, str], finish: str | None = None) -> bytes:
-    return _frame(
-        {
-            "id": "chatcmpl-simulated",
-            "object": "chat.completion.chunk",
-            "created": int(time.time()),
-            "model": model,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-        }
-    )
 
 
 class SimulatorServer:
@@ -113,39 +98,29 @@ class SimulatorServer:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
         await self._pause(rng, profile.latency.first_chunk_ms)
-        model = str(body.get("model", "simulated"))
+        encoder = OpenAIChunkEncoder(str(body.get("model", "simulated")), id="chatcmpl-simulated")
         if profile.format == "openai":
-            await response.write(_openai_chunk(model, {"role": "assistant", "content": ""}))
+            await response.write(encode_event(encoder.chunk({"role": "assistant", "content": ""})))
         for index, word in enumerate(words):
             if index == drop_after:
                 return await _hang_up(request)
             if index:
                 await self._pause(rng, profile.latency.chunk_gap_ms)
             if profile.format == "openai":
-                await response.write(_openai_chunk(model, {"content": word}))
+                await response.write(encoder.encode(TextDelta(word)))
             else:
-                await response.write(_frame({"event": "text-chunk", "data": {"text": word}}))
-        await response.write(self._ending(model, body, len(words)))
+                await response.write(encode_event({"event": "text-chunk", "data": {"text": word}}))
+        await response.write(self._ending(encoder, body, len(words)))
         await response.write_eof()
         return response
 
-    def _ending(self, model: str, body: dict[str, Any], words: int) -> bytes:
+    def _ending(self, encoder: OpenAIChunkEncoder, body: dict[str, Any], words: int) -> bytes:
         if self.profile.format == "darkai":
-            return _frame({"event": "stream-end", "data": {}})
-        ending = _openai_chunk(model, {}, finish="stop")
+            return encode_event({"event": "stream-end", "data": {}})
+        ending = encoder.encode(FinishDelta("stop"))
         if (body.get("stream_options") or {}).get("include_usage"):
-            usage = {"prompt_tokens": 0, "completion_tokens": words, "total_tokens": words}
-            ending += _frame(
-                {
-                    "id": "chatcmpl-simulated",
-                    "object": "chat.completion.chunk",
-                    "created": int(time.time()),
-                    "model": model,
-                    "choices": [],
-                    "usage": usage,
-                }
-            )
-        return ending + b"data: [DONE]\n\n"
+            ending += encoder.encode(UsageDelta(Usage(0, words, words)))
+        return ending + DONE_EVENT
 
     async def _pause(self, rng: random.Random, milliseconds: float) -> None:
         delay = milliseconds + rng.uniform(0, self.profile.latency.jitter_ms)

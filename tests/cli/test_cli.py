@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import signal
 import sys
 from pathlib import Path
 
 from polyroute.providers import DarkAI, OpenAI
 from tests.cli.helpers import run_cli, simulated, write_config
+from tests.upstreams.darkai import DarkAIUpstream
+from tests.upstreams.openai import OpenAIUpstream
+from tests.upstreams.scripted import Script
 
 HI = [{"role": "user", "content": "Hi"}]
 
@@ -181,3 +185,39 @@ async def test_simulate_serves_real_upstreams_until_interrupted(tmp_path: Path) 
     assert oa_text.startswith("[simulated b]")
     process.send_signal(signal.SIGINT)
     assert await asyncio.wait_for(process.wait(), 30) == 0
+
+
+async def test_providers_check_probes_a_model_the_entry_lists(
+    tmp_path: Path, openai_upstream: OpenAIUpstream
+) -> None:
+    listed = {"name": "oa", "type": "openai", "base_url": openai_upstream.base_url}
+    config = write_config(tmp_path / "r.yaml", {**listed, "models": ["local-small", "m"]})
+    result = await run_cli("providers", "-c", str(config), "--check", cwd=tmp_path)
+    assert result.code == 0, result.err
+    (request,) = openai_upstream.requests
+    assert request.body["model"] == "local-small"
+    assert re.search(r"ok local-small: first chunk \d+ ms, total \d+ ms", result.out)
+
+
+async def test_providers_check_reports_a_failed_discovery(
+    tmp_path: Path, darkai_upstream: DarkAIUpstream
+) -> None:
+    darkai_upstream.default = Script(status=404, error_body="no such route")
+    base = darkai_upstream.url.removesuffix("/chat") + "/v1"
+    entry = {"name": "oa", "type": "openai", "base_url": base, "models": "discover"}
+    config = write_config(tmp_path / "r.yaml", entry)
+    result = await run_cli("providers", "-c", str(config), "--check", cwd=tmp_path)
+    assert "failed: model discovery: oa: HTTP 404: no such route" in result.out
+    assert [r.method for r in darkai_upstream.requests] == ["GET"]
+
+
+async def test_every_upstream_saying_no_such_model_exits_3(
+    tmp_path: Path, openai_upstream: OpenAIUpstream
+) -> None:
+    body = '{"error": {"message": "The model `m` does not exist.", "code": "model_not_found"}}'
+    openai_upstream.default = Script(status=404, error_body=body)
+    entry = {"name": "oa", "type": "openai", "base_url": openai_upstream.base_url}
+    config = write_config(tmp_path / "r.yaml", entry)
+    result = await run_cli("chat", "-c", str(config), "-m", "m", "Hi", cwd=tmp_path)
+    assert result.code == 3
+    assert "oa: ModelNotSupportedError" in result.err

@@ -60,3 +60,59 @@ def test_invalid_messages_name_the_problem(messages: object, fragment: str) -> N
 def test_extra_keys_are_kept() -> None:
     (message,) = normalize_messages([{"role": "user", "content": "x", "name": "bob"}])
     assert message.as_openai() == {"role": "user", "content": "x", "name": "bob"}
+
+
+def test_content_parts_tool_calls_and_tool_results_are_accepted() -> None:
+    conversation = [
+        {"role": "system", "content": [{"type": "text", "text": "Be brief."}]},
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "Look:"},
+                {"type": "image_url", "image_url": {"url": "https://x/y.png", "detail": "low"}},
+                {"type": "input_audio", "input_audio": {"data": "AAAA", "format": "wav"}},
+                {"type": "file", "file": {"file_id": "file-1"}},
+            ],
+            "name": "ann",
+        },
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+            ],
+        },
+        {"role": "tool", "tool_call_id": "c1", "content": "42"},
+    ]
+    checked = normalize_messages(conversation)
+    assert [m.as_openai() for m in checked] == conversation
+    assert checked[1].has_media
+    assert not checked[0].has_media
+    assert checked[1].text() == "Look:"
+    assert format_prompt(checked[:2]) == "System: Be brief.\nUser: Look:\nAssistant:"
+
+
+@pytest.mark.parametrize(
+    ("message", "fragment"),
+    [
+        ({"role": "tool", "content": "42"}, "message 0: .*tool_call_id"),
+        ({"role": "user", "content": "x", "tool_call_id": "c"}, "only tool messages"),
+        (
+            {"role": "user", "content": "x", "tool_calls": []},
+            "only assistant messages carry tool_calls",
+        ),
+        ({"role": "assistant", "content": None}, "content is required"),
+        ({"role": "user", "content": [{"type": "video", "url": "v"}]}, "message 0.content"),
+        (
+            {"role": "user", "content": [{"type": "image_url", "image_url": {}}]},
+            r"message 0.content.*image_url.url",
+        ),
+        (
+            {"role": "assistant", "tool_calls": [{"id": "c", "function": {"name": "f"}}]},
+            r"message 0.tool_calls.0.function.arguments",
+        ),
+    ],
+)
+def test_invalid_shapes_name_the_message_and_field(message: object, fragment: str) -> None:
+    with pytest.raises(InvalidMessagesError, match=fragment):
+        normalize_messages([message])  # type: ignore[list-item]

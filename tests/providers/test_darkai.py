@@ -13,6 +13,7 @@ from polyroute import (
     RateLimitedError,
     Timeouts,
     UpstreamConnectionError,
+    UpstreamError,
     UpstreamProtocolError,
     UpstreamStatusError,
     UpstreamTimeout,
@@ -386,3 +387,34 @@ def test_body_is_json_serialisable() -> None:
 
     body = provider.build_request("gpt-4o", ChatRequest.build(HELLO, {}))
     assert json.loads(json.dumps(body)) == {"query": "Hello, how are you?", "model": "gpt-4o"}
+
+
+async def test_data_lines_one_newline_apart_stream_as_the_seed_reads_them(
+    darkai_upstream: DarkAIUpstream,
+) -> None:
+    events = [text_event("Hel"), text_event("lo"), {"event": "stream-end", "data": {}}]
+    raw = b"".join(b"data: " + json.dumps(event).encode() + b"\n" for event in events)
+    darkai_upstream.default = Script(raw=raw)
+    async with DarkAI(api_endpoint=darkai_upstream.url) as provider:
+        assert await collect(provider) == ["Hel", "lo"]
+
+
+async def test_an_error_event_is_a_typed_upstream_error_with_its_message(
+    darkai_upstream: DarkAIUpstream,
+) -> None:
+    events = [text_event("Hel"), {"event": "error", "data": {"message": "model overloaded"}}]
+    darkai_upstream.default = Script(raw=encode_events(events))
+    received: list[str] = []
+
+    async def consume() -> None:
+        async with DarkAI(api_endpoint=darkai_upstream.url) as provider:
+            async for text in provider.create_async_generator("gpt-4o", HELLO):
+                received.append(text)
+
+    with pytest.raises(
+        UpstreamError, match="error event in the stream: model overloaded"
+    ) as caught:
+        await consume()
+    assert type(caught.value) is UpstreamError
+    assert caught.value.retryable
+    assert received == ["Hel"]

@@ -271,3 +271,89 @@ def test_base_url_sets_the_endpoint_and_an_explicit_endpoint_wins() -> None:
     )
     explicit = OpenAI(base_url="http://h/v1", api_endpoint="http://h/custom")
     assert explicit.api_endpoint == "http://h/custom"
+
+
+# How independently written servers say "no such model" (each an error body they send).
+UNKNOWN_MODEL_BODIES = [
+    pytest.param(
+        400,
+        '{"error": {"message": "Invalid model name passed in model=local-large. Call '
+        '`/v1/models` to view available models for your key.", "type": "invalid_request_error",'
+        ' "param": "model", "code": "400"}}',
+        id="litellm",
+    ),
+    pytest.param(
+        404,
+        '{"object": "error", "message": "The model `local-large` does not exist.", '
+        '"type": "NotFoundError", "param": null, "code": 404}',
+        id="vllm",
+    ),
+    pytest.param(
+        404,
+        '{"error": {"message": "model \\"local-large\\" not found, try pulling it first", '
+        '"type": "api_error", "param": null, "code": null}}',
+        id="ollama",
+    ),
+    pytest.param(
+        400,
+        '{"error": {"message": "local-large is not a valid model ID", "code": 400}}',
+        id="openrouter",
+    ),
+    pytest.param(
+        404,
+        '{"error": {"message": "The model `local-large` does not exist or you do not have '
+        'access to it.", "type": "invalid_request_error", "code": "model_not_found"}}',
+        id="groq",
+    ),
+    pytest.param(
+        404,
+        '{"error": {"message": "Unable to access model local-large. Please visit the models '
+        'page.", "type": "invalid_request_error", "param": null, "code": "model_not_available"}}',
+        id="together",
+    ),
+]
+
+
+@pytest.mark.parametrize(("status", "body"), UNKNOWN_MODEL_BODIES)
+async def test_unknown_model_bodies_of_other_servers_are_model_not_supported(
+    openai_upstream: OpenAIUpstream, status: int, body: str
+) -> None:
+    openai_upstream.default = Script(status=status, error_body=body)
+    async with provider_for(openai_upstream) as provider:
+        with pytest.raises(ModelNotSupportedError) as caught:
+            await collect(provider)
+    assert caught.value.provider == "openai"
+    assert caught.value.model == "local-large"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        '{"error": {"message": "slow down", "code": "429"}}',
+        '{"error": {"message": "slow down", "code": 429}}',
+        '{"object": "error", "message": "slow down", "code": 429}',
+    ],
+)
+async def test_a_code_of_429_is_a_rate_limit_whether_string_or_number(
+    openai_upstream: OpenAIUpstream, body: str
+) -> None:
+    openai_upstream.default = Script(status=400, error_body=body)
+    async with provider_for(openai_upstream) as provider:
+        with pytest.raises(RateLimitedError):
+            await collect(provider)
+    raw = b"data: " + body.encode() + b"\n\n"
+    openai_upstream.default = Script(raw=raw)
+    async with provider_for(openai_upstream) as provider:
+        with pytest.raises(RateLimitedError):
+            await collect(provider)
+
+
+async def test_a_tools_message_about_the_model_is_not_taken_for_an_unknown_model(
+    openai_upstream: OpenAIUpstream,
+) -> None:
+    body = openai_error("tools are not supported by this model", None)
+    openai_upstream.default = Script(status=400, error_body=body)
+    async with provider_for(openai_upstream) as provider:
+        with pytest.raises(UpstreamStatusError) as caught:
+            await collect(provider)
+    assert type(caught.value) is UpstreamStatusError

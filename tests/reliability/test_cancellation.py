@@ -55,6 +55,31 @@ async def test_break_after_the_first_chunk(upstream: ScriptedUpstream) -> None:
     assert [log["event"] for log in logs][-1] == "route.cancelled"
 
 
+async def test_break_inside_async_with_is_cancelled_at_once(upstream: ScriptedUpstream) -> None:
+    upstream.default = Script(chunks=["one", "two"], stall_after=1)
+    async with router_for(upstream) as router:
+        async with router.stream("gpt-4o", HI) as stream:
+            async for _text in stream:
+                break
+        # No event-loop turn in between: leaving `async with` closed the stream.
+        assert stream.status == "cancelled"
+        assert [a.outcome for a in stream.attempts] == ["cancelled"]
+        await wait_closed(upstream.requests[0], within=CLOSE_WITHIN)
+    assert upstream.requests[0].completed is False
+
+
+async def test_deltas_break_inside_async_with_closes_the_upstream(
+    upstream: ScriptedUpstream,
+) -> None:
+    upstream.default = Script(chunks=["one", "two"], stall_after=1)
+    async with router_for(upstream) as router:
+        async with router.stream("gpt-4o", HI) as stream:
+            async for _delta in stream.deltas():
+                break
+        assert stream.status == "cancelled"
+        await wait_closed(upstream.requests[0], within=CLOSE_WITHIN)
+
+
 async def test_cancelled_while_waiting_for_the_first_chunk(upstream: ScriptedUpstream) -> None:
     upstream.default = Script(chunks=[], stall_after=0)
     async with router_for(upstream) as router:

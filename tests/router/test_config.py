@@ -219,3 +219,27 @@ async def test_default_model_serves_requests_without_a_model() -> None:
         ModelNotSupportedError, match="no model given, and this router has no default_model"
     ):
         without.stream("", [{"role": "user", "content": "x"}])
+
+
+def test_a_router_alias_to_a_model_nobody_serves_is_a_config_error() -> None:
+    entry = {"name": "a", "type": "darkai", "working": True, "models": ["gpt-4o"]}
+    with pytest.raises(ConfigError, match=r"aliases.smart points to 'gpt-5', which no provider"):
+        Router.from_config({"providers": [entry], "aliases": {"smart": "gpt-5"}})
+    chained = {"aliases": {"smart": "gpt-5"}, "fallbacks": {"gpt-5": ["gpt-4o"]}}
+    assert Router.from_config({"providers": [entry], **chained}).policy.chain_of("smart") == [
+        "gpt-5",
+        "gpt-4o",
+    ]
+    open_entry = {"name": "b", "type": "openai", "base_url": "http://127.0.0.1:9/v1"}
+    Router.from_config({"providers": [open_entry], "aliases": {"smart": "gpt-5"}})
+
+
+def test_an_entry_alias_leading_outside_its_models_is_a_config_error() -> None:
+    entry = {
+        "name": "a",
+        "type": "openai",
+        "models": ["gpt-4o"],
+        "model_aliases": {"mini": "gpt-4o-mini"},
+    }
+    with pytest.raises(ConfigError, match=r"providers.0.model_aliases.mini \('a'\) points to"):
+        Router.from_config({"providers": [entry]})

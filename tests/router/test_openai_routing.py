@@ -150,3 +150,30 @@ async def test_darkai_and_openai_entries_fall_back_to_each_other(
         assert "".join([t async for t in stream]) == "Hello, world!"
     assert [(a.provider, a.outcome) for a in stream.attempts] == [("oa", "failed"), ("dark", "ok")]
     assert stream.usage is None
+
+
+async def test_an_unknown_model_400_from_one_server_moves_on_to_the_next(
+    openai_upstream: OpenAIUpstream, second_openai: OpenAIUpstream
+) -> None:
+    litellm_style = (
+        '{"error": {"message": "Invalid model name passed in model=local-large", '
+        '"type": "invalid_request_error", "param": "model", "code": "400"}}'
+    )
+    openai_upstream.default = Script(status=400, error_body=litellm_style)
+    config = {"providers": [openai_entry("a", openai_upstream), openai_entry("b", second_openai)]}
+    async with Router.from_config(config) as router:
+        stream = router.stream("local-large", HI)
+        assert "".join([t async for t in stream]) == "Hello, world!"
+    assert isinstance(stream.attempts[0].error, ModelNotSupportedError)
+    assert stream.provider == "b"
+
+
+async def test_the_model_is_resolved_once_through_entry_aliases(
+    openai_upstream: OpenAIUpstream,
+) -> None:
+    entry = openai_entry(
+        "a", openai_upstream, models=["fast"], model_aliases={"fast": "gpt-4o-mini"}
+    )
+    async with Router.from_config({"providers": [entry], "aliases": {"quick": "fast"}}) as router:
+        assert await router.complete_text("quick", HI) == "Hello, world!"
+    assert openai_upstream.requests[0].body["model"] == "gpt-4o-mini"

@@ -6,7 +6,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from tests.upstreams.scripted import Script, ScriptedUpstream
+from tests.upstreams.scripted import Chunk, Script, ScriptedUpstream
 
 END_EVENT = {"event": "stream-end", "data": {}}
 
@@ -26,7 +26,8 @@ class DarkAIUpstream(ScriptedUpstream):
     def __init__(self, default: Script | None = None) -> None:
         super().__init__("/chat", default)
 
-    def encode_chunk(self, index: int, text: str, script: Script, request: Any) -> bytes:
+    def encode_chunk(self, index: int, text: Chunk, script: Script, request: Any) -> bytes:
+        assert isinstance(text, str), "DarkAI streams text only"
         return encode_events([text_event(text)], script.line_end)
 
     def encode_end(self, script: Script, request: Any) -> bytes:

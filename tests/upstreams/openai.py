@@ -7,41 +7,23 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.upstreams.scripted import Script, ScriptedUpstream
+from polyroute.core.deltas import Usage
+from polyroute.core.sse import OpenAIChunkEncoder
+from tests.upstreams.scripted import Chunk, Script, ScriptedUpstream
 
 
-def chunk_payload(
-    model: str, content: str | None = None, *, role: bool = False, finish_reason: str | None = None
-) -> dict[str, Any]:
-    delta: dict[str, Any] = {}
-    if role:
-        delta["role"] = "assistant"
-    if content is not None:
-        delta["content"] = content
-    return {
-        "id": "chatcmpl-local",
-        "object": "chat.completion.chunk",
-        "created": 1_700_000_000,
-        "model": model,
-        "system_fingerprint": "fp_local",
-        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
-    }
-
-
-def usage_payload(model: str, usage: dict[str, int]) -> dict[str, Any]:
-    return {
-        "id": "chatcmpl-local",
-        "object": "chat.completion.chunk",
-        "created": 1_700_000_000,
-        "model": model,
-        "choices": [],
-        "usage": usage,
-    }
+def encoder_for(request: Any) -> OpenAIChunkEncoder:
+    """polyroute's one OpenAI-format encoder, with the fixture's fixed id and time."""
+    model = str(request.get("model", "?")) if isinstance(request, dict) else "?"
+    return OpenAIChunkEncoder(model, id="chatcmpl-local", created=1_700_000_000)
 
 
 class OpenAIUpstream(ScriptedUpstream):
     """Streams chunks as OpenAI does: a role delta first, content deltas, a final delta with
-    ``finish_reason``, the usage chunk when asked for, then ``data: [DONE]``."""
+    ``finish_reason``, the usage chunk when asked for, then ``data: [DONE]``.
+
+    A script's chunk is a text, or a whole ``delta`` object (tool-call fragments,
+    reasoning...) sent as it is."""
 
     def __init__(self, default: Script | None = None, models: list[str] | None = None) -> None:
         super().__init__("/v1/chat/completions", default)
@@ -69,22 +51,21 @@ class OpenAIUpstream(ScriptedUpstream):
         self.sent.append(payload)
         return self.frame(json.dumps(payload).encode(), script.line_end)
 
-    def encode_chunk(self, index: int, text: str, script: Script, request: Any) -> bytes:
-        model = _model(request)
-        role = self._emit(chunk_payload(model, "", role=True), script) if index == 0 else b""
-        return role + self._emit(chunk_payload(model, text), script)
+    def encode_chunk(self, index: int, text: Chunk, script: Script, request: Any) -> bytes:
+        encoder = encoder_for(request)
+        delta = {"content": text} if isinstance(text, str) else text
+        first = b""
+        if index == 0:
+            first = self._emit(encoder.chunk({"role": "assistant", "content": ""}), script)
+        return first + self._emit(encoder.chunk(delta, system_fingerprint="fp_local"), script)
 
     def encode_end(self, script: Script, request: Any) -> bytes:
-        model = _model(request)
-        body = self._emit(chunk_payload(model, finish_reason=script.finish_reason), script)
+        encoder = encoder_for(request)
+        body = self._emit(encoder.chunk(finish_reason=script.finish_reason), script)
         wants_usage = isinstance(request, dict) and (request.get("stream_options") or {}).get(
             "include_usage"
         )
         if wants_usage:
             usage = script.usage or {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}
-            body += self._emit(usage_payload(model, usage), script)
+            body += self._emit(encoder.chunk(usage=Usage.from_openai(usage)), script)
         return body + self.frame(b"[DONE]", script.line_end)
-
-
-def _model(request: Any) -> str:
-    return str(request.get("model", "?")) if isinstance(request, dict) else "?"

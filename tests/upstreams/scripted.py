@@ -6,18 +6,21 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeAlias
 
 from aiohttp import web
 
 from tests.upstreams.server import LocalServer, RecordedRequest
+
+Chunk: TypeAlias = str | dict[str, Any]
+"""A piece of text, or (where the wire format has them) a whole delta object."""
 
 
 @dataclass
 class Script:
     """How the server answers one request. The defaults give a healthy answer."""
 
-    chunks: Sequence[str] = ("Hello", ", ", "world", "!")
+    chunks: Sequence[Chunk] = ("Hello", ", ", "world", "!")
     status: int = 200
     headers: dict[str, str] = field(default_factory=dict)
     error_body: str = '{"error": "upstream failure"}'
@@ -57,7 +60,7 @@ class ScriptedUpstream(LocalServer):
     def frame(self, payload: bytes, line_end: bytes) -> bytes:
         return b"data: " + payload + line_end + line_end
 
-    def encode_chunk(self, index: int, text: str, script: Script, request: Any) -> bytes:
+    def encode_chunk(self, index: int, text: Chunk, script: Script, request: Any) -> bytes:
         raise NotImplementedError
 
     def encode_end(self, script: Script, request: Any) -> bytes:
