@@ -8,6 +8,8 @@ floor measured in the same run. Results: a table on stdout, a JSON file, a PNG p
 
   python -m benchmarks                   # the full suite (about ten minutes)
   python -m benchmarks --quick           # a smoke run of a few seconds
+  python -m benchmarks --baseline-tree ../old --clients floor,router,router@baseline
+      # the router of another checkout (say, the last release) measured in the same run
 """
 
 from __future__ import annotations
@@ -26,7 +28,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-CLIENTS = ["floor", "provider", "router", "openai-sdk", "litellm"]
+CLIENTS = ["floor", "provider", "router", "router-tools", "openai-sdk", "litellm"]
+BASELINE = "@baseline"
+"""A client name ending so runs that client of the ``--baseline-tree`` checkout."""
 PEER_MODULES = {"openai-sdk": "openai", "litellm": "litellm"}
 FIGURES = [
     "streams_per_s",
@@ -70,11 +74,17 @@ def upstream(chunks: int, delay_ms: float, cpu: int | None) -> Iterator[str]:
         process.wait(10)
 
 
-def run_client(base: str, cpu: int | None, *options: str) -> dict[str, Any]:
+def run_client(
+    base: str, cpu: int | None, *options: str, tree: Path | None = None
+) -> dict[str, Any]:
+    """One client process; with ``tree``, that checkout's client and polyroute (``-m``
+    puts the working directory first on the import path)."""
     command = [sys.executable, "-m", "benchmarks.client", "--base", base, *options]
     if cpu is not None:
         command += ["--cpu", str(cpu)]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=900, check=False)
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=900, check=False, cwd=tree
+    )
     if done.returncode != 0:
         raise RuntimeError(f"client {options} failed:\n{done.stderr[-2000:]}")
     result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
@@ -122,11 +132,12 @@ def streaming(
                                 base,
                                 client_cpu,
                                 "--client",
-                                client,
+                                client.removesuffix(BASELINE),
                                 "--concurrency",
                                 str(concurrency),
                                 "--seconds",
                                 str(seconds),
+                                tree=args.baseline_tree if client.endswith(BASELINE) else None,
                             )
                         )
                         print(
@@ -243,6 +254,12 @@ def main() -> None:
     )
     parser.add_argument("--quick", action="store_true", help="a few seconds: a smoke run")
     parser.add_argument("--clients", default=",".join(CLIENTS))
+    parser.add_argument(
+        "--baseline-tree",
+        type=Path,
+        default=None,
+        help=f"another checkout whose clients run under the names CLIENT{BASELINE}",
+    )
     parser.add_argument("--concurrency", default="1,100,1000")
     parser.add_argument("--chunks", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
@@ -258,7 +275,8 @@ def main() -> None:
     clients = [
         c
         for c in args.clients.split(",")
-        if c not in PEER_MODULES or importlib.util.find_spec(PEER_MODULES[c])
+        if (c not in PEER_MODULES or importlib.util.find_spec(PEER_MODULES[c]))
+        and (not c.endswith(BASELINE) or args.baseline_tree is not None)
     ]
     skipped = sorted(set(args.clients.split(",")) - set(clients))
     up_cpu, client_cpu = cores()

@@ -4,7 +4,9 @@ Run: python -m benchmarks.client --client router --base http://127.0.0.1:PORT
      --concurrency 100 --seconds 3 --cpu 0
 Clients: floor (hand-written aiohttp + SSE line splitting + json.loads), provider
 (polyroute's OpenAI provider called directly), router (router.stream with two entries,
-an alias and a fallback chain), openai-sdk (AsyncOpenAI), litellm (litellm.Router).
+an alias and a fallback chain), router-tools (the same router, a tool call streamed in
+as many fragments as the text answer has chunks, read with stream.deltas()),
+openai-sdk (AsyncOpenAI), litellm (litellm.Router).
 Scenarios besides streaming: --failover (first entry answers 503 at once) and
 --idle N (N streams held open after their first chunk; reports RSS).
 """
@@ -101,6 +103,28 @@ def polyroute_router(
     return one, router.aclose
 
 
+TOOLS = [{"type": "function", "function": {"name": "search", "parameters": {"type": "object"}}}]
+
+
+def polyroute_router_tools(base: str) -> tuple[OneStream, Callable[[], Awaitable[None]]]:
+    from polyroute import Router, ToolCallDelta
+
+    router = Router.from_config(router_config(f"{base}/tools", f"{base}/tools"))
+
+    async def one() -> tuple[float, int]:
+        started = time.perf_counter()
+        ttft, chunks = 0.0, 0
+        async with router.stream("fast", MESSAGES, tools=TOOLS) as stream:
+            async for delta in stream.deltas():
+                if isinstance(delta, ToolCallDelta):
+                    if not chunks:
+                        ttft = time.perf_counter() - started
+                    chunks += 1
+        return ttft, chunks
+
+    return one, router.aclose
+
+
 def openai_sdk(base: str) -> tuple[OneStream, Callable[[], Awaitable[None]]]:
     import openai
 
@@ -168,6 +192,7 @@ CLIENTS: dict[str, Callable[..., tuple[OneStream, Callable[[], Awaitable[None]]]
     "floor": floor_client,
     "provider": polyroute_provider,
     "router": polyroute_router,
+    "router-tools": polyroute_router_tools,
     "openai-sdk": openai_sdk,
     "litellm": litellm_router,
 }

@@ -1,6 +1,8 @@
 """The benchmark upstream: a separate process on 127.0.0.1 serving both wire formats.
 
 Routes: ``POST /v1/chat/completions`` (openai chunks), ``POST /chat`` (darkai events),
+``POST /tools/v1/chat/completions`` (one tool call streamed in as many fragments as a
+text answer has chunks),
 ``POST /fail/v1/chat/completions`` (an instant 503, for the failover figure) and
 ``POST /idle/v1/chat/completions`` (one chunk, then the stream is held open).
 With no delay the whole answer is written at once, so that the client is what is
@@ -18,24 +20,28 @@ import os
 
 from aiohttp import web
 
+from polyroute.core.deltas import FinishDelta, TextDelta, ToolCallDelta
+from polyroute.core.sse import DONE_EVENT, OpenAIChunkEncoder, encode_event
+
 TEXT = "token "
 
 
 def openai_body(chunks: int) -> list[bytes]:
-    def frame(delta: dict[str, str], finish: str | None = None) -> bytes:
-        payload = {
-            "id": "chatcmpl-bench",
-            "object": "chat.completion.chunk",
-            "created": 1700000000,
-            "model": "bench",
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-        }
-        return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
+    encoder = OpenAIChunkEncoder("bench", id="chatcmpl-bench", created=1700000000)
+    parts = [encode_event(encoder.chunk({"role": "assistant", "content": ""}))]
+    parts += [encoder.encode(TextDelta(TEXT)) for _ in range(chunks)]
+    return [*parts, encoder.encode(FinishDelta("stop")), DONE_EVENT]
 
-    parts = [frame({"role": "assistant", "content": ""})]
-    parts += [frame({"content": TEXT}) for _ in range(chunks)]
-    parts += [frame({}, "stop"), b"data: [DONE]\n\n"]
-    return parts
+
+def tools_body(chunks: int) -> list[bytes]:
+    """One call whose fragments are as many, and about as long, as a text answer's chunks."""
+    encoder = OpenAIChunkEncoder("bench", id="chatcmpl-bench", created=1700000000)
+    pieces = ['{"q": "', *[TEXT] * (chunks - 2), '"}']
+    fragments = [ToolCallDelta(0, id="call_bench", name="search", arguments=pieces[0])]
+    fragments += [ToolCallDelta(0, arguments=piece) for piece in pieces[1:]]
+    parts = [encode_event(encoder.chunk({"role": "assistant", "content": None}))]
+    parts += [encoder.encode(fragment) for fragment in fragments]
+    return [*parts, encoder.encode(FinishDelta("tool_calls")), DONE_EVENT]
 
 
 def darkai_body(chunks: int) -> list[bytes]:
@@ -45,7 +51,11 @@ def darkai_body(chunks: int) -> list[bytes]:
 
 
 def make_app(chunks: int, delay: float) -> web.Application:
-    bodies = {"openai": openai_body(chunks), "darkai": darkai_body(chunks)}
+    bodies = {
+        "openai": openai_body(chunks),
+        "tools": tools_body(chunks),
+        "darkai": darkai_body(chunks),
+    }
     whole = {name: b"".join(parts) for name, parts in bodies.items()}
 
     async def answer(request: web.Request, wire: str) -> web.StreamResponse:
@@ -75,6 +85,7 @@ def make_app(chunks: int, delay: float) -> web.Application:
 
     app = web.Application()
     app.router.add_post("/v1/chat/completions", lambda r: answer(r, "openai"))
+    app.router.add_post("/tools/v1/chat/completions", lambda r: answer(r, "tools"))
     app.router.add_post("/chat", lambda r: answer(r, "darkai"))
     app.router.add_post("/fail/v1/chat/completions", fail)
     app.router.add_post("/idle/v1/chat/completions", idle)

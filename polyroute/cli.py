@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 import time
+import traceback
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
@@ -112,8 +113,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     except PolyrouteError as error:
-        if args.debug:
-            raise
+        if args.debug:  # the traceback as well, and nothing else changes
+            traceback.print_exc(file=sys.stderr)
         print(f"polyroute: {one_line(error)}", file=sys.stderr)
         if isinstance(error, ModelNotSupportedError) or _no_upstream_knows_the_model(error):
             return EXIT_MODEL
@@ -221,7 +222,7 @@ async def providers(args: argparse.Namespace) -> int:
             rows.append(
                 (
                     provider.entry_name,
-                    provider.name or type(provider).__name__,
+                    provider.type_name or type(provider).__name__,
                     yes(provider.working),
                     yes(provider.supports_stream),
                     router.health.state(provider.entry_name),

@@ -15,6 +15,8 @@ from aiohttp import web
 
 from polyroute import Router
 from tests.upstreams.darkai import DarkAIUpstream
+from tests.upstreams.openai import OpenAIUpstream
+from tests.upstreams.scripted import Script
 from tests.upstreams.server import LocalServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -106,7 +108,7 @@ def test_simulator_guide_configs_are_valid() -> None:
     )
     assert SimulatedUpstream.model_validate(one).failures.drop_after is not None
     router = Router.from_config(entry)
-    assert router.providers[0].name == "simulated"
+    assert router.providers[0].type_name == "simulated"
     assert [u.format for u in SimulatorConfig.model_validate(servers).upstreams] == [
         "darkai",
         "openai",
@@ -188,3 +190,44 @@ async def test_provider_guide_example_is_a_working_provider() -> None:
     ]
     assert server.requests[0].body["tools"] == tools
     assert len(example.splitlines()) < 60
+
+
+async def test_router_guide_tool_call_example_runs(
+    openai_upstream: OpenAIUpstream, tmp_path: Path
+) -> None:
+    start = {"index": 0, "id": "call_1", "type": "function", "function": {"name": "get_weather"}}
+    openai_upstream.default = Script(
+        chunks=[
+            {"tool_calls": [{**start, "function": {"name": "get_weather", "arguments": ""}}]},
+            {"tool_calls": [{"index": 0, "function": {"arguments": '{"city": '}}]},
+            {"tool_calls": [{"index": 0, "function": {"arguments": '"Paris"}'}}]},
+        ],
+        finish_reason="tool_calls",
+    )
+    entry = {"name": "oa", "type": "openai", "base_url": openai_upstream.base_url}
+    (tmp_path / "routes.yaml").write_text(yaml.safe_dump({"providers": [entry]}))
+    example = blocks(ROOT / "docs" / "router.md", "python")[1]
+    output = await run_python(example, cwd=tmp_path)
+    assert output.splitlines() == [
+        "0 get_weather ",
+        '0  {"city": ',
+        '0  "Paris"}',
+        "call_1 get_weather {'city': 'Paris'}",
+        "tool_calls",
+    ]
+    assert openai_upstream.requests[0].body["tools"][0]["function"]["name"] == "get_weather"
+
+
+async def test_readme_tool_call_example_runs(openai_upstream: OpenAIUpstream) -> None:
+    call = {"index": 0, "id": "c", "type": "function"}
+    openai_upstream.default = Script(
+        chunks=[
+            {"tool_calls": [{**call, "function": {"name": "get_weather", "arguments": '{"ci'}}]},
+            {"tool_calls": [{"index": 0, "function": {"arguments": 'ty": "Paris"}'}}]},
+        ],
+        finish_reason="tool_calls",
+    )
+    example = next(b for b in blocks(ROOT / "README.md", "python") if "tools=" in b)
+    output = await run_python(example.replace("http://127.0.0.1:8000/v1", openai_upstream.base_url))
+    assert output == 'get_weather {"city": "Paris"}\n'
+    assert openai_upstream.requests[0].body["temperature"] == 0

@@ -10,8 +10,7 @@ single byte is sent.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any, Literal, TypeAlias
+from typing import Any, Literal, NamedTuple, TypeAlias
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -128,10 +127,10 @@ def check_options(params: Mapping[str, Any]) -> dict[str, Any]:
     return checked
 
 
-@dataclass(frozen=True, slots=True)
-class ChatRequest:
+class ChatRequest(NamedTuple):
     """A validated request: ``options`` in OpenAI's names (``extra_body`` kept apart),
-    ``needs`` the capabilities a provider must have to serve it."""
+    ``needs`` the capabilities a provider must have to serve it. (A tuple: one is made
+    per request, and a frozen dataclass costs several times more to build.)"""
 
     messages: list[Message]
     options: dict[str, Any]
@@ -148,7 +147,16 @@ class ChatRequest:
         return cls(checked, options, extra_body, _needs(checked, options))
 
 
+_NO_NEEDS: frozenset[Capability] = frozenset()
+
+
 def _needs(messages: list[Message], options: dict[str, Any]) -> frozenset[Capability]:
+    plain = all(
+        type(message.content) is str and message.tool_calls is None and message.role != "tool"
+        for message in messages
+    )
+    if plain and not options:
+        return _NO_NEEDS  # the common case, decided without a set
     needs: set[Capability] = set()
     if options.get("tools") or any(message.uses_tools for message in messages):
         needs.add("tools")

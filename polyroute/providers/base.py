@@ -57,8 +57,9 @@ class Provider:
     ``await provider.aclose()`` or the end of ``async with``.
     """
 
-    name: ClassVar[str | None] = None
-    """Registry type name (``"darkai"``), not to be confused with ``entry_name``."""
+    type_name: ClassVar[str | None] = None
+    """The registry type (``"darkai"``). An instance's own name, the configured entry
+    (``name=`` at construction, ``name:`` in a config), is ``entry_name``."""
 
     url: str | None = None
     api_endpoint: str | None = None
@@ -108,7 +109,7 @@ class Provider:
         supports_json_schema: bool | None = None,
         supports_prefill: bool | None = None,
     ) -> None:
-        self.entry_name = name or type(self).name or type(self).__name__
+        self.entry_name = name or type(self).type_name or type(self).__name__
         self.timeouts = type(self).timeouts.merged(timeout)
         self.proxy = proxy
         if proxy:
@@ -366,12 +367,13 @@ class Provider:
         error a later event in it raised: returned, not raised, so that what the
         upstream sent before it is delivered first."""
         out: list[Delta] = []
-        for event in batch:
-            try:
-                if self.parse_event(event, out):
+        parse = self.parse_event
+        try:
+            for event in batch:
+                if parse(event, out):
                     return out, True, None
-            except PolyrouteError as error:
-                return out, False, error
+        except PolyrouteError as error:
+            return out, False, error
         return out, False, None
 
 
@@ -384,5 +386,5 @@ def _proxy_password(proxy: str) -> str | None:
 
 def _label(self_or_cls: Any) -> str:
     if isinstance(self_or_cls, type):
-        return str(getattr(self_or_cls, "name", None) or self_or_cls.__name__)
+        return str(getattr(self_or_cls, "type_name", None) or self_or_cls.__name__)
     return str(self_or_cls.entry_name)

@@ -28,7 +28,7 @@ _log = get_logger()
 class DarkAI(AsyncGeneratorProvider):
     """The DarkAI upstream: ``{"query": prompt, "model": model}`` in, text chunks out."""
 
-    name = "darkai"
+    type_name = "darkai"
     url = "https://darkai.foundation/chat"
     api_endpoint = "https://darkai.foundation/chat"
     working = False

@@ -55,7 +55,7 @@ _DELTA_KEYS_HANDLED = frozenset({"role", "content", "reasoning_content", "reason
 class OpenAI(AsyncGeneratorProvider):
     """Any upstream speaking OpenAI's streaming chat-completions format."""
 
-    name = "openai"
+    type_name = "openai"
     url = "https://platform.openai.com"
     base_url = "https://api.openai.com/v1"
     api_endpoint = "https://api.openai.com/v1/chat/completions"
@@ -111,7 +111,16 @@ class OpenAI(AsyncGeneratorProvider):
                 raise self.error_from_payload(chunk, status=None, model=chunk.get("model", "?"))
             choices = chunk.get("choices")
             if choices:
-                self._read_choice(choices[0], out)
+                choice = choices[0]
+                delta = choice.get("delta")
+                # The hot path, inline: a delta with a piece of text and nothing else.
+                if delta and len(delta) == 1 and type(content := delta.get("content")) is str:
+                    if content:
+                        out.append(TextDelta(content))
+                elif delta:
+                    _read_delta(delta, out)
+                if choice.get("finish_reason") or choice.get("logprobs"):
+                    _read_choice_end(choice, out)
             elif choices is None and "usage" not in chunk:
                 raise KeyError("choices")
             if usage := chunk.get("usage"):
@@ -122,20 +131,6 @@ class OpenAI(AsyncGeneratorProvider):
                 provider=self.entry_name,
             ) from None
         return False
-
-    def _read_choice(self, choice: dict[str, Any], out: list[Delta]) -> None:
-        delta = choice.get("delta")
-        if delta:
-            content = delta.get("content")
-            if len(delta) == 1 and type(content) is str:
-                if content:  # the hot path: a chunk of text and nothing else
-                    out.append(TextDelta(content))
-            else:
-                _read_delta(delta, out)
-        if logprobs := choice.get("logprobs"):
-            out.append(ExtraDelta({"logprobs": logprobs}))
-        if reason := choice.get("finish_reason"):
-            out.append(FinishDelta(str(reason)))
 
     def classify_status_error(self, error: UpstreamStatusError, model: str) -> PolyrouteError:
         try:
@@ -223,8 +218,18 @@ def _code(value: Any) -> str:
     return str(value)
 
 
+def _read_choice_end(choice: dict[str, Any], out: list[Delta]) -> None:
+    if logprobs := choice.get("logprobs"):
+        out.append(ExtraDelta({"logprobs": logprobs}))
+    if reason := choice.get("finish_reason"):
+        out.append(FinishDelta(str(reason)))
+
+
 def _read_delta(delta: dict[str, Any], out: list[Delta]) -> None:
     """Every field of a delta: text, reasoning, tool-call fragments, and the rest kept."""
+    if len(delta) == 1 and (calls := delta.get("tool_calls")):  # the tool-call hot path
+        out += [_tool_call_delta(position, call) for position, call in enumerate(calls)]
+        return
     content = delta.get("content")
     if content is not None:
         if not isinstance(content, str):
@@ -245,12 +250,13 @@ def _read_delta(delta: dict[str, Any], out: list[Delta]) -> None:
 
 
 def _tool_call_delta(position: int, call: dict[str, Any]) -> ToolCallDelta:
-    function = call.get("function") or {}
+    function = call.get("function") or _NO_FUNCTION
     arguments = function.get("arguments") or ""
-    name = function.get("name")
-    if not isinstance(arguments, str) or not (name is None or isinstance(name, str)):
-        raise TypeError("tool call name and arguments must be strings")
+    name = function.get("name") or None
     index = call.get("index", position)
-    if not isinstance(index, int) or isinstance(index, bool):
-        raise TypeError("tool call index must be an integer")
-    return ToolCallDelta(index, id=call.get("id") or None, name=name or None, arguments=arguments)
+    if type(arguments) is not str or type(index) is not int or not isinstance(name, str | None):
+        raise TypeError("tool call index must be an integer, name and arguments strings")
+    return ToolCallDelta(index, id=call.get("id") or None, name=name, arguments=arguments)
+
+
+_NO_FUNCTION: dict[str, Any] = {}

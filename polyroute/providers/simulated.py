@@ -26,7 +26,7 @@ class Simulated(AsyncGeneratorProvider):
     """Options (``options:`` in a router config): ``format`` (``darkai`` or ``openai``),
     ``seed``, ``words``, ``latency`` and ``failures``, as in docs/simulator.md."""
 
-    name = "simulated"
+    type_name = "simulated"
     url = "http://127.0.0.1"
     working = True
     default_model = "sim-large"

@@ -8,9 +8,8 @@ request may touch of the router's state is written down here.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, TypeAlias
+from typing import Literal, NamedTuple, TypeAlias
 
-from polyroute.core.request import ChatRequest
 from polyroute.router.config import RouteSettings, ToolCallMode
 from polyroute.router.health import HealthStore
 from polyroute.router.policy import Candidate, RoutingPolicy
@@ -22,9 +21,8 @@ Mode: TypeAlias = Literal["fresh", "continue", "restart"]
 for a whole answer that replaces it."""
 
 
-@dataclass(frozen=True, slots=True)
-class Choice:
-    """A candidate to try, and how."""
+class Choice(NamedTuple):
+    """A candidate to try, and how. (A tuple: one is made per attempt.)"""
 
     candidate: Candidate
     mode: Mode
@@ -36,8 +34,8 @@ class Choice:
 
 @dataclass(frozen=True, slots=True)
 class RouteContext:
-    """The shared parts of a router (policy, retries, health, statistics), the route
-    settings of the requested model, and the validated request."""
+    """The shared parts of a router (policy, retries, health, statistics) and the route
+    settings of one model: made once per model and shared by its requests."""
 
     policy: RoutingPolicy
     retry: RetryPolicy
@@ -45,10 +43,6 @@ class RouteContext:
     stats: StatsBook
     cooldown_seconds: float
     settings: RouteSettings
-    request: ChatRequest
-    requested_model: str
-    chain: list[str]
-    """The resolved model, then its fallbacks."""
 
     def tool_call_mode(self, candidate: Candidate) -> ToolCallMode:
         """The entry's ``tool_calls`` mode, else the route's."""

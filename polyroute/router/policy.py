@@ -18,6 +18,8 @@ from polyroute.router.config import Order, ToolCallMode
 from polyroute.router.health import HealthStore
 from polyroute.router.stats import StatsBook
 
+_CHAIN_CACHE_SIZE = 1024
+
 
 @dataclass(frozen=True, slots=True)
 class Entry:
@@ -62,6 +64,8 @@ class RoutingPolicy:
         self.entries = sorted(entries, key=lambda entry: entry.priority)
         self.aliases = dict(aliases)
         self.fallbacks = {model: list(chain) for model, chain in fallbacks.items()}
+        self._chains: dict[str, list[str]] = {}
+        self._serving: dict[str, list[tuple[Entry, str]]] = {}
 
     def resolve_alias(self, name: str) -> str:
         """Follow router aliases to the end (the config guarantees no cycle)."""
@@ -79,6 +83,11 @@ class RoutingPolicy:
                 chain.append(resolved)
         return chain
 
+    def models_changed(self) -> None:
+        """Entries' model lists changed (discovery): forget which names were served."""
+        self._chains.clear()
+        self._serving.clear()
+
     def model_chain(self, requested: str, needs: frozenset[Capability] = frozenset()) -> list[str]:
         """:meth:`chain_of` ``requested``, checked.
 
@@ -87,7 +96,17 @@ class RoutingPolicy:
         :class:`CapabilityNotSupportedError` when entries serve it but none can do
         what the request ``needs``.
         """
+        chain = self._chains.get(requested)
+        if chain is not None and not needs:
+            return chain  # known to be served: the common case costs one lookup
         chain = self.chain_of(requested)
+        if not needs:
+            if any(entry.provider.serves(name) for name in chain for entry in self.entries):
+                if len(self._chains) >= _CHAIN_CACHE_SIZE:
+                    self._chains.clear()  # bounded: callers choose the names
+                self._chains[requested] = chain
+                return chain
+            raise ModelNotSupportedError(requested, supported=self.known_models())
         serving = [
             entry.provider
             for entry in self.entries
@@ -95,7 +114,7 @@ class RoutingPolicy:
         ]
         if not serving:
             raise ModelNotSupportedError(requested, supported=self.known_models())
-        if needs and all(provider.lacks(needs) for provider in serving):
+        if all(provider.lacks(needs) for provider in serving):
             missing = sorted({need for provider in serving for need in provider.lacks(needs)})
             raise CapabilityNotSupportedError(missing, model=requested)
         return chain
@@ -117,15 +136,12 @@ class RoutingPolicy:
         """
         chosen: list[Candidate] = []
         excluded: list[str] = []
-        for entry in self.entries:
-            provider = entry.provider
-            if not provider.serves(model):
-                continue
-            reason = _unusable(provider, needs)
+        for entry, upstream_model in self.serving(model):
+            reason = _unusable(entry.provider, needs)
             if reason is None and health.state(entry.name) == "open":
                 reason = "cooling down"
             if reason is None:
-                chosen.append(Candidate(entry, model, provider.get_model(model)))
+                chosen.append(Candidate(entry, model, upstream_model))
             else:
                 excluded.append(f"{entry.name} ({model}): {reason}")
         if stats is not None and order == "latency":
@@ -133,6 +149,21 @@ class RoutingPolicy:
         elif stats is not None and order == "adaptive":
             chosen.sort(key=lambda candidate: stats[candidate.name].expected_ms())
         return chosen, excluded
+
+    def serving(self, model: str) -> list[tuple[Entry, str]]:
+        """The entries that serve ``model``, in order, each with the upstream's name for
+        it (resolved once per model name, until the entries' model lists change)."""
+        serving = self._serving.get(model)
+        if serving is None:
+            serving = [
+                (entry, entry.provider.get_model(model))
+                for entry in self.entries
+                if entry.provider.serves(model)
+            ]
+            if len(self._serving) >= _CHAIN_CACHE_SIZE:
+                self._serving.clear()  # bounded: callers choose the names
+            self._serving[model] = serving
+        return serving
 
     def known_models(self) -> list[str]:
         """Every name the router can route: models, provider aliases, router aliases, chains."""

@@ -100,7 +100,7 @@ class Router:
         self.stats = StatsBook()
         self.discovery_errors: dict[str, str] = {}
         """Why an entry's ``models: discover`` failed, by entry name."""
-        self._route_settings: dict[str, RouteSettings] = {}
+        self._contexts: dict[str, RouteContext] = {}
 
     @classmethod
     def from_config(
@@ -117,11 +117,21 @@ class Router:
         return cls(config.providers, registry=registry, health=health, sleep=sleep, **settings)
 
     def route_settings(self, model: str) -> RouteSettings:
-        """The route settings that apply to requests for ``model`` (computed once)."""
-        settings = self._route_settings.get(model)
-        if settings is None:
-            settings = self._route_settings[model] = self.settings.for_model(model)
-        return settings
+        """The route settings that apply to requests for ``model``."""
+        return self._context_for(model).settings
+
+    def _context_for(self, model: str) -> RouteContext:
+        context = self._contexts.get(model)
+        if context is None:
+            context = self._contexts[model] = RouteContext(
+                self.policy,
+                self.retry,
+                self.health,
+                self.stats,
+                self.settings.cooldown.seconds,
+                self.settings.for_model(model),
+            )
+        return context
 
     @property
     def providers(self) -> list[Provider]:
@@ -172,18 +182,7 @@ class Router:
         options.update({key: value for key, value in given.items() if value is not None})
         request = ChatRequest.build(messages, options)
         chain = self.policy.model_chain(model, request.needs)
-        context = RouteContext(
-            self.policy,
-            self.retry,
-            self.health,
-            self.stats,
-            self.settings.cooldown.seconds,
-            self.route_settings(chain[0]),
-            request,
-            model,
-            chain,
-        )
-        return RouterStream(context)
+        return RouterStream(self._context_for(chain[0]), request, model, chain)
 
     async def complete(
         self, model: str | None, messages: Messages, **options: Any
@@ -210,6 +209,7 @@ class Router:
         results = await asyncio.gather(
             *(entry.provider.discover_models() for entry in entries), return_exceptions=True
         )
+        self.policy.models_changed()
         for entry, result in zip(entries, results, strict=True):
             if isinstance(result, PolyrouteError):
                 self.discovery_errors[entry.name] = " ".join(str(result).split())

@@ -52,6 +52,7 @@ from polyroute.core.errors import (
     describe_error,
 )
 from polyroute.core.logging import EventLogger, get_logger
+from polyroute.core.request import ChatRequest
 from polyroute.router.context import Choice, Mode, RouteContext
 from polyroute.router.hedge import Hedge
 from polyroute.router.policy import Candidate
@@ -182,15 +183,20 @@ class RouterStream:
     response on exit, however the block is left; ``await stream.aclose()`` does too.
     """
 
-    def __init__(self, context: RouteContext) -> None:
+    def __init__(
+        self, context: RouteContext, request: ChatRequest, requested_model: str, chain: list[str]
+    ) -> None:
         self.request_id = f"{_ID_PREFIX}{next(_request_numbers):08x}"
-        self.requested_model = context.requested_model
+        self.requested_model = requested_model
         self.provider: str | None = None
         self.model: str | None = None
         self.attempts: list[Attempt] = []
         self.status: Status = "pending"
         self.switches: list[int] = []
         self._context = context
+        self._request = request
+        self._chain = chain
+        """The resolved model, then its fallbacks."""
         self._builder = MessageBuilder()
         self._tool_call_delivered = False
         # `async for` gets the generator itself. Outside `async with`, the stream keeps
@@ -286,26 +292,35 @@ class RouterStream:
                     restart = self._restart(opened)
                     yield StreamRestarted.of(restart) if text_only else restart
                 hold = self._hold_for(opened)
+                parts = builder.text_parts
                 try:
                     # Deliver: the per-chunk hot path, kept inline (a nested generator
                     # would cost one more async hop per chunk).
                     batch = opened.first
                     while batch is not None:
                         for delta in batch:
-                            if isinstance(delta, TextDelta):
+                            if type(delta) is TextDelta:
+                                text = delta.text
                                 if seam is not None:
-                                    kept = seam.feed(delta.text)
+                                    text = seam.feed(text)
                                     if seam.settled:
                                         seam = None
-                                    if not kept:
+                                    if not text:
                                         continue
-                                    delta = TextDelta(kept)
-                                builder.text_parts.append(delta.text)
-                                yield delta.text if text_only else delta
+                                    delta = TextDelta(text)
+                                parts.append(text)
+                                yield text if text_only else delta
+                                continue
+                            if type(delta) is ToolCallDelta and hold is None and seam is None:
+                                # The tool-call hot path: a fragment passed on as it is.
+                                self._tool_call_delivered = True
+                                builder.add_tool_call(delta)
+                                if not text_only:
+                                    yield delta
                                 continue
                             if seam is not None:
-                                for text in self._flush(seam):
-                                    yield text.text if text_only else text
+                                for flushed in self._flush(seam):
+                                    yield flushed.text if text_only else flushed
                                 seam = None
                             for out in self._other(delta, attempt, hold):
                                 if not text_only:
@@ -329,15 +344,14 @@ class RouterStream:
         self._give_up(run)
 
     def _begin(self, text_only: bool) -> _Run:
-        context = self._context
         log = _log.bind(request_id=self.request_id)
         reasons: list[str] = []
-        candidates, excluded = self._candidates(context.chain[0])
+        candidates, excluded = self._candidates(self._chain[0])
         log.info(
             "route.start",
             requested_model=self.requested_model,
-            model=context.chain[0],
-            fallbacks=context.chain[1:],
+            model=self._chain[0],
+            fallbacks=self._chain[1:],
             candidates=[candidate.name for candidate in candidates],
         )
         queue = _CandidateQueue(self._walk(candidates, excluded, reasons))
@@ -347,7 +361,7 @@ class RouterStream:
     def _candidates(self, model: str) -> tuple[list[Candidate], list[str]]:
         context = self._context
         return context.policy.candidates(
-            model, context.health, context.stats, context.settings.order, context.request.needs
+            model, context.health, context.stats, context.settings.order, self._request.needs
         )
 
     def _walk(
@@ -356,7 +370,7 @@ class RouterStream:
         """Candidates across the model chain, in order; the first model's ``candidates``
         and ``excluded`` are given, the rest computed when reached. Appends to ``reasons``
         why each excluded entry was excluded."""
-        for index, model in enumerate(self._context.chain):
+        for index, model in enumerate(self._chain):
             if index:
                 candidates, excluded = self._candidates(model)
             reasons += excluded
@@ -518,7 +532,7 @@ class RouterStream:
         )
         upstream = candidate.entry.provider.stream_batches(
             candidate.upstream_model,
-            self._context.request,
+            self._request,
             continue_from=self.text if choice.mode == "continue" else None,
         )
         try:

@@ -76,6 +76,10 @@ async def test_bad_config_exits_2_naming_the_key(tmp_path: Path) -> None:
     assert result.code == 2
     assert "providers.0.priorty" in result.err
     assert "Traceback" not in result.err
+    debug = await run_cli("--debug", "chat", "-c", str(config), "Hi", cwd=tmp_path)
+    assert debug.code == 2
+    assert "Traceback" in debug.err
+    assert debug.err.splitlines()[-1] == result.err.splitlines()[-1]
 
 
 async def test_all_failed_exits_1_with_one_line_and_debug_shows_the_traceback(
@@ -93,6 +97,7 @@ async def test_all_failed_exits_1_with_one_line_and_debug_shows_the_traceback(
     )
     assert "Traceback" not in result.err
     debug = await run_cli("--debug", "chat", "-c", str(config), "Hi", cwd=tmp_path)
+    assert debug.code == 1
     assert "Traceback" in debug.err
     assert "AllProvidersFailed" in debug.err
 

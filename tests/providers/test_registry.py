@@ -7,14 +7,14 @@ from polyroute.providers import AsyncGeneratorProvider, DarkAI, Registry, defaul
 
 
 class Echo(AsyncGeneratorProvider):
-    name = "echo"
+    type_name = "echo"
     default_model = "echo-1"
     models = ["echo-1", "gpt-4o"]
     model_aliases = {"e": "echo-1"}
 
 
 class Anything(AsyncGeneratorProvider):
-    name = "anything"
+    type_name = "anything"
 
 
 def test_default_registry_holds_darkai() -> None:

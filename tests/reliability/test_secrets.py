@@ -13,6 +13,7 @@ from structlog.testing import capture_logs
 
 from polyroute import AllProvidersFailed, Router, load_config
 from tests.cli.helpers import run_cli
+from tests.upstreams.darkai import DarkAIUpstream
 from tests.upstreams.openai import OpenAIUpstream
 from tests.upstreams.proxy import RecordingProxy
 from tests.upstreams.scripted import Script
@@ -99,3 +100,28 @@ async def test_cli_output_shows_neither_with_verbose_or_debug(
     for run in runs:
         assert KEY not in run.out + run.err
         assert PROXY_PASSWORD not in run.out + run.err
+
+
+async def test_a_proxy_password_echoed_in_plain_text_is_masked(
+    darkai_upstream: DarkAIUpstream, recording_proxy: RecordingProxy, json_log: io.StringIO
+) -> None:
+    password = "plain-echo-pw-7731"
+    darkai_upstream.default = Script(status=502, error_body=f"proxy said: bad password {password}")
+    entry = {
+        "name": "dark",
+        "type": "darkai",
+        "api_endpoint": darkai_upstream.url,
+        "working": True,
+        "proxy": recording_proxy.url(f"bob:{password}"),
+    }
+    with capture_logs() as captured:
+        async with Router.from_config({"providers": [entry], "retry": {"attempts": 1}}) as router:
+            with pytest.raises(AllProvidersFailed) as caught:
+                await router.complete_text("gpt-4o", [{"role": "user", "content": "Hi"}])
+    (attempt,) = caught.value.attempts
+    shown = [str(caught.value), repr(attempt.error), attempt.error.body, json_log.getvalue()]  # type: ignore[union-attr]
+    shown += [json.dumps(event, default=str) for event in captured]
+    everything = "\n".join(shown)
+    assert recording_proxy.requests
+    assert "proxy said: bad password ***" in everything
+    assert password not in everything

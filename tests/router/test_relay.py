@@ -111,7 +111,7 @@ async def test_max_relays_one_leaves_a_truthful_truncated_stream() -> None:
 
 
 class CannotContinue(Simulated):
-    name = "simulated-plain"
+    type_name = "simulated-plain"
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)

@@ -17,7 +17,7 @@ from polyroute import (
 )
 from polyroute.providers import DarkAI, Registry
 from tests.router.helpers import HI, FakeSleep, collect, entry, router_for
-from tests.upstreams.darkai import DarkAIUpstream
+from tests.upstreams.darkai import DarkAIUpstream, encode_events, text_event
 from tests.upstreams.scripted import Script
 
 Start = Callable[[], Awaitable[DarkAIUpstream]]
@@ -231,3 +231,15 @@ async def test_events_trace_one_request_with_one_request_id(start_darkai: Start)
     assert (done["provider"], done["chunks"], done["chars"]) == ("good", 4, 13)
     assert logs[-2]["ttft_ms"] >= 0
     assert all("Hi" not in str(log.values()) for log in logs)  # no message text in events
+
+
+async def test_a_darkai_error_event_is_relayed_to_the_next_entry(start_darkai: Start) -> None:
+    first, second = await start_darkai(), await start_darkai()
+    error = {"event": "error", "data": {"message": "capacity"}}
+    first.default = Script(raw=encode_events([text_event("Hello, "), error]))
+    second.default = Script(chunks=["Hello, ", "world", "!"])
+    async with router_for(entry("a", first), entry("b", second)) as router:
+        text, stream = await collect(router)
+    assert text == "Hello, world!"
+    assert stream.status == "switched"
+    assert "capacity" in str(stream.attempts[0].error)
