@@ -60,7 +60,7 @@ class ToolCallDelta(_Delta):
     __slots__ = ("arguments", "id", "index", "name")
 
     def __init__(
-        self, index: int, *, id: str | None = None, name: str | None = None, arguments: str = ""
+        self, index: int, id: str | None = None, name: str | None = None, arguments: str = ""
     ) -> None:
         self.index = index
         self.id = id
@@ -247,14 +247,6 @@ class _CallParts:
         self.name: str | None = None
         self.arguments: list[str] = []
 
-    def add(self, delta: ToolCallDelta) -> None:
-        if delta.id:
-            self.id = delta.id
-        if delta.name:
-            self.name = delta.name
-        if delta.arguments:
-            self.arguments.append(delta.arguments)
-
 
 class MessageBuilder:
     """Adds deltas up into an :class:`AssistantMessage`.
@@ -297,7 +289,13 @@ class MessageBuilder:
         parts = self._calls.get(delta.index)
         if parts is None:
             parts = self._calls[delta.index] = _CallParts()
-        parts.add(delta)
+        # Inline rather than a method of _CallParts: this runs once per fragment.
+        if delta.id:
+            parts.id = delta.id
+        if delta.name:
+            parts.name = delta.name
+        if delta.arguments:
+            parts.arguments.append(delta.arguments)
 
     @property
     def text(self) -> str:

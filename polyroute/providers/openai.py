@@ -107,7 +107,7 @@ class OpenAI(AsyncGeneratorProvider):
             return True
         try:
             chunk = loads(event.data)
-            if "error" in chunk or chunk.get("object") == "error":
+            if "error" in chunk:
                 raise self.error_from_payload(chunk, status=None, model=chunk.get("model", "?"))
             choices = chunk.get("choices")
             if choices:
@@ -117,10 +117,15 @@ class OpenAI(AsyncGeneratorProvider):
                 if delta and len(delta) == 1 and type(content := delta.get("content")) is str:
                     if content:
                         out.append(TextDelta(content))
+                elif delta and len(delta) == 1 and (calls := delta.get("tool_calls")):
+                    for position, call in enumerate(calls):  # the tool-call hot path
+                        out.append(_tool_call_delta(position, call))
                 elif delta:
                     _read_delta(delta, out)
                 if choice.get("finish_reason") or choice.get("logprobs"):
                     _read_choice_end(choice, out)
+            elif chunk.get("object") == "error":  # vLLM: the error's keys at the top level
+                raise self.error_from_payload(chunk, status=None, model=chunk.get("model", "?"))
             elif choices is None and "usage" not in chunk:
                 raise KeyError("choices")
             if usage := chunk.get("usage"):
@@ -227,9 +232,6 @@ def _read_choice_end(choice: dict[str, Any], out: list[Delta]) -> None:
 
 def _read_delta(delta: dict[str, Any], out: list[Delta]) -> None:
     """Every field of a delta: text, reasoning, tool-call fragments, and the rest kept."""
-    if len(delta) == 1 and (calls := delta.get("tool_calls")):  # the tool-call hot path
-        out += [_tool_call_delta(position, call) for position, call in enumerate(calls)]
-        return
     content = delta.get("content")
     if content is not None:
         if not isinstance(content, str):
@@ -250,13 +252,11 @@ def _read_delta(delta: dict[str, Any], out: list[Delta]) -> None:
 
 
 def _tool_call_delta(position: int, call: dict[str, Any]) -> ToolCallDelta:
-    function = call.get("function") or _NO_FUNCTION
-    arguments = function.get("arguments") or ""
-    name = function.get("name") or None
+    function = call.get("function")
+    arguments, name = (
+        (function.get("arguments") or "", function.get("name")) if function else ("", None)
+    )
     index = call.get("index", position)
     if type(arguments) is not str or type(index) is not int or not isinstance(name, str | None):
         raise TypeError("tool call index must be an integer, name and arguments strings")
-    return ToolCallDelta(index, id=call.get("id") or None, name=name, arguments=arguments)
-
-
-_NO_FUNCTION: dict[str, Any] = {}
+    return ToolCallDelta(index, call.get("id") or None, name or None, arguments)

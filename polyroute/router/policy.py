@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from polyroute.core.errors import CapabilityNotSupportedError, ModelNotSupportedError
 from polyroute.core.request import CAPABILITY_LABELS, Capability
@@ -37,17 +38,15 @@ class Entry:
         return self.provider.entry_name
 
 
-@dataclass(frozen=True, slots=True)
-class Candidate:
-    """An entry chosen to serve ``model`` under the upstream name ``upstream_model``."""
+class Candidate(NamedTuple):
+    """An entry chosen to serve ``model`` under the upstream name ``upstream_model``.
+    (A tuple: some are made for every request.)"""
 
     entry: Entry
     model: str
     upstream_model: str
-
-    @property
-    def name(self) -> str:
-        return self.entry.name
+    name: str
+    """The entry's name."""
 
 
 class RoutingPolicy:
@@ -141,7 +140,7 @@ class RoutingPolicy:
             if reason is None and health.state(entry.name) == "open":
                 reason = "cooling down"
             if reason is None:
-                chosen.append(Candidate(entry, model, upstream_model))
+                chosen.append(Candidate(entry, model, upstream_model, entry.name))
             else:
                 excluded.append(f"{entry.name} ({model}): {reason}")
         if stats is not None and order == "latency":
