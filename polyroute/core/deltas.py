@@ -239,23 +239,15 @@ class AssistantMessage:
         return message
 
 
-class _CallParts:
-    __slots__ = ("arguments", "id", "name")
-
-    def __init__(self) -> None:
-        self.id: str | None = None
-        self.name: str | None = None
-        self.arguments: list[str] = []
-
-
 class MessageBuilder:
     """Adds deltas up into an :class:`AssistantMessage`.
 
-    Text is kept as a list of pieces (joined only when asked), so adding a delta never
-    copies what came before.
+    Text and tool-call fragments are kept as lists (joined and assembled only when
+    asked), so adding a delta never copies what came before, and the router can add
+    the common ones with one ``list.append``.
     """
 
-    __slots__ = ("_calls", "_extra", "_reasoning", "finish_reason", "text_parts", "usage")
+    __slots__ = ("_extra", "_reasoning", "finish_reason", "text_parts", "tool_fragments", "usage")
 
     def __init__(self) -> None:
         self.usage: Usage | None = None
@@ -263,8 +255,8 @@ class MessageBuilder:
 
     def _reset(self) -> None:
         self.text_parts: list[str] = []
+        self.tool_fragments: list[ToolCallDelta] = []
         self._reasoning: list[str] = []
-        self._calls: dict[int, _CallParts] = {}
         self._extra: dict[str, Any] = {}
         self.finish_reason: str | None = None
 
@@ -275,7 +267,7 @@ class MessageBuilder:
         elif isinstance(delta, ReasoningDelta):
             self._reasoning.append(delta.text)
         elif isinstance(delta, ToolCallDelta):
-            self.add_tool_call(delta)
+            self.tool_fragments.append(delta)
         elif isinstance(delta, UsageDelta):
             self.usage = delta.usage if self.usage is None else self.usage + delta.usage
         elif isinstance(delta, FinishDelta):
@@ -285,31 +277,31 @@ class MessageBuilder:
         elif isinstance(delta, RestartDelta):
             self._reset()  # usage stays: those tokens were spent all the same
 
-    def add_tool_call(self, delta: ToolCallDelta) -> None:
-        parts = self._calls.get(delta.index)
-        if parts is None:
-            parts = self._calls[delta.index] = _CallParts()
-        # Inline rather than a method of _CallParts: this runs once per fragment.
-        if delta.id:
-            parts.id = delta.id
-        if delta.name:
-            parts.name = delta.name
-        if delta.arguments:
-            parts.arguments.append(delta.arguments)
-
     @property
     def text(self) -> str:
         return "".join(self.text_parts)
 
     @property
     def has_tool_calls(self) -> bool:
-        return bool(self._calls)
+        return bool(self.tool_fragments)
 
     def tool_calls(self) -> list[ToolCall]:
         """The calls so far, by index; a call without an id gets ``call_<index>``."""
+        ids: dict[int, str] = {}
+        names: dict[int, str] = {}
+        arguments: dict[int, list[str]] = {}
+        for fragment in self.tool_fragments:
+            index = fragment.index
+            pieces = arguments.setdefault(index, [])
+            if fragment.id:
+                ids[index] = fragment.id
+            if fragment.name:
+                names[index] = fragment.name
+            if fragment.arguments:
+                pieces.append(fragment.arguments)
         return [
-            ToolCall(parts.id or f"call_{index}", parts.name or "", "".join(parts.arguments))
-            for index, parts in sorted(self._calls.items())
+            ToolCall(ids.get(index) or f"call_{index}", names.get(index, ""), "".join(pieces))
+            for index, pieces in sorted(arguments.items())
         ]
 
     def message(self) -> AssistantMessage:

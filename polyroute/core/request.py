@@ -94,7 +94,7 @@ _OPTION_NAMES = frozenset(RequestOptions.model_fields)
 
 
 def check_options(params: Mapping[str, Any]) -> dict[str, Any]:
-    """``params`` validated: the options that were given, in OpenAI's JSON shape.
+    """``params`` validated (types and ranges), as a new dict of the values given.
 
     Raises :class:`InvalidRequestError` naming each bad option (unknown, wrong type,
     out of range), and pointing unknown ones at ``extra_body``.
@@ -107,7 +107,9 @@ def check_options(params: Mapping[str, Any]) -> dict[str, Any]:
             f"which is merged into the upstream request as it is"
         )
     try:
-        options = RequestOptions.model_validate(params)
+        # Strict: "0.5" is no temperature. The values go upstream as the caller gave
+        # them (validated, not re-serialized: tools keep every key they had).
+        RequestOptions.model_validate(params, strict=True)
     except ValidationError as error:
         if any(item["loc"][:1] == ("n",) for item in error.errors()):
             raise InvalidRequestError(
@@ -117,7 +119,7 @@ def check_options(params: Mapping[str, Any]) -> dict[str, Any]:
         raise InvalidRequestError(
             f"invalid request parameters: {describe_validation_error(error)}"
         ) from None
-    checked = options.model_dump(exclude_unset=True, by_alias=True)
+    checked = dict(params)
     for name in ("extra_body", "metadata"):
         if name in checked:
             try:

@@ -289,24 +289,8 @@ class Provider:
         call); ``timeouts.first_chunk`` limits the wait for it, and only for it, so a
         timeout never fires while the consumer holds the generator suspended.
         """
-        self._check(request, continue_from)
-        body = self.build_request(model, request, continue_from=continue_from or None)
-        if request.extra_body:
-            body.update(request.extra_body)
         timeouts = self.timeouts.merged(timeout)
-        url = api_endpoint or self.request_url(model)
-        if not url:
-            raise UpstreamProtocolError("no api_endpoint configured", provider=self.entry_name)
-        events = stream_event_batches(
-            self._sessions.session,
-            url,
-            provider=self.entry_name,
-            body=body,
-            headers=self.headers,
-            proxy=proxy or self.proxy,
-            timeouts=timeouts,
-            framing=self.framing,
-        )
+        events = self._post(model, request, continue_from, proxy, timeouts, api_endpoint)
         try:
             try:
                 first, ended, failure = await self._first_batch(events, timeouts.first_chunk)
@@ -332,6 +316,34 @@ class Provider:
                 raise refined from error
         finally:
             await events.aclose()
+
+    def _post(
+        self,
+        model: str,
+        request: ChatRequest,
+        continue_from: str | None,
+        proxy: str | None,
+        timeouts: Timeouts,
+        api_endpoint: str | None,
+    ) -> AsyncGenerator[list[SSEEvent], None]:
+        """The request, checked and built, and the generator of its answer's events."""
+        self._check(request, continue_from)
+        body = self.build_request(model, request, continue_from=continue_from or None)
+        if request.extra_body:
+            body.update(request.extra_body)
+        url = api_endpoint or self.request_url(model)
+        if not url:
+            raise UpstreamProtocolError("no api_endpoint configured", provider=self.entry_name)
+        return stream_event_batches(
+            self._sessions.session,
+            url,
+            provider=self.entry_name,
+            body=body,
+            headers=self.headers,
+            proxy=proxy or self.proxy,
+            timeouts=timeouts,
+            framing=self.framing,
+        )
 
     def _check(self, request: ChatRequest, continue_from: str | None) -> None:
         if continue_from and not self.supports_continuation:

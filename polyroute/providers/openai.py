@@ -253,10 +253,14 @@ def _read_delta(delta: dict[str, Any], out: list[Delta]) -> None:
 
 def _tool_call_delta(position: int, call: dict[str, Any]) -> ToolCallDelta:
     function = call.get("function")
-    arguments, name = (
-        (function.get("arguments") or "", function.get("name")) if function else ("", None)
-    )
+    if function:
+        arguments, name = function.get("arguments") or "", function.get("name") or None
+    else:
+        arguments, name = "", None
     index = call.get("index", position)
-    if type(arguments) is not str or type(index) is not int or not isinstance(name, str | None):
+    if type(arguments) is not str or type(index) is not int or type(name) not in _NAME_TYPES:
         raise TypeError("tool call index must be an integer, name and arguments strings")
-    return ToolCallDelta(index, call.get("id") or None, name or None, arguments)
+    return ToolCallDelta(index, call.get("id") or None, name, arguments)
+
+
+_NAME_TYPES = (str, type(None))

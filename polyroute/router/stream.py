@@ -108,11 +108,13 @@ class _Hold:
 
     def release(self, provider: str) -> list[Delta]:
         """Each call as one whole delta, then what was held after them; a call whose
-        arguments are not JSON is the upstream's fault, not the consumer's."""
+        arguments are not JSON is the upstream's fault, not the consumer's. (Empty
+        arguments pass: some servers send them for a function without parameters.)"""
         released: list[Delta] = []
         for index, call in enumerate(self.calls.tool_calls()):
             try:
-                call.parsed_arguments()
+                if call.arguments:
+                    call.parsed_arguments()
             except ValueError:
                 raise UpstreamProtocolError(
                     f"tool call {call.name!r} ended with arguments that are not JSON",
@@ -151,7 +153,6 @@ class _Run:
     """The state of one routing loop."""
 
     log: EventLogger
-    text_only: bool
     queue: _CandidateQueue
     reasons: list[str]
     started: float = field(default_factory=time.perf_counter)
@@ -282,7 +283,9 @@ class RouterStream:
     # The routing loop -----------------------------------------------------------
 
     async def _run(self, text_only: bool) -> AsyncGenerator[Any, None]:
-        run = self._begin(text_only)
+        # Longer than the other steps on purpose: deliver is inline (see below), and
+        # `text_only` picks what is yielded without a second generator over this one.
+        run = self._begin()
         builder = self._builder
         try:
             while (opened := await self._open_next(run)) is not None:
@@ -292,7 +295,7 @@ class RouterStream:
                     restart = self._restart(opened)
                     yield StreamRestarted.of(restart) if text_only else restart
                 hold = self._hold_for(opened)
-                parts = builder.text_parts
+                parts, fragments = builder.text_parts, builder.tool_fragments
                 try:
                     # Deliver: the per-chunk hot path, kept inline (a nested generator
                     # would cost one more async hop per chunk).
@@ -314,7 +317,7 @@ class RouterStream:
                             if type(delta) is ToolCallDelta and hold is None and seam is None:
                                 # The tool-call hot path: a fragment passed on as it is.
                                 self._tool_call_delivered = True
-                                builder.add_tool_call(delta)
+                                fragments.append(delta)
                                 if not text_only:
                                     yield delta
                                 continue
@@ -343,7 +346,7 @@ class RouterStream:
             raise
         self._give_up(run)
 
-    def _begin(self, text_only: bool) -> _Run:
+    def _begin(self) -> _Run:
         log = _log.bind(request_id=self.request_id)
         reasons: list[str] = []
         candidates, excluded = self._candidates(self._chain[0])
@@ -356,7 +359,7 @@ class RouterStream:
         )
         queue = _CandidateQueue(self._walk(candidates, excluded, reasons))
         self.status = "streaming"
-        return _Run(log, text_only, queue, reasons)
+        return _Run(log, queue, reasons)
 
     def _candidates(self, model: str) -> tuple[list[Candidate], list[str]]:
         context = self._context
@@ -392,7 +395,7 @@ class RouterStream:
         """Record a delta other than text; the deltas to pass on now (none when held)."""
         if hold is not None:
             if isinstance(delta, ToolCallDelta):
-                hold.calls.add_tool_call(delta)
+                hold.calls.tool_fragments.append(delta)
                 return ()
             if hold.calls.has_tool_calls:
                 hold.later.append(delta)

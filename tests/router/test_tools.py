@@ -265,3 +265,13 @@ async def test_tool_results_go_back_in_the_conversation(openai_upstream: OpenAIU
     sent = openai_upstream.requests[0].body["messages"]
     assert sent[1] == conversation[1]
     assert sent[2] == conversation[2]
+
+
+async def test_atomic_mode_passes_a_call_without_arguments(
+    openai_upstream: OpenAIUpstream,
+) -> None:
+    no_arguments = ToolCall("call_n", "get_time", "")
+    openai_upstream.default = tool_script(call_start(0, no_arguments))
+    _deltas, stream = await deltas_of(router(entry("a", openai_upstream), tool_calls="atomic"))
+    assert stream.message.tool_calls == [no_arguments]
+    assert stream.status == "complete"

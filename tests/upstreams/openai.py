@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from aiohttp import web
+from openai.types.chat import ChatCompletionChunk
 
 from polyroute.core.deltas import Usage
 from polyroute.core.sse import OpenAIChunkEncoder
@@ -48,6 +49,9 @@ class OpenAIUpstream(ScriptedUpstream):
         return await super()._handle(request)
 
     def _emit(self, payload: dict[str, Any], script: Script) -> bytes:
+        # Every chunk this fixture sends must parse as the official client's own type:
+        # the fixture cannot drift from the real format unnoticed.
+        ChatCompletionChunk.model_validate(payload)
         self.sent.append(payload)
         return self.frame(json.dumps(payload).encode(), script.line_end)
 
