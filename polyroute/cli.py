@@ -94,6 +94,16 @@ def build_parser() -> argparse.ArgumentParser:
     with_config(providers)
     providers.add_argument("--check", action="store_true", help="send one tiny request to each")
 
+    serve_command = commands.add_parser(
+        "serve", help="an OpenAI-compatible gateway (POST /v1/chat/completions)"
+    )
+    with_config(serve_command)
+    serve_command.add_argument("--host", default="127.0.0.1", help="default: loopback only")
+    serve_command.add_argument("--port", type=int, default=8000)
+    serve_command.add_argument(
+        "--insecure", action="store_true", help="allow a non-loopback host without gateway keys"
+    )
+
     simulate = commands.add_parser("simulate", help="run simulated upstreams on 127.0.0.1")
     simulate.add_argument(
         "--config", help="simulator config (upstreams: [...]); default: the built-in demo's"
@@ -107,7 +117,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "verbose", 0):
         level = logging.DEBUG if args.verbose > 1 else logging.INFO
         configure_logging(level=level, fmt=args.log_format)
-    handler = {"chat": chat, "models": models, "providers": providers, "simulate": simulate}
+    handler = {
+        "chat": chat,
+        "models": models,
+        "providers": providers,
+        "serve": serve,
+        "simulate": simulate,
+    }
     try:
         return asyncio.run(handler[args.command](args))
     except KeyboardInterrupt:
@@ -268,6 +284,15 @@ async def probe(provider: Provider, stats: EntryStats, discovery: str | None) ->
 
 def figure(value: float | None, unit: str) -> str:
     return "-" if value is None else f"{value:.0f}{unit}"
+
+
+async def serve(args: argparse.Namespace) -> int:
+    from polyroute.server import serve as serve_gateway  # the top floor, loaded on demand
+
+    config, origin = find_config(args.config)
+    print(f"polyroute: config: {origin}", file=sys.stderr)
+    await serve_gateway(config, host=args.host, port=args.port, insecure=args.insecure)
+    return EXIT_OK
 
 
 async def simulate(args: argparse.Namespace) -> int:

@@ -179,10 +179,20 @@ class RouterSettings(RouteSettings):
         return self
 
 
+class GatewayConfig(_Strict):
+    """``polyroute serve``'s settings (docs/gateway.md); the router itself ignores them."""
+
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="a larger body gets 413")
+    drain_seconds: float = Field(
+        30.0, ge=0, description="time for requests in flight to finish after SIGTERM"
+    )
+
+
 class RouterConfig(RouterSettings):
     """The whole router configuration (see docs/router.md for every key)."""
 
     providers: list[ProviderEntry] = Field(min_length=1)
+    gateway: GatewayConfig = GatewayConfig()
 
 
 _M = TypeVar("_M", bound=BaseModel)

@@ -113,7 +113,7 @@ class Router:
     ) -> Router:
         """A router from a ``.yaml``/``.toml``/``.json`` file, a dict or a :class:`RouterConfig`."""
         config = load_config(source)
-        settings = config.model_dump(exclude={"providers"}, exclude_unset=True)
+        settings = config.model_dump(exclude={"providers", "gateway"}, exclude_unset=True)
         return cls(config.providers, registry=registry, health=health, sleep=sleep, **settings)
 
     def route_settings(self, model: str) -> RouteSettings:
