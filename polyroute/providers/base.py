@@ -298,17 +298,21 @@ class Provider:
                     yield first
                 if failure:
                     raise failure
-                while not ended:
-                    batch = await anext(events, None)
-                    if batch is None:
+                if not ended:
+                    # `async for`, not anext(events, None): with chunks that arrive one
+                    # per read, anext's default costs an awaitable object per chunk.
+                    async for batch in events:
+                        deltas, ended, failure = self._parse(batch)
+                        if deltas:
+                            yield deltas
+                        if failure:
+                            raise failure
+                        if ended:
+                            break
+                    else:
                         raise UpstreamProtocolError(
                             f"stream ended before {self.end_event_name}", provider=self.entry_name
                         )
-                    deltas, ended, failure = self._parse(batch)
-                    if deltas:
-                        yield deltas
-                    if failure:
-                        raise failure
             except UpstreamStatusError as error:
                 refined = self.classify_status_error(error, model)
                 if refined is error:

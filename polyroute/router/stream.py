@@ -328,7 +328,10 @@ class RouterStream:
                             for out in self._other(delta, attempt, hold):
                                 if not text_only:
                                     yield out
-                        batch = await anext(upstream, None)
+                        try:  # not anext(upstream, None): see Provider.stream_batches
+                            batch = await upstream.__anext__()
+                        except StopAsyncIteration:
+                            batch = None
                     for out in self._end_of_answer(seam, hold, attempt):
                         if not text_only:
                             yield out
