@@ -179,6 +179,15 @@ class RouterSettings(RouteSettings):
         return self
 
 
+class GatewayKey(_Strict):
+    """One client key of the gateway; the key itself is read from ``key_env``."""
+
+    name: str = Field(min_length=1, description="shown in the access log and metrics")
+    key_env: str = Field(min_length=1, description="environment variable holding the key")
+    models: list[str] | None = Field(None, description="models it may ask for; null: any")
+    rpm: int | None = Field(None, ge=1, description="requests per minute; null: no limit")
+
+
 class GatewayConfig(_Strict):
     """``polyroute serve``'s settings (docs/gateway.md); the router itself ignores them."""
 
@@ -186,6 +195,10 @@ class GatewayConfig(_Strict):
     drain_seconds: float = Field(
         30.0, ge=0, description="time for requests in flight to finish after SIGTERM"
     )
+    keys: list[GatewayKey] = Field(
+        default_factory=list, description="with keys, every /v1 request needs one (Bearer)"
+    )
+    log_content: bool = Field(False, description="put message content in the access log")
 
 
 class RouterConfig(RouterSettings):

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import itertools
 import secrets
+import time
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -24,6 +26,8 @@ from polyroute.core.sse import DONE_EVENT, OpenAIChunkEncoder, encode_event
 from polyroute.router.config import GatewayConfig
 from polyroute.router.router import Router
 from polyroute.router.stream import RouterStream
+from polyroute.server.keys import ClientKey, KeyRing
+from polyroute.server.metrics import GatewayMetrics
 from polyroute.server.wire import (
     WireError,
     completion,
@@ -54,12 +58,30 @@ def error_response(error: WireError, request_id: str) -> web.Response:
     return json_response(error.body(), status=error.status, headers=headers)
 
 
+@dataclass(slots=True)
+class _Outcome:
+    """What the access log and the metrics say of one chat request."""
+
+    model: str = ""
+    key: str | None = None
+    status: str = "cancelled"
+    """The HTTP status; ``stream_error`` for a stream that ended with an error event;
+    ``cancelled`` when the client went away first."""
+    stream: RouterStream | None = None
+    messages: Any = None
+
+
 class Gateway:
-    """Serves ``router`` over HTTP; ``app()`` is the aiohttp application."""
+    """Serves ``router`` over HTTP; ``app()`` is the aiohttp application.
+
+    Raises :class:`ConfigError` when a gateway key's environment variable is not set.
+    """
 
     def __init__(self, router: Router, config: GatewayConfig | None = None) -> None:
         self.router = router
         self.config = config or GatewayConfig()
+        self.keys = KeyRing(self.config.keys)
+        self.metrics = GatewayMetrics()
 
     def app(self) -> web.Application:
         app = web.Application(
@@ -70,6 +92,7 @@ class Gateway:
         app.router.add_get("/v1/models/{model:.+}", self.get_model)
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/readyz", self.readyz)
+        app.router.add_get("/metrics", self.metrics_text)
         return app
 
     @web.middleware
@@ -87,16 +110,48 @@ class Gateway:
     # Chat completions ---------------------------------------------------------------
 
     async def chat_completions(self, request: web.Request) -> web.StreamResponse:
+        started = time.perf_counter()
         request_id = _request_id(request)
+        outcome = _Outcome()
+        self.metrics.in_flight.inc()
+        try:
+            response = await self._chat(request, request_id, outcome)
+            if outcome.status == "cancelled":
+                outcome.status = str(response.status)
+            return response
+        finally:
+            self.metrics.in_flight.dec()
+            self._account(outcome, request_id, started)
+
+    async def _chat(
+        self, request: web.Request, request_id: str, outcome: _Outcome
+    ) -> web.StreamResponse:
+        key = self.keys.find(request.headers.get("Authorization"))
+        if self.keys and key is None:
+            return _refuse(
+                401,
+                "a valid gateway key is required (Authorization: Bearer ...)",
+                "invalid_api_key",
+                request_id,
+            )
+        outcome.key = key.name if key else None
         try:
             body = orjson.loads(await request.read())
         except orjson.JSONDecodeError as error:
             return error_response(gateway_error(400, f"the body is not JSON: {error}"), request_id)
         try:
             call = read_chat_body(body)
+        except PolyrouteError as error:
+            return error_response(wire_error(error), request_id)
+        outcome.model = call.model or self.router.settings.default_model or ""
+        outcome.messages = call.messages
+        if key is not None and (refused := self._key_refuses(key, outcome.model, request_id)):
+            return refused
+        try:
             stream = self.router.stream(call.model, call.messages, **call.options)
         except PolyrouteError as error:
             return error_response(wire_error(error), request_id)
+        outcome.stream = stream
         async with stream:
             deltas = stream.deltas()
             try:
@@ -106,8 +161,54 @@ class Gateway:
             if not call.stream:
                 return await self._whole(stream, deltas, request_id)
             return await self._stream(
-                request, stream, deltas, first, call.include_usage, request_id
+                request, stream, deltas, first, call.include_usage, request_id, outcome
             )
+
+    def _key_refuses(self, key: ClientKey, model: str, request_id: str) -> web.Response | None:
+        """403 for a model the key may not use, 429 over its requests per minute."""
+        if not key.allows(model, self.router.policy.resolve_alias(model)):
+            return _refuse(
+                403,
+                f"key {key.name!r} may not use model {model!r}",
+                "model_not_allowed",
+                request_id,
+            )
+        wait = key.admit(self.keys.now())
+        if wait is not None:
+            error = WireError(
+                429,
+                "rate_limit_exceeded",
+                "rate_limit_exceeded",
+                f"key {key.name!r} is over its {key.rpm} requests per minute",
+                wait,
+            )
+            return error_response(error, request_id)
+        return None
+
+    def _account(self, outcome: _Outcome, request_id: str, started: float) -> None:
+        """One metrics update and one access-log event per request."""
+        self.metrics.record(outcome.model, outcome.status, outcome.stream)
+        stream = outcome.stream
+        usage = stream.usage if stream is not None else None
+        ttft = (
+            next((a.ttft_ms for a in stream.attempts if a.ttft_ms is not None), None)
+            if stream
+            else None
+        )
+        fields: dict[str, Any] = {
+            "request_id": request_id,
+            "key": outcome.key,
+            "model": outcome.model,
+            "provider": stream.provider if stream is not None else None,
+            "status": outcome.status,
+            "ttft_ms": ttft,
+            "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+            "prompt_tokens": usage.prompt_tokens if usage else None,
+            "completion_tokens": usage.completion_tokens if usage else None,
+        }
+        if self.config.log_content:
+            fields["messages"] = outcome.messages
+        _log.info("gateway.request", **fields)
 
     async def _whole(self, stream: RouterStream, deltas: Any, request_id: str) -> web.Response:
         try:
@@ -138,6 +239,7 @@ class Gateway:
         first: Delta | None,
         include_usage: bool,
         request_id: str,
+        outcome: _Outcome,
     ) -> web.StreamResponse:
         response = web.StreamResponse(headers={**_SSE_HEADERS, "x-request-id": request_id})
         await response.prepare(request)
@@ -159,6 +261,7 @@ class Gateway:
                 elif not isinstance(delta, UsageDelta):
                     await response.write(encoder.encode(delta))
         except PolyrouteError as error:
+            outcome.status = "stream_error"
             await response.write(encode_event(wire_error(error).body()))
             return response
         facts = polyroute_facts(stream.provider, stream.model, len(stream.attempts))
@@ -177,15 +280,30 @@ class Gateway:
     # Models and health --------------------------------------------------------------
 
     async def list_models(self, request: web.Request) -> web.Response:
+        if refused := self._unauthorized(request):
+            return refused
         names = self.router.policy.known_models()
         return json_response({"object": "list", "data": [_model(name) for name in names]})
 
     async def get_model(self, request: web.Request) -> web.Response:
+        if refused := self._unauthorized(request):
+            return refused
         name = request.match_info["model"]
         if name not in self.router.policy.known_models():
             error = gateway_error(404, f"model {name!r} is not served here", "model_not_found")
             return error_response(error, _request_id(request))
         return json_response(_model(name))
+
+    def _unauthorized(self, request: web.Request) -> web.Response | None:
+        if self.keys and self.keys.find(request.headers.get("Authorization")) is None:
+            message = "a valid gateway key is required (Authorization: Bearer ...)"
+            return _refuse(401, message, "invalid_api_key", _request_id(request))
+        return None
+
+    async def metrics_text(self, request: web.Request) -> web.Response:
+        names = [provider.entry_name for provider in self.router.providers]
+        body = self.metrics.exposition(names, self.router.health)
+        return web.Response(body=body, content_type="text/plain", charset="utf-8")
 
     async def healthz(self, request: web.Request) -> web.Response:
         return json_response({"status": "ok"})
@@ -210,6 +328,10 @@ async def _chain(first: list[Delta], rest: Any) -> Any:
         yield delta
     async for delta in rest:
         yield delta
+
+
+def _refuse(status: int, message: str, code: str, request_id: str) -> web.Response:
+    return error_response(gateway_error(status, message, code), request_id)
 
 
 def _model(name: str) -> dict[str, Any]:

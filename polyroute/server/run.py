@@ -38,13 +38,13 @@ async def serve(
 
     In-flight requests get ``gateway.drain_seconds`` to finish; then the rest are
     cancelled (their streams end with an error event) and the upstreams closed.
-    A non-loopback ``host`` needs gateway keys, or ``insecure``: an open gateway
-    spends its owner's API keys for whoever reaches it.
+    A non-loopback ``host`` needs gateway keys (``gateway.keys``), or ``insecure``: an
+    open gateway spends its owner's API keys for whoever reaches it.
     """
-    if not is_loopback(host) and not insecure:
+    if not is_loopback(host) and not insecure and not config.gateway.keys:
         raise ConfigError(
-            f"refusing to serve on {host}: only loopback addresses without --insecure "
-            "(anyone who can reach the port could spend the upstream keys)"
+            f"refusing to serve on {host} with no gateway keys: configure gateway.keys, or "
+            "pass --insecure (anyone who can reach the port could spend the upstream keys)"
         )
     out = out or sys.stderr
     stop = asyncio.Event()

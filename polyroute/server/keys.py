@@ -1,0 +1,86 @@
+"""Gateway keys: who may call, for which models, how often.
+
+Keys are compared in constant time (against every configured key, whichever
+matches), registered as secrets so that no log line or error can show one, and
+limited per minute in this process (until shared state lands, see docs/gateway.md).
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from polyroute.core.errors import ConfigError
+from polyroute.core.redaction import register_secret
+from polyroute.router.config import GatewayKey
+
+WINDOW_SECONDS = 60.0
+
+
+@dataclass(slots=True)
+class ClientKey:
+    """A configured key, resolved from its environment variable."""
+
+    name: str
+    secret: bytes
+    models: frozenset[str] | None
+    rpm: int | None
+    recent: deque[float] = field(default_factory=deque)
+    """Start times of this key's requests in the last minute (for ``rpm``)."""
+
+    def allows(self, *models: str) -> bool:
+        return self.models is None or any(model in self.models for model in models)
+
+    def admit(self, now: float) -> float | None:
+        """Count a request now; ``None`` when admitted, else seconds until it would be."""
+        if self.rpm is None:
+            return None
+        while self.recent and now - self.recent[0] >= WINDOW_SECONDS:
+            self.recent.popleft()
+        if len(self.recent) >= self.rpm:
+            return WINDOW_SECONDS - (now - self.recent[0])
+        self.recent.append(now)
+        return None
+
+
+class KeyRing:
+    """The gateway's keys; empty means the gateway is open (loopback only)."""
+
+    def __init__(
+        self, keys: Sequence[GatewayKey], clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._clock = clock
+        self.keys = [_resolve(key) for key in keys]
+
+    def __bool__(self) -> bool:
+        return bool(self.keys)
+
+    def find(self, authorization: str | None) -> ClientKey | None:
+        """The key an ``Authorization: Bearer ...`` header carries, or ``None``."""
+        scheme, _, given = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not given:
+            return None
+        presented = given.strip().encode()
+        found = None
+        for key in self.keys:  # every key is compared: the time says nothing of which
+            if hmac.compare_digest(key.secret, presented):
+                found = key
+        return found
+
+    def now(self) -> float:
+        return self._clock()
+
+
+def _resolve(key: GatewayKey) -> ClientKey:
+    secret = os.environ.get(key.key_env)
+    if not secret:
+        raise ConfigError(
+            f"gateway key {key.name!r}: environment variable {key.key_env} (key_env) is not set"
+        )
+    register_secret(secret)
+    models = frozenset(key.models) if key.models is not None else None
+    return ClientKey(key.name, secret.encode(), models, key.rpm)

@@ -1,0 +1,69 @@
+"""The gateway's Prometheus metrics, in a registry of its own (one per gateway, so
+that two gateways in one process, as in tests, do not collide)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from polyroute.router.health import HealthStore
+from polyroute.router.stream import RouterStream
+
+TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+class GatewayMetrics:
+    """Counters updated once per request (never per chunk), gauges read at scrape."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "polyroute_requests",
+            "Requests by model and outcome",
+            ["model", "status"],
+            registry=self.registry,
+        )
+        self.attempts = Counter(
+            "polyroute_attempts",
+            "Upstream attempts by provider entry and outcome",
+            ["provider", "outcome"],
+            registry=self.registry,
+        )
+        self.ttft = Histogram(
+            "polyroute_time_to_first_token_seconds",
+            "Time to the first chunk of the answer",
+            buckets=TTFT_BUCKETS,
+            registry=self.registry,
+        )
+        self.in_flight = Gauge(
+            "polyroute_in_flight_requests", "Requests being answered", registry=self.registry
+        )
+        self.circuit_open = Gauge(
+            "polyroute_circuit_open",
+            "1 while a provider entry is cooling down",
+            ["provider"],
+            registry=self.registry,
+        )
+        self.relays = Counter(
+            "polyroute_relays",
+            "Answers handed to another provider mid-stream",
+            registry=self.registry,
+        )
+
+    def record(self, model: str, status: str, stream: RouterStream | None) -> None:
+        """One finished request: its outcome, and what its stream went through."""
+        self.requests.labels(model=model, status=status).inc()
+        if stream is None:
+            return
+        for attempt in stream.attempts:
+            self.attempts.labels(provider=attempt.provider, outcome=attempt.outcome).inc()
+        served = next((a for a in stream.attempts if a.ttft_ms is not None), None)
+        if served is not None and served.ttft_ms is not None:
+            self.ttft.observe(served.ttft_ms / 1000)
+        if stream.switches:
+            self.relays.inc(len(stream.switches))
+
+    def exposition(self, entries: list[str], health: HealthStore) -> bytes:
+        """The text exposition, circuits read as of now."""
+        for name in entries:
+            self.circuit_open.labels(provider=name).set(1 if health.state(name) == "open" else 0)
+        return generate_latest(self.registry)

@@ -1,0 +1,64 @@
+"""Start `polyroute serve` as users do: a subprocess on a free loopback port."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@dataclass
+class Process:
+    url: str
+    stderr: list[str] = field(default_factory=list)
+    """What the gateway printed on stderr after it listened (read when it stopped)."""
+    code: int | None = None
+
+
+@asynccontextmanager
+async def gateway(
+    config: Path, *args: str, env: dict[str, str] | None = None
+) -> AsyncIterator[Process]:
+    """The gateway serving ``config``; yields once it says it listens, then stops it
+    with SIGTERM and checks it exits 0."""
+    port = free_port()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "polyroute",
+        "serve",
+        "-c",
+        str(config),
+        "--port",
+        str(port),
+        *args,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, **(env or {})},
+    )
+    assert process.stderr is not None
+    served = Process(f"http://127.0.0.1:{port}")
+    try:
+        while b"polyroute: serving on" not in (
+            line := await asyncio.wait_for(process.stderr.readline(), 30)
+        ):
+            assert line, "polyroute serve exited before it listened"
+        yield served
+    finally:
+        if process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+        rest = await asyncio.wait_for(process.stderr.read(), 30)
+        served.stderr = rest.decode().splitlines()
+        served.code = await asyncio.wait_for(process.wait(), 30)
