@@ -103,6 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve_command.add_argument(
         "--insecure", action="store_true", help="allow a non-loopback host without gateway keys"
     )
+    serve_command.add_argument(
+        "--workers", type=int, default=1, help="processes on the one port (SO_REUSEPORT)"
+    )
+    serve_command.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
 
     simulate = commands.add_parser("simulate", help="run simulated upstreams on 127.0.0.1")
     simulate.add_argument(
@@ -287,12 +291,38 @@ def figure(value: float | None, unit: str) -> str:
 
 
 async def serve(args: argparse.Namespace) -> int:
-    from polyroute.server import serve as serve_gateway  # the top floor, loaded on demand
+    from polyroute.server import run  # the top floor, loaded on demand
 
     config, origin = find_config(args.config)
     print(f"polyroute: config: {origin}", file=sys.stderr)
-    await serve_gateway(config, host=args.host, port=args.port, insecure=args.insecure)
+    if args.workers < 1:
+        raise InvalidRequestError("--workers must be at least 1")
+    if args.workers > 1:
+        argv = [a for a in sys.argv[1:] if not a.startswith("--workers=")]
+        argv = _without_value(argv, "--workers")
+        return await run.serve_workers(argv, args.workers, args.port)
+    await run.serve(
+        config,
+        host=args.host,
+        port=args.port,
+        insecure=args.insecure,
+        reuse_port=args.reuse_port,
+    )
     return EXIT_OK
+
+
+def _without_value(argv: list[str], option: str) -> list[str]:
+    """``argv`` without ``option`` and the value after it."""
+    kept: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == option:
+            skip = True
+        else:
+            kept.append(arg)
+    return kept
 
 
 async def simulate(args: argparse.Namespace) -> int:

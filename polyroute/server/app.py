@@ -10,7 +10,10 @@ complete.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import itertools
+import os
 import secrets
 import time
 from dataclasses import dataclass
@@ -82,6 +85,21 @@ class Gateway:
         self.config = config or GatewayConfig()
         self.keys = KeyRing(self.config.keys)
         self.metrics = GatewayMetrics()
+        self._in_flight: set[asyncio.Task[Any]] = set()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._stopping = False
+
+    async def drain(self, seconds: float) -> None:
+        """Wait up to ``seconds`` for the chat requests in flight to finish, then cancel
+        the rest: their streams end with an error event (see :meth:`_stream`)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), seconds)
+        tasks = list(self._in_flight)
+        self._stopping = True
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     def app(self) -> web.Application:
         app = web.Application(
@@ -113,6 +131,10 @@ class Gateway:
         started = time.perf_counter()
         request_id = _request_id(request)
         outcome = _Outcome()
+        task = asyncio.current_task()
+        if task is not None:
+            self._in_flight.add(task)
+            self._idle.clear()
         self.metrics.in_flight.inc()
         try:
             response = await self._chat(request, request_id, outcome)
@@ -121,6 +143,9 @@ class Gateway:
             return response
         finally:
             self.metrics.in_flight.dec()
+            self._in_flight.discard(task)
+            if not self._in_flight:
+                self._idle.set()
             self._account(outcome, request_id, started)
 
     async def _chat(
@@ -264,6 +289,17 @@ class Gateway:
             outcome.status = "stream_error"
             await response.write(encode_event(wire_error(error).body()))
             return response
+        except asyncio.CancelledError:
+            if not self._stopping:
+                raise  # the client went away: nobody to tell
+            # Cancelled by drain(): the gateway stops past its drain time. Say so, and
+            # end the response properly, rather than cutting the connection.
+            outcome.status = "stream_error"
+            stopped = gateway_error(503, "the gateway stopped before the answer was complete")
+            with contextlib.suppress(OSError, RuntimeError, asyncio.TimeoutError):
+                await asyncio.wait_for(response.write(encode_event(stopped.body())), 0.5)
+                await asyncio.wait_for(response.write_eof(), 0.5)
+            return response
         facts = polyroute_facts(stream.provider, stream.model, len(stream.attempts))
         last: dict[str, Any] = {} if include_usage else {"polyroute": facts}
         await response.write(encode_event(encoder.chunk(finish_reason=finish or "stop", **last)))
@@ -306,7 +342,7 @@ class Gateway:
         return web.Response(body=body, content_type="text/plain", charset="utf-8")
 
     async def healthz(self, request: web.Request) -> web.Response:
-        return json_response({"status": "ok"})
+        return json_response({"status": "ok", "pid": os.getpid()})
 
     async def readyz(self, request: web.Request) -> web.Response:
         """Ready while at least one entry would admit a request (working, not cooling

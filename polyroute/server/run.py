@@ -6,7 +6,7 @@ import asyncio
 import ipaddress
 import signal
 import sys
-from typing import TextIO
+from typing import Any, TextIO
 
 from aiohttp import web
 
@@ -33,6 +33,7 @@ async def serve(
     insecure: bool = False,
     out: TextIO | None = None,
     ready: asyncio.Event | None = None,
+    reuse_port: bool = False,
 ) -> None:
     """Serve ``config``'s router on ``host:port`` until SIGTERM or SIGINT.
 
@@ -52,19 +53,86 @@ async def serve(
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     async with Router.from_config(config) as router:
-        runner = web.AppRunner(
-            Gateway(router, config.gateway).app(),
-            handler_cancellation=True,
-            access_log=None,
-            shutdown_timeout=config.gateway.drain_seconds,
-        )
+        gateway = Gateway(router, config.gateway)
+        runner = web.AppRunner(gateway.app(), handler_cancellation=True, access_log=None)
         await runner.setup()
         try:
-            await web.TCPSite(runner, host, port).start()
+            site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None)
+            await site.start()
             bound = runner.addresses[0]
             print(f"polyroute: serving on http://{bound[0]}:{bound[1]}", file=out, flush=True)
             if ready is not None:
                 ready.set()
             await stop.wait()
+            await site.stop()  # no new connections; those in flight go on
+            await gateway.drain(config.gateway.drain_seconds)
         finally:
             await runner.cleanup()
+
+
+async def serve_workers(argv: list[str], workers: int, port: int, out: TextIO | None = None) -> int:
+    """Run ``workers`` gateway processes on one port (SO_REUSEPORT: the kernel spreads
+    connections across them), each started with ``argv`` plus ``--reuse-port``.
+
+    Says where it listens once every worker does; SIGTERM or SIGINT is passed on to
+    each, which drains as one gateway does. Returns the exit code (0 when all exit 0).
+    Each worker keeps its own health, statistics and key limits (docs/gateway.md).
+    """
+    if not port:
+        raise ConfigError("--workers needs a fixed --port: each worker binds the same one")
+    out = out or sys.stderr
+    children = [
+        await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "polyroute",
+            *argv,
+            "--workers",
+            "1",
+            "--reuse-port",
+            stderr=asyncio.subprocess.PIPE,
+        )
+        for _ in range(workers)
+    ]
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, _forward, children, signum)
+    listening = [asyncio.Event() for _ in children]
+    relays = [
+        asyncio.create_task(_relay(child, event, out))
+        for child, event in zip(children, listening, strict=True)
+    ]
+    ready = asyncio.gather(*(event.wait() for event in listening))
+    exited = asyncio.gather(*(child.wait() for child in children))
+    first: list[asyncio.Future[Any]] = [ready, exited]
+    await asyncio.wait(first, return_when=asyncio.FIRST_COMPLETED)
+    if ready.done():
+        pids = ", ".join(str(child.pid) for child in children)
+        print(
+            f"polyroute: serving on port {port} with {workers} workers ({pids})",
+            file=out,
+            flush=True,
+        )
+    else:
+        ready.cancel()
+        _forward(children, signal.SIGTERM)
+    codes = await exited
+    await asyncio.gather(*relays)
+    return 0 if all(code == 0 for code in codes) else 1
+
+
+def _forward(children: list[asyncio.subprocess.Process], signum: int) -> None:
+    for child in children:
+        if child.returncode is None:
+            child.send_signal(signum)
+
+
+async def _relay(child: asyncio.subprocess.Process, listening: asyncio.Event, out: TextIO) -> None:
+    """Pass a worker's stderr on (its events, its errors), noting when it listens."""
+    assert child.stderr is not None
+    async for line in child.stderr:
+        text = line.decode(errors="replace").rstrip("\n")
+        if text.startswith("polyroute: serving on"):
+            listening.set()
+        elif not text.startswith("polyroute: config:"):
+            print(text, file=out, flush=True)

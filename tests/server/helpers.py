@@ -22,6 +22,7 @@ def free_port() -> int:
 @dataclass
 class Process:
     url: str
+    process: asyncio.subprocess.Process
     stderr: list[str] = field(default_factory=list)
     """What the gateway printed on stderr after it listened (read when it stopped)."""
     code: int | None = None
@@ -49,7 +50,7 @@ async def gateway(
         env={**os.environ, **(env or {})},
     )
     assert process.stderr is not None
-    served = Process(f"http://127.0.0.1:{port}")
+    served = Process(f"http://127.0.0.1:{port}", process)
     try:
         while b"polyroute: serving on" not in (
             line := await asyncio.wait_for(process.stderr.readline(), 30)

@@ -1,0 +1,85 @@
+"""Stopping the gateway: requests in flight finish within the drain time; past it,
+they end with an error event; the process exits 0 either way."""
+
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+
+import aiohttp
+import yaml
+
+from tests.server.helpers import gateway
+from tests.upstreams.openai import OpenAIUpstream
+from tests.upstreams.scripted import Script
+
+HI = [{"role": "user", "content": "Hi"}]
+
+
+def config_for(tmp_path: Path, upstream: OpenAIUpstream, drain_seconds: float) -> Path:
+    entry = {"name": "up", "type": "openai", "base_url": upstream.base_url, "models": ["m"]}
+    path = tmp_path / "gateway.yaml"
+    data = {"providers": [entry], "gateway": {"drain_seconds": drain_seconds}}
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+async def stream_after_sigterm(url: str, process: object) -> list[str]:
+    """Start a stream, SIGTERM the gateway after its first chunk, read the rest."""
+    body = {"model": "m", "messages": HI, "stream": True}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{url}/v1/chat/completions", json=body) as response,
+    ):
+        first = await response.content.readuntil(b"\n\n")
+        process.send_signal(signal.SIGTERM)  # type: ignore[attr-defined]
+        rest = await response.read()
+    text = (first + rest).decode()
+    return [line[6:] for line in text.splitlines() if line.startswith("data: ")]
+
+
+async def test_a_stream_in_flight_finishes_after_sigterm(
+    tmp_path: Path, openai_upstream: OpenAIUpstream
+) -> None:
+    openai_upstream.default = Script(chunks=["a", "b", "c", "d", "e"], delay=0.05)
+    async with gateway(config_for(tmp_path, openai_upstream, 10)) as served:
+        events = await stream_after_sigterm(served.url, served.process)
+    assert events[-1] == "[DONE]"
+    text = "".join(
+        json.loads(e)["choices"][0]["delta"].get("content") or ""
+        for e in events[:-1]
+        if json.loads(e).get("choices")
+    )
+    assert text == "abcde"
+    assert served.code == 0
+
+
+async def test_past_the_drain_time_a_stream_ends_with_an_error_event(
+    tmp_path: Path, openai_upstream: OpenAIUpstream
+) -> None:
+    openai_upstream.default = Script(chunks=["a", "b"], stall_after=1)
+    async with gateway(config_for(tmp_path, openai_upstream, 0.2)) as served:
+        events = await stream_after_sigterm(served.url, served.process)
+    assert "[DONE]" not in events
+    assert "stopped before the answer was complete" in json.loads(events[-1])["error"]["message"]
+    assert served.code == 0
+
+
+async def test_workers_share_one_port_and_stop_together(
+    tmp_path: Path, openai_upstream: OpenAIUpstream
+) -> None:
+    config = config_for(tmp_path, openai_upstream, 5)
+    async with gateway(config, "--workers", "2") as served:
+        pids = set()
+        for _ in range(24):  # a new connection each time: the kernel picks a worker
+            async with aiohttp.ClientSession() as session, session.get(
+                f"{served.url}/healthz"
+            ) as health:
+                pids.add((await health.json())["pid"])
+        async with aiohttp.ClientSession() as session, session.post(
+            f"{served.url}/v1/chat/completions", json={"model": "m", "messages": HI}
+        ) as answer:
+            assert (await answer.json())["choices"][0]["message"]["content"] == "Hello, world!"
+    assert len(pids) == 2
+    assert served.code == 0
