@@ -73,13 +73,17 @@ async def test_workers_share_one_port_and_stop_together(
     async with gateway(config, "--workers", "2") as served:
         pids = set()
         for _ in range(24):  # a new connection each time: the kernel picks a worker
-            async with aiohttp.ClientSession() as session, session.get(
-                f"{served.url}/healthz"
-            ) as health:
+            async with (
+                aiohttp.ClientSession() as session,
+                session.get(f"{served.url}/healthz") as health,
+            ):
                 pids.add((await health.json())["pid"])
-        async with aiohttp.ClientSession() as session, session.post(
-            f"{served.url}/v1/chat/completions", json={"model": "m", "messages": HI}
-        ) as answer:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(
+                f"{served.url}/v1/chat/completions", json={"model": "m", "messages": HI}
+            ) as answer,
+        ):
             assert (await answer.json())["choices"][0]["message"]["content"] == "Hello, world!"
     assert len(pids) == 2
     assert served.code == 0
