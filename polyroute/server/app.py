@@ -23,7 +23,7 @@ import orjson
 from aiohttp import web
 
 from polyroute.core.deltas import Delta, FinishDelta, RestartDelta, UsageDelta
-from polyroute.core.errors import PolyrouteError, UpstreamError
+from polyroute.core.errors import ModelNotSupportedError, PolyrouteError, UpstreamError
 from polyroute.core.logging import get_logger
 from polyroute.core.sse import DONE_EVENT, OpenAIChunkEncoder, encode_event
 from polyroute.router.config import GatewayConfig
@@ -141,6 +141,9 @@ class Gateway:
             if outcome.status == "cancelled":
                 outcome.status = str(response.status)
             return response
+        except web.HTTPException as refused:  # 413 from reading the body
+            outcome.status = str(refused.status)
+            raise
         finally:
             self.metrics.in_flight.dec()
             self._in_flight.discard(task)
@@ -175,6 +178,8 @@ class Gateway:
         try:
             stream = self.router.stream(call.model, call.messages, **call.options)
         except PolyrouteError as error:
+            if isinstance(error, ModelNotSupportedError):
+                outcome.model = "(unknown)"  # callers choose the names: no label per typo
             return error_response(wire_error(error), request_id)
         outcome.stream = stream
         async with stream:

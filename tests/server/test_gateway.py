@@ -7,8 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import signal
-import socket
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -20,6 +18,7 @@ import pytest
 import pytest_asyncio
 import yaml
 
+from tests.server.helpers import gateway
 from tests.upstreams.openai import OpenAIUpstream
 from tests.upstreams.scripted import Script
 from tests.upstreams.server import wait_closed
@@ -41,12 +40,6 @@ class Served:
         return openai.AsyncOpenAI(base_url=self.base_url, api_key="unused", max_retries=0)
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def served(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Served]:
     upstream = await OpenAIUpstream(models=["m", "m2"]).start()
@@ -60,33 +53,13 @@ async def served(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Serv
     config.write_text(
         yaml.safe_dump({"providers": entries, **settings, "gateway": {"max_body_bytes": 65536}})
     )
-    port = free_port()
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "polyroute",
-        "serve",
-        "-c",
-        str(config),
-        "--port",
-        str(port),
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    assert process.stderr is not None
     try:
-        while b"polyroute: serving on" not in (
-            line := await asyncio.wait_for(process.stderr.readline(), 30)
-        ):
-            assert line, "polyroute serve exited before it listened"
-        assert line.decode().strip() == f"polyroute: serving on http://127.0.0.1:{port}"
-        yield Served(f"http://127.0.0.1:{port}/v1", upstream, backup)
+        async with gateway(config) as process:
+            yield Served(f"{process.url}/v1", upstream, backup)
     finally:
-        process.send_signal(signal.SIGTERM)
-        code = await asyncio.wait_for(process.wait(), 30)
         await upstream.stop()
         await backup.stop()
-    assert code == 0
+    assert process.code == 0
 
 
 @pytest.fixture(autouse=True)
