@@ -18,8 +18,9 @@ import traceback
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
+from polyroute import __version__
 from polyroute.core.deltas import TextDelta
 from polyroute.core.errors import (
     AllProvidersFailed,
@@ -58,46 +59,56 @@ def find_config(option: str | None) -> tuple[RouterConfig, str]:
         return load_config(builtin_path), BUILTIN_LABEL
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="polyroute", description="Route streaming LLM chat requests across providers."
+COMMON_DEFAULTS: dict[str, Any] = {
+    "config": None,
+    "verbose": 0,
+    "log_format": "auto",
+    "debug": False,
+}
+"""The options every command takes, before or after its name, and their defaults."""
+
+
+def common_options() -> argparse.ArgumentParser:
+    # SUPPRESS, so that an option given before the command is not reset by the
+    # subcommand's parser when it is not repeated after it; defaults come afterwards.
+    common = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
+    common.add_argument("-c", "--config", help="config file (.yaml, .toml or .json)")
+    common.add_argument(
+        "-v", "--verbose", action="count", help="routing events on stderr (-vv: debug events too)"
     )
-    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    common.add_argument(
+        "--log-format",
+        choices=["auto", "console", "json"],
+        help="events as text for humans or JSON lines (auto: text on a terminal)",
+    )
+    common.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    return common
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = common_options()
+    parser = argparse.ArgumentParser(
+        prog="polyroute",
+        description="Route streaming LLM chat requests across providers.",
+        parents=[common],
+    )
+    parser.add_argument("--version", action="version", version=f"polyroute {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    def with_config(command: argparse.ArgumentParser) -> None:
-        command.add_argument("-c", "--config", help="router config (.yaml, .toml or .json)")
-        command.add_argument(
-            "-v",
-            "--verbose",
-            action="count",
-            default=0,
-            help="routing events on stderr (-vv: debug events too)",
-        )
-        command.add_argument(
-            "--log-format",
-            choices=["auto", "console", "json"],
-            default="auto",
-            help="events as text for humans or JSON lines (auto: text on a terminal)",
-        )
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        return commands.add_parser(name, help=help, parents=[common])
 
-    chat = commands.add_parser("chat", help="stream an answer to stdout")
-    with_config(chat)
+    chat = command("chat", "stream an answer to stdout")
     chat.add_argument("-m", "--model", help="model or alias (default: the config's default_model)")
     chat.add_argument("--system", help="a system message to send first")
     chat.add_argument("prompt", nargs="*", help="the prompt (read from stdin when absent)")
 
-    models = commands.add_parser("models", help="which providers serve which models")
-    with_config(models)
+    command("models", "which providers serve which models")
 
-    providers = commands.add_parser("providers", help="the configured provider entries")
-    with_config(providers)
+    providers = command("providers", "the configured provider entries")
     providers.add_argument("--check", action="store_true", help="send one tiny request to each")
 
-    serve_command = commands.add_parser(
-        "serve", help="an OpenAI-compatible gateway (POST /v1/chat/completions)"
-    )
-    with_config(serve_command)
+    serve_command = command("serve", "an OpenAI-compatible gateway (POST /v1/chat/completions)")
     serve_command.add_argument("--host", default="127.0.0.1", help="default: loopback only")
     serve_command.add_argument("--port", type=int, default=8000)
     serve_command.add_argument(
@@ -108,17 +119,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve_command.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
 
-    simulate = commands.add_parser("simulate", help="run simulated upstreams on 127.0.0.1")
-    simulate.add_argument(
-        "--config", help="simulator config (upstreams: [...]); default: the built-in demo's"
-    )
+    # simulate's -c is a simulator config (upstreams: [...]); default: the built-in demo's.
+    command("simulate", "run simulated upstreams on 127.0.0.1")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     args = build_parser().parse_args(argv)
-    if getattr(args, "verbose", 0):
+    for name, default in COMMON_DEFAULTS.items():
+        if not hasattr(args, name):
+            setattr(args, name, default)
+    if args.verbose:
         level = logging.DEBUG if args.verbose > 1 else logging.INFO
         configure_logging(level=level, fmt=args.log_format)
     handler = {
@@ -256,7 +268,8 @@ async def providers(args: argparse.Namespace) -> int:
     print(f"# config: {origin}")
     header = ["NAME", "TYPE", "WORKING", "STREAM", "STATE", "TTFT", "CHARS", "ERRORS", "ENDPOINT"]
     table(header + (["CHECK"] if checks else []), rows)
-    return EXIT_OK
+    # Usable in CI: any failed check fails the command (a skipped entry does not).
+    return EXIT_FAILED if any(check.startswith("failed") for check in checks) else EXIT_OK
 
 
 async def probe(provider: Provider, stats: EntryStats, discovery: str | None) -> str:

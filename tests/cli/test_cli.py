@@ -144,7 +144,7 @@ async def test_providers_check_probes_each_entry(tmp_path: Path) -> None:
         {"name": "off", "type": "darkai"},
     )
     result = await run_cli("providers", "-c", str(config), "--check", cwd=tmp_path)
-    assert result.code == 0
+    assert result.code == 1  # a failed check fails the command, for use in CI
     rows = {line.split()[0]: line for line in result.out.splitlines()[2:]}
     assert "ok " in rows["good"]
     assert "failed: UpstreamStatusError" in rows["bad"]
@@ -226,3 +226,24 @@ async def test_every_upstream_saying_no_such_model_exits_3(
     result = await run_cli("chat", "-c", str(config), "-m", "m", "Hi", cwd=tmp_path)
     assert result.code == 3
     assert "oa: ModelNotSupportedError" in result.err
+
+
+async def test_version_and_common_options_before_or_after_the_command(tmp_path: Path) -> None:
+    version = await run_cli("--version", cwd=tmp_path)
+    assert (version.code, version.out.strip()) == (0, "polyroute 0.1.0")
+    config = write_config(tmp_path / "r.yaml", simulated("only", ["m"]))
+    for args in (
+        ["-c", str(config), "-v", "--log-format", "json", "chat", "Hi"],
+        ["chat", "-c", str(config), "-v", "--log-format", "json", "Hi"],
+        ["-c", str(config), "chat", "-v", "--log-format", "json", "Hi"],
+    ):
+        result = await run_cli(*args, cwd=tmp_path)
+        assert result.code == 0, (args, result.err)
+        assert result.out.startswith("[simulated only]")
+        events = [json.loads(line) for line in result.err.splitlines() if line.startswith("{")]
+        assert "route.done" in [event["event"] for event in events]
+    for args in (
+        ["--debug", "models", "-c", str(config)],
+        ["models", "--debug", "-c", str(config)],
+    ):
+        assert (await run_cli(*args, cwd=tmp_path)).code == 0

@@ -95,7 +95,7 @@ async def test_cli_output_shows_neither_with_verbose_or_debug(
         await run_cli("--debug", "chat", "-c", str(config), "-vv", "Hi", cwd=tmp_path, env=env),
         await run_cli("providers", "-c", str(config), "--check", "-vv", cwd=tmp_path, env=env),
     ]
-    assert [run.code for run in runs] == [1, 1, 0]
+    assert [run.code for run in runs] == [1, 1, 1]  # the check fails: the key is refused
     assert "Traceback" in runs[1].err
     for run in runs:
         assert KEY not in run.out + run.err
