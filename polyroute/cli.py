@@ -33,6 +33,7 @@ from polyroute.core.errors import (
 from polyroute.core.logging import configure_logging
 from polyroute.providers.base import Provider
 from polyroute.router.config import RouterConfig, load_config, read_config_file, validate
+from polyroute.router.policy import Entry
 from polyroute.router.router import Router
 from polyroute.router.stats import EntryStats
 from polyroute.simulator.profile import SimulatedUpstream, SimulatorConfig
@@ -209,13 +210,13 @@ async def models(args: argparse.Namespace) -> int:
         rows: list[tuple[str, ...]] = []
         for model in router.policy.known_models():
             served = [
-                p.entry_name
-                for p in router.providers
-                if p.serves(model) and model not in router.policy.aliases
+                label(entry)
+                for entry in router.policy.entries
+                if entry.provider.serves(model) and model not in router.policy.aliases
             ]
             if served:
                 rows.append((model, ", ".join(served)))
-        anything = [p.entry_name for p in router.providers if not p.models]
+        anything = [label(e) for e in router.policy.entries if not e.provider.models]
         if anything:
             rows.append(("(any other name)", ", ".join(anything)))
         print(f"# config: {origin}")
@@ -235,29 +236,21 @@ async def models(args: argparse.Namespace) -> int:
 async def providers(args: argparse.Namespace) -> int:
     config, origin = find_config(args.config)
     async with Router.from_config(config) as router:
-        entries = router.providers
+        entries = router.policy.entries
         checks: list[str] = []
         if args.check:
-            checks = list(
-                await asyncio.gather(
-                    *(
-                        probe(
-                            p, router.stats[p.entry_name], router.discovery_errors.get(p.entry_name)
-                        )
-                        for p in entries
-                    )
-                )
-            )
+            checks = list(await asyncio.gather(*(check(router, entry) for entry in entries)))
         rows = []
-        for index, provider in enumerate(entries):
-            stats = router.stats[provider.entry_name]
+        for index, entry in enumerate(entries):
+            provider, stats = entry.provider, router.stats[entry.name]
+            state = f"no key: {entry.missing_key}" if entry.missing_key else None
             rows.append(
                 (
-                    provider.entry_name,
+                    entry.name,
                     provider.type_name or type(provider).__name__,
                     yes(provider.working),
                     yes(provider.supports_stream),
-                    router.health.state(provider.entry_name),
+                    state or router.health.state(entry.name),
                     figure(stats.ttft_ms, "ms"),
                     figure(stats.chars_per_s, "/s"),
                     f"{stats.error_rate:.0%}" if stats.attempts else "-",
@@ -270,6 +263,14 @@ async def providers(args: argparse.Namespace) -> int:
     table(header + (["CHECK"] if checks else []), rows)
     # Usable in CI: any failed check fails the command (a skipped entry does not).
     return EXIT_FAILED if any(check.startswith("failed") for check in checks) else EXIT_OK
+
+
+async def check(router: Router, entry: Entry) -> str:
+    """``providers --check`` for one entry."""
+    if entry.missing_key:
+        return f"skipped (no key: {entry.missing_key})"
+    name = entry.name
+    return await probe(entry.provider, router.stats[name], router.discovery_errors.get(name))
 
 
 async def probe(provider: Provider, stats: EntryStats, discovery: str | None) -> str:
@@ -297,6 +298,11 @@ async def probe(provider: Provider, stats: EntryStats, discovery: str | None) ->
     elapsed_ms = (time.perf_counter() - started) * 1000
     stats.record_success(chars, elapsed_ms - (first_ms or 0.0))
     return f"ok {model}: first chunk {first_ms or elapsed_ms:.0f} ms, total {elapsed_ms:.0f} ms"
+
+
+def label(entry: Entry) -> str:
+    """An entry's name, and why it cannot serve when that is for lack of a key."""
+    return f"{entry.name} (no key: {entry.missing_key})" if entry.missing_key else entry.name
 
 
 def figure(value: float | None, unit: str) -> str:

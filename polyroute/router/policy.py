@@ -32,6 +32,9 @@ class Entry:
     """Fetch the model list from the upstream when the router starts."""
     tool_calls: ToolCallMode | None = None
     """This entry's ``tool_calls`` mode, over the route's."""
+    missing_key: str | None = None
+    """The environment variable (``api_key_env``) that should hold this entry's key and
+    does not: the entry is skipped, not the whole configuration."""
 
     @property
     def name(self) -> str:
@@ -136,7 +139,7 @@ class RoutingPolicy:
         chosen: list[Candidate] = []
         excluded: list[str] = []
         for entry, upstream_model in self.serving(model):
-            reason = _unusable(entry.provider, needs)
+            reason = _unusable(entry, needs)
             if reason is None and health.state(entry.name) == "open":
                 reason = "cooling down"
             if reason is None:
@@ -173,7 +176,10 @@ class RoutingPolicy:
         return sorted(names)
 
 
-def _unusable(provider: Provider, needs: frozenset[Capability]) -> str | None:
+def _unusable(entry: Entry, needs: frozenset[Capability]) -> str | None:
+    provider = entry.provider
+    if entry.missing_key:
+        return f"no key: {entry.missing_key} is not set"
     if not provider.working:
         return "not working"
     if not provider.supports_stream:

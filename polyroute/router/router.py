@@ -252,13 +252,13 @@ def _build_entry(
     }
     if isinstance(entry.models, list):
         kwargs["models"] = entry.models
+    missing_key = None
     if entry.api_key_env:
         kwargs["api_key"] = os.environ.get(entry.api_key_env)
         if not kwargs["api_key"]:
-            raise ConfigError(
-                f"provider {entry.name!r}: environment variable {entry.api_key_env} "
-                "(api_key_env) is not set"
-            )
+            # One missing key skips this entry (with the reason), not the whole router.
+            missing_key = entry.api_key_env
+            del kwargs["api_key"]
     try:
         provider = provider_class(name=entry.name, **kwargs)
     except TypeError as error:
@@ -266,7 +266,11 @@ def _build_entry(
             f"providers.{index} ({entry.name!r}, type {entry.type!r}): {error}"
         ) from None
     return Entry(
-        provider, entry.priority, discover=entry.models == "discover", tool_calls=entry.tool_calls
+        provider,
+        entry.priority,
+        discover=entry.models == "discover" and missing_key is None,
+        tool_calls=entry.tool_calls,
+        missing_key=missing_key,
     )
 
 

@@ -247,3 +247,27 @@ async def test_version_and_common_options_before_or_after_the_command(tmp_path: 
         ["models", "--debug", "-c", str(config)],
     ):
         assert (await run_cli(*args, cwd=tmp_path)).code == 0
+
+
+async def test_a_missing_key_skips_one_entry_not_the_run(tmp_path: Path) -> None:
+    paid = {
+        "name": "openai",
+        "type": "openai",
+        "base_url": "http://127.0.0.1:9/v1",
+        "api_key_env": "OPENAI_API_KEY",
+        "models": ["gpt-4o"],
+    }
+    config = write_config(tmp_path / "r.yaml", paid, simulated("local", ["llama3.1"]))
+    env = {"OPENAI_API_KEY": ""}
+    chat = await run_cli("chat", "-c", str(config), "-m", "llama3.1", "Hi", cwd=tmp_path, env=env)
+    assert chat.code == 0, chat.err
+    assert chat.out.startswith("[simulated local]")
+    listed = await run_cli("models", "-c", str(config), cwd=tmp_path, env=env)
+    assert "gpt-4o    openai (no key: OPENAI_API_KEY)" in listed.out
+    entries = await run_cli("providers", "-c", str(config), "--check", cwd=tmp_path, env=env)
+    assert "no key: OPENAI_API_KEY" in entries.out
+    assert "skipped (no key: OPENAI_API_KEY)" in entries.out
+    assert entries.code == 0
+    refused = await run_cli("chat", "-c", str(config), "-m", "gpt-4o", "Hi", cwd=tmp_path, env=env)
+    assert refused.code == 1
+    assert "no key: OPENAI_API_KEY is not set" in refused.err

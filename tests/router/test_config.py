@@ -5,8 +5,16 @@ from pathlib import Path
 
 import pytest
 import yaml
+from structlog.testing import capture_logs
 
-from polyroute import ConfigError, ModelNotSupportedError, Router, RouterConfig, load_config
+from polyroute import (
+    AllProvidersFailed,
+    ConfigError,
+    ModelNotSupportedError,
+    Router,
+    RouterConfig,
+    load_config,
+)
 from polyroute.providers import DarkAI
 
 YAML = """
@@ -187,12 +195,19 @@ def test_api_key_comes_from_the_environment_and_never_shows(
     assert "proxysecret" not in shown
 
 
-def test_missing_api_key_variable_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_missing_key_skips_its_entry_and_the_error_names_the_variable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.delenv("NO_SUCH_KEY", raising=False)
-    with pytest.raises(ConfigError, match="NO_SUCH_KEY"):
-        Router.from_config(
-            {"providers": [{"name": "a", "type": "darkai", "api_key_env": "NO_SUCH_KEY"}]}
-        )
+    entry = {"name": "a", "type": "darkai", "api_key_env": "NO_SUCH_KEY", "working": True}
+    with capture_logs() as logs:
+        async with Router.from_config({"providers": [entry]}) as router:
+            with pytest.raises(
+                AllProvidersFailed, match="a \\(gpt-4o\\): no key: NO_SUCH_KEY is not set"
+            ):
+                await router.complete_text("gpt-4o", [{"role": "user", "content": "Hi"}])
+    (failed,) = [log for log in logs if log["event"] == "route.failed"]
+    assert failed["reasons"] == ["a (gpt-4o): no key: NO_SUCH_KEY is not set"]
 
 
 def test_router_from_code_with_instances_and_settings() -> None:
