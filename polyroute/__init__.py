@@ -54,6 +54,7 @@ from polyroute.router.health import HealthStore, InMemoryHealth
 from polyroute.router.relay import StreamRestarted
 from polyroute.router.router import Router
 from polyroute.router.stream import RouterStream
+from polyroute.router.sync import SyncRouter, SyncRouterStream
 
 __version__ = "0.1.0"
 
@@ -89,6 +90,8 @@ __all__ = [
     "RouterStream",
     "StreamNotSupportedError",
     "StreamRestarted",
+    "SyncRouter",
+    "SyncRouterStream",
     "TextDelta",
     "Timeouts",
     "TimeoutsConfig",

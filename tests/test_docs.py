@@ -206,7 +206,7 @@ async def test_router_guide_tool_call_example_runs(
     )
     entry = {"name": "oa", "type": "openai", "base_url": openai_upstream.base_url}
     (tmp_path / "routes.yaml").write_text(yaml.safe_dump({"providers": [entry]}))
-    example = blocks(ROOT / "docs" / "router.md", "python")[1]
+    example = next(b for b in blocks(ROOT / "docs" / "router.md", "python") if "tools=" in b)
     output = await run_python(example, cwd=tmp_path)
     assert output.splitlines() == [
         "0 get_weather ",
@@ -231,3 +231,12 @@ async def test_readme_tool_call_example_runs(openai_upstream: OpenAIUpstream) ->
     output = await run_python(example.replace("http://127.0.0.1:8000/v1", openai_upstream.base_url))
     assert output == 'get_weather {"city": "Paris"}\n'
     assert openai_upstream.requests[0].body["temperature"] == 0
+
+
+async def test_router_guide_sync_example_runs(start_darkai: Start, tmp_path: Path) -> None:
+    first, second = await start_darkai(), await start_darkai()
+    guide = ROOT / "docs" / "router.md"
+    (tmp_path / "routes.yaml").write_text(local(blocks(guide, "yaml")[0], first, second))
+    example = next(b for b in blocks(guide, "python") if "SyncRouter" in b)
+    output = await run_python(example, cwd=tmp_path)
+    assert output.splitlines() == ["Hello, world!dark complete", "Hello, world!"]
