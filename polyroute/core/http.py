@@ -8,6 +8,7 @@ polyroute's typed errors.
 from __future__ import annotations
 
 import email.utils
+import socket
 import time
 from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass, replace
@@ -24,6 +25,7 @@ from polyroute.core.errors import (
     UpstreamStatusError,
     UpstreamTimeout,
 )
+from polyroute.core.redaction import redact
 from polyroute.core.sse import DEFAULT_MAX_LINE_BYTES, Framing, SSEDecoder, SSEEvent
 
 _BODY_EXCERPT_BYTES = 2048
@@ -150,16 +152,35 @@ def _check_content_type(response: aiohttp.ClientResponse, provider: str) -> None
     )
 
 
-def translate_client_error(error: BaseException, provider: str) -> UpstreamError:
-    """Map an aiohttp or socket exception to polyroute's typed upstream error."""
+def translate_client_error(
+    error: BaseException, provider: str, url: str | None = None
+) -> UpstreamError:
+    """Map an aiohttp or socket exception to polyroute's typed upstream error; the
+    message says which URL and, for a connection that could not be made, why in plain
+    words (``connection refused``), not aiohttp's ``ssl:default`` details."""
     if isinstance(error, TimeoutError):
         return UpstreamTimeout(f"timed out ({type(error).__name__})", provider=provider)
+    if isinstance(error, aiohttp.ClientConnectorError):
+        where = redact(url) if url else f"{error.host}:{error.port}"
+        return UpstreamConnectionError(
+            f"cannot connect to {where}: {_connect_reason(error.os_error)}", provider=provider
+        )
     if isinstance(error, aiohttp.ClientPayloadError):
         return UpstreamConnectionError(f"response body broken off: {error}", provider=provider)
     if isinstance(error, aiohttp.InvalidURL):
         return UpstreamConnectionError(f"invalid URL {error}", provider=provider, retryable=False)
     detail = str(error) or type(error).__name__
     return UpstreamConnectionError(f"connection failed: {detail}", provider=provider)
+
+
+def _connect_reason(cause: OSError) -> str:
+    if isinstance(cause, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(cause, socket.gaierror):
+        return "host name not found"
+    if isinstance(cause, TimeoutError):
+        return "timed out"
+    return cause.strerror or str(cause) or type(cause).__name__
 
 
 async def stream_event_batches(
@@ -197,7 +218,7 @@ async def stream_event_batches(
     except UpstreamError:
         raise
     except (TimeoutError, aiohttp.ClientError, OSError) as error:
-        raise translate_client_error(error, provider) from error
+        raise translate_client_error(error, provider, url) from error
 
 
 async def fetch_json(
@@ -224,4 +245,4 @@ async def fetch_json(
     except UpstreamError:
         raise
     except (aiohttp.ClientError, OSError, TimeoutError) as error:
-        raise translate_client_error(error, provider) from error
+        raise translate_client_error(error, provider, url) from error

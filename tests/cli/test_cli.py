@@ -271,3 +271,23 @@ async def test_a_missing_key_skips_one_entry_not_the_run(tmp_path: Path) -> None
     refused = await run_cli("chat", "-c", str(config), "-m", "gpt-4o", "Hi", cwd=tmp_path, env=env)
     assert refused.code == 1
     assert "no key: OPENAI_API_KEY is not set" in refused.err
+
+
+async def test_a_closed_port_says_the_url_and_connection_refused_once_per_entry(
+    tmp_path: Path,
+) -> None:
+    dead = [
+        {"name": name, "type": "darkai", "api_endpoint": url, "working": True, "models": ["m1"]}
+        for name, url in (("dead", "http://127.0.0.1:9/chat"), ("gone", "http://127.0.0.1:7/chat"))
+    ]
+    config = write_config(tmp_path / "r.yaml", *dead, retry={"attempts": 2, "backoff_initial": 0})
+    result = await run_cli("chat", "-c", str(config), "-m", "m1", "Hi", cwd=tmp_path)
+    assert result.code == 1
+    assert result.err.splitlines()[-1] == (
+        "polyroute: all providers failed for model 'm1' ("
+        "dead: UpstreamConnectionError (cannot connect to http://127.0.0.1:9/chat: "
+        "connection refused), 2 attempts; "
+        "gone: UpstreamConnectionError (cannot connect to http://127.0.0.1:7/chat: "
+        "connection refused), 2 attempts); -v shows why"
+    )
+    assert "ssl:default" not in result.err
