@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -33,11 +34,13 @@ from polyroute.core.errors import (
     UpstreamTimeout,
 )
 from polyroute.core.logging import configure_logging
+from polyroute.core.request import RequestOptions
 from polyroute.providers.base import Provider
 from polyroute.router.config import RouterConfig, load_config, read_config_file, validate
 from polyroute.router.policy import Entry
 from polyroute.router.router import Router
 from polyroute.router.stats import EntryStats
+from polyroute.router.stream import RouterStream
 from polyroute.simulator.profile import SimulatedUpstream, SimulatorConfig
 from polyroute.simulator.server import SimulatorServer
 
@@ -104,6 +107,23 @@ def build_parser() -> argparse.ArgumentParser:
     chat = command("chat", "stream an answer to stdout")
     chat.add_argument("-m", "--model", help="model or alias (default: the config's default_model)")
     chat.add_argument("--system", help="a system message to send first")
+    chat.add_argument(
+        "-o",
+        "--option",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("KEY", "VALUE"),
+        help="a request option (-o temperature 0.2); VALUE is JSON when it parses as JSON; "
+        "keys the router does not know go to the provider as extra_body",
+    )
+    chat.add_argument("--max-tokens", type=int, help="the same as -o max_tokens N")
+    chat.add_argument("--no-stream", action="store_true", help="print the answer once complete")
+    chat.add_argument(
+        "--json",
+        action="store_true",
+        help="one JSON object: answer, provider, model, attempts, usage, finish reason",
+    )
     chat.add_argument("prompt", nargs="*", help="the prompt (read from stdin when absent)")
 
     command("models", "which providers serve which models")
@@ -203,19 +223,59 @@ async def chat(args: argparse.Namespace) -> int:
         raise InvalidRequestError("no prompt: give one as an argument or on stdin")
     messages = [{"role": "system", "content": args.system}] if args.system else []
     messages.append({"role": "user", "content": prompt})
+    options = request_options(args.option, args.max_tokens)
     out = sys.stdout
+    live = not (args.json or args.no_stream)
     async with Router.from_config(config) as router:
-        stream = router.stream(args.model, messages)
+        stream = router.stream(args.model, messages, **options)
         try:
             async with stream:
                 async for text in stream:
-                    out.write(text)
-                    out.flush()
+                    if live:
+                        out.write(text)
+                        out.flush()
         except UpstreamError:
-            out.write("\n")  # end the partial line before the error message
+            if live:
+                out.write("\n")  # end the partial line before the error message
             raise
-    out.write("\n")
+    if args.json:
+        print(json.dumps(answer_facts(stream)))
+        return EXIT_OK
+    out.write(("" if live else stream.text) + "\n")
     return EXIT_OK
+
+
+def request_options(pairs: list[list[str]], max_tokens: int | None) -> dict[str, Any]:
+    """``-o KEY VALUE`` pairs as request options: values parsed as JSON where they
+    parse, keys the router does not take gathered into ``extra_body``."""
+    options: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
+    for key, raw in pairs:
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            value = raw
+        (options if key in RequestOptions.model_fields else extra)[key] = value
+    if max_tokens is not None:
+        options["max_tokens"] = max_tokens
+    if extra:
+        options["extra_body"] = {**options.get("extra_body", {}), **extra}
+    return options
+
+
+def answer_facts(stream: RouterStream) -> dict[str, Any]:
+    """What ``chat --json`` prints."""
+    message = stream.message
+    return {
+        "answer": message.content,
+        "tool_calls": [call.as_dict() for call in message.tool_calls],
+        "provider": stream.provider,
+        "model": stream.model,
+        "attempts": len(stream.attempts),
+        "usage": stream.usage.as_dict() if stream.usage else None,
+        "finish_reason": stream.finish_reason,
+        "status": stream.status,
+    }
 
 
 async def models(args: argparse.Namespace) -> int:

@@ -624,6 +624,8 @@ class RouterStream:
             chars=chars,
             relays=len(self.switches),
             finish_reason=self._builder.finish_reason,
+            prompt_tokens=usage.prompt_tokens if (usage := self.usage) else None,
+            completion_tokens=usage.completion_tokens if usage else None,
             duration_ms=_ms(run.started),
         )
 

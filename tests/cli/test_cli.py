@@ -291,3 +291,35 @@ async def test_a_closed_port_says_the_url_and_connection_refused_once_per_entry(
         "connection refused), 2 attempts); -v shows why"
     )
     assert "ssl:default" not in result.err
+
+
+async def test_chat_json_options_and_no_stream(
+    tmp_path: Path, openai_upstream: OpenAIUpstream
+) -> None:
+    entry = {"name": "oa", "type": "openai", "base_url": openai_upstream.base_url}
+    config = write_config(tmp_path / "r.yaml", entry)
+    args = ["chat", "-c", str(config), "-m", "local-large", "-o", "temperature", "0.2"]
+    args += ["-o", "stop", '["\\n"]', "-o", "top_k", "5", "--max-tokens", "40", "--json", "Hi"]
+    result = await run_cli(*args, cwd=tmp_path)
+    assert result.code == 0, result.err
+    facts = json.loads(result.out)
+    assert facts["answer"] == "Hello, world!"
+    assert (facts["provider"], facts["model"], facts["attempts"]) == ("oa", "local-large", 1)
+    assert facts["usage"]["total_tokens"] == 7
+    assert (facts["finish_reason"], facts["status"]) == ("stop", "complete")
+    body = openai_upstream.requests[0].body
+    assert (body["temperature"], body["stop"], body["top_k"], body["max_tokens"]) == (
+        0.2,
+        ["\n"],
+        5,
+        40,
+    )
+    whole = await run_cli(
+        "chat", "-c", str(config), "--no-stream", "-v", "-m", "local-large", "Hi", cwd=tmp_path
+    )
+    assert whole.out == "Hello, world!\n"
+    done = [json.loads(line) for line in whole.err.splitlines() if '"route.done"' in line]
+    assert (done[0]["prompt_tokens"], done[0]["completion_tokens"]) == (3, 4)
+    bad = await run_cli("chat", "-c", str(config), "-o", "temperature", '"hot"', "Hi", cwd=tmp_path)
+    assert bad.code == 2
+    assert "temperature" in bad.err
