@@ -178,11 +178,6 @@ class SSEDecoder:
         if not self._started:
             self._started = True
             raw = raw.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte order mark
-            if raw[:6] == b"data: ":
-                self._data.append(raw[6:])
-                if self._per_line:
-                    self._dispatch(events)
-                return
         field, colon, value = raw.partition(b":")
         if not field:
             return  # a comment line (starts with ':'), kept alive by some upstreams
