@@ -102,23 +102,15 @@ class RoutingPolicy:
         if chain is not None and not needs:
             return chain  # known to be served: the common case costs one lookup
         chain = self.chain_of(requested)
-        if not needs:
-            if any(entry.provider.serves(name) for name in chain for entry in self.entries):
-                if len(self._chains) >= _CHAIN_CACHE_SIZE:
-                    self._chains.clear()  # bounded: callers choose the names
-                self._chains[requested] = chain
-                return chain
-            raise ModelNotSupportedError(requested, supported=self.known_models())
-        serving = [
-            entry.provider
-            for entry in self.entries
-            if any(entry.provider.serves(name) for name in chain)
-        ]
+        serving = [entry.provider for name in chain for entry, _ in self.serving(name)]
         if not serving:
             raise ModelNotSupportedError(requested, supported=self.known_models())
-        if all(provider.lacks(needs) for provider in serving):
+        if needs and all(provider.lacks(needs) for provider in serving):
             missing = sorted({need for provider in serving for need in provider.lacks(needs)})
             raise CapabilityNotSupportedError(missing, model=requested)
+        if len(self._chains) >= _CHAIN_CACHE_SIZE:
+            self._chains.clear()  # bounded: callers choose the names
+        self._chains[requested] = chain
         return chain
 
     def candidates(
