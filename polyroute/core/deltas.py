@@ -245,12 +245,14 @@ class MessageBuilder:
     Text and tool-call fragments are kept as lists (joined and assembled only when
     asked), so adding a delta never copies what came before, and the router can add
     the common ones with one ``list.append``.
+
+    Usage is not kept here: it belongs to the attempt that reported it (see
+    ``RouterStream.usage``), and a restart does not unspend tokens.
     """
 
-    __slots__ = ("_extra", "_reasoning", "finish_reason", "text_parts", "tool_fragments", "usage")
+    __slots__ = ("_extra", "_reasoning", "finish_reason", "text_parts", "tool_fragments")
 
     def __init__(self) -> None:
-        self.usage: Usage | None = None
         self._reset()
 
     def _reset(self) -> None:
@@ -268,14 +270,12 @@ class MessageBuilder:
             self._reasoning.append(delta.text)
         elif isinstance(delta, ToolCallDelta):
             self.tool_fragments.append(delta)
-        elif isinstance(delta, UsageDelta):
-            self.usage = delta.usage if self.usage is None else self.usage + delta.usage
         elif isinstance(delta, FinishDelta):
             self.finish_reason = delta.reason
         elif isinstance(delta, ExtraDelta):
             _merge(self._extra, delta.fields)
         elif isinstance(delta, RestartDelta):
-            self._reset()  # usage stays: those tokens were spent all the same
+            self._reset()
 
     @property
     def text(self) -> str:

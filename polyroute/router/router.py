@@ -121,9 +121,12 @@ class Router:
         return self._context_for(model).settings
 
     def _context_for(self, model: str) -> RouteContext:
-        context = self._contexts.get(model)
+        # One context per model with per_model settings, one shared by all others:
+        # callers choose model names, so a context per name would grow without bound.
+        key = model if model in self.settings.per_model else ""
+        context = self._contexts.get(key)
         if context is None:
-            context = self._contexts[model] = RouteContext(
+            context = self._contexts[key] = RouteContext(
                 self.policy,
                 self.retry,
                 self.health,
@@ -150,6 +153,7 @@ class Router:
         tool_choice: str | dict[str, Any] | None = None,
         response_format: dict[str, Any] | None = None,
         extra_body: dict[str, Any] | None = None,
+        request_id: str | None = None,
         **options: Any,
     ) -> RouterStream:
         """Start routing ``messages`` to ``model``; iterate the result for text, or
@@ -158,7 +162,8 @@ class Router:
         An empty or ``None`` model means the configured ``default_model``. ``options``
         are OpenAI's request options (``temperature``, ``max_tokens``, ``stop``,
         ``seed``, ``parallel_tool_calls``...); provider-specific keys go in
-        ``extra_body``. Raises at once (before any I/O) :class:`InvalidRequestError`
+        ``extra_body``. ``request_id`` (generated when not given) is carried by every
+        event of the request. Raises at once (before any I/O) :class:`InvalidRequestError`
         for a bad argument (:class:`InvalidMessagesError` for bad messages),
         :class:`ModelNotSupportedError` for a model no entry serves and
         :class:`CapabilityNotSupportedError` when no entry serving it can do what the
@@ -182,7 +187,7 @@ class Router:
         options.update({key: value for key, value in given.items() if value is not None})
         request = ChatRequest.build(messages, options)
         chain = self.policy.model_chain(model, request.needs)
-        return RouterStream(self._context_for(chain[0]), request, model, chain)
+        return RouterStream(self._context_for(chain[0]), request, model, chain, request_id)
 
     async def complete(
         self, model: str | None, messages: Messages, **options: Any

@@ -17,8 +17,6 @@ a failure) and give up.
 from __future__ import annotations
 
 import asyncio
-import itertools
-import secrets
 import time
 import weakref
 from collections import deque
@@ -51,7 +49,7 @@ from polyroute.core.errors import (
     UpstreamStatusError,
     describe_error,
 )
-from polyroute.core.logging import EventLogger, get_logger
+from polyroute.core.logging import EventLogger, get_logger, new_request_id
 from polyroute.core.request import ChatRequest
 from polyroute.router.context import Choice, Mode, RouteContext
 from polyroute.router.hedge import Hedge
@@ -59,10 +57,6 @@ from polyroute.router.policy import Candidate
 from polyroute.router.relay import Seam, StreamRestarted
 
 _log = get_logger()
-# Request ids: a random per-process prefix and a counter, unique without uuid4's
-# 4.5 us (measured) on every request.
-_ID_PREFIX = secrets.token_hex(6)
-_request_numbers = itertools.count(1)
 
 Status = Literal[
     "pending", "streaming", "complete", "switched", "restarted", "truncated", "failed", "cancelled"
@@ -185,9 +179,14 @@ class RouterStream:
     """
 
     def __init__(
-        self, context: RouteContext, request: ChatRequest, requested_model: str, chain: list[str]
+        self,
+        context: RouteContext,
+        request: ChatRequest,
+        requested_model: str,
+        chain: list[str],
+        request_id: str | None = None,
     ) -> None:
-        self.request_id = f"{_ID_PREFIX}{next(_request_numbers):08x}"
+        self.request_id = request_id or new_request_id()
         self.requested_model = requested_model
         self.provider: str | None = None
         self.model: str | None = None
@@ -223,6 +222,12 @@ class RouterStream:
     def finish_reason(self) -> str | None:
         """Why the serving upstream stopped (``"stop"``, ``"length"``, ``"tool_calls"``...)."""
         return self._builder.finish_reason
+
+    @property
+    def ttft_ms(self) -> float | None:
+        """Milliseconds to the first chunk of the answer (of the first attempt that got
+        one), or ``None`` before it."""
+        return next((a.ttft_ms for a in self.attempts if a.ttft_ms is not None), None)
 
     @property
     def usage(self) -> Usage | None:

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import os
-import secrets
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -24,7 +22,7 @@ from aiohttp import web
 
 from polyroute.core.deltas import Delta, FinishDelta, RestartDelta, UsageDelta
 from polyroute.core.errors import ModelNotSupportedError, PolyrouteError, UpstreamError
-from polyroute.core.logging import get_logger
+from polyroute.core.logging import get_logger, new_request_id
 from polyroute.core.sse import DONE_EVENT, OpenAIChunkEncoder, encode_event
 from polyroute.router.config import GatewayConfig
 from polyroute.router.router import Router
@@ -41,8 +39,6 @@ from polyroute.server.wire import (
 )
 
 _log = get_logger()
-_ID_PREFIX = secrets.token_hex(4)
-_request_numbers = itertools.count(1)
 _SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
 
 
@@ -176,7 +172,9 @@ class Gateway:
         if key is not None and (refused := self._key_refuses(key, outcome.model, request_id)):
             return refused
         try:
-            stream = self.router.stream(call.model, call.messages, **call.options)
+            stream = self.router.stream(
+                call.model, call.messages, request_id=request_id, **call.options
+            )
         except PolyrouteError as error:
             if isinstance(error, ModelNotSupportedError):
                 outcome.model = "(unknown)"  # callers choose the names: no label per typo
@@ -220,18 +218,13 @@ class Gateway:
         self.metrics.record(outcome.model, outcome.status, outcome.stream)
         stream = outcome.stream
         usage = stream.usage if stream is not None else None
-        ttft = (
-            next((a.ttft_ms for a in stream.attempts if a.ttft_ms is not None), None)
-            if stream
-            else None
-        )
         fields: dict[str, Any] = {
             "request_id": request_id,
             "key": outcome.key,
             "model": outcome.model,
             "provider": stream.provider if stream is not None else None,
             "status": outcome.status,
-            "ttft_ms": ttft,
+            "ttft_ms": stream.ttft_ms if stream is not None else None,
             "duration_ms": round((time.perf_counter() - started) * 1000, 3),
             "prompt_tokens": usage.prompt_tokens if usage else None,
             "completion_tokens": usage.completion_tokens if usage else None,
@@ -383,7 +376,7 @@ def _request_id(request: web.Request) -> str:
     given = request.headers.get("x-request-id", "")
     if given and len(given) <= 128 and given.isprintable():
         return given
-    return f"{_ID_PREFIX}{next(_request_numbers):08x}"
+    return new_request_id()
 
 
 def _code_for(status: int) -> str | None:

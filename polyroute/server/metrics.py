@@ -56,9 +56,8 @@ class GatewayMetrics:
             return
         for attempt in stream.attempts:
             self.attempts.labels(provider=attempt.provider, outcome=attempt.outcome).inc()
-        served = next((a for a in stream.attempts if a.ttft_ms is not None), None)
-        if served is not None and served.ttft_ms is not None:
-            self.ttft.observe(served.ttft_ms / 1000)
+        if (ttft_ms := stream.ttft_ms) is not None:
+            self.ttft.observe(ttft_ms / 1000)
         if stream.switches:
             self.relays.inc(len(stream.switches))
 

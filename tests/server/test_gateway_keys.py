@@ -52,6 +52,11 @@ async def served(config: Path) -> AsyncIterator[str]:
     assert {event["key"] for event in access} <= {"team", "limited", None}
     assert all("messages" not in event for event in access)  # no content by default
     assert all(event["duration_ms"] > 0 for event in access)
+    # One id per request, in the gateway's access log and in every routing event.
+    done = {event["request_id"] for event in events if event["event"] == "route.done"}
+    served = {event["request_id"] for event in access if event["status"] == "200"}
+    assert served
+    assert served == done
 
 
 def client(url: str, key: str) -> openai.AsyncOpenAI:
