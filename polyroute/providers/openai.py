@@ -113,13 +113,16 @@ class OpenAI(AsyncGeneratorProvider):
             if choices:
                 choice = choices[0]
                 delta = choice.get("delta")
-                # The hot path, inline: a delta with a piece of text and nothing else.
-                if delta and len(delta) == 1 and type(content := delta.get("content")) is str:
-                    if content:
-                        out.append(TextDelta(content))
-                elif delta and len(delta) == 1 and (calls := delta.get("tool_calls")):
-                    for position, call in enumerate(calls):  # the tool-call hot path
-                        out.append(_tool_call_delta(position, call))
+                # The hot paths, inline: a delta that is one piece of text, or one
+                # tool-call fragment, and nothing else.
+                if delta and len(delta) == 1:
+                    if type(content := delta.get("content")) is str:
+                        if content:
+                            out.append(TextDelta(content))
+                    elif (calls := delta.get("tool_calls")) and len(calls) == 1:
+                        out.append(_tool_call_delta(calls[0], 0))
+                    else:
+                        _read_delta(delta, out)
                 elif delta:
                     _read_delta(delta, out)
                 if choice.get("finish_reason") or choice.get("logprobs"):
@@ -245,22 +248,22 @@ def _read_delta(delta: dict[str, Any], out: list[Delta]) -> None:
             raise TypeError("delta reasoning is not a string")
         out.append(ReasoningDelta(reasoning))
     for position, call in enumerate(delta.get("tool_calls") or ()):
-        out.append(_tool_call_delta(position, call))
+        out.append(_tool_call_delta(call, position))
     extra = {k: v for k, v in delta.items() if k not in _DELTA_KEYS_HANDLED and v is not None}
     if extra:
         out.append(ExtraDelta(extra))
 
 
-def _tool_call_delta(position: int, call: dict[str, Any]) -> ToolCallDelta:
-    function = call.get("function")
-    if function:
-        arguments, name = function.get("arguments") or "", function.get("name") or None
-    else:
-        arguments, name = "", None
+def _tool_call_delta(call: dict[str, Any], position: int) -> ToolCallDelta:
+    function = call.get("function") or _NO_FUNCTION
+    arguments = function.get("arguments") or ""
+    name = function.get("name") or None
     index = call.get("index", position)
-    if type(arguments) is not str or type(index) is not int or type(name) not in _NAME_TYPES:
-        raise TypeError("tool call index must be an integer, name and arguments strings")
+    if type(arguments) is not str or type(index) is not int:
+        raise TypeError("tool call index must be an integer and arguments a string")
+    if name is not None and type(name) is not str:
+        raise TypeError("tool call name must be a string")
     return ToolCallDelta(index, call.get("id") or None, name, arguments)
 
 
-_NAME_TYPES = (str, type(None))
+_NO_FUNCTION: dict[str, Any] = {}
