@@ -41,7 +41,7 @@ from polyroute.router.policy import Entry
 from polyroute.router.router import Router
 from polyroute.router.stats import EntryStats
 from polyroute.router.stream import RouterStream
-from polyroute.simulator.profile import SimulatedUpstream, SimulatorConfig
+from polyroute.simulator.profile import Latency, SimulatedUpstream, SimulatorConfig
 from polyroute.simulator.server import SimulatorServer
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_MODEL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
@@ -142,8 +142,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve_command.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
 
-    # simulate's -c is a simulator config (upstreams: [...]); default: the built-in demo's.
-    command("simulate", "run simulated upstreams on 127.0.0.1")
+    # simulate's -c is a simulator config (upstreams: [...]); default: the docs' examples'.
+    simulate_command = command("simulate", "run simulated upstreams on 127.0.0.1")
+    simulate_command.add_argument(
+        "--port",
+        type=int,
+        default=None,
+        help="the first upstream listens on PORT, the next on PORT+1... "
+        "(default: the file's ports; without -c, 8081 and 8082)",
+    )
     return parser
 
 
@@ -421,6 +428,13 @@ def _without_value(argv: list[str], option: str) -> list[str]:
 
 async def simulate(args: argparse.Namespace) -> int:
     profiles = simulator_profiles(args.config)
+    if args.port is not None:
+        if not 0 < args.port <= 65536 - len(profiles):
+            raise ConfigError(f"--port {args.port}: no room for {len(profiles)} ports from there")
+        profiles = [
+            profile.model_copy(update={"port": args.port + offset})
+            for offset, profile in enumerate(profiles)
+        ]
     servers = [SimulatorServer(profile) for profile in profiles]
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -441,14 +455,16 @@ async def simulate(args: argparse.Namespace) -> int:
 def simulator_profiles(path: str | None) -> list[SimulatedUpstream]:
     if path:
         return validate(SimulatorConfig, read_config_file(Path(path)), path).upstreams
-    config, _ = find_config(None)
-    return [
-        validate(
-            SimulatedUpstream, {"name": entry.name, **entry.options}, f"providers.{entry.name}"
-        )
-        for entry in config.providers
-        if entry.type == "simulated"
-    ]
+    return list(EXAMPLE_UPSTREAMS)
+
+
+# What `polyroute simulate` serves with no file: the DarkAI-format servers that the
+# examples in README.md and docs/ talk to, steady and quick.
+_QUICK = Latency(first_chunk_ms=50, chunk_gap_ms=10)
+EXAMPLE_UPSTREAMS = (
+    SimulatedUpstream(name="dark", format="darkai", port=8081, latency=_QUICK),
+    SimulatedUpstream(name="backup", format="darkai", port=8082, seed=1, latency=_QUICK),
+)
 
 
 def yes(flag: bool) -> str:

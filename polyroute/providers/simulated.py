@@ -33,15 +33,17 @@ class Simulated(AsyncGeneratorProvider):
 
     def __init__(self, *, timeout: Any = None, **kwargs: Any) -> None:
         options = {key: kwargs.pop(key) for key in _PROFILE_KEYS if key in kwargs}
+        tools = kwargs.pop("supports_tools", None)
         super().__init__(timeout=timeout, **kwargs)
         try:
             self.profile = SimulatedUpstream(name=self.entry_name, **options)
         except ValidationError as error:
             problems = describe_validation_error(error, prefix="options.")
             raise ConfigError(f"simulated provider {self.entry_name!r}: {problems}") from None
-        self.supports_system_message = self.supports_message_history = (
-            self.profile.format == "openai"
-        )
+        openai_format = self.profile.format == "openai"
+        self.supports_system_message = self.supports_message_history = openai_format
+        # An openai-format simulator answers a request that offers tools with a call.
+        self.supports_tools = openai_format if tools is None else tools
         self.server = SimulatorServer(self.profile)
         self.supports_continuation = True
         inner_type = OpenAI if self.profile.format == "openai" else DarkAI

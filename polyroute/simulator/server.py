@@ -11,7 +11,7 @@ from typing import Any
 
 from aiohttp import web
 
-from polyroute.core.deltas import FinishDelta, TextDelta, Usage, UsageDelta
+from polyroute.core.deltas import Delta, FinishDelta, TextDelta, ToolCallDelta, Usage, UsageDelta
 from polyroute.core.messages import CONTINUE_INSTRUCTION
 from polyroute.core.sse import DONE_EVENT, OpenAIChunkEncoder, encode_event
 from polyroute.simulator.profile import SimulatedUpstream
@@ -88,6 +88,37 @@ class SimulatorServer:
             drop_after = failures.drop_after.chunks
         self.outcomes["drop" if drop_after is not None else "ok"] += 1
 
+        pieces = self._answer_pieces(body, number)
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await self._pause(rng, profile.latency.first_chunk_ms)
+        encoder = OpenAIChunkEncoder(str(body.get("model", "simulated")), id="chatcmpl-simulated")
+        if profile.format == "openai":
+            await response.write(encode_event(encoder.chunk({"role": "assistant", "content": ""})))
+        for index, piece in enumerate(pieces):
+            if index == drop_after:
+                return await _hang_up(request)
+            if index:
+                await self._pause(rng, profile.latency.chunk_gap_ms)
+            if profile.format == "openai":
+                await response.write(encoder.encode(piece))
+            else:
+                text = piece.text if isinstance(piece, TextDelta) else ""
+                await response.write(encode_event({"event": "text-chunk", "data": {"text": text}}))
+        await response.write(self._ending(encoder, body, pieces))
+        await response.write_eof()
+        return response
+
+    def _answer_pieces(self, body: dict[str, Any], number: int) -> list[Delta]:
+        """The answer, one delta per chunk: a call to a tool when the request offers
+        tools (openai format), else the tagged filler text."""
+        profile = self.profile
+        if profile.format == "openai" and (call := tool_call(body)) is not None:
+            name, arguments = call
+            pieces: list[Delta] = [ToolCallDelta(0, f"call_sim_{number}", name, "")]
+            step = 8  # arguments in short fragments, as models stream them
+            fragments = (arguments[i : i + step] for i in range(0, len(arguments), step))
+            return pieces + [ToolCallDelta(0, arguments=fragment) for fragment in fragments]
         key, partial = read_conversation(profile.format, body)
         words = answer_words(key, profile.words)
         if partial is None:
@@ -95,37 +126,51 @@ class SimulatorServer:
         else:
             given = words_already_given(partial, words)
             words = words[max(0, given - profile.continuation_overlap) :]
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await response.prepare(request)
-        await self._pause(rng, profile.latency.first_chunk_ms)
-        encoder = OpenAIChunkEncoder(str(body.get("model", "simulated")), id="chatcmpl-simulated")
-        if profile.format == "openai":
-            await response.write(encode_event(encoder.chunk({"role": "assistant", "content": ""})))
-        for index, word in enumerate(words):
-            if index == drop_after:
-                return await _hang_up(request)
-            if index:
-                await self._pause(rng, profile.latency.chunk_gap_ms)
-            if profile.format == "openai":
-                await response.write(encoder.encode(TextDelta(word)))
-            else:
-                await response.write(encode_event({"event": "text-chunk", "data": {"text": word}}))
-        await response.write(self._ending(encoder, body, len(words)))
-        await response.write_eof()
-        return response
+        return [TextDelta(word) for word in words]
 
-    def _ending(self, encoder: OpenAIChunkEncoder, body: dict[str, Any], words: int) -> bytes:
+    def _ending(
+        self, encoder: OpenAIChunkEncoder, body: dict[str, Any], pieces: list[Delta]
+    ) -> bytes:
         if self.profile.format == "darkai":
             return encode_event({"event": "stream-end", "data": {}})
-        ending = encoder.encode(FinishDelta("stop"))
+        calls = pieces and isinstance(pieces[0], ToolCallDelta)
+        ending = encoder.encode(FinishDelta("tool_calls" if calls else "stop"))
         if (body.get("stream_options") or {}).get("include_usage"):
-            ending += encoder.encode(UsageDelta(Usage(0, words, words)))
+            ending += encoder.encode(UsageDelta(Usage(0, len(pieces), len(pieces))))
         return ending + DONE_EVENT
 
     async def _pause(self, rng: random.Random, milliseconds: float) -> None:
         delay = milliseconds + rng.uniform(0, self.profile.latency.jitter_ms)
         if delay:
             await asyncio.sleep(delay / 1000)
+
+
+def tool_call(body: dict[str, Any]) -> tuple[str, str] | None:
+    """The call a simulated model makes, as (name, JSON arguments): to the tool that
+    ``tool_choice`` names, else the first one; none when no tools are offered, when
+    ``tool_choice`` is ``none``, or when the last message is a tool's result (the
+    model then answers in text, so an agent loop ends)."""
+    tools = [tool.get("function") or {} for tool in body.get("tools") or []]
+    choice = body.get("tool_choice")
+    messages = body.get("messages") or [{}]
+    if not tools or choice == "none" or messages[-1].get("role") == "tool":
+        return None
+    if isinstance(choice, dict):
+        wanted = (choice.get("function") or {}).get("name")
+        tools = [tool for tool in tools if tool.get("name") == wanted] or tools
+    function = tools[0]
+    properties = (function.get("parameters") or {}).get("properties") or {}
+    arguments = {name: _sample(schema) for name, schema in properties.items()}
+    return str(function.get("name", "tool")), json.dumps(arguments)
+
+
+def _sample(schema: dict[str, Any]) -> Any:
+    """A value of a JSON-schema type, visibly made up."""
+    if schema.get("enum"):
+        return schema["enum"][0]
+    kind = schema.get("type")
+    samples = {"integer": 1, "number": 1.5, "boolean": True, "array": [], "object": {}}
+    return samples.get(kind, "simulated") if isinstance(kind, str) else "simulated"
 
 
 _ROLE_LINE = re.compile(r"^(System|User|Assistant|Tool|Developer): ", re.MULTILINE)

@@ -323,3 +323,11 @@ async def test_chat_json_options_and_no_stream(
     bad = await run_cli("chat", "-c", str(config), "-o", "temperature", '"hot"', "Hi", cwd=tmp_path)
     assert bad.code == 2
     assert "temperature" in bad.err
+
+
+async def test_simulate_port_without_room_for_every_upstream_is_a_config_error(
+    tmp_path: Path,
+) -> None:
+    result = await run_cli("simulate", "--port", "65535", cwd=tmp_path)
+    assert result.code == 2
+    assert "--port 65535: no room for 2 ports" in result.err

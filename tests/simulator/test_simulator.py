@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 
 import pytest
@@ -10,6 +11,7 @@ from openai.types.chat import ChatCompletionChunk
 from polyroute import (
     ConfigError,
     FinishDelta,
+    Router,
     TextDelta,
     Timeouts,
     UpstreamConnectionError,
@@ -183,3 +185,61 @@ async def test_simulated_provider_starts_its_server_on_first_use_and_stops_it() 
         assert provider.api_endpoint == provider.server.url
     assert text.startswith("[simulated demo]")
     assert provider.server.requests == 1
+
+
+WEATHER = {
+    "name": "get_weather",
+    "parameters": {
+        "type": "object",
+        "properties": {
+            "city": {"type": "string"},
+            "days": {"type": "integer"},
+            "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
+        },
+    },
+}
+TOOLS = [
+    {"type": "function", "function": {"name": "noop"}},
+    {"type": "function", "function": WEATHER},
+]
+
+
+async def test_offered_tools_get_a_call_in_official_chunks(started: list[SimulatorServer]) -> None:
+    server = await start(started, format="openai", **FAST)
+    choice = {"type": "function", "function": {"name": "get_weather"}}
+    owner = SessionOwner()
+    body = {"model": "m", "messages": HI, "stream": True, "tools": TOOLS, "tool_choice": choice}
+    async with owner.session.post(server.url, json=body) as response:
+        payloads = [
+            line[6:] for line in (await response.text()).split("\n") if line.startswith("data: ")
+        ]
+    await owner.aclose()
+    chunks = [ChatCompletionChunk.model_validate_json(p) for p in payloads[:-1]]
+    calls = [call for c in chunks if c.choices for call in c.choices[0].delta.tool_calls or ()]
+    assert calls[0].id == "call_sim_0"
+    assert calls[0].function is not None
+    assert calls[0].function.name == "get_weather"
+    arguments = "".join(c.function.arguments or "" for c in calls if c.function)
+    assert json.loads(arguments) == {"city": "simulated", "days": 1, "unit": "celsius"}
+    assert len(calls) > 3  # streamed in fragments, as models do
+    assert chunks[-1].choices[0].finish_reason == "tool_calls"
+
+
+async def test_a_simulated_agent_loop_calls_then_answers_in_text() -> None:
+    entry = {"name": "sim", "type": "simulated", "models": ["m"], "options": FAST}
+    async with Router.from_config({"providers": [entry]}) as router:
+        first = await router.complete("m", HI, tools=TOOLS)
+        (call,) = first.tool_calls
+        assert (call.name, first.content) == ("noop", None)  # the first tool, no choice given
+        result = {"role": "tool", "tool_call_id": call.id, "content": "done"}
+        second = await router.complete("m", [*HI, first.as_dict(), result], tools=TOOLS)
+        refused = await router.complete("m", HI, tools=TOOLS, tool_choice="none")
+    assert second.tool_calls == []
+    assert (second.content or "").startswith("[simulated sim]")
+    assert refused.tool_calls == []
+
+
+def test_only_openai_format_simulators_take_tools() -> None:
+    assert Simulated(name="a", format="openai").supports_tools
+    assert not Simulated(name="b", format="darkai").supports_tools
+    assert not Simulated(name="c", format="openai", supports_tools=False).supports_tools
