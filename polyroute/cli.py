@@ -19,7 +19,7 @@ import traceback
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
 from polyroute import __version__
 from polyroute.core.deltas import TextDelta
@@ -37,16 +37,21 @@ from polyroute.core.logging import configure_logging
 from polyroute.core.request import RequestOptions
 from polyroute.providers.base import Provider
 from polyroute.router.config import RouterConfig, load_config, read_config_file, validate
+from polyroute.router.health import describe as describe_health
 from polyroute.router.policy import Entry
 from polyroute.router.router import Router
 from polyroute.router.stats import EntryStats
 from polyroute.router.stream import RouterStream
 from polyroute.simulator.profile import Latency, SimulatedUpstream, SimulatorConfig
 from polyroute.simulator.server import SimulatorServer
+from polyroute.terminal import AnswerLine, EventStream
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_MODEL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 LOCAL_CONFIG = "polyroute.yaml"
 BUILTIN_LABEL = "built-in default (three simulated upstreams on 127.0.0.1; offline)"
+# chat's answer on stdout, and the -v events on stderr, which end its open line first.
+_ANSWER = AnswerLine()
+_EVENTS = EventStream(_ANSWER)
 
 
 def find_config(option: str | None) -> tuple[RouterConfig, str]:
@@ -162,7 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             setattr(args, name, default)
     if args.verbose:
         level = logging.DEBUG if args.verbose > 1 else logging.INFO
-        configure_logging(level=level, fmt=args.log_format)
+        configure_logging(level=level, fmt=args.log_format, stream=cast(TextIO, _EVENTS))
     handler = {
         "chat": chat,
         "models": models,
@@ -231,7 +236,6 @@ async def chat(args: argparse.Namespace) -> int:
     messages = [{"role": "system", "content": args.system}] if args.system else []
     messages.append({"role": "user", "content": prompt})
     options = request_options(args.option, args.max_tokens)
-    out = sys.stdout
     live = not (args.json or args.no_stream)
     async with Router.from_config(config) as router:
         stream = router.stream(args.model, messages, **options)
@@ -239,16 +243,16 @@ async def chat(args: argparse.Namespace) -> int:
             async with stream:
                 async for text in stream:
                     if live:
-                        out.write(text)
-                        out.flush()
+                        _ANSWER.write(text)
         except UpstreamError:
-            if live:
-                out.write("\n")  # end the partial line before the error message
+            _ANSWER.end()  # the error message goes on a line of its own
             raise
     if args.json:
         print(json.dumps(answer_facts(stream)))
         return EXIT_OK
-    out.write(("" if live else stream.text) + "\n")
+    if not live:
+        _ANSWER.write(stream.text)
+    _ANSWER.finish()
     return EXIT_OK
 
 
@@ -332,7 +336,7 @@ async def providers(args: argparse.Namespace) -> int:
                     provider.type_name or type(provider).__name__,
                     yes(provider.working),
                     yes(provider.supports_stream),
-                    state or router.health.state(entry.name),
+                    state or describe_health(router.health, entry.name),
                     figure(stats.ttft_ms, "ms"),
                     figure(stats.chars_per_s, "/s"),
                     f"{stats.error_rate:.0%}" if stats.attempts else "-",

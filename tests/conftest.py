@@ -70,6 +70,11 @@ def json_log() -> Iterator[io.StringIO]:
     stream = io.StringIO()
     configure_logging(fmt="json", stream=stream, level=logging.DEBUG)
     yield stream
+    restore_silent_logging()
+
+
+def restore_silent_logging() -> None:
+    """Undo configure_logging: the library's silent default again."""
     structlog.reset_defaults()
     logger = logging.getLogger(LOGGER_NAME)
     for handler in list(logger.handlers):

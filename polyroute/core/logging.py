@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import secrets
 import sys
 from collections.abc import MutableMapping
@@ -18,6 +19,7 @@ from typing import Any, Literal, TextIO
 
 import structlog
 
+from polyroute.core.console import HumanRenderer
 from polyroute.core.redaction import redact_value
 
 LOGGER_NAME = "polyroute"
@@ -111,17 +113,17 @@ def configure_logging(
 ) -> None:
     """Show polyroute's events on ``stream`` (stderr by default).
 
-    ``fmt="auto"`` renders for humans on a terminal and as JSON lines otherwise.
+    ``fmt="auto"`` renders for humans on a terminal (one short line per event,
+    coloured unless ``NO_COLOR`` is set) and as JSON lines otherwise.
     Calling it again replaces the previous setup.
     """
     stream = stream or sys.stderr
     if fmt == "auto":
         fmt = "console" if stream.isatty() else "json"
-    renderer: Any = (
-        structlog.processors.JSONRenderer()
-        if fmt == "json"
-        else structlog.dev.ConsoleRenderer(colors=stream.isatty())
-    )
+    renderer: Any = structlog.processors.JSONRenderer()
+    if fmt == "console":
+        # https://no-color.org: any non-empty NO_COLOR turns colour off.
+        renderer = HumanRenderer(colors=stream.isatty() and not os.environ.get("NO_COLOR"))
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,

@@ -3,7 +3,8 @@
 closed --(``failures`` consecutive failures)--> open --(``seconds`` later)--> half-open:
 one request may try; its success closes the circuit, its failure opens it again.
 State sits behind :class:`HealthStore` so a shared backend can replace the
-in-memory one without touching the router.
+in-memory one without touching the router. People read the states as "healthy",
+"cooling down (12 s left)" and "on trial" (:func:`describe`).
 """
 
 from __future__ import annotations
@@ -35,6 +36,10 @@ class HealthStore(Protocol):
 
     def release(self, name: str) -> None:
         """Give back a probe that ended with neither success nor failure (cancelled)."""
+        ...
+
+    def seconds_left(self, name: str) -> float:
+        """How long ``name``'s cooldown still lasts (0 when it is not cooling down)."""
         ...
 
 
@@ -96,7 +101,25 @@ class InMemoryHealth:
         if circuit is not None:
             circuit.probing = False
 
+    def seconds_left(self, name: str) -> float:
+        """How long ``name``'s cooldown still lasts (0 when it is not cooling down)."""
+        circuit = self._circuits.get(name)
+        if circuit is None or circuit.open_until is None:
+            return 0.0
+        return max(0.0, circuit.open_until - self._clock())
+
     def failures(self, name: str) -> int:
         """Consecutive failures counted for ``name``."""
         circuit = self._circuits.get(name)
         return circuit.failures if circuit else 0
+
+
+def describe(health: HealthStore, name: str) -> str:
+    """An entry's state in words for tables and readiness reports."""
+    state = health.state(name)
+    if state == "closed":
+        return "healthy"
+    if state == "half-open":
+        return "on trial (next request probes it)"
+    left = health.seconds_left(name)
+    return f"cooling down ({left:.0f} s left)" if left else "on trial (a probe is running)"

@@ -16,7 +16,7 @@ from polyroute.core.errors import CapabilityNotSupportedError, ModelNotSupported
 from polyroute.core.request import CAPABILITY_LABELS, Capability
 from polyroute.providers.base import Provider
 from polyroute.router.config import Order, ToolCallMode
-from polyroute.router.health import HealthStore
+from polyroute.router.health import HealthStore, describe
 from polyroute.router.stats import StatsBook
 
 _CHAIN_CACHE_SIZE = 1024
@@ -133,7 +133,7 @@ class RoutingPolicy:
         for entry, upstream_model in self.serving(model):
             reason = _unusable(entry, needs)
             if reason is None and health.state(entry.name) == "open":
-                reason = "cooling down"
+                reason = describe(health, entry.name)
             if reason is None:
                 chosen.append(Candidate(entry, model, upstream_model, entry.name))
             else:

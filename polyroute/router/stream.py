@@ -460,8 +460,10 @@ class RouterStream:
                 run.reasons.append(f"{candidate.name} ({candidate.model}): cooling down")
                 continue
             if run.previous is not None:
+                # Another entry for the same model, or the next model of the fallback chain.
+                same_model = candidate.model == run.previous.model
                 run.log.info(
-                    "route.fallback",
+                    "route.next_provider" if same_model else "route.fallback",
                     from_provider=run.previous.name,
                     from_model=run.previous.model,
                     to_provider=candidate.name,
@@ -515,6 +517,8 @@ class RouterStream:
                 provider=candidate.name,
                 model=candidate.upstream_model,
                 delay_s=round(state.upcoming_sleep, 3),
+                retry=state.attempt_number,
+                retries=context.retry.config.attempts - 1,
                 **(describe_error(error) if error else {}),
             )
 
@@ -628,6 +632,7 @@ class RouterStream:
             chunks=len(self._builder.text_parts),
             chars=chars,
             relays=len(self.switches),
+            attempts=len(self.attempts),
             finish_reason=self._builder.finish_reason,
             prompt_tokens=usage.prompt_tokens if (usage := self.usage) else None,
             completion_tokens=usage.completion_tokens if usage else None,

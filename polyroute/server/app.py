@@ -25,6 +25,7 @@ from polyroute.core.errors import ModelNotSupportedError, PolyrouteError, Upstre
 from polyroute.core.logging import get_logger, new_request_id
 from polyroute.core.sse import DONE_EVENT, OpenAIChunkEncoder, encode_event
 from polyroute.router.config import GatewayConfig
+from polyroute.router.health import describe as describe_health
 from polyroute.router.router import Router
 from polyroute.router.stream import RouterStream
 from polyroute.server.keys import ClientKey, KeyRing
@@ -351,7 +352,7 @@ class Gateway:
             if not provider.working:
                 reasons[name] = "not working"
             elif self.router.health.state(name) == "open":
-                reasons[name] = "cooling down"
+                reasons[name] = describe_health(self.router.health, name)
         ready = len(reasons) < len(self.router.providers)
         body = {"status": "ready" if ready else "not ready", "unavailable": reasons}
         return json_response(body, status=200 if ready else 503)

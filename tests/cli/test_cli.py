@@ -32,7 +32,7 @@ async def test_chat_on_the_builtin_default_streams_and_shows_retry_and_fallback(
     assert "config: built-in default" in result.err
     names = [event["event"] for event in events(result.err)]
     assert names.count("attempt.retry") == 1
-    assert "route.fallback" in names
+    assert "route.next_provider" in names  # sim-flaky -> sim-steady, both sim-large
     assert names[-1] == "route.done"
 
 

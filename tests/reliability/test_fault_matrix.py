@@ -253,7 +253,7 @@ async def test_fault(
         ]
         assert stream.provider == "healthy"
         names = [log["event"] for log in logs]
-        assert "route.fallback" in names
+        assert "route.next_provider" in names
         assert names[-1] == "route.done"
     assert len(sleep.delays) == fault.tries - 1
     if fault.delays:

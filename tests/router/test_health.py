@@ -128,3 +128,19 @@ async def test_retries_stop_once_the_entry_starts_cooling_down(start_darkai: Sta
         with pytest.raises(AllProvidersFailed):
             await collect(router)
     assert len(server.requests) == 2
+
+
+def test_states_read_as_words_with_the_time_left() -> None:
+    from polyroute.router.health import describe
+
+    clock = Clock()
+    health = InMemoryHealth(failures=1, seconds=30, clock=clock)
+    assert describe(health, "a") == "healthy"
+    health.record_failure("a")
+    clock.now += 18
+    assert describe(health, "a") == "cooling down (12 s left)"
+    assert health.seconds_left("a") == 12
+    clock.now += 12
+    assert describe(health, "a") == "on trial (next request probes it)"
+    health.admit("a")
+    assert describe(health, "a") == "on trial (a probe is running)"

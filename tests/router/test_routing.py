@@ -120,6 +120,7 @@ async def test_fallback_chain_is_tried_after_every_provider_of_the_model(
             text, stream = await collect(router)
     assert text == "Hello, world!"
     assert (stream.provider, stream.model) == ("llama", "llama-3-70b")
+    assert "route.next_provider" not in [log["event"] for log in logs]
     fallback = next(log for log in logs if log["event"] == "route.fallback")
     assert (fallback["from_provider"], fallback["from_model"]) == ("four", "gpt-4o")
     assert (fallback["to_provider"], fallback["to_model"]) == ("llama", "llama-3-70b")
@@ -209,7 +210,7 @@ async def test_events_trace_one_request_with_one_request_id(start_darkai: Start)
         "attempt.retry",
         "attempt.start",
         "attempt.failed",
-        "route.fallback",
+        "route.next_provider",  # the same model on another entry: not a model fallback
         "attempt.start",
         "stream.first_chunk",
         "route.done",
@@ -227,8 +228,15 @@ async def test_events_trace_one_request_with_one_request_id(start_darkai: Start)
         True,
         "bad",
     )
+    retry = logs[3]
+    assert (retry["retry"], retry["retries"]) == (1, 1)
     done = logs[-1]
-    assert (done["provider"], done["chunks"], done["chars"]) == ("good", 4, 13)
+    assert (done["provider"], done["chunks"], done["chars"], done["attempts"]) == (
+        "good",
+        4,
+        13,
+        3,
+    )
     assert logs[-2]["ttft_ms"] >= 0
     assert all("Hi" not in str(log.values()) for log in logs)  # no message text in events
 
