@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, TextIO, cast
 
 from polyroute import __version__
+from polyroute.core.config_file import read_config_file
 from polyroute.core.deltas import TextDelta
 from polyroute.core.errors import (
     AllProvidersFailed,
@@ -36,7 +37,7 @@ from polyroute.core.errors import (
 from polyroute.core.logging import configure_logging
 from polyroute.core.request import RequestOptions
 from polyroute.providers.base import Provider
-from polyroute.router.config import RouterConfig, load_config, read_config_file, validate
+from polyroute.router.config import RouterConfig, load_config, validate
 from polyroute.router.health import describe as describe_health
 from polyroute.router.policy import Entry
 from polyroute.router.router import Router
@@ -206,6 +207,8 @@ def one_line(error: PolyrouteError) -> str:
         skipped = "; ".join(error.reasons)
         parts = [p for p in (tried, skipped) if p]
         return f"all providers failed for model {error.model!r} ({' | '.join(parts)}); -v shows why"
+    if isinstance(error, ConfigError):
+        return str(error)  # may show a line of the file and a caret under the spot
     return " ".join(str(error).split())
 
 
@@ -316,6 +319,12 @@ async def models(args: argparse.Namespace) -> int:
                 ["MODEL", "FALLBACK CHAIN"],
                 [(m, " -> ".join(chain)) for m, chain in sorted(router.policy.fallbacks.items())],
             )
+        if router.discovery_errors:  # such entries take any model name meanwhile
+            print()
+            failed = [
+                (name, f"discovery failed: {why}") for name, why in router.discovery_errors.items()
+            ]
+            table(["ENTRY", "MODEL LIST"], failed)
     return EXIT_OK
 
 
@@ -457,9 +466,16 @@ async def simulate(args: argparse.Namespace) -> int:
 
 
 def simulator_profiles(path: str | None) -> list[SimulatedUpstream]:
-    if path:
-        return validate(SimulatorConfig, read_config_file(Path(path)), path).upstreams
-    return list(EXAMPLE_UPSTREAMS)
+    if not path:
+        return list(EXAMPLE_UPSTREAMS)
+    data = read_config_file(Path(path))
+    if isinstance(data, dict) and "providers" in data and "upstreams" not in data:
+        raise ConfigError(
+            f"{path} is a router config (providers:), not a simulator file (upstreams:): "
+            f"use it with `polyroute chat -c {path}`; its type: simulated entries start "
+            "their own servers"
+        )
+    return validate(SimulatorConfig, data, path).upstreams
 
 
 # What `polyroute simulate` serves with no file: the DarkAI-format servers that the

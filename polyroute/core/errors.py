@@ -11,9 +11,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from polyroute.core.redaction import redact
+from polyroute.core.schema import did_you_mean
 
 if TYPE_CHECKING:
     from polyroute.core.attempts import Attempt
@@ -245,12 +246,19 @@ class AllProvidersFailed(PolyrouteError):
         super().__init__("\n".join(lines))
 
 
-def describe_validation_error(error: ValidationError, prefix: str = "") -> str:
-    """One line per problem of a pydantic error: ``prefix`` + key path, then what is wrong."""
-    return "; ".join(
-        f"{prefix}{'.'.join(str(part) for part in item['loc']) or '(top level)'}: {item['msg']}"
-        for item in error.errors()
-    )
+def describe_validation_error(
+    error: ValidationError, prefix: str = "", model: type[BaseModel] | None = None
+) -> str:
+    """One line per problem of a pydantic error: ``prefix`` + key path, then what is
+    wrong; with ``model``, an unknown key gets the closest known one as a suggestion."""
+    problems = []
+    for item in error.errors():
+        path = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        message = item["msg"]
+        if item["type"] == "extra_forbidden":
+            message = "unknown key" + (did_you_mean(model, item["loc"]) if model else "")
+        problems.append(f"{prefix}{path}: {message}")
+    return "; ".join(problems)
 
 
 def describe_error(error: BaseException) -> dict[str, Any]:

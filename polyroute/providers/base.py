@@ -227,6 +227,11 @@ class Provider:
         """
         return error
 
+    @property
+    def models_url(self) -> str | None:
+        """Where :meth:`discover_models` asks; ``None`` for types that cannot."""
+        return None
+
     async def discover_models(self) -> list[str]:
         """Ask the upstream which models it serves and use that list as ``models``.
 

@@ -199,11 +199,15 @@ class OpenAI(AsyncGeneratorProvider):
             )
         return UpstreamError(f"error inside the stream: {message}", provider=provider)
 
+    @property
+    def models_url(self) -> str:
+        return f"{self.base_url}/models"
+
     async def discover_models(self) -> list[str]:
         """Replace ``models`` with the ids listed by ``GET {base_url}/models``."""
         listing = await fetch_json(
             self._sessions.session,
-            f"{self.base_url}/models",
+            self.models_url,
             provider=self.entry_name,
             headers={k: v for k, v in self.headers.items() if k.lower() != "content-type"},
             proxy=self.proxy,

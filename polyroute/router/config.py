@@ -6,13 +6,10 @@ All loaders produce the same :class:`RouterConfig`; a validation error becomes a
 
 from __future__ import annotations
 
-import json
-import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-import yaml
 from pydantic import (
     BaseModel,
     Field,
@@ -21,6 +18,7 @@ from pydantic import (
     model_validator,
 )
 
+from polyroute.core.config_file import read_config_file
 from polyroute.core.errors import ConfigError, describe_validation_error
 from polyroute.core.schema import StrictModel as _Strict
 
@@ -212,13 +210,15 @@ _M = TypeVar("_M", bound=BaseModel)
 
 
 def validate(model: type[_M], data: Any, origin: str = "config") -> _M:
-    """``model.model_validate(data)``, with errors as one :class:`ConfigError` naming key paths."""
+    """``model.model_validate(data)``, with errors as one :class:`ConfigError` naming key
+    paths (and the closest known key for an unknown one)."""
     if isinstance(data, model):
         return data
     try:
         return model.model_validate(data)
     except ValidationError as error:
-        raise ConfigError(f"invalid {origin}: {describe_validation_error(error)}") from None
+        problems = describe_validation_error(error, model=model)
+        raise ConfigError(f"invalid {origin}: {problems}") from None
 
 
 def load_config(source: RouterConfig | Mapping[str, Any] | str | Path) -> RouterConfig:
@@ -227,33 +227,12 @@ def load_config(source: RouterConfig | Mapping[str, Any] | str | Path) -> Router
     Raises :class:`ConfigError` naming the file and the key path of every problem.
     """
     if isinstance(source, str | Path):
-        return validate(RouterConfig, read_config_file(Path(source)), str(source))
+        data = read_config_file(Path(source))
+        if isinstance(data, dict) and "upstreams" in data and "providers" not in data:
+            raise ConfigError(
+                f"{source} is a simulator file (upstreams:), not a router config: serve it "
+                f"with `polyroute simulate -c {source}` and point a router config's "
+                "providers at the URLs it prints"
+            )
+        return validate(RouterConfig, data, str(source))
     return validate(RouterConfig, source)
-
-
-_PARSERS: dict[str, Any] = {
-    ".yaml": yaml.safe_load,
-    ".yml": yaml.safe_load,
-    ".toml": tomllib.loads,
-    ".json": json.loads,
-}
-
-
-def read_config_file(path: Path) -> Any:
-    """The parsed content of a ``.yaml``, ``.yml``, ``.toml`` or ``.json`` file.
-
-    Raises :class:`ConfigError` for an unknown format, an unreadable or unparseable file.
-    """
-    parse = _PARSERS.get(path.suffix.lower())
-    if parse is None:
-        raise ConfigError(
-            f"unknown config format {path.suffix!r} for {path}; use .yaml, .toml or .json"
-        )
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as error:
-        raise ConfigError(f"cannot read config {path}: {error.strerror or error}") from None
-    try:
-        return parse(text)
-    except (yaml.YAMLError, tomllib.TOMLDecodeError, json.JSONDecodeError) as error:
-        raise ConfigError(f"cannot parse {path}: {error}") from None

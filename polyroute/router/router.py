@@ -217,7 +217,9 @@ class Router:
         self.policy.models_changed()
         for entry, result in zip(entries, results, strict=True):
             if isinstance(result, PolyrouteError):
-                self.discovery_errors[entry.name] = " ".join(str(result).split())
+                reason = " ".join(str(result).split())
+                url = entry.provider.models_url
+                self.discovery_errors[entry.name] = f"{reason} (GET {url})" if url else reason
                 _log.warning(
                     "provider.discovery_failed", provider=entry.name, **describe_error(result)
                 )

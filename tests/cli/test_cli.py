@@ -331,3 +331,39 @@ async def test_simulate_port_without_room_for_every_upstream_is_a_config_error(
     result = await run_cli("simulate", "--port", "65535", cwd=tmp_path)
     assert result.code == 2
     assert "--port 65535: no room for 2 ports" in result.err
+
+
+async def test_config_errors_keep_their_caret_and_name_the_right_command(tmp_path: Path) -> None:
+    (tmp_path / "r.yaml").write_text("providers:\n  - name: a\n    type: [openai\n")
+    broken = await run_cli("chat", "-c", "r.yaml", "Hi", cwd=tmp_path)
+    assert broken.code == 2
+    assert broken.err.splitlines()[-3:] == [
+        "polyroute: r.yaml:3:11: while parsing a flow sequence: expected ',' or ']', "
+        "but got '<stream end>'",
+        "      type: [openai",
+        "            ^",
+    ]
+    (tmp_path / "sim.yaml").write_text("upstreams:\n  - {name: a}\n")
+    simulator_file = await run_cli("chat", "-c", "sim.yaml", "Hi", cwd=tmp_path)
+    assert simulator_file.code == 2
+    assert "sim.yaml is a simulator file (upstreams:)" in simulator_file.err
+    assert "`polyroute simulate -c sim.yaml`" in simulator_file.err
+    router_file = write_config(tmp_path / "routes.yaml", simulated("a", ["m"]))
+    wrong = await run_cli("simulate", "-c", str(router_file), cwd=tmp_path)
+    assert wrong.code == 2
+    assert "is a router config (providers:), not a simulator file" in wrong.err
+
+
+async def test_models_shows_a_failed_discovery(
+    tmp_path: Path, darkai_upstream: DarkAIUpstream
+) -> None:
+    darkai_upstream.default = Script(status=404, error_body="no such route")
+    base = darkai_upstream.url.removesuffix("/chat") + "/v1"
+    entry = {"name": "oa", "type": "openai", "base_url": base, "models": "discover"}
+    result = await run_cli(
+        "models", "-c", str(write_config(tmp_path / "r.yaml", entry)), cwd=tmp_path
+    )
+    assert result.code == 0, result.err
+    row = result.out.splitlines()[-1].split(None, 1)
+    assert row == ["oa", f"discovery failed: oa: HTTP 404: no such route (GET {base}/models)"]
+    assert "(any other name)  oa" in result.out
