@@ -389,7 +389,8 @@ async def probe(provider: Provider, stats: EntryStats, discovery: str | None) ->
                 chars += len(delta.text)
     except PolyrouteError as error:
         stats.record_failure()
-        return f"failed: {type(error).__name__}"
+        cause = " ".join(str(error).removeprefix(f"{provider.entry_name}: ").split())
+        return f"failed: {type(error).__name__}: {cause[:120]}"
     elapsed_ms = (time.perf_counter() - started) * 1000
     stats.record_success(chars, elapsed_ms - (first_ms or 0.0))
     return f"ok {model}: first chunk {first_ms or elapsed_ms:.0f} ms, total {elapsed_ms:.0f} ms"

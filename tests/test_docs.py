@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import re
 import signal
 import socket
@@ -18,6 +19,7 @@ import yaml
 from aiohttp import web
 
 from polyroute import Router
+from tests.server.helpers import gateway
 from tests.upstreams.darkai import DarkAIUpstream
 from tests.upstreams.openai import OpenAIUpstream
 from tests.upstreams.scripted import Script
@@ -96,7 +98,7 @@ async def test_readme_provider_example_streams_from_polyroute_simulate() -> None
 
 
 async def test_readme_router_example_runs_as_pasted() -> None:
-    example = next(b for b in blocks(ROOT / "README.md", "python") if "Router" in b)
+    example = next(b for b in blocks(ROOT / "README.md", "python") if "fallbacks" in b)
     lines = (await run_python(example)).splitlines()
     assert lines[0].startswith("[simulated steady] ")
     # flaky answered 503 twice (the default two tries), steady served: what the README says
@@ -274,3 +276,46 @@ async def test_router_guide_sync_example_runs(start_darkai: Start, tmp_path: Pat
     example = next(b for b in blocks(guide, "python") if "SyncRouter" in b)
     output = await run_python(example, cwd=tmp_path)
     assert output.splitlines() == ["Hello, world!dark complete", "Hello, world!"]
+
+
+async def test_readme_tour_python_runs_as_pasted() -> None:
+    tour = next(b for b in blocks(ROOT / "README.md", "python") if "SyncRouter" in b)
+    lines = (await run_python(tour)).splitlines()
+    assert lines[0].startswith("[simulated sim] ")
+    assert lines[1] == "(sim, 1 attempt)"
+    assert lines[2] == lines[0]  # the sync router: the same answer to the same conversation
+
+
+async def test_readme_tour_commands_run_as_pasted(tmp_path: Path) -> None:
+    """Each command of the tour, in a directory with no config (the built-in default);
+    the activated venv is this interpreter's bin on PATH, and the backgrounded gateway
+    is one started the same way on a free port (its line is skipped, `kill %1` too)."""
+    tour = next(b for b in blocks(ROOT / "README.md", "bash") if "polyroute serve &" in b)
+    commands = [line.split("  # ")[0].strip() for line in tour.replace("\\\n", " ").splitlines()]
+    assert commands[0] == ". .venv/bin/activate"
+    assert commands[-1] == "kill %1"
+    env = {k: v for k, v in os.environ.items() if k != "POLYROUTE_CONFIG"}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    outputs = {}
+    async with gateway(None) as served:
+        for command in commands[1:-1]:
+            if command == "polyroute serve &":
+                continue
+            process = await asyncio.create_subprocess_shell(
+                command.replace("http://127.0.0.1:8000", served.url),
+                cwd=tmp_path,
+                env=env,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+            )
+            out, err = await asyncio.wait_for(process.communicate(), 60)
+            # The built-in sim-flaky fails on purpose, and --check says so with exit 1.
+            expected = 1 if command == "polyroute providers --check" else 0
+            assert process.returncode == expected, (command, err.decode())
+            outputs[command.split()[1]] = out.decode()
+    assert json.loads(outputs["chat"].splitlines()[-1])["provider"] == "sim-steady"
+    assert "sim-large" in outputs["models"]
+    checks = {line.split()[0]: line for line in outputs["providers"].splitlines()[2:]}
+    assert "failed: UpstreamStatusError: HTTP 503: simulated 503" in checks["sim-flaky"]
+    assert " ok " in checks["sim-steady"]
+    assert outputs["-sN"].rstrip().endswith("data: [DONE]")

@@ -147,7 +147,7 @@ async def test_providers_check_probes_each_entry(tmp_path: Path) -> None:
     assert result.code == 1  # a failed check fails the command, for use in CI
     rows = {line.split()[0]: line for line in result.out.splitlines()[2:]}
     assert "ok " in rows["good"]
-    assert "failed: UpstreamStatusError" in rows["bad"]
+    assert "failed: UpstreamStatusError: HTTP 500" in rows["bad"]
     header = result.out.splitlines()[1].split()
     good = dict(zip(header, rows["good"].split(), strict=False))
     bad = dict(zip(header, rows["bad"].split(), strict=False))

@@ -30,24 +30,24 @@ class Process:
 
 @asynccontextmanager
 async def gateway(
-    config: Path, *args: str, env: dict[str, str] | None = None
+    config: Path | None, *args: str, env: dict[str, str] | None = None
 ) -> AsyncIterator[Process]:
-    """The gateway serving ``config``; yields once it says it listens, then stops it
-    with SIGTERM and checks it exits 0."""
+    """The gateway serving ``config`` (``None``: the built-in default); yields once it
+    says it listens, then stops it with SIGTERM and checks it exits 0."""
     port = free_port()
+    environment = {k: v for k, v in os.environ.items() if k != "POLYROUTE_CONFIG"}
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "polyroute",
         "serve",
-        "-c",
-        str(config),
+        *(["-c", str(config)] if config else []),
         "--port",
         str(port),
         *args,
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, **(env or {})},
+        env={**environment, **(env or {})},
     )
     assert process.stderr is not None
     served = Process(f"http://127.0.0.1:{port}", process)
