@@ -30,9 +30,7 @@ from polyroute.core.errors import (
     InvalidRequestError,
     ModelNotSupportedError,
     PolyrouteError,
-    UpstreamConnectionError,
     UpstreamError,
-    UpstreamTimeout,
 )
 from polyroute.core.logging import configure_logging
 from polyroute.core.request import RequestOptions
@@ -203,29 +201,13 @@ def _no_upstream_knows_the_model(error: PolyrouteError) -> bool:
 def one_line(error: PolyrouteError) -> str:
     """A single line for the terminal; the full attempt list is in the -v events."""
     if isinstance(error, AllProvidersFailed):
-        tried = "; ".join(_entry_failures(error))
+        tried = "; ".join(error.by_entry())
         skipped = "; ".join(error.reasons)
         parts = [p for p in (tried, skipped) if p]
         return f"all providers failed for model {error.model!r} ({' | '.join(parts)}); -v shows why"
     if isinstance(error, ConfigError):
         return str(error)  # may show a line of the file and a caret under the spot
     return " ".join(str(error).split())
-
-
-def _entry_failures(error: AllProvidersFailed) -> list[str]:
-    """Each entry once, in the order tried: its last error and how many attempts it had."""
-    by_entry: dict[str, list[BaseException | None]] = {}
-    for attempt in error.attempts:
-        by_entry.setdefault(attempt.provider, []).append(attempt.error)
-    lines = []
-    for name, errors in by_entry.items():
-        last = errors[-1]
-        what = type(last).__name__ if last is not None else "no error"
-        if isinstance(last, UpstreamConnectionError | UpstreamTimeout):
-            what += f" ({str(last).removeprefix(f'{name}: ')})"
-        count = f", {len(errors)} attempts" if len(errors) > 1 else ""
-        lines.append(f"{name}: {what}{count}")
-    return lines
 
 
 async def chat(args: argparse.Namespace) -> int:

@@ -64,7 +64,7 @@ def _done(f: _Fields) -> str:
 
 
 def _failed(f: _Fields) -> str:
-    line = f"failed: {f.get('error_type', 'error')} after {f.get('attempts', 0)} attempts"
+    line = f"failed after {f.get('attempts', 0)} attempts: {f.get('error_type', 'error')}"
     if f.get("reasons"):
         line += " (" + "; ".join(map(str, f["reasons"])) + ")"
     return line

@@ -245,6 +245,23 @@ class AllProvidersFailed(PolyrouteError):
             lines.append("  - no provider was tried")
         super().__init__("\n".join(lines))
 
+    def by_entry(self) -> list[str]:
+        """Each entry tried, once, in order: its last error and how many attempts it had
+        (``dead: UpstreamConnectionError (cannot connect to URL: connection refused), 2
+        attempts``)."""
+        by_entry: dict[str, list[BaseException | None]] = {}
+        for attempt in self.attempts:
+            by_entry.setdefault(attempt.provider, []).append(attempt.error)
+        lines = []
+        for name, errors in by_entry.items():
+            last = errors[-1]
+            what = type(last).__name__ if last is not None else "no error"
+            if isinstance(last, UpstreamConnectionError | UpstreamTimeout):
+                what += f" ({str(last).removeprefix(f'{name}: ')})"
+            count = f", {len(errors)} attempts" if len(errors) > 1 else ""
+            lines.append(f"{name}: {what}{count}")
+        return lines
+
 
 def describe_validation_error(
     error: ValidationError, prefix: str = "", model: type[BaseModel] | None = None

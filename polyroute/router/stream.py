@@ -645,15 +645,16 @@ class RouterStream:
             self._end_failed(run, run.failure)
             raise run.failure
         self.status = "failed"
+        error = AllProvidersFailed(self.requested_model, self.attempts, run.reasons)
         run.log.warning(
             "route.failed",
             model=self.requested_model,
             attempts=len(self.attempts),
-            reasons=run.reasons,
+            reasons=error.by_entry() + run.reasons,
             duration_ms=_ms(run.started),
             error_type="AllProvidersFailed",
         )
-        raise AllProvidersFailed(self.requested_model, self.attempts, run.reasons)
+        raise error
 
     def _end_failed(self, run: _Run, error: PolyrouteError) -> None:
         delivered = bool(self._builder.text_parts) or self._tool_call_delivered

@@ -281,8 +281,18 @@ async def test_a_closed_port_says_the_url_and_connection_refused_once_per_entry(
         for name, url in (("dead", "http://127.0.0.1:9/chat"), ("gone", "http://127.0.0.1:7/chat"))
     ]
     config = write_config(tmp_path / "r.yaml", *dead, retry={"attempts": 2, "backoff_initial": 0})
-    result = await run_cli("chat", "-c", str(config), "-m", "m1", "Hi", cwd=tmp_path)
+    result = await run_cli(
+        "chat", "-c", str(config), "-m", "m1", "-v", "--log-format", "json", "Hi", cwd=tmp_path
+    )
     assert result.code == 1
+    failed = events(result.err)[-1]
+    assert failed["event"] == "route.failed"
+    assert failed["reasons"] == [
+        "dead: UpstreamConnectionError (cannot connect to http://127.0.0.1:9/chat: "
+        "connection refused), 2 attempts",
+        "gone: UpstreamConnectionError (cannot connect to http://127.0.0.1:7/chat: "
+        "connection refused), 2 attempts",
+    ]
     assert result.err.splitlines()[-1] == (
         "polyroute: all providers failed for model 'm1' ("
         "dead: UpstreamConnectionError (cannot connect to http://127.0.0.1:9/chat: "
