@@ -53,3 +53,30 @@ def test_benchmark_suite_runs_on_a_tiny_workload(tmp_path: Path) -> None:
     assert results["failover"]["failover_ttft_p50_ms"] > 0
     assert results["idle"]["idle_streams"] == 50
     assert "vs floor" in done.stdout
+
+
+def test_gateway_benchmark_runs_against_polyroute_serve(tmp_path: Path) -> None:
+    """The gateway benchmark's own parts (no peer installed): direct and polyroute."""
+    out = tmp_path / "gateway.json"
+    done = subprocess.run(
+        [
+            *(sys.executable, "-m", "benchmarks.gateway", "--quick"),
+            *("--gateways", "direct,polyroute", "--seconds", "0.3", "--out", str(out)),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert {(r["gateway"], r["workload"]) for r in rows} == {
+        (gateway, workload)
+        for gateway in ("direct", "polyroute")
+        for workload in ("saturated", "paced")
+    }
+    assert all(r["errors"] == 0 and r["streams_per_s"] > 0 for r in rows)
+    served = [r for r in rows if r["gateway"] == "polyroute"]
+    assert all(r["cpu_ms_per_stream"] > 0 and r["peak_rss_mb"] > 10 for r in served)
+    assert all(r["added_ttft_p50_ms"] is not None for r in served)

@@ -1,0 +1,469 @@
+"""``python -m benchmarks.gateway``: polyroute serve against other gateways, one run.
+
+Every gateway serves the same two local upstreams (``benchmarks.upstream``: 64 chunks
+at once, and 64 chunks 10 ms apart) and is driven by the same load client, so the
+figures differ only by the gateway in between:
+
+  direct        the client talks to the upstream itself (the baseline for added TTFT)
+  polyroute     polyroute serve, 1 worker
+  polyroute-2w  polyroute serve --workers 2
+  litellm       LiteLLM proxy (litellm[proxy], pinned below, in its own venv)
+  portkey       the Portkey gateway (npm @portkey-ai/gateway, pinned, with
+                @hono/node-server 1.13.5, which its streaming needs, bound to 127.0.0.1)
+
+Each gateway runs in its own process pinned to its own core; the upstreams and the
+load client share the other core. Workloads: concurrency 1, 50 and 200 with no delay
+upstream (saturated) and 100 paced. For each repeat the gateways run one after another
+in an order that rotates, and figures are medians over the repeats. Per run: streams/s,
+TTFT p50/p99 (to the first chunk with text) and the TTFT added over direct, the
+gateway's CPU per stream (user + system time of its processes), and its peak RSS.
+
+  python -m benchmarks.gateway --setup   # install the peers into benchmarks/.peers (once)
+  python -m benchmarks.gateway           # the full run (about 15 minutes)
+  python -m benchmarks.gateway --quick   # a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from benchmarks.__main__ import machine, upstream
+
+PEERS = Path(__file__).resolve().parent / ".peers"
+# Never float this pin: 1.82.7, 1.82.8 and 1.107.0 were pulled after a supply-chain
+# compromise. 1.106.12 is the newest release whose [proxy] extra installs from PyPI here
+# (later ones need litellm-proxy / litellm-proxy-extras builds that are not published).
+LITELLM = "litellm[proxy]==1.106.12"
+PORTKEY_PACKAGE = {
+    "private": True,
+    "dependencies": {"@portkey-ai/gateway": "1.15.2", "@hono/node-server": "1.13.5"},
+    # The gateway's own dependency range takes a newer @hono/node-server, with which
+    # its streaming fails ("TypeError: immutable"): force the one it needs.
+    "overrides": {"@hono/node-server": "1.13.5"},
+}
+# The pinned build binds every interface; the benchmark serves on loopback only.
+PORTKEY_LISTEN = ("e({fetch:Lu.fetch,port:Ku})", 'e({fetch:Lu.fetch,port:Ku,hostname:"127.0.0.1"})')
+MASTER_KEY = "sk-bench-0123456789abcdef0123456789"
+GATEWAYS = ["direct", "polyroute", "polyroute-2w", "litellm", "portkey"]
+WORKLOADS = [("saturated", 1), ("saturated", 50), ("saturated", 200), ("paced", 100)]
+MESSAGES = [{"role": "user", "content": "Say something."}]
+TEXT = re.compile(rb'"content":\s*"token')
+
+
+# Setup ------------------------------------------------------------------------------
+
+
+def setup() -> None:
+    """Install the peers, pinned, into benchmarks/.peers (not into the project's venv)."""
+    PEERS.mkdir(exist_ok=True)
+    venv = PEERS / "litellm"
+    if not (venv / "bin" / "litellm").exists():
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        subprocess.run([venv / "bin" / "pip", "install", "-q", LITELLM], check=True)
+    portkey = PEERS / "portkey"
+    portkey.mkdir(exist_ok=True)
+    (portkey / "package.json").write_text(json.dumps(PORTKEY_PACKAGE, indent=2))
+    subprocess.run(
+        ["npm", "install", "--no-audit", "--no-fund", "--ignore-scripts"], cwd=portkey, check=True
+    )
+    build = portkey / "node_modules" / "@portkey-ai" / "gateway" / "build"
+    source = (build / "start-server.js").read_text()
+    if source.count(PORTKEY_LISTEN[0]) != 1:
+        raise SystemExit("the Portkey build changed: cannot bind it to 127.0.0.1")
+    (build / "loopback-server.mjs").write_text(source.replace(*PORTKEY_LISTEN))
+
+
+# Gateways ---------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@dataclass
+class Target:
+    """Where the load client sends each workload, and the gateway's root process."""
+
+    name: str
+    urls: dict[str, str]
+    headers: dict[str, dict[str, str]] = field(default_factory=dict)
+    pid: int | None = None
+    cores: str = "-"
+
+
+def wait_until_ready(url: str, process: subprocess.Popen[bytes], seconds: float = 120) -> None:
+    """Poll ``url`` until it answers (a gateway prints readiness in its own way)."""
+    import urllib.request
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{url}: the gateway exited with {process.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=1):
+                return
+        except OSError:
+            time.sleep(0.2)  # a process we do not control: polling is the only signal
+    raise RuntimeError(f"{url}: not ready within {seconds} s")
+
+
+@contextmanager
+def started(
+    command: list[str], ready: str, cores: set[int], env: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    process = subprocess.Popen(
+        command,
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        preexec_fn=lambda: os.sched_setaffinity(0, cores),
+    )
+    try:
+        wait_until_ready(ready, process)
+        yield process
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+
+
+def gateway(name: str, ups: dict[str, str], core: int, both: set[int], stack: ExitStack) -> Target:
+    """Start gateway ``name`` in front of ``ups`` (workload -> upstream base URL)."""
+    if name == "direct":
+        return Target(name, {w: f"{base}/v1/chat/completions" for w, base in ups.items()})
+    port = free_port()
+    root = f"http://127.0.0.1:{port}"
+    urls = {w: f"{root}/v1/chat/completions" for w in ups}
+    if name.startswith("polyroute"):
+        workers = 2 if name.endswith("2w") else 1
+        cores = both if workers == 2 else {core}
+        entries = [
+            {"name": w, "type": "openai", "base_url": f"{base}/v1", "models": [w]}
+            for w, base in ups.items()
+        ]
+        config = PEERS / f"polyroute-{port}.json"
+        config.write_text(json.dumps({"providers": entries}))
+        command = [sys.executable, "-m", "polyroute", "serve", "-c", str(config)]
+        command += ["--port", str(port), "--workers", str(workers)]
+        process = stack.enter_context(started(command, f"{root}/healthz", cores))
+    elif name == "litellm":
+        cores = {core}
+        model_list = [
+            {
+                "model_name": w,
+                "litellm_params": {
+                    "model": f"openai/{w}",
+                    "api_base": f"{base}/v1",
+                    "api_key": "x",
+                },
+            }
+            for w, base in ups.items()
+        ]
+        config = PEERS / f"litellm-{port}.json"  # YAML is a superset of JSON
+        config.write_text(json.dumps({"model_list": model_list}))
+        command = [str(PEERS / "litellm" / "bin" / "litellm"), "--config", str(config)]
+        command += ["--host", "127.0.0.1", "--port", str(port), "--num_workers", "1"]
+        env = {
+            "LITELLM_MASTER_KEY": MASTER_KEY,
+            "LITELLM_LOCAL_MODEL_COST_MAP": "True",  # offline: no fetch from GitHub
+            "LITELLM_LOG": "ERROR",
+        }
+        ready = f"{root}/health/liveliness"
+        process = stack.enter_context(started(command, ready, cores, env))
+    elif name == "portkey":
+        cores = {core}
+        server = PEERS / "portkey/node_modules/@portkey-ai/gateway/build/loopback-server.mjs"
+        command = ["node", str(server), f"--port={port}", "--headless"]
+        process = stack.enter_context(started(command, root, cores, {"NODE_ENV": "production"}))
+    else:
+        raise SystemExit(f"unknown gateway {name!r}; choose from {', '.join(GATEWAYS)}")
+    headers = {w: {"Authorization": f"Bearer {MASTER_KEY}"} for w in ups}
+    if name == "portkey":
+        for w, base in ups.items():
+            headers[w] |= {"x-portkey-provider": "openai", "x-portkey-custom-host": f"{base}/v1"}
+    return Target(name, urls, headers, process.pid, ",".join(map(str, sorted(cores))))
+
+
+# Measuring the gateway's processes --------------------------------------------------
+
+
+def process_tree(root: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(parent, []).append(int(entry.name))
+    tree, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo += children.get(pid, [])
+    return tree
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    ticks = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def peak_rss_mb(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            continue
+        if found := re.search(r"VmHWM:\s+(\d+) kB", status):
+            total += int(found[1])
+    return total / 1024
+
+
+# The load client (its own process) --------------------------------------------------
+
+
+async def load(
+    url: str, headers: dict[str, str], model: str, concurrency: int, seconds: float
+) -> dict[str, Any]:
+    import aiohttp
+
+    body = json.dumps({"model": model, "stream": True, "messages": MESSAGES}).encode()
+    headers = {**headers, "Content-Type": "application/json"}
+    ttfts: list[float] = []
+    errors = 0
+
+    async def one(session: aiohttp.ClientSession) -> None:
+        nonlocal errors
+        started = time.perf_counter()
+        first: float | None = None
+        seen, tail = b"", b""
+        async with session.post(url, data=body, headers=headers) as response:
+            async for piece in response.content.iter_any():
+                if first is None:
+                    seen += piece
+                    if TEXT.search(seen):
+                        first = time.perf_counter() - started
+                tail = (tail + piece)[-64:]
+        if response.status != 200 or first is None or b"[DONE]" not in tail:
+            errors += 1
+        else:
+            ttfts.append(first)
+
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        warm_until = time.perf_counter() + min(1.0, seconds / 3)
+        await asyncio.gather(*(worker(one, session, warm_until) for _ in range(concurrency)))
+        ttfts.clear()
+        errors = 0
+        print("measure", flush=True)  # the parent reads the gateway's CPU time now
+        sys.stdin.readline()
+        began = time.perf_counter()
+        await asyncio.gather(*(worker(one, session, began + seconds) for _ in range(concurrency)))
+        elapsed = time.perf_counter() - began
+    ttfts.sort()
+    return {
+        "streams": len(ttfts),
+        "errors": errors,
+        "seconds": elapsed,
+        "ttft_p50_ms": 1000 * ttfts[len(ttfts) // 2] if ttfts else None,
+        "ttft_p99_ms": 1000 * ttfts[min(len(ttfts) - 1, int(len(ttfts) * 0.99))] if ttfts else None,
+    }
+
+
+async def worker(one: Any, session: Any, until: float) -> None:
+    while time.perf_counter() < until:
+        await one(session)
+
+
+def measure(
+    target: Target, workload: str, concurrency: int, seconds: float, core: int
+) -> dict[str, Any]:
+    command = [sys.executable, "-m", "benchmarks.gateway", "--load", target.urls[workload]]
+    command += [
+        json.dumps(target.headers.get(workload, {})),
+        workload,
+        str(concurrency),
+        str(seconds),
+    ]
+    client = subprocess.Popen(
+        command,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: os.sched_setaffinity(0, {core}),
+    )
+    assert client.stdin is not None
+    assert client.stdout is not None
+    if client.stdout.readline().strip() != "measure":
+        raise RuntimeError(f"{target.name}: the load client failed")
+    pids = process_tree(target.pid) if target.pid else []
+    cpu_before = cpu_seconds(pids)
+    client.stdin.write("go\n")
+    client.stdin.flush()
+    result: dict[str, Any] = json.loads(client.stdout.readline())
+    client.wait(30)
+    cpu = cpu_seconds(pids) - cpu_before
+    streams = max(result["streams"], 1)
+    result["streams_per_s"] = result["streams"] / result["seconds"]
+    result["cpu_ms_per_stream"] = 1000 * cpu / streams if pids else None
+    result["peak_rss_mb"] = peak_rss_mb(pids) if pids else None
+    return result
+
+
+# The run ----------------------------------------------------------------------------
+
+
+def median(runs: list[dict[str, Any]], key: str) -> float | None:
+    values = [run[key] for run in runs if run.get(key) is not None]
+    return statistics.median(values) if values else None
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    available = sorted(os.sched_getaffinity(0))
+    shared, own = available[0], available[-1]  # upstreams + client | the gateway
+    both = set(available[:2])
+    results: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
+    PEERS.mkdir(exist_ok=True)
+    with ExitStack() as stack:
+        ups = {
+            "saturated": stack.enter_context(upstream(64, 0.0, shared)),
+            "paced": stack.enter_context(upstream(64, 10.0, shared)),
+        }
+        targets = [gateway(name, ups, own, both, stack) for name in args.gateways]
+        for repeat in range(args.repeats):
+            for workload, concurrency in args.workloads:
+                shift = repeat % len(targets)
+                for target in targets[shift:] + targets[:shift]:
+                    outcome = measure(target, workload, concurrency, args.seconds, shared)
+                    results.setdefault((target.name, workload, concurrency), []).append(outcome)
+                    print(
+                        f"  {workload} c={concurrency} {target.name} repeat {repeat + 1}: "
+                        f"{outcome['streams_per_s']:.0f} streams/s, errors {outcome['errors']}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+        cores = {target.name: target.cores for target in targets}
+    rows = []
+    for (name, workload, concurrency), runs in results.items():
+        direct = results.get(("direct", workload, concurrency))
+        row = {
+            "gateway": name,
+            "cores": cores[name],
+            "workload": workload,
+            "concurrency": concurrency,
+            "errors": sum(r["errors"] for r in runs),
+            **{
+                k: median(runs, k)
+                for k in (
+                    "streams_per_s",
+                    "ttft_p50_ms",
+                    "ttft_p99_ms",
+                    "cpu_ms_per_stream",
+                    "peak_rss_mb",
+                )
+            },
+        }
+        if direct:  # added TTFT: per repeat against direct, then the median
+            for p in ("p50", "p99"):
+                added = [
+                    r[f"ttft_{p}_ms"] - d[f"ttft_{p}_ms"]
+                    for r, d in zip(runs, direct, strict=True)
+                    if r[f"ttft_{p}_ms"] and d[f"ttft_{p}_ms"]
+                ]
+                row[f"added_ttft_{p}_ms"] = statistics.median(added) if added else None
+        rows.append(row)
+    order = {workload: index for index, workload in enumerate(args.workloads)}
+    rows.sort(
+        key=lambda r: (order[r["workload"], r["concurrency"]], args.gateways.index(r["gateway"]))
+    )
+    peers = {"litellm": LITELLM, "portkey": PORTKEY_PACKAGE["dependencies"]}
+    settings = {"seconds": args.seconds, "repeats": args.repeats, "peers": peers}
+    return {"machine": machine(), "settings": settings, "rows": rows}
+
+
+def cell(value: float | None, fmt: str) -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def print_table(rows: list[dict[str, Any]]) -> None:
+    header = (
+        f"{'workload':<10} {'conc':>4} {'gateway':<13} {'cores':<5} {'streams/s':>9} "
+        f"{'+TTFT p50':>9} {'+p99':>8} {'CPU ms/stream':>13} {'RSS MB':>7} {'errors':>6}"
+    )
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        print(
+            f"{r['workload']:<10} {r['concurrency']:>4} {r['gateway']:<13} {r['cores']:<5} "
+            f"{cell(r['streams_per_s'], '.0f'):>9} "
+            f"{cell(r.get('added_ttft_p50_ms'), '.2f'):>9} "
+            f"{cell(r.get('added_ttft_p99_ms'), '.2f'):>8} "
+            f"{cell(r['cpu_ms_per_stream'], '.2f'):>13} "
+            f"{cell(r['peak_rss_mb'], '.0f'):>7} {r['errors']:>6}"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--setup", action="store_true", help="install the peers, then stop")
+    parser.add_argument("--gateways", default=",".join(GATEWAYS))
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/gateway-results.json"))
+    parser.add_argument("--load", nargs=5, help=argparse.SUPPRESS)
+    if "--quick" in sys.argv:  # smaller defaults; options given explicitly still win
+        parser.set_defaults(seconds=1.0, repeats=1)
+    args = parser.parse_args()
+    if args.load:
+        url, headers, model, concurrency, seconds = args.load
+        outcome = asyncio.run(
+            load(url, json.loads(headers), model, int(concurrency), float(seconds))
+        )
+        print(json.dumps(outcome), flush=True)
+        return
+    if args.setup:
+        setup()
+        return
+    args.gateways = args.gateways.split(",")
+    args.workloads = WORKLOADS
+    if args.quick:
+        args.workloads = [("saturated", 1), ("paced", 10)]
+    results = run(args)
+    print_table(results["rows"])
+    args.out.write_text(json.dumps(results, indent=2))
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
