@@ -14,6 +14,7 @@ from hypothesis import settings
 
 from polyroute import configure_logging
 from polyroute.core.logging import LOGGER_NAME
+from tests.upstreams.anthropic import AnthropicUpstream
 from tests.upstreams.darkai import DarkAIUpstream
 from tests.upstreams.openai import OpenAIUpstream
 from tests.upstreams.proxy import RecordingProxy
@@ -96,6 +97,14 @@ async def darkai_upstream() -> AsyncIterator[DarkAIUpstream]:
 async def openai_upstream() -> AsyncIterator[OpenAIUpstream]:
     """An OpenAI-format server on 127.0.0.1, healthy unless a test scripts it."""
     server = await OpenAIUpstream().start()
+    yield server
+    await server.stop()
+
+
+@pytest.fixture
+async def anthropic_upstream() -> AsyncIterator[AnthropicUpstream]:
+    """An Anthropic Messages-format server on 127.0.0.1, healthy unless scripted."""
+    server = await AnthropicUpstream().start()
     yield server
     await server.stop()
 

@@ -36,6 +36,8 @@ from polyroute.core.request import CAPABILITY_FLAGS, Capability, ChatRequest
 from polyroute.core.sse import Framing, SSEEvent
 
 _R = TypeVar("_R")
+EventParser = Callable[[SSEEvent, list[Delta]], bool]
+"""Turns one event into deltas (appended to the list); True when the answer ended."""
 
 
 class hybridmethod(Generic[_R]):  # noqa: N801 - named like the builtins it stands beside
@@ -219,6 +221,12 @@ class Provider:
         """
         raise NotImplementedError
 
+    def stream_parser(self, continue_from: str | None = None) -> EventParser:
+        """The event parser for one answer (which continues ``continue_from``, if given):
+        :meth:`parse_event` unless the wire format needs state across events
+        (Anthropic's content blocks), in which case a module returns a fresh parser."""
+        return self.parse_event
+
     def classify_status_error(self, error: UpstreamStatusError, model: str) -> PolyrouteError:
         """A more precise error for a non-2xx answer, read from its body (``error.body``).
 
@@ -296,9 +304,10 @@ class Provider:
         """
         timeouts = self.timeouts.merged(timeout)
         events = self._post(model, request, continue_from, proxy, timeouts, api_endpoint)
+        parse = self.stream_parser(continue_from)
         try:
             try:
-                first, ended, failure = await self._first_batch(events, timeouts.first_chunk)
+                first, ended, failure = await self._first_batch(events, timeouts.first_chunk, parse)
                 if first:
                     yield first
                 if failure:
@@ -307,7 +316,7 @@ class Provider:
                     # `async for`, not anext(events, None): with chunks that arrive one
                     # per read, anext's default costs an awaitable object per chunk.
                     async for batch in events:
-                        deltas, ended, failure = self._parse(batch)
+                        deltas, ended, failure = _parse(batch, parse)
                         if deltas:
                             yield deltas
                         if failure:
@@ -361,14 +370,14 @@ class Provider:
             raise CapabilityNotSupportedError(missing, provider=self.entry_name)
 
     async def _first_batch(
-        self, events: AsyncGenerator[list[SSEEvent], None], limit: float | None
+        self, events: AsyncGenerator[list[SSEEvent], None], limit: float | None, parse: EventParser
     ) -> tuple[list[Delta], bool, PolyrouteError | None]:
         """Deltas up to and including the first piece of the answer (or the end)."""
         pending: list[Delta] = []
         try:
             async with asyncio.timeout(limit):
                 async for batch in events:
-                    deltas, ended, failure = self._parse(batch)
+                    deltas, ended, failure = _parse(batch, parse)
                     pending += deltas
                     if ended or failure or any(isinstance(d, CONTENT_DELTAS) for d in deltas):
                         return pending, ended, failure
@@ -383,19 +392,21 @@ class Provider:
             f"stream ended before {self.end_event_name}", provider=self.entry_name
         )
 
-    def _parse(self, batch: list[SSEEvent]) -> tuple[list[Delta], bool, PolyrouteError | None]:
-        """The deltas in ``batch``, whether the upstream ended the answer there, and the
-        error a later event in it raised: returned, not raised, so that what the
-        upstream sent before it is delivered first."""
-        out: list[Delta] = []
-        parse = self.parse_event
-        try:
-            for event in batch:
-                if parse(event, out):
-                    return out, True, None
-        except PolyrouteError as error:
-            return out, False, error
-        return out, False, None
+
+def _parse(
+    batch: list[SSEEvent], parse: EventParser
+) -> tuple[list[Delta], bool, PolyrouteError | None]:
+    """The deltas in ``batch``, whether the upstream ended the answer there, and the
+    error a later event in it raised: returned, not raised, so that what the upstream
+    sent before it is delivered first."""
+    out: list[Delta] = []
+    try:
+        for event in batch:
+            if parse(event, out):
+                return out, True, None
+    except PolyrouteError as error:
+        return out, False, error
+    return out, False, None
 
 
 def _proxy_password(proxy: str) -> str | None:

@@ -19,6 +19,7 @@ from polyroute.providers.base import Provider
 ENTRY_POINT_GROUP = "polyroute.providers"
 
 BUILTIN_PROVIDERS: dict[str, str] = {
+    "anthropic": "polyroute.providers.anthropic:Anthropic",
     "darkai": "polyroute.providers.darkai:DarkAI",
     "openai": "polyroute.providers.openai:OpenAI",
     "simulated": "polyroute.providers.simulated:Simulated",

@@ -1,0 +1,390 @@
+"""Anthropic's Messages API, natively (``type: anthropic``).
+
+POST ``{base_url}/v1/messages`` with ``stream: true``, key in ``x-api-key``, version in
+``anthropic-version``. The OpenAI-shaped request is translated: system messages to the
+top-level ``system``, tool calls and results to ``tool_use`` / ``tool_result`` blocks,
+``tools`` to ``input_schema`` tools, and ``max_tokens`` is always sent. The answer comes
+as named events (``message_start``, ``content_block_start/delta/stop``,
+``message_delta``, ``message_stop``, ``ping``, ``error``); text, tool-call arguments
+(``input_json_delta``) and thinking become the router's deltas. A cut answer is
+continued by prefill: the conversation ends with the partial assistant text.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from polyroute.core.deltas import (
+    Delta,
+    ExtraDelta,
+    FinishDelta,
+    ReasoningDelta,
+    TextDelta,
+    ToolCallDelta,
+    Usage,
+    UsageDelta,
+)
+from polyroute.core.errors import (
+    AuthenticationError,
+    ContextLengthExceededError,
+    InvalidRequestError,
+    ModelNotSupportedError,
+    PolyrouteError,
+    RateLimitedError,
+    UpstreamError,
+    UpstreamProtocolError,
+    UpstreamStatusError,
+)
+from polyroute.core.http import fetch_json
+from polyroute.core.jsoncodec import loads
+from polyroute.core.logging import get_logger
+from polyroute.core.messages import Message, continuation_messages
+from polyroute.core.request import ChatRequest
+from polyroute.core.sse import SSEEvent, excerpt
+from polyroute.providers.compat import AsyncGeneratorProvider
+
+_log = get_logger()
+
+FINISH_REASONS = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "pause_turn": "stop",
+    "max_tokens": "length",
+    "tool_use": "tool_calls",
+    "refusal": "content_filter",
+}
+# OpenAI request options and what they become; the others are dropped, with an event.
+_SAMPLING = {"temperature": "temperature", "top_p": "top_p", "stop": "stop_sequences"}
+_TAKEN = {"tools", "tool_choice", "parallel_tool_calls", "max_tokens", "max_completion_tokens"}
+_TAKEN |= {*_SAMPLING, "user", "metadata"}
+_TOO_LONG = re.compile(r"prompt is too long|too many tokens|context (length|window)", re.I)
+_DATA_URL = re.compile(r"data:(?P<media>[\w/+.-]+);base64,(?P<data>.*)", re.S)
+
+
+class Anthropic(AsyncGeneratorProvider):
+    """Anthropic's Messages API (or a server speaking it)."""
+
+    type_name = "anthropic"
+    url = "https://www.anthropic.com"
+    base_url = "https://api.anthropic.com"
+    api_endpoint = "https://api.anthropic.com/v1/messages"
+    working = True
+    needs_auth = True
+    supports_system_message = True
+    supports_message_history = True
+    supports_continuation = True
+    supports_tools = True
+    supports_vision = True
+    supports_prefill = True
+    default_model = "claude-sonnet-4-5"
+    end_event_name = "event: message_stop"
+    max_tokens = 4096
+    """Sent when the request has no ``max_tokens``: the API requires one."""
+
+    def __init__(
+        self,
+        *,
+        base_url: str | None = None,
+        anthropic_version: str = "2023-06-01",
+        anthropic_beta: str | None = None,
+        max_tokens: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        headers = {"anthropic-version": anthropic_version, **(kwargs.pop("headers", None) or {})}
+        if anthropic_beta:
+            headers["anthropic-beta"] = anthropic_beta
+        headers.setdefault("accept", "text/event-stream")
+        headers.setdefault("content-type", "application/json")
+        super().__init__(headers=headers, **kwargs)
+        if base_url is not None:
+            self.base_url = base_url.rstrip("/")
+            if kwargs.get("api_endpoint") is None:
+                self.api_endpoint = f"{self.base_url}/v1/messages"
+        if max_tokens is not None:
+            self.max_tokens = max_tokens
+
+    def auth_headers(self, api_key: str) -> dict[str, str]:
+        return {"x-api-key": api_key}
+
+    # The request -----------------------------------------------------------------
+
+    def build_request(
+        self, model: str, request: ChatRequest, *, continue_from: str | None = None
+    ) -> dict[str, Any]:
+        messages = request.messages
+        if continue_from:
+            # The API refuses a final assistant turn that ends in whitespace; what is cut
+            # off here comes back, if the model writes it, and the router's seam drops
+            # whatever it repeats.
+            messages = continuation_messages(messages, continue_from.rstrip(), prefill=True)
+        system = [m.text() for m in messages if m.role in ("system", "developer")]
+        turns = _turns([m for m in messages if m.role not in ("system", "developer")])
+        options = request.options
+        body: dict[str, Any] = {
+            "model": model,
+            "max_tokens": options.get("max_tokens")
+            or options.get("max_completion_tokens")
+            or self.max_tokens,
+            "messages": turns,
+            "stream": True,
+        }
+        if system:
+            body["system"] = "\n\n".join(system)
+        for name, wire in _SAMPLING.items():
+            if (value := options.get(name)) is not None:
+                body[wire] = [value] if name == "stop" and isinstance(value, str) else value
+        if options.get("user"):
+            body["metadata"] = {"user_id": options["user"]}
+        if tools := options.get("tools"):
+            body["tools"] = [_tool(tool) for tool in tools]
+            if choice := _tool_choice(options.get("tool_choice"), options):
+                body["tool_choice"] = choice
+        if dropped := sorted(set(options) - _TAKEN):
+            _log.info("provider.options_dropped", provider=self.entry_name, options=dropped)
+        return body
+
+    # The answer ------------------------------------------------------------------
+
+    def stream_parser(self, continue_from: str | None = None) -> _AnswerParser:
+        # The prefill left out the partial answer's trailing whitespace (see
+        # build_request): where the model writes it again, it is not sent twice.
+        trimmed = continue_from[len(continue_from.rstrip()) :] if continue_from else ""
+        return _AnswerParser(self, trimmed)
+
+    def parse_event(self, event: SSEEvent, out: list[Delta]) -> bool:
+        return _AnswerParser(self)(event, out)  # one event alone: no block state
+
+    # Errors ------------------------------------------------------------------------
+
+    def classify_status_error(self, error: UpstreamStatusError, model: str) -> PolyrouteError:
+        try:
+            payload = loads(error.body)
+        except ValueError:
+            return error
+        if not isinstance(payload, dict) or not isinstance(payload.get("error"), dict):
+            return error
+        return self.error_from_payload(payload["error"], error.status, model, error.retry_after)
+
+    def error_from_payload(
+        self,
+        detail: dict[str, Any],
+        status: int | None,
+        model: str,
+        retry_after: float | None = None,
+    ) -> PolyrouteError:
+        """The typed error for Anthropic's ``{"type": ..., "message": ...}``."""
+        kind, message = str(detail.get("type", "")), str(detail.get("message", detail))
+        provider = self.entry_name
+        if kind == "invalid_request_error" and _TOO_LONG.search(message):
+            return ContextLengthExceededError(
+                status or 400, provider=provider, body=message, retryable=False
+            )
+        if kind == "not_found_error" and "model" in message.lower():
+            return ModelNotSupportedError(model, provider=provider, detail=message)
+        if kind in ("authentication_error", "permission_error"):
+            auth_status = status or (401 if kind == "authentication_error" else 403)
+            return AuthenticationError(
+                auth_status, provider=provider, body=message, retryable=False
+            )
+        if kind == "rate_limit_error":
+            return RateLimitedError(
+                status or 429, provider=provider, body=message, retry_after=retry_after
+            )
+        if status is not None:
+            return UpstreamStatusError(
+                status, provider=provider, body=message, retry_after=retry_after
+            )
+        # Inside a stream: overloaded_error and api_error are worth another try.
+        retryable = kind in ("overloaded_error", "api_error", "")
+        return UpstreamError(
+            f"error inside the stream: {kind}: {message}", provider=provider, retryable=retryable
+        )
+
+    # Models ------------------------------------------------------------------------
+
+    @property
+    def models_url(self) -> str:
+        return f"{self.base_url}/v1/models?limit=1000"
+
+    async def discover_models(self) -> list[str]:
+        """Replace ``models`` with the ids listed by ``GET {base_url}/v1/models``."""
+        listing = await fetch_json(
+            self._sessions.session,
+            self.models_url,
+            provider=self.entry_name,
+            headers={k: v for k, v in self.headers.items() if k.lower() != "content-type"},
+            proxy=self.proxy,
+            timeouts=self.timeouts,
+        )
+        try:
+            self.models = sorted(str(item["id"]) for item in listing["data"])
+        except (KeyError, TypeError) as error:
+            raise UpstreamProtocolError(
+                f"malformed model list ({type(error).__name__}: {error})", provider=self.entry_name
+            ) from None
+        return self.models
+
+
+class _AnswerParser:
+    """One answer's events: which content block is a tool call (and its number among
+    the calls), and the prompt tokens from ``message_start`` for the final usage."""
+
+    __slots__ = ("_calls", "_prompt_tokens", "_provider", "_trimmed")
+
+    def __init__(self, provider: Anthropic, trimmed: str = "") -> None:
+        self._provider = provider
+        self._calls: dict[int, int] = {}  # content block index -> tool call number
+        self._prompt_tokens = 0
+        self._trimmed = trimmed  # whitespace the prefill left out, until the first text
+
+    def __call__(self, event: SSEEvent, out: list[Delta]) -> bool:
+        try:
+            data = loads(event.data)
+            kind = data["type"]
+            if kind == "content_block_delta":
+                self._delta(data["index"], data["delta"], out)
+            elif kind == "content_block_start":
+                self._block(data["index"], data["content_block"], out)
+            elif kind == "message_delta":
+                self._message_delta(data, out)
+            elif kind == "message_stop":
+                return True
+            elif kind == "message_start":
+                usage = data["message"].get("usage") or {}
+                self._prompt_tokens = int(usage.get("input_tokens") or 0)
+            elif kind == "error":
+                error = data["error"]
+                raise self._provider.error_from_payload(error, None, "?")
+            # ping, content_block_stop and event types added later carry no content.
+        except (ValueError, KeyError, TypeError, AttributeError) as error:
+            raise UpstreamProtocolError(
+                f"malformed event ({type(error).__name__}: {error}): {excerpt(event.data)}",
+                provider=self._provider.entry_name,
+            ) from None
+        return False
+
+    def _delta(self, index: int, delta: dict[str, Any], out: list[Delta]) -> None:
+        kind = delta["type"]
+        if kind == "text_delta":
+            text = _text(delta["text"])
+            if self._trimmed:
+                kept = text.lstrip()
+                text = text[min(len(text) - len(kept), len(self._trimmed)) :]
+                self._trimmed = ""
+            if text:
+                out.append(TextDelta(text))
+        elif kind == "input_json_delta":
+            if fragment := delta["partial_json"]:
+                out.append(ToolCallDelta(self._calls[index], arguments=_text(fragment)))
+        elif kind == "thinking_delta":
+            if thinking := delta["thinking"]:
+                out.append(ReasoningDelta(_text(thinking)))
+        else:  # signature_delta, citations_delta...: kept, not typed
+            out.append(ExtraDelta({"anthropic_delta": delta}))
+
+    def _block(self, index: int, block: dict[str, Any], out: list[Delta]) -> None:
+        kind = block["type"]
+        if kind == "tool_use":
+            number = self._calls[index] = len(self._calls)
+            out.append(ToolCallDelta(number, _text(block["id"]), _text(block["name"]), ""))
+        elif kind == "text" and block.get("text"):
+            out.append(TextDelta(_text(block["text"])))
+        elif kind not in ("text", "thinking", "redacted_thinking"):
+            out.append(ExtraDelta({"anthropic_block": block}))
+
+    def _message_delta(self, data: dict[str, Any], out: list[Delta]) -> None:
+        if reason := data["delta"].get("stop_reason"):
+            out.append(FinishDelta(FINISH_REASONS.get(reason, str(reason))))
+        if usage := data.get("usage"):
+            completion = int(usage.get("output_tokens") or 0)
+            prompt = int(usage.get("input_tokens") or self._prompt_tokens)
+            details = {k: v for k, v in usage.items() if k not in ("input_tokens", "output_tokens")}
+            out.append(UsageDelta(Usage(prompt, completion, prompt + completion, details)))
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"expected a string, got {type(value).__name__}")
+    return value
+
+
+# Translating the conversation ---------------------------------------------------------
+
+
+def _turns(messages: list[Message]) -> list[dict[str, Any]]:
+    """OpenAI messages as Anthropic turns: tool results in user turns, tool calls as
+    tool_use blocks, consecutive turns of one role merged (the API alternates them)."""
+    turns: list[dict[str, Any]] = []
+    for message in messages:
+        role = "assistant" if message.role == "assistant" else "user"
+        blocks = _blocks(message)
+        if not blocks:
+            continue
+        if turns and turns[-1]["role"] == role:
+            turns[-1]["content"] += blocks
+        else:
+            turns.append({"role": role, "content": blocks})
+    return turns
+
+
+def _blocks(message: Message) -> list[dict[str, Any]]:
+    if message.role == "tool":
+        return [
+            {"type": "tool_result", "tool_use_id": message.tool_call_id, "content": message.text()}
+        ]
+    blocks: list[dict[str, Any]] = []
+    if isinstance(message.content, str):
+        if message.content:
+            blocks.append({"type": "text", "text": message.content})
+    else:
+        blocks += [_part(part.model_dump()) for part in message.content or []]
+    for call in message.tool_calls or []:
+        try:
+            arguments = json.loads(call.function.arguments or "{}")
+        except ValueError:
+            raise InvalidRequestError(
+                f"tool call {call.id}: arguments are not JSON, which Anthropic requires"
+            ) from None
+        blocks.append(
+            {"type": "tool_use", "id": call.id, "name": call.function.name, "input": arguments}
+        )
+    return blocks
+
+
+def _part(part: dict[str, Any]) -> dict[str, Any]:
+    if part["type"] == "text":
+        return {"type": "text", "text": part["text"]}
+    if part["type"] == "image_url":
+        url = part["image_url"]["url"]
+        if inline := _DATA_URL.fullmatch(url):
+            source = {"type": "base64", "media_type": inline["media"], "data": inline["data"]}
+        else:
+            source = {"type": "url", "url": url}
+        return {"type": "image", "source": source}
+    raise InvalidRequestError(f"a {part['type']} content part cannot be sent to Anthropic")
+
+
+def _tool(tool: dict[str, Any]) -> dict[str, Any]:
+    function = tool.get("function") or {}
+    translated = {
+        "name": function.get("name"),
+        "input_schema": function.get("parameters") or {"type": "object", "properties": {}},
+    }
+    if function.get("description"):
+        translated["description"] = function["description"]
+    return translated
+
+
+def _tool_choice(choice: Any, options: dict[str, Any]) -> dict[str, Any] | None:
+    if choice is None and options.get("parallel_tool_calls") is not False:
+        return None
+    if isinstance(choice, dict):
+        translated: dict[str, Any] = {"type": "tool", "name": choice["function"]["name"]}
+    else:
+        kinds = {None: "auto", "auto": "auto", "required": "any", "none": "none"}
+        translated = {"type": kinds.get(choice, "auto")}
+    if options.get("parallel_tool_calls") is False and translated["type"] != "none":
+        translated["disable_parallel_tool_use"] = True
+    return translated

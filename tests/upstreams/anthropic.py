@@ -1,0 +1,142 @@
+"""A local server speaking Anthropic's streaming Messages API (POST /v1/messages).
+
+Written from the public API reference: named SSE events, ``message_start`` (with the
+prompt's usage), one ``content_block_start`` / ``_delta`` / ``_stop`` run per block,
+``message_delta`` (stop reason, output usage) and ``message_stop``; ``ping`` after the
+start, as the API sends it. Every event is checked against the ``anthropic`` package's
+own types before it is sent.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp import web
+from anthropic.types import RawMessageStreamEvent
+from pydantic import TypeAdapter
+
+from tests.upstreams.scripted import Chunk, Script, ScriptedUpstream
+
+_EVENT = TypeAdapter(RawMessageStreamEvent)
+STOP_REASONS = {"stop": "end_turn", "tool_calls": "tool_use", "length": "max_tokens"}
+
+
+def anthropic_error(kind: str, message: str) -> str:
+    """A non-2xx body as the API writes it."""
+    return json.dumps({"type": "error", "error": {"type": kind, "message": message}})
+
+
+class AnthropicUpstream(ScriptedUpstream):
+    """A script's chunk is a piece of text, or one of ``{"tool_use": {"id", "name",
+    "json": [fragments]}}``, ``{"thinking": text}``, ``{"error": {"type", "message"}}``
+    (an ``event: error`` inside the stream)."""
+
+    def __init__(self, default: Script | None = None, models: list[str] | None = None) -> None:
+        super().__init__("/v1/messages", default)
+        self.models = models or ["claude-local-large", "claude-local-small"]
+        self.sent: list[dict[str, Any]] = []
+        self._block = -1  # the open content block, for the answer being encoded
+        self._block_type: str | None = None
+        self._outputs = 0
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self) -> AnthropicUpstream:
+        await super().start()
+        return self
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        if request.method == "GET" and request.path == "/v1/models":
+            data = [
+                {"type": "model", "id": m, "display_name": m, "created_at": "2025-01-01T00:00:00Z"}
+                for m in self.models
+            ]
+            return web.json_response(
+                {
+                    "data": data,
+                    "has_more": False,
+                    "first_id": data[0]["id"],
+                    "last_id": data[-1]["id"],
+                }
+            )
+        return await super()._handle(request)
+
+    def _event(self, payload: dict[str, Any], script: Script) -> bytes:
+        if payload["type"] not in ("error", "ping"):  # the SDK reads these two apart
+            _EVENT.validate_python(payload)
+        self.sent.append(payload)
+        end = script.line_end
+        return (
+            b"event: "
+            + payload["type"].encode()
+            + end
+            + self.frame(json.dumps(payload).encode(), end)
+        )
+
+    def _open(self, kind: str, block: dict[str, Any], script: Script) -> bytes:
+        out = self._close(script)
+        self._block += 1
+        self._block_type = kind
+        start = {"type": "content_block_start", "index": self._block, "content_block": block}
+        return out + self._event(start, script)
+
+    def _close(self, script: Script) -> bytes:
+        if self._block_type is None:
+            return b""
+        self._block_type = None
+        return self._event({"type": "content_block_stop", "index": self._block}, script)
+
+    def _delta(self, delta: dict[str, Any], script: Script) -> bytes:
+        self._outputs += 1
+        return self._event(
+            {"type": "content_block_delta", "index": self._block, "delta": delta}, script
+        )
+
+    def encode_chunk(self, index: int, text: Chunk, script: Script, request: Any) -> bytes:
+        out = b""
+        if index == 0:
+            self._block, self._block_type, self._outputs = -1, None, 0
+            model = str(request.get("model", "?")) if isinstance(request, dict) else "?"
+            message = {
+                "id": "msg_local",
+                "type": "message",
+                "role": "assistant",
+                "content": [],
+                "model": model,
+                "stop_reason": None,
+                "stop_sequence": None,
+                "usage": {"input_tokens": 3, "output_tokens": 1},
+            }
+            out += self._event({"type": "message_start", "message": message}, script)
+            out += self._event({"type": "ping"}, script)
+        if isinstance(text, str):
+            if self._block_type != "text":
+                out += self._open("text", {"type": "text", "text": ""}, script)
+            return out + self._delta({"type": "text_delta", "text": text}, script)
+        if "tool_use" in text:
+            call = text["tool_use"]
+            block = {"type": "tool_use", "id": call["id"], "name": call["name"], "input": {}}
+            out += self._open("tool_use", block, script)
+            for fragment in call["json"]:
+                out += self._delta({"type": "input_json_delta", "partial_json": fragment}, script)
+            return out
+        if "thinking" in text:
+            out += self._open(
+                "thinking", {"type": "thinking", "thinking": "", "signature": ""}, script
+            )
+            out += self._delta({"type": "thinking_delta", "thinking": text["thinking"]}, script)
+            return out + self._delta({"type": "signature_delta", "signature": "sig"}, script)
+        if "error" in text:
+            return out + self._event({"type": "error", "error": text["error"]}, script)
+        raise ValueError(f"unknown script chunk {text!r}")
+
+    def encode_end(self, script: Script, request: Any) -> bytes:
+        out = self._close(script)
+        reason = STOP_REASONS.get(script.finish_reason, script.finish_reason)
+        usage = {"output_tokens": self._outputs}
+        delta = {"stop_reason": reason, "stop_sequence": None}
+        out += self._event({"type": "message_delta", "delta": delta, "usage": usage}, script)
+        return out + self._event({"type": "message_stop"}, script)
