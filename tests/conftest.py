@@ -16,6 +16,7 @@ from polyroute import configure_logging
 from polyroute.core.logging import LOGGER_NAME
 from tests.upstreams.anthropic import AnthropicUpstream
 from tests.upstreams.darkai import DarkAIUpstream
+from tests.upstreams.gemini import GeminiUpstream
 from tests.upstreams.openai import OpenAIUpstream
 from tests.upstreams.proxy import RecordingProxy
 
@@ -105,6 +106,14 @@ async def openai_upstream() -> AsyncIterator[OpenAIUpstream]:
 async def anthropic_upstream() -> AsyncIterator[AnthropicUpstream]:
     """An Anthropic Messages-format server on 127.0.0.1, healthy unless scripted."""
     server = await AnthropicUpstream().start()
+    yield server
+    await server.stop()
+
+
+@pytest.fixture
+async def gemini_upstream() -> AsyncIterator[GeminiUpstream]:
+    """A Gemini API-format server on 127.0.0.1, healthy unless scripted."""
+    server = await GeminiUpstream().start()
     yield server
     await server.stop()
 

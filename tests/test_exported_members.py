@@ -21,6 +21,7 @@ PUBLIC = {
     *("configure_logging", "format_prompt", "load_config"),
 }
 PROVIDERS = {
+    "Gemini",
     "Anthropic",
     "AsyncGeneratorProvider",
     "DarkAI",

@@ -21,6 +21,7 @@ ENTRY_POINT_GROUP = "polyroute.providers"
 BUILTIN_PROVIDERS: dict[str, str] = {
     "anthropic": "polyroute.providers.anthropic:Anthropic",
     "darkai": "polyroute.providers.darkai:DarkAI",
+    "gemini": "polyroute.providers.gemini:Gemini",
     "openai": "polyroute.providers.openai:OpenAI",
     "simulated": "polyroute.providers.simulated:Simulated",
 }
