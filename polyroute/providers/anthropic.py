@@ -37,7 +37,6 @@ from polyroute.core.errors import (
     UpstreamProtocolError,
     UpstreamStatusError,
 )
-from polyroute.core.http import fetch_json
 from polyroute.core.jsoncodec import loads
 from polyroute.core.logging import get_logger
 from polyroute.core.messages import Message, continuation_messages
@@ -207,24 +206,6 @@ class Anthropic(AsyncGeneratorProvider):
     @property
     def models_url(self) -> str:
         return f"{self.base_url}/v1/models?limit=1000"
-
-    async def discover_models(self) -> list[str]:
-        """Replace ``models`` with the ids listed by ``GET {base_url}/v1/models``."""
-        listing = await fetch_json(
-            self._sessions.session,
-            self.models_url,
-            provider=self.entry_name,
-            headers={k: v for k, v in self.headers.items() if k.lower() != "content-type"},
-            proxy=self.proxy,
-            timeouts=self.timeouts,
-        )
-        try:
-            self.models = sorted(str(item["id"]) for item in listing["data"])
-        except (KeyError, TypeError) as error:
-            raise UpstreamProtocolError(
-                f"malformed model list ({type(error).__name__}: {error})", provider=self.entry_name
-            ) from None
-        return self.models
 
 
 class _AnswerParser:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import types
-from collections.abc import AsyncGenerator, Callable, Mapping
+from collections.abc import AsyncGenerator, Callable, Iterator, Mapping
 from typing import Any, ClassVar, Generic, TypeVar
 from urllib.parse import urlsplit
 
@@ -29,7 +29,7 @@ from polyroute.core.errors import (
     UpstreamStatusError,
     UpstreamTimeout,
 )
-from polyroute.core.http import SessionOwner, Timeouts, stream_event_batches
+from polyroute.core.http import SessionOwner, Timeouts, fetch_json, stream_event_batches
 from polyroute.core.messages import Messages
 from polyroute.core.redaction import redact, register_secret
 from polyroute.core.request import CAPABILITY_FLAGS, Capability, ChatRequest
@@ -241,11 +241,34 @@ class Provider:
         return None
 
     async def discover_models(self) -> list[str]:
-        """Ask the upstream which models it serves and use that list as ``models``.
+        """Ask the upstream which models it serves (``GET models_url``) and use that
+        list as ``models``.
 
-        Raises :class:`ConfigError` for provider types that cannot list their models.
+        Raises :class:`ConfigError` for provider types that cannot list their models,
+        and :class:`UpstreamProtocolError` for a list that :meth:`model_ids` cannot read.
         """
-        raise ConfigError(f"provider {self.entry_name!r} cannot discover its models")
+        if self.models_url is None:
+            raise ConfigError(f"provider {self.entry_name!r} cannot discover its models")
+        listing = await fetch_json(
+            self._sessions.session,
+            self.models_url,
+            provider=self.entry_name,
+            headers={k: v for k, v in self.headers.items() if k.lower() != "content-type"},
+            proxy=self.proxy,
+            timeouts=self.timeouts,
+        )
+        try:
+            self.models = sorted(self.model_ids(listing))
+        except (KeyError, TypeError, AttributeError) as error:
+            raise UpstreamProtocolError(
+                f"malformed model list ({type(error).__name__}: {error})", provider=self.entry_name
+            ) from None
+        return self.models
+
+    def model_ids(self, listing: Any) -> Iterator[str]:
+        """The model names in the body of ``GET models_url``: ``data[].id`` (OpenAI's
+        and Anthropic's shape) unless overridden."""
+        return (str(item["id"]) for item in listing["data"])
 
     # Streaming ---------------------------------------------------------------------
 

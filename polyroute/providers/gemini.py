@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import mimetypes
 import re
+from collections.abc import Iterator
 from typing import Any
 
 from polyroute.core.deltas import (
@@ -38,7 +39,6 @@ from polyroute.core.errors import (
     UpstreamProtocolError,
     UpstreamStatusError,
 )
-from polyroute.core.http import fetch_json
 from polyroute.core.jsoncodec import loads
 from polyroute.core.logging import get_logger
 from polyroute.core.messages import Message, continuation_messages
@@ -198,27 +198,13 @@ class Gemini(AsyncGeneratorProvider):
     def models_url(self) -> str:
         return f"{self.base_url}/v1beta/models?pageSize=1000"
 
-    async def discover_models(self) -> list[str]:
-        """Replace ``models`` with the models that can ``generateContent``."""
-        listing = await fetch_json(
-            self._sessions.session,
-            self.models_url,
-            provider=self.entry_name,
-            headers={k: v for k, v in self.headers.items() if k.lower() != "content-type"},
-            proxy=self.proxy,
-            timeouts=self.timeouts,
+    def model_ids(self, listing: Any) -> Iterator[str]:
+        """The models that can ``generateContent``, without the ``models/`` prefix."""
+        return (
+            str(item["name"]).removeprefix("models/")
+            for item in listing["models"]
+            if "generateContent" in item.get("supportedGenerationMethods", ["generateContent"])
         )
-        try:
-            self.models = sorted(
-                str(item["name"]).removeprefix("models/")
-                for item in listing["models"]
-                if "generateContent" in item.get("supportedGenerationMethods", ["generateContent"])
-            )
-        except (KeyError, TypeError, AttributeError) as error:
-            raise UpstreamProtocolError(
-                f"malformed model list ({type(error).__name__}: {error})", provider=self.entry_name
-            ) from None
-        return self.models
 
 
 class _AnswerParser:
