@@ -5,6 +5,8 @@ at once, and 64 chunks 10 ms apart) and is driven by the same load client, so th
 figures differ only by the gateway in between:
 
   direct        the client talks to the upstream itself (the baseline for added TTFT)
+  floor-proxy   the least an aiohttp server can do to relay a stream (benchmarks/
+                floor_proxy.py): the floor for any Python gateway, polyroute's included
   polyroute     polyroute serve, 1 worker
   polyroute-2w  polyroute serve --workers 2
   litellm       LiteLLM proxy (litellm[proxy], pinned below, in its own venv)
@@ -59,7 +61,7 @@ PORTKEY_PACKAGE = {
 # The pinned build binds every interface; the benchmark serves on loopback only.
 PORTKEY_LISTEN = ("e({fetch:Lu.fetch,port:Ku})", 'e({fetch:Lu.fetch,port:Ku,hostname:"127.0.0.1"})')
 MASTER_KEY = "sk-bench-0123456789abcdef0123456789"
-GATEWAYS = ["direct", "polyroute", "polyroute-2w", "litellm", "portkey"]
+GATEWAYS = ["direct", "floor-proxy", "polyroute", "polyroute-2w", "litellm", "portkey"]
 WORKLOADS = [("saturated", 1), ("saturated", 50), ("saturated", 200), ("paced", 100)]
 MESSAGES = [{"role": "user", "content": "Say something."}]
 TEXT = re.compile(rb'"content":\s*"token')
@@ -154,6 +156,12 @@ def gateway(name: str, ups: dict[str, str], core: int, both: set[int], stack: Ex
     port = free_port()
     root = f"http://127.0.0.1:{port}"
     urls = {w: f"{root}/v1/chat/completions" for w in ups}
+    if name == "floor-proxy":
+        cores = {core}
+        command = [sys.executable, "-m", "benchmarks.floor_proxy", json.dumps(ups), str(port)]
+        process = stack.enter_context(started(command, f"{root}/healthz", cores))
+        urls = {w: f"{root}/{w}/v1/chat/completions" for w in ups}
+        return Target(name, urls, {}, process.pid, str(core))
     if name.startswith("polyroute"):
         workers = 2 if name.endswith("2w") else 1
         cores = both if workers == 2 else {core}

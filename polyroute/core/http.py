@@ -7,6 +7,7 @@ polyroute's typed errors.
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import socket
 import time
@@ -204,13 +205,27 @@ async def stream_event_batches(
     cancellation) releases the connection at once.
     """
     decoder = SSEDecoder(provider=provider, max_line_bytes=max_line_bytes, framing=framing)
+    watch: _IdleWatch | None = None
     try:
         async with session.post(
             url, json=body, headers=headers, proxy=proxy, timeout=timeouts.for_aiohttp()
         ) as response:
             await _raise_for_status(response, provider)
             _check_content_type(response, provider)
-            async for data in response.content.iter_any():
+            content = response.content
+            if timeouts.idle and response.connection is not None:
+                # aiohttp's sock_read re-arms a timer on every read (a heap push and a
+                # cancel per chunk); past the headers, one lazy watchdog does the job.
+                response.connection.protocol.read_timeout = None  # type: ignore[union-attr]
+                watch = _IdleWatch(content, timeouts.idle)
+            while True:
+                if watch is not None:
+                    watch.since = watch.clock()
+                data = await content.readany()
+                if watch is not None:
+                    watch.since = None
+                if not data:
+                    break
                 if events := decoder.feed(data):
                     yield events
             if events := decoder.close():
@@ -219,6 +234,9 @@ async def stream_event_batches(
         raise
     except (TimeoutError, aiohttp.ClientError, OSError) as error:
         raise translate_client_error(error, provider, url) from error
+    finally:
+        if watch is not None:
+            watch.cancel()
 
 
 async def fetch_json(
@@ -246,3 +264,32 @@ async def fetch_json(
         raise
     except (aiohttp.ClientError, OSError, TimeoutError) as error:
         raise translate_client_error(error, provider, url) from error
+
+
+class _IdleWatch:
+    """The idle timeout while a response body is read: fails ``reader`` when one wait
+    for data (``since`` is set around it) lasts ``limit`` seconds. Its timer is re-armed
+    only when it fires, so a read costs two clock reads rather than a timer."""
+
+    __slots__ = ("_handle", "_limit", "_loop", "_reader", "clock", "since")
+
+    def __init__(self, reader: aiohttp.StreamReader, limit: float) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.clock = self._loop.time
+        self._reader = reader
+        self._limit = limit
+        self.since: float | None = None
+        self._handle = self._loop.call_later(limit, self._check)
+
+    def _check(self) -> None:
+        since = self.since
+        if since is None:  # not waiting now: look again a whole period later
+            self._handle = self._loop.call_later(self._limit, self._check)
+        elif self.clock() - since >= self._limit:
+            error = aiohttp.ServerTimeoutError(f"no data for {self._limit} s (idle timeout)")
+            self._reader.set_exception(error)
+        else:
+            self._handle = self._loop.call_at(since + self._limit, self._check)
+
+    def cancel(self) -> None:
+        self._handle.cancel()

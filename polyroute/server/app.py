@@ -20,7 +20,15 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from polyroute.core.deltas import Delta, FinishDelta, RestartDelta, UsageDelta
+from polyroute.core.deltas import (
+    Delta,
+    FinishDelta,
+    ReasoningDelta,
+    RestartDelta,
+    TextDelta,
+    ToolCallDelta,
+    UsageDelta,
+)
 from polyroute.core.errors import ModelNotSupportedError, PolyrouteError, UpstreamError
 from polyroute.core.logging import get_logger, new_request_id
 from polyroute.core.sse import DONE_EVENT, OpenAIChunkEncoder, encode_event
@@ -271,19 +279,15 @@ class Gateway:
         await response.write(encode_event(encoder.chunk({"role": "assistant", "content": ""})))
         finish: str | None = None
         try:
-            pending = [first] if first is not None else []
-            async for delta in _chain(pending, deltas):
-                if isinstance(delta, FinishDelta):
-                    finish = delta.reason  # sent last, with the facts
-                elif isinstance(delta, RestartDelta):
-                    raise UpstreamError(
-                        "the answer broke off and restarted on another provider; "
-                        "send the request again",
-                        provider=delta.provider,
-                        retryable=True,
-                    )
-                elif not isinstance(delta, UsageDelta):
+            if first is not None:
+                finish = await _relay(response, encoder, first, finish)
+            # The per-chunk loop: no wrapper generator around `deltas` (one more async
+            # hop per chunk, measured in the gateway benchmark).
+            async for delta in deltas:
+                if type(delta) in _PASSED_AS_THEY_ARE:
                     await response.write(encoder.encode(delta))
+                else:
+                    finish = await _relay(response, encoder, delta, finish)
         except PolyrouteError as error:
             outcome.status = "stream_error"
             await response.write(encode_event(wire_error(error).body()))
@@ -358,11 +362,24 @@ class Gateway:
         return json_response(body, status=200 if ready else 503)
 
 
-async def _chain(first: list[Delta], rest: Any) -> Any:
-    for delta in first:
-        yield delta
-    async for delta in rest:
-        yield delta
+_PASSED_AS_THEY_ARE = frozenset({TextDelta, ToolCallDelta, ReasoningDelta})
+
+
+async def _relay(
+    response: web.StreamResponse, encoder: OpenAIChunkEncoder, delta: Delta, finish: str | None
+) -> str | None:
+    """Send one delta to the client; the finish reason so far (it goes out last)."""
+    if isinstance(delta, FinishDelta):
+        return delta.reason
+    if isinstance(delta, RestartDelta):
+        raise UpstreamError(
+            "the answer broke off and restarted on another provider; send the request again",
+            provider=delta.provider,
+            retryable=True,
+        )
+    if not isinstance(delta, UsageDelta):
+        await response.write(encoder.encode(delta))
+    return finish
 
 
 def _refuse(status: int, message: str, code: str, request_id: str) -> web.Response:
