@@ -230,11 +230,11 @@ class _AnswerParser:
                     if reason in _FILTERED or candidate.get("safetyRatings"):
                         out.append(ExtraDelta({"gemini_finish": _facts(candidate)}))
                     ended = True
-            if blocked := (chunk.get("promptFeedback") or {}).get("blockReason"):
+            if (chunk.get("promptFeedback") or {}).get("blockReason"):
                 # The prompt itself was blocked: no candidate, the answer ends here.
                 out.append(FinishDelta("content_filter"))
                 out.append(ExtraDelta({"gemini_prompt_feedback": chunk["promptFeedback"]}))
-                ended = ended or bool(blocked)
+                ended = True
             if usage := chunk.get("usageMetadata"):
                 out.append(UsageDelta(_usage(usage)))
             candidates = chunk.get("candidates") or ()

@@ -234,3 +234,17 @@ async def test_models_are_discovered_and_only_generators_kept(
     assert json.loads(json.dumps(gemini_upstream.requests[-1].body))["contents"] == [
         {"role": "user", "parts": [{"text": "Hi"}]}
     ]
+
+
+async def test_a_blocked_prompt_ends_the_answer_as_content_filter(
+    gemini_upstream: GeminiUpstream,
+) -> None:
+    blocked = {"promptFeedback": {"blockReason": "SAFETY"}, "modelVersion": "gemini-local"}
+    types.GenerateContentResponse.model_validate(blocked)  # the real shape
+    gemini_upstream.default = Script(raw=b"data: " + json.dumps(blocked).encode() + b"\n\n")
+    async with provider(gemini_upstream) as gemini:
+        deltas = [d async for d in gemini.stream("gemini-local-pro", HI)]
+    assert deltas == [
+        FinishDelta("content_filter"),
+        ExtraDelta({"gemini_prompt_feedback": {"blockReason": "SAFETY"}}),
+    ]
