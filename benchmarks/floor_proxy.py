@@ -9,6 +9,7 @@ on top of this is its own cost.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 
@@ -29,9 +30,10 @@ def make_app(upstreams: dict[str, str]) -> web.Application:
         async with sessions[0].post(url, data=body, headers=headers) as answer:
             response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
             await response.prepare(request)
-            async for data in answer.content.iter_any():
-                await response.write(data)
-            await response.write_eof()
+            with contextlib.suppress(ConnectionResetError):  # the client went away
+                async for data in answer.content.iter_any():
+                    await response.write(data)
+                await response.write_eof()
             return response
 
     async def healthz(_request: web.Request) -> web.Response:
