@@ -12,7 +12,6 @@ continued by prefill: the conversation ends with the partial assistant text.
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any
 
@@ -43,6 +42,7 @@ from polyroute.core.messages import Message, continuation_messages
 from polyroute.core.request import ChatRequest
 from polyroute.core.sse import SSEEvent, excerpt
 from polyroute.providers.compat import AsyncGeneratorProvider
+from polyroute.providers.translate import alternating_turns, call_arguments, inline_media
 
 _log = get_logger()
 
@@ -59,7 +59,6 @@ _SAMPLING = {"temperature": "temperature", "top_p": "top_p", "stop": "stop_seque
 _TAKEN = {"tools", "tool_choice", "parallel_tool_calls", "max_tokens", "max_completion_tokens"}
 _TAKEN |= {*_SAMPLING, "user", "metadata"}
 _TOO_LONG = re.compile(r"prompt is too long|too many tokens|context (length|window)", re.I)
-_DATA_URL = re.compile(r"data:(?P<media>[\w/+.-]+);base64,(?P<data>.*)", re.S)
 
 
 class Anthropic(AsyncGeneratorProvider):
@@ -119,7 +118,12 @@ class Anthropic(AsyncGeneratorProvider):
             # whatever it repeats.
             messages = continuation_messages(messages, continue_from.rstrip(), prefill=True)
         system = [m.text() for m in messages if m.role in ("system", "developer")]
-        turns = _turns([m for m in messages if m.role not in ("system", "developer")])
+        turns = alternating_turns(
+            (m for m in messages if m.role not in ("system", "developer")),
+            _blocks,
+            assistant="assistant",
+            content_key="content",
+        )
         options = request.options
         body: dict[str, Any] = {
             "model": model,
@@ -294,22 +298,6 @@ def _text(value: Any) -> str:
 # Translating the conversation ---------------------------------------------------------
 
 
-def _turns(messages: list[Message]) -> list[dict[str, Any]]:
-    """OpenAI messages as Anthropic turns: tool results in user turns, tool calls as
-    tool_use blocks, consecutive turns of one role merged (the API alternates them)."""
-    turns: list[dict[str, Any]] = []
-    for message in messages:
-        role = "assistant" if message.role == "assistant" else "user"
-        blocks = _blocks(message)
-        if not blocks:
-            continue
-        if turns and turns[-1]["role"] == role:
-            turns[-1]["content"] += blocks
-        else:
-            turns.append({"role": role, "content": blocks})
-    return turns
-
-
 def _blocks(message: Message) -> list[dict[str, Any]]:
     if message.role == "tool":
         return [
@@ -322,12 +310,7 @@ def _blocks(message: Message) -> list[dict[str, Any]]:
     else:
         blocks += [_part(part.model_dump()) for part in message.content or []]
     for call in message.tool_calls or []:
-        try:
-            arguments = json.loads(call.function.arguments or "{}")
-        except ValueError:
-            raise InvalidRequestError(
-                f"tool call {call.id}: arguments are not JSON, which Anthropic requires"
-            ) from None
+        arguments = call_arguments(call, "Anthropic")
         blocks.append(
             {"type": "tool_use", "id": call.id, "name": call.function.name, "input": arguments}
         )
@@ -339,8 +322,8 @@ def _part(part: dict[str, Any]) -> dict[str, Any]:
         return {"type": "text", "text": part["text"]}
     if part["type"] == "image_url":
         url = part["image_url"]["url"]
-        if inline := _DATA_URL.fullmatch(url):
-            source = {"type": "base64", "media_type": inline["media"], "data": inline["data"]}
+        if inline := inline_media(url):
+            source = {"type": "base64", "media_type": inline[0], "data": inline[1]}
         else:
             source = {"type": "url", "url": url}
         return {"type": "image", "source": source}

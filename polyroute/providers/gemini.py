@@ -45,6 +45,7 @@ from polyroute.core.messages import Message, continuation_messages
 from polyroute.core.request import ChatRequest
 from polyroute.core.sse import SSEEvent, excerpt
 from polyroute.providers.compat import AsyncGeneratorProvider
+from polyroute.providers.translate import alternating_turns, call_arguments, inline_media
 
 _log = get_logger()
 
@@ -65,7 +66,6 @@ _GENERATION = {
 _TAKEN = {*_GENERATION, "tools", "tool_choice", "response_format", "parallel_tool_calls"}
 _RETRYABLE = {"UNAVAILABLE", "INTERNAL", "DEADLINE_EXCEEDED", "ABORTED"}
 _TOO_LONG = re.compile(r"exceeds the maximum number of tokens|too many tokens|token limit", re.I)
-_DATA_URL = re.compile(r"data:(?P<media>[\w/+.-]+);base64,(?P<data>.*)", re.S)
 
 
 class Gemini(AsyncGeneratorProvider):
@@ -108,9 +108,13 @@ class Gemini(AsyncGeneratorProvider):
         if continue_from:
             messages = continuation_messages(messages, continue_from, prefill=False)
         system = [m.text() for m in messages if m.role in ("system", "developer")]
-        body: dict[str, Any] = {
-            "contents": _contents([m for m in messages if m.role not in ("system", "developer")])
-        }
+        turns = [m for m in messages if m.role not in ("system", "developer")]
+        # A tool result names the function it answers: found from the call's id.
+        names = {call.id: call.function.name for m in turns for call in m.tool_calls or []}
+        contents = alternating_turns(
+            turns, lambda m: _parts(m, names), assistant="model", content_key="parts"
+        )
+        body: dict[str, Any] = {"contents": contents}
         if system:
             body["systemInstruction"] = {"parts": [{"text": "\n\n".join(system)}]}
         options = request.options
@@ -287,24 +291,6 @@ def _usage(usage: dict[str, Any]) -> Usage:
 # Translating the conversation ---------------------------------------------------------
 
 
-def _contents(messages: list[Message]) -> list[dict[str, Any]]:
-    """OpenAI messages as Gemini contents: ``model`` for the assistant, tool results as
-    ``functionResponse`` parts (named after the call they answer), consecutive turns
-    of one role merged."""
-    names = {call.id: call.function.name for m in messages for call in m.tool_calls or []}
-    contents: list[dict[str, Any]] = []
-    for message in messages:
-        role = "model" if message.role == "assistant" else "user"
-        parts = _parts(message, names)
-        if not parts:
-            continue
-        if contents and contents[-1]["role"] == role:
-            contents[-1]["parts"] += parts
-        else:
-            contents.append({"role": role, "parts": parts})
-    return contents
-
-
 def _parts(message: Message, names: dict[str, str]) -> list[dict[str, Any]]:
     if message.role == "tool":
         name = names.get(message.tool_call_id or "")
@@ -326,12 +312,7 @@ def _parts(message: Message, names: dict[str, str]) -> list[dict[str, Any]]:
     else:
         parts += [_part(part.model_dump()) for part in message.content or []]
     for call in message.tool_calls or []:
-        try:
-            arguments = json.loads(call.function.arguments or "{}")
-        except ValueError:
-            raise InvalidRequestError(
-                f"tool call {call.id}: arguments are not JSON, which Gemini requires"
-            ) from None
+        arguments = call_arguments(call, "Gemini")
         parts.append({"functionCall": {"name": call.function.name, "args": arguments}})
     return parts
 
@@ -342,15 +323,15 @@ def _part(part: dict[str, Any]) -> dict[str, Any]:
         return {"text": part["text"]}
     if kind == "image_url":
         url = part["image_url"]["url"]
-        if inline := _DATA_URL.fullmatch(url):
-            return {"inlineData": {"mimeType": inline["media"], "data": inline["data"]}}
+        if inline := inline_media(url):
+            return {"inlineData": {"mimeType": inline[0], "data": inline[1]}}
         mime = mimetypes.guess_type(url)[0] or "image/jpeg"
         return {"fileData": {"mimeType": mime, "fileUri": url}}
     if kind == "input_audio":
         audio = part["input_audio"]
         return {"inlineData": {"mimeType": f"audio/{audio['format']}", "data": audio["data"]}}
-    if kind == "file" and (inline := _DATA_URL.fullmatch(part["file"].get("file_data") or "")):
-        return {"inlineData": {"mimeType": inline["media"], "data": inline["data"]}}
+    if kind == "file" and (inline := inline_media(part["file"].get("file_data") or "")):
+        return {"inlineData": {"mimeType": inline[0], "data": inline[1]}}
     raise InvalidRequestError(f"this {kind} content part cannot be sent to Gemini")
 
 
