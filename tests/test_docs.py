@@ -137,11 +137,24 @@ async def test_router_guide_example_runs_with_the_reference_config(
 
 def test_readme_quick_start_config_builds_a_router(monkeypatch: pytest.MonkeyPatch) -> None:
     (quick_start,) = blocks(ROOT / "README.md", "yaml")
-    monkeypatch.setenv("OPENAI_API_KEY", "sk-readme-test-0123456789")
+    for variable in ("ANTHROPIC_API_KEY", "GEMINI_API_KEY", "OPENAI_API_KEY"):
+        monkeypatch.setenv(variable, "sk-readme-test-0123456789")
     router = Router.from_config(yaml.safe_load(quick_start))
-    assert [p.entry_name for p in router.providers] == ["openai", "local", "dark"]
-    assert router.policy.model_chain("smart") == ["gpt-4o", "gpt-4o-mini", "llama3.1"]
-    assert router.providers[0].api_endpoint == "https://api.openai.com/v1/chat/completions"
+    assert [p.entry_name for p in router.providers] == [
+        "claude",
+        "gemini",
+        "openai",
+        "local",
+        "dark",
+    ]
+    assert router.policy.model_chain("smart") == [
+        "claude-sonnet-4-5",
+        "gemini-2.5-pro",
+        "gpt-4o",
+        "llama3.1",
+    ]
+    assert router.providers[0].api_endpoint == "https://api.anthropic.com/v1/messages"
+    assert router.providers[2].api_endpoint == "https://api.openai.com/v1/chat/completions"
     assert router.stream(None, [{"role": "user", "content": "x"}]).requested_model == "smart"
 
 
