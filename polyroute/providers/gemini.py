@@ -226,7 +226,8 @@ class _AnswerParser:
             if "error" in chunk:
                 raise self._provider.error_from_payload(chunk["error"], None, "?")
             ended = False
-            for candidate in chunk.get("candidates") or ():
+            candidates = chunk.get("candidates") or ()
+            for candidate in candidates:
                 for part in (candidate.get("content") or {}).get("parts") or ():
                     self._part(part, out)
                 if reason := candidate.get("finishReason"):
@@ -241,7 +242,6 @@ class _AnswerParser:
                 ended = True
             if usage := chunk.get("usageMetadata"):
                 out.append(UsageDelta(_usage(usage)))
-            candidates = chunk.get("candidates") or ()
             if grounding := [
                 c["groundingMetadata"] for c in candidates if "groundingMetadata" in c
             ]:

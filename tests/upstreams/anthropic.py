@@ -35,7 +35,6 @@ class AnthropicUpstream(ScriptedUpstream):
     def __init__(self, default: Script | None = None, models: list[str] | None = None) -> None:
         super().__init__("/v1/messages", default)
         self.models = models or ["claude-local-large", "claude-local-small"]
-        self.sent: list[dict[str, Any]] = []
         self._block = -1  # the open content block, for the answer being encoded
         self._block_type: str | None = None
         self._outputs = 0
@@ -67,7 +66,6 @@ class AnthropicUpstream(ScriptedUpstream):
     def _event(self, payload: dict[str, Any], script: Script) -> bytes:
         if payload["type"] not in ("error", "ping"):  # the SDK reads these two apart
             _EVENT.validate_python(payload)
-        self.sent.append(payload)
         end = script.line_end
         return (
             b"event: "

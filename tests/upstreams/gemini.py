@@ -32,7 +32,6 @@ class GeminiUpstream(ScriptedUpstream):
     def __init__(self, default: Script | None = None, models: list[str] | None = None) -> None:
         super().__init__("/v1beta/models", default)
         self.models = models or ["gemini-local-pro", "gemini-local-flash"]
-        self.sent: list[dict[str, Any]] = []
 
     @property
     def base_url(self) -> str:
@@ -57,7 +56,6 @@ class GeminiUpstream(ScriptedUpstream):
     def _chunk(self, payload: dict[str, Any], script: Script) -> bytes:
         if "error" not in payload:
             types.GenerateContentResponse.model_validate(payload)
-        self.sent.append(payload)
         return self.frame(json.dumps(payload).encode(), script.line_end)
 
     def _parts(self, parts: list[dict[str, Any]], script: Script, **candidate: Any) -> bytes:
