@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, TextIO, cast
 
 from polyroute import __version__
-from polyroute.core.config_file import read_config_file
+from polyroute.core.config_file import read_config_of_kind
 from polyroute.core.deltas import TextDelta
 from polyroute.core.errors import (
     AllProvidersFailed,
@@ -451,13 +451,7 @@ async def simulate(args: argparse.Namespace) -> int:
 def simulator_profiles(path: str | None) -> list[SimulatedUpstream]:
     if not path:
         return list(EXAMPLE_UPSTREAMS)
-    data = read_config_file(Path(path))
-    if isinstance(data, dict) and "providers" in data and "upstreams" not in data:
-        raise ConfigError(
-            f"{path} is a router config (providers:), not a simulator file (upstreams:): "
-            f"use it with `polyroute chat -c {path}`; its type: simulated entries start "
-            "their own servers"
-        )
+    data = read_config_of_kind(Path(path), "simulator")
     return validate(SimulatorConfig, data, path).upstreams
 
 

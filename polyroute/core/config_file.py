@@ -10,7 +10,7 @@ import json
 import re
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -55,6 +55,37 @@ def read_config_file(path: Path) -> Any:
         raise _syntax_error(path, text, error.msg, error.lineno, error.colno) from None
     if data is None:
         raise ConfigError(f"{path} is empty (only comments)")
+    return data
+
+
+# The two kinds of config file: the key each has, and where each belongs.
+_KINDS = {
+    "router": (
+        "providers",
+        "a router config",
+        "use it with `polyroute chat -c {path}`; its type: simulated entries start their "
+        "own servers",
+    ),
+    "simulator": (
+        "upstreams",
+        "a simulator file",
+        "serve it with `polyroute simulate -c {path}` and point a router config's "
+        "providers at the URLs it prints",
+    ),
+}
+
+
+def read_config_of_kind(path: Path, kind: Literal["router", "simulator"]) -> Any:
+    """:func:`read_config_file`, refusing a file of the other kind with what it is and
+    which command takes it (a simulator file given to ``chat -c``, and the reverse)."""
+    data = read_config_file(path)
+    key, name, _ = _KINDS[kind]
+    other_key, other_name, where = _KINDS["simulator" if kind == "router" else "router"]
+    if isinstance(data, dict) and other_key in data and key not in data:
+        raise ConfigError(
+            f"{path} is {other_name} ({other_key}:), not {name} ({key}:): "
+            + where.format(path=path)
+        )
     return data
 
 

@@ -18,7 +18,7 @@ from pydantic import (
     model_validator,
 )
 
-from polyroute.core.config_file import read_config_file
+from polyroute.core.config_file import read_config_of_kind
 from polyroute.core.errors import ConfigError, describe_validation_error
 from polyroute.core.schema import StrictModel as _Strict
 
@@ -227,12 +227,6 @@ def load_config(source: RouterConfig | Mapping[str, Any] | str | Path) -> Router
     Raises :class:`ConfigError` naming the file and the key path of every problem.
     """
     if isinstance(source, str | Path):
-        data = read_config_file(Path(source))
-        if isinstance(data, dict) and "upstreams" in data and "providers" not in data:
-            raise ConfigError(
-                f"{source} is a simulator file (upstreams:), not a router config: serve it "
-                f"with `polyroute simulate -c {source}` and point a router config's "
-                "providers at the URLs it prints"
-            )
+        data = read_config_of_kind(Path(source), "router")
         return validate(RouterConfig, data, str(source))
     return validate(RouterConfig, source)
