@@ -14,6 +14,7 @@ from hypothesis import settings
 
 from polyroute import configure_logging
 from polyroute.core.logging import LOGGER_NAME
+from tests.redis_server import RedisServer
 from tests.upstreams.anthropic import AnthropicUpstream
 from tests.upstreams.darkai import DarkAIUpstream
 from tests.upstreams.gemini import GeminiUpstream
@@ -138,3 +139,17 @@ async def start_darkai() -> AsyncIterator[Callable[[], Awaitable[DarkAIUpstream]
     yield start
     for server in servers:
         await server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """One real redis-server for the session; each test gets it empty (``redis_url``)."""
+    server = RedisServer().start()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    redis_server.cli("FLUSHALL")
+    return redis_server.url

@@ -23,6 +23,7 @@ from polyroute.core.errors import ConfigError, describe_validation_error
 from polyroute.core.schema import StrictModel as _Strict
 
 Order = Literal["priority", "latency", "adaptive"]
+Balance = Literal["weighted", "least_busy", "latency"]
 ToolCallMode = Literal["stream", "atomic"]
 
 
@@ -44,6 +45,15 @@ class PartialTimeouts(_Strict):
     total: float | None = Field(None, gt=0)
 
 
+class RetryBudget(_Strict):
+    """Retries and fallback attempts allowed, across every process sharing the state:
+    ``min_per_second`` x ``window_seconds`` plus ``ratio`` x the requests of the window."""
+
+    ratio: float = Field(0.2, ge=0, description="extra attempts per request, on average")
+    min_per_second: float = Field(5.0, ge=0, description="allowed whatever the traffic")
+    window_seconds: int = Field(10, ge=1, le=60, description="how far back requests count")
+
+
 class RetryConfig(_Strict):
     """Retries of retryable errors on the same provider, before moving on."""
 
@@ -52,6 +62,9 @@ class RetryConfig(_Strict):
     backoff_max: float = Field(5.0, ge=0, description="cap of the exponential backoff")
     max_retry_after: float = Field(
         30.0, ge=0, description="a longer Retry-After moves on to the next provider instead"
+    )
+    budget: RetryBudget | None = Field(
+        None, description="off unless set: caps retries and fallbacks cluster-wide"
     )
 
 
@@ -62,12 +75,44 @@ class CooldownConfig(_Strict):
     seconds: float = Field(30.0, ge=0)
 
 
+class Limits(_Strict):
+    """An entry's own limits, kept across every process sharing the state; an entry
+    without headroom is skipped before it is called."""
+
+    rpm: int | None = Field(None, ge=1, description="requests per minute (sliding window)")
+    tpm: int | None = Field(None, ge=1, description="tokens per minute, estimated then corrected")
+    concurrent: int | None = Field(None, ge=1, description="requests in flight at once")
+
+
+class StateConfig(_Strict):
+    """Where routing state lives: this process (``memory``) or a Redis shared by every
+    process and host that routes to the same upstreams (docs/shared-state.md)."""
+
+    backend: Literal["memory", "redis"] = "memory"
+    url: str = Field(
+        "redis://127.0.0.1:6379/0", description="redis:// or rediss:// (TLS); pool from the URL"
+    )
+    prefix: str = Field("polyroute", min_length=1, description="key prefix and hash tag")
+    timeout_ms: float = Field(
+        50.0, gt=0, description="longest a request waits on Redis before deciding locally"
+    )
+    sync_ms: float = Field(
+        100.0, gt=0, description="how often load figures and request counts are exchanged"
+    )
+
+    def __repr_args__(self) -> Any:
+        for key, value in super().__repr_args__():  # the URL may hold a password
+            yield key, "***" if key == "url" else value
+
+
 class ProviderEntry(_Strict):
     """One configured provider: a registry ``type`` plus overrides of its class attributes."""
 
     name: str = Field(min_length=1, description="unique entry name, used in events and errors")
     type: str = Field(min_length=1, description="registry type name, e.g. darkai")
     priority: int = Field(0, description="lower is tried first; ties keep list order")
+    weight: float = Field(1.0, gt=0, description="share among equal priorities (balance)")
+    limits: Limits | None = Field(None, description="rpm, tpm, concurrent; shared with state")
     working: bool | None = Field(None, description="overrides the class's working flag")
     api_endpoint: str | None = None
     base_url: str | None = None
@@ -133,6 +178,11 @@ class RouteSettings(_Strict):
     max_relays: int = Field(2, ge=0, description="hand-overs after text was delivered, at most")
     hedge: HedgeConfig | None = Field(None, description="off unless set: it costs tokens")
     order: Order = "priority"
+    balance: Balance | None = Field(
+        None,
+        description="among entries of equal priority: weighted (random by weight), "
+        "least_busy (fewest in flight per weight) or latency (fastest first token)",
+    )
     tool_calls: ToolCallMode = Field(
         "stream",
         description="stream: pass tool-call fragments on as they come; atomic: hold each "
@@ -163,6 +213,7 @@ class RouterSettings(RouteSettings):
     retry: RetryConfig = RetryConfig()
     timeouts: TimeoutsConfig = TimeoutsConfig()
     cooldown: CooldownConfig = CooldownConfig()
+    state: StateConfig = StateConfig()
 
     @model_validator(mode="after")
     def _aliases_terminate(self) -> RouterSettings:

@@ -11,10 +11,9 @@ from dataclasses import dataclass
 from typing import Literal, NamedTuple, TypeAlias
 
 from polyroute.router.config import RouteSettings, ToolCallMode
-from polyroute.router.health import HealthStore
 from polyroute.router.policy import Candidate, RoutingPolicy
 from polyroute.router.retry import RetryPolicy
-from polyroute.router.stats import StatsBook
+from polyroute.router.state import RoutingState
 
 Mode: TypeAlias = Literal["fresh", "continue", "restart"]
 """How a candidate is asked: for a whole answer, to continue the delivered text, or
@@ -34,13 +33,13 @@ class Choice(NamedTuple):
 
 @dataclass(frozen=True, slots=True)
 class RouteContext:
-    """The shared parts of a router (policy, retries, health, statistics) and the route
-    settings of one model: made once per model and shared by its requests."""
+    """The shared parts of a router (policy, retries, state: circuits, limits, budget,
+    statistics) and the route settings of one model: made once per model and shared
+    by its requests."""
 
     policy: RoutingPolicy
     retry: RetryPolicy
-    health: HealthStore
-    stats: StatsBook
+    state: RoutingState
     cooldown_seconds: float
     settings: RouteSettings
 

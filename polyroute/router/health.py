@@ -1,10 +1,13 @@
 """Cooldown of failing provider entries: a small circuit breaker per entry.
 
 closed --(``failures`` consecutive failures)--> open --(``seconds`` later)--> half-open:
-one request may try; its success closes the circuit, its failure opens it again.
-State sits behind :class:`HealthStore` so a shared backend can replace the
-in-memory one without touching the router. People read the states as "healthy",
-"cooling down (12 s left)" and "on trial" (:func:`describe`).
+one request may try; its success closes the circuit, its failure opens it again. A
+failure while open (a request that started before the circuit opened) extends the
+cooldown. State sits behind :class:`HealthStore` so the shared backend
+(``polyroute.router.state``) can replace the in-memory one without touching the
+router: reads are synchronous (a shared backend answers them from a local mirror),
+the two decisions that must be atomic across processes are coroutines. People read
+the states as "healthy", "cooling down (12 s left)" and "on trial" (:func:`describe`).
 """
 
 from __future__ import annotations
@@ -24,13 +27,13 @@ class HealthStore(Protocol):
         """The entry's circuit as of now."""
         ...
 
-    def admit(self, name: str) -> bool:
+    async def admit(self, name: str) -> bool:
         """May a request try ``name`` now? Claims the single half-open probe."""
         ...
 
     def record_success(self, name: str) -> None: ...
 
-    def record_failure(self, name: str) -> bool:
+    async def record_failure(self, name: str) -> bool:
         """Count a failure; True when this failure opened the circuit."""
         ...
 
@@ -73,7 +76,11 @@ class InMemoryHealth:
             return "closed"
         return "open" if self._clock() < circuit.open_until or circuit.probing else "half-open"
 
-    def admit(self, name: str) -> bool:
+    async def admit(self, name: str) -> bool:
+        return self.admit_now(name)
+
+    def admit_now(self, name: str) -> bool:
+        """:meth:`admit`, without a coroutine."""
         state = self.state(name)
         if state == "half-open":
             self._circuits[name].probing = True
@@ -87,14 +94,20 @@ class InMemoryHealth:
             circuit.open_until = None
             circuit.probing = False
 
-    def record_failure(self, name: str) -> bool:
+    async def record_failure(self, name: str) -> bool:
+        return self.record_failure_now(name)
+
+    def record_failure_now(self, name: str) -> bool:
+        """:meth:`record_failure`, without a coroutine."""
         circuit = self._circuit(name)
         circuit.failures += 1
-        if circuit.probing or (circuit.open_until is None and circuit.failures >= self.threshold):
-            circuit.probing = False
-            circuit.open_until = self._clock() + self.seconds
-            return True
-        return False
+        if circuit.open_until is None and circuit.failures < self.threshold:
+            return False
+        now = self._clock()
+        was_open = circuit.open_until is not None and now < circuit.open_until
+        circuit.probing = False
+        circuit.open_until = now + self.seconds
+        return not was_open
 
     def release(self, name: str) -> None:
         circuit = self._circuits.get(name)
@@ -112,6 +125,32 @@ class InMemoryHealth:
         """Consecutive failures counted for ``name``."""
         circuit = self._circuits.get(name)
         return circuit.failures if circuit else 0
+
+    def is_clean(self, name: str) -> bool:
+        """Closed with no failure counted: a success would change nothing."""
+        circuit = self._circuits.get(name)
+        return circuit is None or (circuit.failures == 0 and circuit.open_until is None)
+
+    def set_circuit(
+        self, name: str, *, failures: int, seconds_left: float | None, probing: bool
+    ) -> None:
+        """Take a circuit's state from elsewhere (a shared backend's report):
+        ``seconds_left`` ``None`` for closed, negative when the cooldown is over."""
+        if failures == 0 and seconds_left is None:
+            self._circuits.pop(name, None)
+            return
+        circuit = self._circuit(name)
+        circuit.failures = failures
+        circuit.open_until = None if seconds_left is None else self._clock() + seconds_left
+        circuit.probing = probing
+
+    def open_circuits(self) -> dict[str, tuple[int, float]]:
+        """Entries cooling down now: failures and seconds left."""
+        return {
+            name: (circuit.failures, left)
+            for name, circuit in self._circuits.items()
+            if (left := self.seconds_left(name)) > 0
+        }
 
 
 def describe(health: HealthStore, name: str) -> str:

@@ -31,7 +31,7 @@ class Hedge(Generic[_Opened]):
     config: HedgeConfig
     stats: StatsBook
     log: EventLogger
-    next_choice: Callable[[], Choice | None]
+    next_choice: Callable[[], Coroutine[object, object, Choice | None]]
     open_one: Callable[[Choice], Coroutine[object, object, _Opened | None]]
     close: Callable[[_Opened], Coroutine[object, object, None]]
 
@@ -42,9 +42,9 @@ class Hedge(Generic[_Opened]):
         launched_at = 0.0
         exhausted = False
 
-        def launch() -> bool:
+        async def launch() -> bool:
             nonlocal latest, launched_at, exhausted
-            choice = None if exhausted else self.next_choice()
+            choice = None if exhausted else await self.next_choice()
             if choice is None:
                 exhausted = True
                 return False
@@ -53,7 +53,7 @@ class Hedge(Generic[_Opened]):
             return True
 
         try:
-            launch()
+            await launch()
             while running:
                 delay = None
                 if not exhausted and latest is not None and len(running) < self.config.max_parallel:
@@ -64,7 +64,7 @@ class Hedge(Generic[_Opened]):
                 )
                 if not done:
                     waited_ms = round((time.perf_counter() - launched_at) * 1000, 3)
-                    if launch() and latest is not None:
+                    if await launch() and latest is not None:
                         self.log.info("attempt.hedge", provider=latest.name, after_ms=waited_ms)
                     continue
                 for task in done:
@@ -73,7 +73,7 @@ class Hedge(Generic[_Opened]):
                         await self._drop(running)
                         return opened
                 if not running:
-                    launch()  # every attempt in flight failed: move on at once
+                    await launch()  # every attempt in flight failed: move on at once
             return None
         finally:
             for task in running:

@@ -1,6 +1,6 @@
 """Which providers to try, for which models, in which order.
 
-Pure decisions over the configured entries and the health store: no I/O here. The
+Pure decisions over the configured entries and the routing state: no I/O here. The
 requested name is resolved here, once: router aliases to a model, then each entry's
 own aliases to the upstream's name (``Candidate.upstream_model``), which is what the
 provider is sent as it is.
@@ -8,16 +8,17 @@ provider is sent as it is.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import random
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
 from polyroute.core.errors import CapabilityNotSupportedError, ModelNotSupportedError
 from polyroute.core.request import CAPABILITY_LABELS, Capability
 from polyroute.providers.base import Provider
-from polyroute.router.config import Order, ToolCallMode
-from polyroute.router.health import HealthStore, describe
-from polyroute.router.stats import StatsBook
+from polyroute.router.config import Balance, Limits, Order, ToolCallMode
+from polyroute.router.health import describe
+from polyroute.router.state import RoutingState
 
 _CHAIN_CACHE_SIZE = 1024
 
@@ -28,6 +29,9 @@ class Entry:
 
     provider: Provider
     priority: int = 0
+    weight: float = 1.0
+    """Share among entries of equal priority (``balance``)."""
+    limits: Limits | None = None
     discover: bool = False
     """Fetch the model list from the upstream when the router starts."""
     tool_calls: ToolCallMode | None = None
@@ -116,32 +120,39 @@ class RoutingPolicy:
     def candidates(
         self,
         model: str,
-        health: HealthStore,
-        stats: StatsBook | None = None,
+        state: RoutingState,
         order: Order = "priority",
         needs: frozenset[Capability] = frozenset(),
+        balance: Balance | None = None,
     ) -> tuple[list[Candidate], list[str]]:
         """Entries that can serve ``model`` now, in order, and why the others cannot.
 
         ``order``: ``priority`` (configured), ``latency`` (lowest time to first chunk
         first) or ``adaptive`` (lowest expected time to a complete answer, failures
-        counted); configured priority breaks ties, and unmeasured entries come first so
-        that they get measured.
+        counted), from the figures of every process sharing ``state``; configured
+        priority breaks ties, and unmeasured entries come first so that they get
+        measured. ``balance`` reorders entries of equal priority (with ``priority``
+        order): ``weighted`` at random by weight, ``least_busy`` by requests in flight
+        per weight, ``latency`` by time to first chunk.
         """
         chosen: list[Candidate] = []
         excluded: list[str] = []
         for entry, upstream_model in self.serving(model):
             reason = _unusable(entry, needs)
-            if reason is None and health.state(entry.name) == "open":
-                reason = describe(health, entry.name)
+            if reason is None and state.state(entry.name) == "open":
+                reason = describe(state, entry.name)
             if reason is None:
                 chosen.append(Candidate(entry, model, upstream_model, entry.name))
             else:
                 excluded.append(f"{entry.name} ({model}): {reason}")
-        if stats is not None and order == "latency":
-            chosen.sort(key=lambda candidate: stats[candidate.name].latency_ms())
-        elif stats is not None and order == "adaptive":
-            chosen.sort(key=lambda candidate: stats[candidate.name].expected_ms())
+        if len(chosen) < 2:
+            return chosen, excluded
+        if order == "latency":
+            chosen.sort(key=lambda candidate: state.load(candidate.name).latency_ms)
+        elif order == "adaptive":
+            chosen.sort(key=lambda candidate: state.load(candidate.name).expected_ms)
+        elif balance is not None:
+            chosen.sort(key=_balance_key(balance, state))
         return chosen, excluded
 
     def serving(self, model: str) -> list[tuple[Entry, str]]:
@@ -166,6 +177,17 @@ class RoutingPolicy:
             names.update(entry.provider.models)
             names.update(entry.provider.model_aliases)
         return sorted(names)
+
+
+def _balance_key(balance: Balance, state: RoutingState) -> Callable[[Candidate], tuple[int, float]]:
+    """Sort key: priority first, then the balance's figure (lower goes first)."""
+    if balance == "weighted":
+        # Weighted random order without replacement (Efraimidis-Spirakis): the entry
+        # with the largest random()**(1/weight) goes first.
+        return lambda c: (c.entry.priority, -(random.random() ** (1 / c.entry.weight)))
+    if balance == "least_busy":
+        return lambda c: (c.entry.priority, state.load(c.name).in_flight / c.entry.weight)
+    return lambda c: (c.entry.priority, state.load(c.name).latency_ms)
 
 
 def _unusable(entry: Entry, needs: frozenset[Capability]) -> str | None:

@@ -34,10 +34,10 @@ from polyroute.router.config import (
     validate,
 )
 from polyroute.router.context import RouteContext
-from polyroute.router.health import HealthStore, InMemoryHealth
+from polyroute.router.health import HealthStore
 from polyroute.router.policy import Entry, RoutingPolicy
 from polyroute.router.retry import RetryPolicy, Sleep
-from polyroute.router.stats import StatsBook
+from polyroute.router.state import RoutingState, build_state
 from polyroute.router.stream import RouterStream
 
 _log = get_logger()
@@ -54,6 +54,8 @@ _ROUTER_KEYS = {
     "options",
     "models",
     "tool_calls",
+    "weight",
+    "limits",
 }
 
 
@@ -94,10 +96,16 @@ class Router:
         self.policy = RoutingPolicy(entries, aliases=settings.aliases, fallbacks=settings.fallbacks)
         _check_aliases(self.policy)
         self.retry = RetryPolicy(settings.retry, sleep=sleep)
-        self.health: HealthStore = health or InMemoryHealth(
-            failures=settings.cooldown.failures, seconds=settings.cooldown.seconds
+        self.state: RoutingState = build_state(
+            settings.state,
+            health=health,
+            names=names,
+            failures=settings.cooldown.failures,
+            cooldown_seconds=settings.cooldown.seconds,
+            limits={entry.name: entry.limits for entry in entries if entry.limits},
+            budget=settings.retry.budget,
         )
-        self.stats = StatsBook()
+        self.stats = self.state.stats
         self.discovery_errors: dict[str, str] = {}
         """Why an entry's ``models: discover`` failed, by entry name."""
         self._contexts: dict[str, RouteContext] = {}
@@ -129,12 +137,16 @@ class Router:
             context = self._contexts[key] = RouteContext(
                 self.policy,
                 self.retry,
-                self.health,
-                self.stats,
+                self.state,
                 self.settings.cooldown.seconds,
                 self.settings.for_model(model),
             )
         return context
+
+    @property
+    def health(self) -> HealthStore:
+        """The entries' circuits (part of :attr:`state`)."""
+        return self.state
 
     @property
     def providers(self) -> list[Provider]:
@@ -228,12 +240,20 @@ class Router:
             else:
                 _log.info("provider.models_discovered", provider=entry.name, models=len(result))
 
+    async def start(self) -> None:
+        """Connect the shared state (``state: redis``) and discover model lists; done by
+        ``async with``. Without it, a shared state connects on the first request and
+        decides alone until connected."""
+        await self.state.start()
+        await self.discover_models()
+
     async def aclose(self) -> None:
-        """Close every provider's connection pool."""
+        """Close every provider's connection pool and the shared state's connections."""
         await asyncio.gather(*(provider.aclose() for provider in self.providers))
+        await self.state.aclose()
 
     async def __aenter__(self) -> Router:
-        await self.discover_models()
+        await self.start()
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -275,6 +295,8 @@ def _build_entry(
     return Entry(
         provider,
         entry.priority,
+        weight=entry.weight,
+        limits=entry.limits,
         discover=entry.models == "discover" and missing_key is None,
         tool_calls=entry.tool_calls,
         missing_key=missing_key,

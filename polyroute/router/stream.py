@@ -55,6 +55,7 @@ from polyroute.router.context import Choice, Mode, RouteContext
 from polyroute.router.hedge import Hedge
 from polyroute.router.policy import Candidate
 from polyroute.router.relay import Seam, StreamRestarted
+from polyroute.router.state import Denied, Lease
 
 _log = get_logger()
 
@@ -66,6 +67,28 @@ Upstream = AsyncGenerator[list[Delta], None]
 
 def _ms(since: float) -> float:
     return round((time.perf_counter() - since) * 1000, 3)
+
+
+ASSUMED_ANSWER_TOKENS = 256
+"""Answer length assumed for a ``tpm`` limit when the request sets no ``max_tokens``."""
+
+
+class _NotTriedError(PolyrouteError):
+    """Not an upstream's answer: no attempt is made (no headroom, or the retry budget
+    is spent); the router moves on, or stops, with this as the reason."""
+
+    def __init__(self, reason: str, *, stop: bool = False) -> None:
+        super().__init__(reason)
+        self.stop = stop
+
+
+def estimate_tokens(request: ChatRequest) -> int:
+    """Tokens a request may use, before its answer says: about four characters a
+    token, plus ``max_tokens`` (or a typical answer)."""
+    chars = sum(len(str(message.content or "")) for message in request.messages)
+    options = request.options
+    answer = options.get("max_completion_tokens") or options.get("max_tokens")
+    return chars // 4 + 1 + (answer or ASSUMED_ANSWER_TOKENS)
 
 
 def counts_against_health(error: BaseException) -> bool:
@@ -89,7 +112,13 @@ class _Opened:
     first: list[Delta] | None
     attempt: Attempt
     choice: Choice
+    lease: Lease
     chars_before: int = 0
+
+    def end(self) -> None:
+        """Give the entry's place back, with the tokens the attempt reported."""
+        usage = self.attempt.usage
+        self.lease.end(usage.total_tokens if usage is not None else None)
 
 
 @dataclass(slots=True)
@@ -156,6 +185,8 @@ class _Run:
     failed_provider: str = ""
     relay_mode: Mode = "fresh"
     previous: Candidate | None = None
+    stopped: bool = False
+    """The retry budget is spent: no further attempt."""
 
 
 class RouterStream:
@@ -290,6 +321,7 @@ class RouterStream:
     async def _run(self, text_only: bool) -> AsyncGenerator[Any, None]:
         # Longer than the other steps on purpose: deliver is inline (see below), and
         # `text_only` picks what is yielded without a second generator over this one.
+        self._context.state.ensure_started()
         run = self._begin()
         builder = self._builder
         try:
@@ -343,9 +375,10 @@ class RouterStream:
                         elif isinstance(out, TextDelta):
                             yield out.text
                 except PolyrouteError as error:
-                    self._on_failure(run, opened, error)
+                    await self._on_failure(run, opened, error)
                     continue
                 finally:
+                    opened.end()
                     await upstream.aclose()
                 self._succeed(run, opened)
                 return
@@ -358,6 +391,7 @@ class RouterStream:
         log = _log.bind(request_id=self.request_id)
         reasons: list[str] = []
         candidates, excluded = self._candidates(self._chain[0])
+        self._context.state.count_request()
         log.info(
             "route.start",
             requested_model=self.requested_model,
@@ -371,8 +405,9 @@ class RouterStream:
 
     def _candidates(self, model: str) -> tuple[list[Candidate], list[str]]:
         context = self._context
+        settings = context.settings
         return context.policy.candidates(
-            model, context.health, context.stats, context.settings.order, self._request.needs
+            model, context.state, settings.order, self._request.needs, settings.balance
         )
 
     def _walk(
@@ -439,10 +474,12 @@ class RouterStream:
 
     # Open --------------------------------------------------------------------------
 
-    def _next_choice(self, run: _Run) -> Choice | None:
+    async def _next_choice(self, run: _Run) -> Choice | None:
         """The next candidate to try and how; ``continue`` falls back to ``restart``
         when no candidate that can continue remains, if configured so."""
-        settings, health = self._context.settings, self._context.health
+        settings, state = self._context.settings, self._context.state
+        if run.stopped:
+            return None
         mode: Mode = "fresh"
         if run.failure is not None:
             mode = "continue" if settings.on_midstream_failure == "continue" else "restart"
@@ -456,7 +493,7 @@ class RouterStream:
                 candidate = run.queue.next_any()
             if candidate is None:
                 return None
-            if not health.admit(candidate.name):
+            if not await state.admit(candidate.name):
                 run.reasons.append(f"{candidate.name} ({candidate.model}): cooling down")
                 continue
             if run.previous is not None:
@@ -479,22 +516,23 @@ class RouterStream:
         if context.settings.hedge is not None:
             hedge: Hedge[_Opened] = Hedge(
                 context.settings.hedge,
-                context.stats,
+                context.state.stats,
                 run.log,
                 next_choice=lambda: self._next_choice(run),
-                open_one=lambda choice: self._open(choice, run.log),
+                open_one=lambda choice: self._open(choice, run),
                 close=self._close_loser,
             )
             opened = await hedge.open()
             if opened is not None:
                 self._drop_hedge_losers(opened.attempt, run.log)
             return opened
-        while (choice := self._next_choice(run)) is not None:
-            if (opened := await self._open(choice, run.log)) is not None:
+        while (choice := await self._next_choice(run)) is not None:
+            if (opened := await self._open(choice, run)) is not None:
                 return opened
         return None
 
     async def _close_loser(self, opened: _Opened) -> None:
+        opened.end()
         await opened.upstream.aclose()
 
     def _drop_hedge_losers(self, winner: Attempt, log: EventLogger) -> None:
@@ -502,13 +540,15 @@ class RouterStream:
             if attempt.outcome == "running" and attempt is not winner:
                 attempt.outcome = "hedge_lost"
                 attempt.duration_ms = attempt.elapsed_ms()
-                self._context.health.release(attempt.provider)
+                self._context.state.release(attempt.provider)
                 log.info("attempt.hedge_lost", provider=attempt.provider, model=attempt.model)
 
-    async def _open(self, choice: Choice, log: EventLogger) -> _Opened | None:
-        """Try ``choice`` (with retries) up to its first chunk; None when it failed."""
+    async def _open(self, choice: Choice, run: _Run) -> _Opened | None:
+        """Try ``choice`` (with retries) up to its first chunk; None when it failed or
+        was not tried (the reason is added to ``run.reasons``)."""
         context = self._context
         candidate = choice.candidate
+        log = run.log
 
         def before_sleep(state: RetryCallState) -> None:
             error = state.outcome.exception() if state.outcome else None
@@ -527,16 +567,46 @@ class RouterStream:
                 self._try_once,
                 choice,
                 log,
-                give_up=lambda: context.health.state(candidate.name) != "closed",
+                give_up=lambda: context.state.state(candidate.name) != "closed",
                 before_sleep=before_sleep,
             )
         except InvalidRequestError:
             raise  # the caller's mistake: no other provider would take it either
+        except _NotTriedError as error:
+            run.reasons.append(f"{candidate.name} ({candidate.model}): {error}")
+            run.stopped = run.stopped or error.stop
+            return None
         except PolyrouteError:
             return None  # recorded in self.attempts and logged by _try_once
 
+    async def _claim(self, candidate: Candidate, log: EventLogger) -> Lease:
+        """A place on the entry and, past a request's first attempt, one attempt out of
+        the retry budget; raises :class:`_NotTriedError` (with an event) when there is none."""
+        state = self._context.state
+        lease = await state.acquire(candidate.name, lambda: estimate_tokens(self._request))
+        if isinstance(lease, Denied):
+            log.info(
+                "route.skip",
+                provider=candidate.name,
+                model=candidate.upstream_model,
+                reason=lease.reason,
+                retry_in_s=round(lease.retry_in, 3),
+            )
+            raise _NotTriedError(f"skipped: {lease.reason}")
+        if self.attempts and not await state.spend_attempt():
+            lease.end()
+            log.warning(
+                "retry.budget_exhausted",
+                provider=candidate.name,
+                model=candidate.upstream_model,
+                attempts=len(self.attempts),
+            )
+            raise _NotTriedError("retry budget exhausted", stop=True)
+        return lease
+
     async def _try_once(self, choice: Choice, log: EventLogger) -> _Opened:
         candidate = choice.candidate
+        lease = await self._claim(candidate, log)
         attempt = Attempt(candidate.name, candidate.upstream_model)
         self.attempts.append(attempt)
         log.info(
@@ -553,11 +623,15 @@ class RouterStream:
         try:
             first = await anext(upstream, None)
         except PolyrouteError as error:
-            self._fail(attempt, candidate, error, log)
+            lease.end()
+            await self._fail(attempt, candidate, error, log)
+            raise
+        except BaseException:
+            lease.end()  # cancelled (a hedge that lost, a consumer that left)
             raise
         attempt.ttft_ms = attempt.elapsed_ms()
-        self._context.stats[candidate.name].record_first_chunk(attempt.ttft_ms)
-        return _Opened(upstream, first, attempt, choice)
+        self._context.state.stats[candidate.name].record_first_chunk(attempt.ttft_ms)
+        return _Opened(upstream, first, attempt, choice, lease)
 
     # Hand over ---------------------------------------------------------------------
 
@@ -588,11 +662,11 @@ class RouterStream:
         )
         return Seam(self.text) if opened.choice.mode == "continue" else None
 
-    def _on_failure(self, run: _Run, opened: _Opened, error: PolyrouteError) -> None:
+    async def _on_failure(self, run: _Run, opened: _Opened, error: PolyrouteError) -> None:
         """A failure after the first chunk: note it for a relay, or give up (raise)."""
         attempt, candidate = opened.attempt, opened.choice.candidate
         attempt.chars = sum(map(len, self._builder.text_parts)) - opened.chars_before
-        self._fail(attempt, candidate, error, run.log)
+        await self._fail(attempt, candidate, error, run.log)
         if not isinstance(error, UpstreamError):
             self._end_failed(run, error)
             raise error
@@ -618,8 +692,8 @@ class RouterStream:
         attempt.duration_ms = attempt.elapsed_ms()
         chars = sum(map(len, self._builder.text_parts))
         attempt.chars = chars - opened.chars_before
-        context.health.record_success(candidate.name)
-        context.stats[candidate.name].record_success(
+        context.state.record_success(candidate.name)
+        context.state.stats[candidate.name].record_success(
             attempt.chars, attempt.duration_ms - (attempt.ttft_ms or 0.0)
         )
         self.status = "complete"
@@ -668,7 +742,7 @@ class RouterStream:
             **describe_error(error),
         )
 
-    def _fail(
+    async def _fail(
         self, attempt: Attempt, candidate: Candidate, error: PolyrouteError, log: EventLogger
     ) -> None:
         attempt.outcome = "failed"
@@ -682,8 +756,8 @@ class RouterStream:
         )
         context = self._context
         if counts_against_health(error):
-            context.stats[candidate.name].record_failure()
-            if context.health.record_failure(candidate.name):
+            context.state.stats[candidate.name].record_failure()
+            if await context.state.record_failure(candidate.name):
                 log.warning(
                     "provider.cooldown", provider=candidate.name, seconds=context.cooldown_seconds
                 )
@@ -693,7 +767,7 @@ class RouterStream:
         for attempt in self.attempts:
             if attempt.outcome == "running":
                 attempt.outcome = "cancelled"
-                self._context.health.release(attempt.provider)
+                self._context.state.release(attempt.provider)
         run.log.info(
             "route.cancelled",
             provider=self.provider,

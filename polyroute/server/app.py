@@ -178,7 +178,7 @@ class Gateway:
             return error_response(wire_error(error), request_id)
         outcome.model = call.model or self.router.settings.default_model or ""
         outcome.messages = call.messages
-        if key is not None and (refused := self._key_refuses(key, outcome.model, request_id)):
+        if key is not None and (refused := await self._key_refuses(key, outcome.model, request_id)):
             return refused
         try:
             stream = self.router.stream(
@@ -201,7 +201,9 @@ class Gateway:
                 request, stream, deltas, first, call.include_usage, request_id, outcome
             )
 
-    def _key_refuses(self, key: ClientKey, model: str, request_id: str) -> web.Response | None:
+    async def _key_refuses(
+        self, key: ClientKey, model: str, request_id: str
+    ) -> web.Response | None:
         """403 for a model the key may not use, 429 over its requests per minute."""
         if not key.allows(model, self.router.policy.resolve_alias(model)):
             return _refuse(
@@ -210,7 +212,7 @@ class Gateway:
                 "model_not_allowed",
                 request_id,
             )
-        wait = key.admit(self.keys.now())
+        wait = await self.router.state.admit_key(key.name, key.rpm) if key.rpm else None
         if wait is not None:
             error = WireError(
                 429,

@@ -1,24 +1,21 @@
 """Gateway keys: who may call, for which models, how often.
 
 Keys are compared in constant time (against every configured key, whichever
-matches), registered as secrets so that no log line or error can show one, and
-limited per minute in this process (until shared state lands, see docs/gateway.md).
+matches) and registered as secrets so that no log line or error can show one. Their
+``rpm`` is counted by the router's state: per process with ``state: memory``, across
+every gateway sharing the Redis with ``state: redis`` (docs/shared-state.md).
 """
 
 from __future__ import annotations
 
 import hmac
 import os
-import time
-from collections import deque
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 from polyroute.core.errors import ConfigError
 from polyroute.core.redaction import register_secret
 from polyroute.router.config import GatewayKey
-
-WINDOW_SECONDS = 60.0
 
 
 @dataclass(slots=True)
@@ -29,31 +26,15 @@ class ClientKey:
     secret: bytes
     models: frozenset[str] | None
     rpm: int | None
-    recent: deque[float] = field(default_factory=deque)
-    """Start times of this key's requests in the last minute (for ``rpm``)."""
 
     def allows(self, *models: str) -> bool:
         return self.models is None or any(model in self.models for model in models)
-
-    def admit(self, now: float) -> float | None:
-        """Count a request now; ``None`` when admitted, else seconds until it would be."""
-        if self.rpm is None:
-            return None
-        while self.recent and now - self.recent[0] >= WINDOW_SECONDS:
-            self.recent.popleft()
-        if len(self.recent) >= self.rpm:
-            return WINDOW_SECONDS - (now - self.recent[0])
-        self.recent.append(now)
-        return None
 
 
 class KeyRing:
     """The gateway's keys; empty means the gateway is open (loopback only)."""
 
-    def __init__(
-        self, keys: Sequence[GatewayKey], clock: Callable[[], float] = time.monotonic
-    ) -> None:
-        self._clock = clock
+    def __init__(self, keys: Sequence[GatewayKey]) -> None:
         self.keys = [_resolve(key) for key in keys]
 
     def __bool__(self) -> bool:
@@ -70,9 +51,6 @@ class KeyRing:
             if hmac.compare_digest(key.secret, presented):
                 found = key
         return found
-
-    def now(self) -> float:
-        return self._clock()
 
 
 def _resolve(key: GatewayKey) -> ClientKey:

@@ -12,6 +12,7 @@ from structlog.testing import capture_logs
 from polyroute import Attempt, InMemoryHealth, Router
 from polyroute.providers.simulated import Simulated
 from polyroute.router.policy import RoutingPolicy
+from polyroute.router.state import MemoryState
 from polyroute.router.stats import EntryStats, StatsBook
 from tests.router.helpers import collect, entry
 from tests.upstreams.darkai import DarkAIUpstream
@@ -107,7 +108,8 @@ def ordered(order: str, book: StatsBook, names: list[str]) -> list[str]:
 
     entries = [Entry(DarkAI(name=n, working=True)) for n in names]
     policy = RoutingPolicy(entries, aliases={}, fallbacks={})
-    candidates, _ = policy.candidates("gpt-4o", InMemoryHealth(failures=9, seconds=1), book, order)  # type: ignore[arg-type]
+    state = MemoryState(InMemoryHealth(failures=9, seconds=1), book, limits={}, budget=None)
+    candidates, _ = policy.candidates("gpt-4o", state, order)  # type: ignore[arg-type]
     return [c.name for c in candidates]
 
 

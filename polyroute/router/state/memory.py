@@ -1,0 +1,253 @@
+"""Routing state kept in this process: the default backend, and the one a shared
+backend falls back to while its Redis is unreachable."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+
+from polyroute.router.config import Limits, RetryBudget
+from polyroute.router.health import CircuitState, HealthStore
+from polyroute.router.state.contract import Denied, Lease, Load, TokenEstimate
+from polyroute.router.stats import StatsBook
+
+WINDOW_SECONDS = 60.0
+"""The window of ``rpm`` and ``tpm``."""
+
+Clock = Callable[[], float]
+
+
+class EntryLimits:
+    """One entry's ``rpm`` (exact sliding window), ``tpm`` (two fixed windows, the
+    older weighted by how much of it still overlaps the last minute) and ``concurrent``."""
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self.starts: deque[float] = deque()
+        self.tokens: dict[int, int] = {}
+
+    def check(self, now: float, tokens: int, in_flight: int, share: int = 1) -> Denied | None:
+        """Why one more attempt ``now`` would go over, with ``in_flight`` running and
+        ``share`` processes splitting the limits; ``None`` when it fits."""
+        limits = self.limits
+        if limits.rpm is not None:
+            while self.starts and now - self.starts[0] >= WINDOW_SECONDS:
+                self.starts.popleft()
+            if len(self.starts) >= math.ceil(limits.rpm / share):
+                wait = WINDOW_SECONDS - (now - self.starts[0])
+                return Denied(f"rpm limit {limits.rpm} reached", wait)
+        if limits.tpm is not None:
+            window = int(now // WINDOW_SECONDS)
+            for old in [w for w in self.tokens if w < window - 1]:
+                del self.tokens[old]
+            overlap = 1.0 - (now % WINDOW_SECONDS) / WINDOW_SECONDS
+            used = self.tokens.get(window, 0) + overlap * self.tokens.get(window - 1, 0)
+            if used and used + tokens > math.ceil(limits.tpm / share):
+                wait = WINDOW_SECONDS - now % WINDOW_SECONDS
+                return Denied(f"tpm limit {limits.tpm} reached", wait)
+        if limits.concurrent is not None and in_flight >= math.ceil(limits.concurrent / share):
+            return Denied(f"concurrent limit {limits.concurrent} reached")
+        return None
+
+    def take(self, now: float, tokens: int) -> int:
+        """Count one attempt; its token window."""
+        window = int(now // WINDOW_SECONDS)
+        if self.limits.rpm is not None:
+            self.starts.append(now)
+        if self.limits.tpm is not None:
+            self.tokens[window] = self.tokens.get(window, 0) + tokens
+        return window
+
+    def correct(self, window: int, reserved: int, used: int | None) -> None:
+        """The attempt used ``used`` tokens where ``reserved`` were counted."""
+        if used is not None and window in self.tokens:
+            self.tokens[window] += used - reserved
+
+
+class Budget:
+    """The retry budget over one-second buckets: requests in, extra attempts out."""
+
+    def __init__(self, config: RetryBudget) -> None:
+        self.config = config
+        self.buckets: dict[int, list[int]] = {}
+        """Second -> [requests, extra attempts]."""
+
+    def _bucket(self, now: float) -> list[int]:
+        second = int(now)
+        bucket = self.buckets.get(second)
+        if bucket is None:
+            horizon = second - self.config.window_seconds
+            for old in [s for s in self.buckets if s <= horizon]:
+                del self.buckets[old]
+            bucket = self.buckets[second] = [0, 0]
+        return bucket
+
+    def count_request(self, now: float) -> None:
+        self._bucket(now)[0] += 1
+
+    def spend(self, now: float) -> bool:
+        bucket = self._bucket(now)
+        horizon = int(now) - self.config.window_seconds
+        requests = extra = 0
+        for second, (req, att) in self.buckets.items():
+            if second > horizon:
+                requests += req
+                extra += att
+        config = self.config
+        if extra + 1 > config.min_per_second * config.window_seconds + config.ratio * requests:
+            return False
+        bucket[1] += 1
+        return True
+
+
+class MemoryState:
+    """:class:`RoutingState` of this process alone. ``share``: how many processes split
+    the limits (a shared backend sets it while it decides alone)."""
+
+    def __init__(
+        self,
+        circuits: HealthStore,
+        stats: StatsBook,
+        *,
+        limits: Mapping[str, Limits],
+        budget: RetryBudget | None,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        self.circuits = circuits
+        self.stats = stats
+        self.share = 1
+        self._clock = clock
+        self._limits = {name: EntryLimits(entry) for name, entry in limits.items()}
+        self._budget = Budget(budget) if budget is not None else None
+        self._in_flight: dict[str, int] = {}
+        self._key_starts: dict[str, deque[float]] = {}
+        """Gateway key -> start times of its requests in the last minute."""
+        self._blocked: dict[str, tuple[float, str]] = {}
+        """Entries an upstream said are out of requests or tokens: until when, and why."""
+
+    # Circuits: the HealthStore given --------------------------------------------
+
+    def state(self, name: str) -> CircuitState:
+        return self.circuits.state(name)
+
+    def seconds_left(self, name: str) -> float:
+        return self.circuits.seconds_left(name)
+
+    async def admit(self, name: str) -> bool:
+        return await self.circuits.admit(name)
+
+    def record_success(self, name: str) -> None:
+        self.circuits.record_success(name)
+
+    async def record_failure(self, name: str) -> bool:
+        return await self.circuits.record_failure(name)
+
+    def release(self, name: str) -> None:
+        self.circuits.release(name)
+
+    # Limits ------------------------------------------------------------------------
+
+    async def acquire(self, name: str, estimate: TokenEstimate) -> Lease | Denied:
+        return self.acquire_now(name, estimate)
+
+    def acquire_now(self, name: str, estimate: TokenEstimate) -> Lease | Denied:
+        """:meth:`acquire`, without a coroutine."""
+        blocked = self.blocked(name)
+        if blocked is not None:
+            return blocked
+        limits = self._limits.get(name)
+        if limits is None:
+            self.count_in_flight(name, 1)
+            return Lease(name, 0, self._end_unlimited)
+        now = self._clock()
+        tokens = estimate() if limits.limits.tpm is not None else 0
+        denied = limits.check(now, tokens, self.in_flight(name), self.share)
+        if denied is not None:
+            return denied
+        window = limits.take(now, tokens)
+        self.count_in_flight(name, 1)
+
+        def end(lease: Lease, used: int | None) -> None:
+            self.count_in_flight(name, -1)
+            limits.correct(window, lease.tokens, used)
+
+        return Lease(name, tokens, end)
+
+    def _end_unlimited(self, lease: Lease, _used: int | None) -> None:
+        self.count_in_flight(lease.name, -1)
+
+    def count_in_flight(self, name: str, change: int) -> None:
+        self._in_flight[name] = self._in_flight.get(name, 0) + change
+
+    def blocked(self, name: str) -> Denied | None:
+        """The upstream's own word that it has nothing left, while it holds."""
+        block = self._blocked.get(name)
+        if block is None:
+            return None
+        left = block[0] - self._clock()
+        if left <= 0:
+            del self._blocked[name]
+            return None
+        return Denied(block[1], left)
+
+    def note_rate_limit(self, name: str, remaining: int, reset_seconds: float) -> None:
+        if remaining <= 0 and reset_seconds > 0:
+            self.block(name, reset_seconds, "upstream reports no requests or tokens left")
+
+    def block(self, name: str, seconds: float, reason: str) -> None:
+        self._blocked[name] = (self._clock() + seconds, reason)
+
+    async def admit_key(self, key: str, rpm: int) -> float | None:
+        return self.admit_key_now(key, rpm)
+
+    def admit_key_now(self, key: str, rpm: int) -> float | None:
+        """:meth:`admit_key`, without a coroutine."""
+        now = self._clock()
+        starts = self._key_starts.setdefault(key, deque())
+        while starts and now - starts[0] >= WINDOW_SECONDS:
+            starts.popleft()
+        if len(starts) >= math.ceil(rpm / self.share):
+            return WINDOW_SECONDS - (now - starts[0])
+        starts.append(now)
+        return None
+
+    # Retry budget ------------------------------------------------------------------
+
+    def count_request(self) -> None:
+        if self._budget is not None:
+            self._budget.count_request(self._clock())
+
+    async def spend_attempt(self) -> bool:
+        return self.spend_attempt_now()
+
+    def spend_attempt_now(self) -> bool:
+        """:meth:`spend_attempt`, without a coroutine."""
+        return self._budget is None or self._budget.spend(self._clock())
+
+    # Load --------------------------------------------------------------------------
+
+    def in_flight(self, name: str) -> int:
+        return self._in_flight.get(name, 0)
+
+    def load(self, name: str) -> Load:
+        stats = self.stats[name]
+        return Load(self.in_flight(name), stats.latency_ms(), stats.expected_ms())
+
+    async def sync(self) -> None:
+        return None
+
+    # Lifecycle ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        return None
+
+    def ensure_started(self) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        return None
+
+    def describe_backend(self) -> str:
+        return "memory (this process only)"

@@ -1,0 +1,552 @@
+"""Routing state shared through Redis: circuits, limits, retry budget, load.
+
+Design (docs/shared-state.md says why):
+
+- Reads never wait on Redis. Circuits and upstream blocks are mirrored in this
+  process: every script that changes one publishes the new state on one channel,
+  and each process applies what it hears (and what its own scripts return at once).
+  A full read on connecting, and every few seconds, covers a missed message.
+- Decisions that must hold cluster-wide are one server-side script each, awaited for
+  at most ``timeout_ms``: claiming the half-open probe (only when the mirror says
+  half-open), a place under an entry's ``limits`` (only for entries that have some),
+  an attempt out of the retry budget (only for retries and fallbacks), counting a
+  failure. A success on a clean circuit costs nothing; otherwise it is written in
+  the background.
+- Load figures (in flight, latency) and request counts for the budget are exchanged
+  every ``sync_ms`` in one script call per process, not per request.
+- When Redis fails, the process decides alone from the same mirror (limits split by
+  the processes last seen), logs ``state.degraded`` once, reconnects with backoff,
+  pushes what it learned alone and logs ``state.restored``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import os
+import secrets
+import time
+from collections.abc import Coroutine, Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+import orjson
+
+from polyroute.core.errors import ConfigError
+from polyroute.core.logging import get_logger
+from polyroute.core.redaction import redact, register_secret
+from polyroute.router.config import Limits, RetryBudget, StateConfig
+from polyroute.router.health import CircuitState, InMemoryHealth
+from polyroute.router.state import scripts
+from polyroute.router.state.contract import Denied, Lease, Load, TokenEstimate
+from polyroute.router.state.memory import MemoryState
+from polyroute.router.stats import StatsBook
+
+try:
+    import redis.asyncio as aioredis
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+    from redis.exceptions import RedisError
+except ImportError:  # pragma: no cover - depends on the install
+    aioredis = None  # type: ignore[assignment]
+
+_log = get_logger()
+
+LEASE_MS = 30_000
+"""How long a place under ``concurrent`` outlives a process that died holding it."""
+RENEW_EVERY_S = 5.0
+"""Held places are renewed, and the mirror re-read in full, this often."""
+CONNECT_TIMEOUT_S = 1.0
+RECONNECT_MAX_S = 2.0
+_FAILED = object()
+"""What :meth:`RedisState._call` returns when Redis did not answer in time."""
+_REDIS_ERRORS: tuple[type[BaseException], ...] = (OSError, TimeoutError)
+if aioredis is not None:
+    _REDIS_ERRORS = (RedisError, OSError, TimeoutError)
+
+
+def safe_url(url: str) -> str:
+    """The URL without its password, for logs and tables."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{host}{port}{parts.path}"
+
+
+class RedisState:
+    """:class:`RoutingState` shared by every process using the same Redis and prefix."""
+
+    def __init__(
+        self,
+        config: StateConfig,
+        stats: StatsBook,
+        *,
+        names: list[str],
+        failures: int,
+        cooldown_seconds: float,
+        limits: Mapping[str, Limits],
+        budget: RetryBudget | None,
+    ) -> None:
+        if aioredis is None:
+            raise ConfigError(
+                "state.backend redis needs the redis package: pip install 'polyroute[redis]'"
+            )
+        register_secret(urlsplit(config.url).password)
+        self.stats = stats
+        self.mirror = InMemoryHealth(failures=failures, seconds=cooldown_seconds)
+        self.local = MemoryState(self.mirror, stats, limits=limits, budget=budget)
+        self.url = safe_url(config.url)
+        self._config = config
+        self._timeout = config.timeout_ms / 1000
+        self._names = names
+        self._limits = dict(limits)
+        self._budget = budget
+        self._cooldown_ms = round(cooldown_seconds * 1000)
+        self._probe_ms = max(60_000, self._cooldown_ms)
+        self._process = f"{os.getpid()}-{secrets.token_hex(4)}"
+        self._lease_ids = itertools.count()
+        self._held: dict[str, str] = {}
+        """Lease id -> entry, for the places this process holds under ``concurrent``."""
+        self._others: dict[str, list[float]] = {}
+        """Entry -> [in flight, latency x attempts, expected x attempts, attempts] of
+        every other process, from the last sync."""
+        self._requests = 0
+        """Requests since the last sync (for the retry budget)."""
+        tag = "{" + config.prefix + "}"
+        self.channel = f"{tag}:events"
+        self._key = {kind: f"{tag}:{kind}" for kind in ("processes", "reports", "budget")}
+        self._entry_keys = {
+            name: {kind: f"{tag}:{kind}:{name}" for kind in _ENTRY_KINDS} for name in names
+        }
+        self._client = aioredis.Redis.from_url(
+            config.url,
+            socket_timeout=self._timeout,
+            socket_connect_timeout=CONNECT_TIMEOUT_S,
+            retry=Retry(NoBackoff(), 0),
+        )
+        self._scripts = {
+            name: self._client.register_script(source)
+            for name, source in vars(scripts).items()
+            if name.isupper() and not name.startswith("_")
+        }
+        self._started = False
+        self._down_since: float | None = None
+        self._pubsub: Any = None
+        self._background: set[asyncio.Task[Any]] = set()
+        self._writes: dict[str, asyncio.Task[Any]] = {}
+        """The last write about each entry still running."""
+        self._listener: asyncio.Task[None] | None = None
+        self._starting: asyncio.Task[None] | None = None
+        self._reconnecting: asyncio.Task[None] | None = None
+        self._syncing: asyncio.Task[None] | None = None
+
+    def __repr__(self) -> str:
+        return f"<RedisState {self.url} prefix={self._config.prefix!r}>"
+
+    @property
+    def degraded(self) -> bool:
+        """Redis is unreachable: this process decides alone."""
+        return self._down_since is not None
+
+    def keys_of(self, name: str) -> dict[str, str]:
+        """The Redis keys of one entry, by kind (docs/shared-state.md lists them)."""
+        return self._entry_keys[name]
+
+    # Lifecycle ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._started:
+            return
+        self._started = True
+        self._syncing = asyncio.create_task(self._sync_forever())
+        if not await self._connect():
+            self._down_since = time.monotonic()
+            _log.warning("state.degraded", backend="redis", url=self.url, reason="unreachable")
+            self._reconnecting = asyncio.create_task(self._reconnect())
+
+    def ensure_started(self) -> None:
+        if not self._started:
+            self._starting = asyncio.get_running_loop().create_task(self.start())
+
+    async def aclose(self) -> None:
+        # Writes in flight finish first (each bounded by the timeout): a success
+        # recorded just before closing still reaches the others.
+        await asyncio.gather(*self._background, return_exceptions=True)
+        tasks = [self._starting, self._listener, self._reconnecting, self._syncing]
+        for task in tasks:
+            if task is not None:
+                task.cancel()
+        await asyncio.gather(*(t for t in tasks if t is not None), return_exceptions=True)
+        await self._close_pubsub()
+        await self._client.aclose()
+
+    def describe_backend(self) -> str:
+        if self._down_since is None:
+            return f"redis {self.url} (shared)"
+        down = time.monotonic() - self._down_since
+        return f"redis {self.url} (unreachable for {down:.0f} s: deciding alone)"
+
+    # Circuits ----------------------------------------------------------------------
+
+    def state(self, name: str) -> CircuitState:
+        return self.mirror.state(name)
+
+    def seconds_left(self, name: str) -> float:
+        return self.mirror.seconds_left(name)
+
+    async def admit(self, name: str) -> bool:
+        if self.mirror.state(name) != "half-open" or self.degraded:
+            return self.mirror.admit_now(name)
+        await self._settled(name)
+        result = await self._call(
+            "ADMIT", [self._entry_keys[name]["circuit"]], name, self._probe_ms
+        )
+        if result is _FAILED:
+            return self.mirror.admit_now(name)
+        admitted, report = result
+        self._apply(report)
+        return bool(admitted)
+
+    def record_success(self, name: str) -> None:
+        if self.mirror.is_clean(name):
+            return
+        self.mirror.record_success(name)
+        self._spawn(name, self._call("SUCCESS", [self._entry_keys[name]["circuit"]], name))
+
+    async def record_failure(self, name: str) -> bool:
+        if not self.degraded:
+            await self._settled(name)
+            result = await self._call(
+                "FAILURE",
+                [self._entry_keys[name]["circuit"]],
+                name,
+                self.mirror.threshold,
+                self._cooldown_ms,
+                self._cooldown_ms + 3_600_000,
+            )
+            if result is not _FAILED:
+                opened, report = result
+                self._apply(report)
+                return bool(opened)
+        return self.mirror.record_failure_now(name)
+
+    def release(self, name: str) -> None:
+        self.mirror.release(name)
+        self._spawn(name, self._call("RELEASE", [self._entry_keys[name]["circuit"]], name))
+
+    # Limits ------------------------------------------------------------------------
+
+    async def acquire(self, name: str, estimate: TokenEstimate) -> Lease | Denied:
+        limits = self._limits.get(name)
+        if limits is None or self.degraded:
+            return self.local.acquire_now(name, estimate)
+        blocked = self.local.blocked(name)
+        if blocked is not None:
+            return blocked
+        await self._settled(name)
+        tokens = estimate() if limits.tpm is not None else 0
+        lease_id = f"{self._process}:{next(self._lease_ids)}"
+        keys = self._entry_keys[name]
+        result = await self._call_keys(
+            "ACQUIRE",
+            [keys["rpm"], keys["tpm"], keys["leases"], keys["block"]],
+            limits.rpm or 0,
+            limits.tpm or 0,
+            limits.concurrent or 0,
+            tokens,
+            lease_id,
+            LEASE_MS,
+        )
+        if result is _FAILED:
+            return self.local.acquire_now(name, estimate)
+        admitted, reason, value = result
+        if not admitted:
+            return Denied(reason.decode(), int(value) / 1000)
+        window = int(value)
+        if limits.concurrent is not None:
+            self._held[lease_id] = name
+        self.local.count_in_flight(name, 1)
+
+        def end(lease: Lease, used: int | None) -> None:
+            self.local.count_in_flight(name, -1)
+            self._held.pop(lease_id, None)
+            correction = 0 if used is None else used - lease.tokens
+            self._spawn(
+                name,
+                self._call_keys(
+                    "FINISH", [keys["tpm"], keys["leases"]], lease_id, window, correction
+                ),
+            )
+
+        return Lease(name, tokens, end)
+
+    def note_rate_limit(self, name: str, remaining: int, reset_seconds: float) -> None:
+        if remaining > 0 or reset_seconds <= 0:
+            return
+        reason = "upstream reports no requests or tokens left"
+        self.local.block(name, reset_seconds, reason)
+        ms = max(1, round(reset_seconds * 1000))
+        self._spawn(name, self._call("BLOCK", [self._entry_keys[name]["block"]], name, ms, reason))
+
+    async def admit_key(self, key: str, rpm: int) -> float | None:
+        if not self.degraded:
+            tag = "{" + self._config.prefix + "}"
+            starts, never = f"{tag}:key-rpm:{key}", f"{tag}:key-none:{key}"
+            result = await self._call_keys(
+                "ACQUIRE", [starts, never, never, never], rpm, 0, 0, 0, secrets.token_hex(8), 0
+            )
+            if result is not _FAILED:
+                admitted, _reason, value = result
+                return None if admitted else int(value) / 1000
+        return self.local.admit_key_now(key, rpm)
+
+    # Retry budget ------------------------------------------------------------------
+
+    def count_request(self) -> None:
+        if self._budget is not None:
+            self._requests += 1
+            self.local.count_request()
+
+    async def spend_attempt(self) -> bool:
+        budget = self._budget
+        if budget is None:
+            return True
+        if not self.degraded:
+            result = await self._call_keys(
+                "SPEND",
+                [self._key["budget"]],
+                budget.window_seconds,
+                budget.ratio,
+                budget.min_per_second,
+            )
+            if result is not _FAILED:
+                return bool(result)
+        return self.local.spend_attempt_now()
+
+    # Load --------------------------------------------------------------------------
+
+    def load(self, name: str) -> Load:
+        own = self.local.load(name)
+        others = self._others.get(name)
+        if not others:
+            return own
+        in_flight, latency_sum, expected_sum, attempts = others
+        mine = self.stats[name].attempts
+        total = mine + attempts
+        if not total:
+            return Load(own.in_flight + int(in_flight))
+        return Load(
+            own.in_flight + int(in_flight),
+            (own.latency_ms * mine + latency_sum) / total,
+            (own.expected_ms * mine + expected_sum) / total,
+        )
+
+    # Talking to Redis ------------------------------------------------------------
+
+    async def _call(self, script: str, keys: list[str], name: str, *args: Any) -> Any:
+        """Run an entry's script (its name and the channel go first); ``_FAILED`` when
+        Redis did not answer within the timeout."""
+        return await self._call_keys(script, keys, name, self.channel, *args)
+
+    async def _call_keys(self, script: str, keys: list[str], *args: Any) -> Any:
+        if self.degraded:
+            return _FAILED
+        try:
+            async with asyncio.timeout(self._timeout):
+                return await self._scripts[script](keys=keys, args=list(args))
+        except _REDIS_ERRORS as error:
+            self._degrade(error)
+            return _FAILED
+
+    def _spawn(self, name: str, call: Coroutine[Any, Any, Any]) -> None:
+        """A write about entry ``name`` nobody waits for. Writes about one entry run in
+        order, and this process's next decision about it waits for them (so that a
+        place given back is free for the next request). A failure degrades the state
+        like any other."""
+        if self.degraded or not self._started:
+            call.close()
+            return
+        task = asyncio.get_running_loop().create_task(self._after(self._writes.get(name), call))
+        self._writes[name] = task
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        task.add_done_callback(lambda done: self._forget_write(name, done))
+
+    def _forget_write(self, name: str, done: asyncio.Task[Any]) -> None:
+        if self._writes.get(name) is done:
+            del self._writes[name]
+
+    @staticmethod
+    async def _after(previous: asyncio.Task[Any] | None, call: Coroutine[Any, Any, Any]) -> Any:
+        if previous is not None:
+            await asyncio.wait([previous])
+        return await call
+
+    async def _settled(self, name: str) -> None:
+        """Wait for this process's writes about ``name`` (each bounded by the timeout)."""
+        pending = self._writes.get(name)
+        if pending is not None:
+            await asyncio.wait([pending])
+
+    def _apply(self, report: bytes | str) -> None:
+        """Take one report (a script's answer or a message) into the mirror."""
+        text = report.decode() if isinstance(report, bytes) else report
+        kind, name, *fields = text.split("\t")
+        if kind == "c":
+            failures, left_ms, probing = int(fields[0]), int(fields[1]), fields[2] == "1"
+            seconds = None if left_ms == -1 else left_ms / 1000
+            self.mirror.set_circuit(name, failures=failures, seconds_left=seconds, probing=probing)
+        elif kind == "b":
+            self.local.block(name, int(fields[0]) / 1000, fields[1])
+
+    def _degrade(self, error: BaseException) -> None:
+        if self._down_since is not None:
+            return
+        self._down_since = time.monotonic()
+        _log.warning(
+            "state.degraded",
+            backend="redis",
+            url=self.url,
+            error_type=type(error).__name__,
+            error=redact(str(error)) or type(error).__name__,
+        )
+        self._reconnecting = asyncio.get_running_loop().create_task(self._reconnect())
+
+    async def _reconnect(self) -> None:
+        delay = 0.05
+        while not await self._connect():
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RECONNECT_MAX_S)
+        down_since, self._down_since = self._down_since, None
+        _log.info(
+            "state.restored",
+            backend="redis",
+            url=self.url,
+            down_s=round(time.monotonic() - (down_since or time.monotonic()), 3),
+        )
+
+    async def _connect(self) -> bool:
+        """Subscribe, push what was learned alone, read everything shared; True when done."""
+        await self._close_pubsub()
+        learned = self.mirror.open_circuits()
+        try:
+            async with asyncio.timeout(CONNECT_TIMEOUT_S):
+                pubsub = self._pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+                await pubsub.subscribe(self.channel)
+                for name, (failures, left) in learned.items():
+                    if name in self._entry_keys:
+                        await self._scripts["MERGE"](
+                            keys=[self._entry_keys[name]["circuit"]],
+                            args=[
+                                name,
+                                self.channel,
+                                failures,
+                                round(left * 1000),
+                                self._cooldown_ms + 3_600_000,
+                            ],
+                        )
+                reports = await self._read_all()
+        except _REDIS_ERRORS:
+            await self._close_pubsub()
+            return False
+        for report in reports:
+            self._apply(report)
+        self._listener = asyncio.get_running_loop().create_task(self._listen(pubsub))
+        return True
+
+    async def _read_all(self) -> list[bytes]:
+        circuits = [self._entry_keys[name]["circuit"] for name in self._names]
+        blocks = [self._entry_keys[name]["block"] for name in self._names]
+        reports: list[bytes] = await self._scripts["READ"](keys=circuits + blocks, args=self._names)
+        return reports
+
+    async def _close_pubsub(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            await asyncio.gather(self._listener, return_exceptions=True)
+            self._listener = None
+        if self._pubsub is not None:
+            pubsub, self._pubsub = self._pubsub, None
+            with contextlib.suppress(*_REDIS_ERRORS):  # already gone: nothing left to close
+                await pubsub.aclose()
+
+    async def _listen(self, pubsub: Any) -> None:
+        try:
+            while True:
+                message = await pubsub.get_message(timeout=1.0)
+                if message is not None and message.get("type") == "message":
+                    self._apply(message["data"])
+        except _REDIS_ERRORS as error:
+            self._degrade(error)
+
+    async def _sync_forever(self) -> None:
+        every = self._config.sync_ms / 1000
+        last_renewal = time.monotonic()
+        while True:
+            await asyncio.sleep(every)
+            if self.degraded:
+                continue
+            await self.sync()
+            if time.monotonic() - last_renewal >= RENEW_EVERY_S and not self.degraded:
+                last_renewal = time.monotonic()
+                await self._renew()
+
+    async def sync(self) -> None:
+        """Report this process's load, count its requests, read everyone else's load."""
+        report = {}
+        for name in self._names:
+            stats, own = self.stats[name], self.local.load(name)
+            report[name] = [
+                own.in_flight,
+                own.latency_ms * stats.attempts,
+                min(own.expected_ms, 1e12) * stats.attempts,
+                stats.attempts,
+            ]
+        requests, self._requests = self._requests, 0
+        budget = self._budget.window_seconds if self._budget else 0
+        ttl = max(3_000, round(self._config.sync_ms * 20))
+        result = await self._call_keys(
+            "SYNC",
+            [self._key["processes"], self._key["reports"], self._key["budget"]],
+            self._process,
+            orjson.dumps(report),
+            ttl,
+            requests,
+            budget,
+        )
+        if result is _FAILED:
+            self._requests += requests
+            return
+        others: dict[str, list[float]] = {}
+        processes = 1
+        for process, payload in zip(result[::2], result[1::2], strict=True):
+            if process.decode() == self._process:
+                continue
+            processes += 1
+            for name, figures in orjson.loads(payload).items():
+                total = others.setdefault(name, [0.0, 0.0, 0.0, 0.0])
+                for index, figure in enumerate(figures):
+                    total[index] += figure
+        self._others = others
+        self.local.share = processes
+
+    async def _renew(self) -> None:
+        by_entry: dict[str, list[str]] = {}
+        for lease_id, name in list(self._held.items()):
+            by_entry.setdefault(name, []).append(lease_id)
+        for name, lease_ids in by_entry.items():
+            await self._call_keys("RENEW", [self._entry_keys[name]["leases"]], LEASE_MS, *lease_ids)
+        for report in await self._read_all_or_nothing():
+            self._apply(report)
+
+    async def _read_all_or_nothing(self) -> list[bytes]:
+        try:
+            async with asyncio.timeout(self._timeout):
+                return await self._read_all()
+        except _REDIS_ERRORS as error:
+            self._degrade(error)
+            return []
+
+
+_ENTRY_KINDS = ("circuit", "block", "rpm", "tpm", "leases")

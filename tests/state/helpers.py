@@ -1,0 +1,45 @@
+"""Building routing states for tests, and waiting on what another process shares."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+from polyroute.router.config import Limits, RetryBudget, StateConfig
+from polyroute.router.state import RoutingState, build_state
+
+
+def make_state(
+    backend: str,
+    url: str = "",
+    *,
+    names: tuple[str, ...] = ("a", "b"),
+    failures: int = 2,
+    seconds: float = 30.0,
+    limits: dict[str, dict[str, int]] | None = None,
+    budget: dict[str, Any] | None = None,
+    **state: Any,
+) -> RoutingState:
+    config = StateConfig(backend=backend, url=url or StateConfig().url, **state)
+    return build_state(
+        config,
+        health=None,
+        names=list(names),
+        failures=failures,
+        cooldown_seconds=seconds,
+        limits={name: Limits(**value) for name, value in (limits or {}).items()},
+        budget=RetryBudget(**budget) if budget is not None else None,
+    )
+
+
+async def until(condition: Callable[[], bool], timeout: float = 5.0) -> float:
+    """Wait until ``condition()`` holds (checked on every loop turn, briefly yielding);
+    the seconds it took. Fails past ``timeout``."""
+    started = time.perf_counter()
+    while not condition():
+        if time.perf_counter() - started > timeout:
+            raise AssertionError(f"not true within {timeout} s")
+        await asyncio.sleep(0.001)
+    return time.perf_counter() - started
