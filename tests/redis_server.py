@@ -40,8 +40,21 @@ class RedisServer:
     def start(self) -> RedisServer:
         """Start and wait for the server's own "ready" line."""
         self.process = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", self._dir.name, "--loglevel", "notice"],
+            [
+                self.binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                self._dir.name,
+                "--loglevel",
+                "notice",
+            ],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
         )

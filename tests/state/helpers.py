@@ -34,12 +34,12 @@ def make_state(
     )
 
 
-async def until(condition: Callable[[], bool], timeout: float = 5.0) -> float:
+async def until(condition: Callable[[], bool], within: float = 5.0) -> float:
     """Wait until ``condition()`` holds (checked on every loop turn, briefly yielding);
-    the seconds it took. Fails past ``timeout``."""
+    the seconds it took. Fails past ``within`` seconds."""
     started = time.perf_counter()
     while not condition():
-        if time.perf_counter() - started > timeout:
-            raise AssertionError(f"not true within {timeout} s")
+        if time.perf_counter() - started > within:
+            raise AssertionError(f"not true within {within} s")
         await asyncio.sleep(0.001)
     return time.perf_counter() - started

@@ -92,10 +92,12 @@ async def test_rpm_admits_that_many_then_says_when(make: Make) -> None:
 async def test_concurrent_counts_places_in_flight(make: Make) -> None:
     state = await make(limits={"a": {"concurrent": 2}})
     first, second = await state.acquire("a", _one_token), await state.acquire("a", _one_token)
-    assert isinstance(first, Lease) and isinstance(second, Lease)
+    assert isinstance(first, Lease)
+    assert isinstance(second, Lease)
     assert state.load("a").in_flight == 2
     third = await state.acquire("a", _one_token)
-    assert isinstance(third, Denied) and third.reason == "concurrent limit 2 reached"
+    assert isinstance(third, Denied)
+    assert third.reason == "concurrent limit 2 reached"
     first.end()
     first.end()  # twice is once
     assert state.load("a").in_flight == 1
@@ -105,9 +107,11 @@ async def test_concurrent_counts_places_in_flight(make: Make) -> None:
 async def test_tpm_reserves_the_estimate_and_corrects_it_with_usage(make: Make) -> None:
     state = await make(limits={"a": {"tpm": 1000}})
     first = await state.acquire("a", lambda: 600)
-    assert isinstance(first, Lease) and first.tokens == 600
+    assert isinstance(first, Lease)
+    assert first.tokens == 600
     denied = await state.acquire("a", lambda: 600)
-    assert isinstance(denied, Denied) and denied.reason == "tpm limit 1000 reached"
+    assert isinstance(denied, Denied)
+    assert denied.reason == "tpm limit 1000 reached"
     first.end(100)  # the answer said it used 100
     if hasattr(state, "_background"):  # the correction is written in the background
         await asyncio.gather(*state._background)
@@ -145,7 +149,8 @@ async def test_gateway_key_rpm(make: Make) -> None:
     state = await make()
     assert [await state.admit_key("team", 2) for _ in range(2)] == [None, None]
     wait = await state.admit_key("team", 2)
-    assert wait is not None and 59 < wait <= 60
+    assert wait is not None
+    assert 59 < wait <= 60
     assert await state.admit_key("other", 2) is None
 
 
