@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -65,6 +66,15 @@ class RedisServer:
             if READY in line:
                 return self
         raise RuntimeError(f"redis-server did not start: {b''.join(seen).decode()}")
+
+    def pause(self) -> None:
+        """Freeze the server (SIGSTOP): connections stay open, nothing is answered."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGCONT)
 
     def kill(self) -> None:
         """Stop at once, like a crash: nothing is saved, clients see the socket close."""

@@ -11,7 +11,7 @@ import asyncio
 import email.utils
 import socket
 import time
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -195,6 +195,7 @@ async def stream_event_batches(
     timeouts: Timeouts = Timeouts(),
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
     framing: Framing = "events",
+    on_headers: Callable[[Mapping[str, str]], None] | None = None,
 ) -> AsyncGenerator[list[SSEEvent], None]:
     """POST ``body`` as JSON to ``url`` and yield the answer's SSE events, one list per
     socket read (one async hop per read rather than per event keeps the hot path short).
@@ -202,7 +203,8 @@ async def stream_event_batches(
     Raises :class:`UpstreamStatusError` (or a subclass) for non-2xx answers,
     :class:`UpstreamConnectionError`, :class:`UpstreamTimeout` and
     :class:`UpstreamProtocolError`. Closing the generator (``aclose()``, or
-    cancellation) releases the connection at once.
+    cancellation) releases the connection at once. ``on_headers`` sees the headers of
+    a successful answer (rate-limit figures).
     """
     decoder = SSEDecoder(provider=provider, max_line_bytes=max_line_bytes, framing=framing)
     watch: _IdleWatch | None = None
@@ -212,6 +214,8 @@ async def stream_event_batches(
         ) as response:
             await _raise_for_status(response, provider)
             _check_content_type(response, provider)
+            if on_headers is not None:
+                on_headers(response.headers)
             content = response.content
             if timeouts.idle and response.connection is not None:
                 # aiohttp's sock_read re-arms a timer on every read (a heap push and a

@@ -31,6 +31,7 @@ from polyroute.core.errors import (
 )
 from polyroute.core.http import SessionOwner, Timeouts, fetch_json, stream_event_batches
 from polyroute.core.messages import Messages
+from polyroute.core.ratelimit import exhausted_for
 from polyroute.core.redaction import redact, register_secret
 from polyroute.core.request import CAPABILITY_FLAGS, Capability, ChatRequest
 from polyroute.core.sse import Framing, SSEEvent
@@ -112,6 +113,9 @@ class Provider:
         supports_prefill: bool | None = None,
     ) -> None:
         self.entry_name = name or type(self).type_name or type(self).__name__
+        self.on_rate_limit: Callable[[str, float], None] | None = None
+        """Told (entry name, seconds) when an answer's headers say the upstream has no
+        requests or tokens left until then (the router's state listens)."""
         self.timeouts = type(self).timeouts.merged(timeout)
         self.proxy = proxy
         if proxy:
@@ -384,7 +388,13 @@ class Provider:
             proxy=proxy or self.proxy,
             timeouts=timeouts,
             framing=self.framing,
+            on_headers=self._read_rate_limit if self.on_rate_limit is not None else None,
         )
+
+    def _read_rate_limit(self, headers: Mapping[str, str]) -> None:
+        seconds = exhausted_for(headers)
+        if seconds is not None and self.on_rate_limit is not None:
+            self.on_rate_limit(self.entry_name, seconds)
 
     def _check(self, request: ChatRequest, continue_from: str | None) -> None:
         if continue_from and not self.supports_continuation:

@@ -106,6 +106,8 @@ class Router:
             budget=settings.retry.budget,
         )
         self.stats = self.state.stats
+        for entry in entries:
+            entry.provider.on_rate_limit = self._upstream_exhausted
         self.discovery_errors: dict[str, str] = {}
         """Why an entry's ``models: discover`` failed, by entry name."""
         self._contexts: dict[str, RouteContext] = {}
@@ -123,6 +125,10 @@ class Router:
         config = load_config(source)
         settings = config.model_dump(exclude={"providers", "gateway"}, exclude_unset=True)
         return cls(config.providers, registry=registry, health=health, sleep=sleep, **settings)
+
+    def _upstream_exhausted(self, name: str, seconds: float) -> None:
+        _log.info("provider.rate_limited", provider=name, seconds=round(seconds, 3))
+        self.state.block(name, seconds, "upstream reports no requests or tokens left")
 
     def route_settings(self, model: str) -> RouteSettings:
         """The route settings that apply to requests for ``model``."""

@@ -360,7 +360,11 @@ class Gateway:
             elif self.router.health.state(name) == "open":
                 reasons[name] = describe_health(self.router.health, name)
         ready = len(reasons) < len(self.router.providers)
-        body = {"status": "ready" if ready else "not ready", "unavailable": reasons}
+        body = {
+            "status": "ready" if ready else "not ready",
+            "unavailable": reasons,
+            "state": self.router.state.describe_backend(),
+        }
         return json_response(body, status=200 if ready else 503)
 
 

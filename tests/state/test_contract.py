@@ -120,10 +120,9 @@ async def test_tpm_reserves_the_estimate_and_corrects_it_with_usage(make: Make) 
 
 async def test_an_upstream_with_nothing_left_is_skipped_until_its_reset(make: Make) -> None:
     state = await make(limits={"b": {"rpm": 100}})
-    state.note_rate_limit("a", remaining=5, reset_seconds=10)
     assert isinstance(await state.acquire("a", _one_token), Lease)
     for name in ("a", "b"):
-        state.note_rate_limit(name, remaining=0, reset_seconds=10)
+        state.block(name, 10, "upstream reports no requests or tokens left")
         denied = await state.acquire(name, _one_token)
         assert isinstance(denied, Denied)
         assert denied.reason == "upstream reports no requests or tokens left"

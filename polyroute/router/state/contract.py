@@ -77,9 +77,9 @@ class RoutingState(HealthStore, Protocol):
         """A place for one attempt on ``name``, or why there is none."""
         ...
 
-    def note_rate_limit(self, name: str, remaining: int, reset_seconds: float) -> None:
-        """An upstream said how many requests or tokens it has left: none left blocks
-        the entry until the reset."""
+    def block(self, name: str, seconds: float, reason: str) -> None:
+        """Skip ``name`` for ``seconds``, everywhere: its upstream said it has no
+        requests or tokens left until then (rate-limit headers)."""
         ...
 
     async def admit_key(self, key: str, rpm: int) -> float | None:

@@ -192,10 +192,6 @@ class MemoryState:
             return None
         return Denied(block[1], left)
 
-    def note_rate_limit(self, name: str, remaining: int, reset_seconds: float) -> None:
-        if remaining <= 0 and reset_seconds > 0:
-            self.block(name, reset_seconds, "upstream reports no requests or tokens left")
-
     def block(self, name: str, seconds: float, reason: str) -> None:
         self._blocked[name] = (self._clock() + seconds, reason)
 

@@ -58,6 +58,8 @@ LEASE_MS = 30_000
 RENEW_EVERY_S = 5.0
 """Held places are renewed, and the mirror re-read in full, this often."""
 CONNECT_TIMEOUT_S = 1.0
+SLOW_STRIKES = 3
+"""Timeouts in a row that make the state decide alone (one is just that decision)."""
 RECONNECT_MAX_S = 2.0
 _FAILED = object()
 """What :meth:`RedisState._call` returns when Redis did not answer in time."""
@@ -131,6 +133,8 @@ class RedisState:
             if name.isupper() and not name.startswith("_")
         }
         self._started = False
+        self._late = 0
+        """Redis answers in a row that came after the timeout."""
         self._down_since: float | None = None
         self._pubsub: Any = None
         self._background: set[asyncio.Task[Any]] = set()
@@ -281,12 +285,9 @@ class RedisState:
 
         return Lease(name, tokens, end)
 
-    def note_rate_limit(self, name: str, remaining: int, reset_seconds: float) -> None:
-        if remaining > 0 or reset_seconds <= 0:
-            return
-        reason = "upstream reports no requests or tokens left"
-        self.local.block(name, reset_seconds, reason)
-        ms = max(1, round(reset_seconds * 1000))
+    def block(self, name: str, seconds: float, reason: str) -> None:
+        self.local.block(name, seconds, reason)
+        ms = max(1, round(seconds * 1000))
         self._spawn(name, self._call("BLOCK", [self._entry_keys[name]["block"]], name, ms, reason))
 
     async def admit_key(self, key: str, rpm: int) -> float | None:
@@ -354,10 +355,19 @@ class RedisState:
             return _FAILED
         try:
             async with asyncio.timeout(self._timeout):
-                return await self._scripts[script](keys=keys, args=list(args))
+                result = await self._scripts[script](keys=keys, args=list(args))
+        except TimeoutError as error:
+            # One slow answer (a busy event loop, a pause) costs that decision only;
+            # a few in a row mean Redis is slow: decide alone until it is back.
+            self._late += 1
+            if self._late >= SLOW_STRIKES:
+                self._degrade(error)
+            return _FAILED
         except _REDIS_ERRORS as error:
             self._degrade(error)
             return _FAILED
+        self._late = 0
+        return result
 
     def _spawn(self, name: str, call: Coroutine[Any, Any, Any]) -> None:
         """A write about entry ``name`` nobody waits for. Writes about one entry run in
@@ -419,6 +429,7 @@ class RedisState:
             await asyncio.sleep(delay)
             delay = min(delay * 2, RECONNECT_MAX_S)
         down_since, self._down_since = self._down_since, None
+        self._late = 0
         _log.info(
             "state.restored",
             backend="redis",
@@ -432,6 +443,8 @@ class RedisState:
         learned = self.mirror.open_circuits()
         try:
             async with asyncio.timeout(CONNECT_TIMEOUT_S):
+                # Pooled connections to a server that went away are dead: drop them all.
+                await self._client.connection_pool.disconnect()
                 pubsub = self._pubsub = self._client.pubsub(ignore_subscribe_messages=True)
                 await pubsub.subscribe(self.channel)
                 for name, (failures, left) in learned.items():
