@@ -90,12 +90,34 @@ def router_config(base: str, first: str) -> dict[str, Any]:
     }
 
 
+STATES: dict[str, dict[str, Any]] = {
+    "memory": {},
+    "redis": {},
+    # Every request takes a place under rpm and concurrent and counts for the budget.
+    "redis-limits": {
+        "limits": {"rpm": 10**9, "concurrent": 10**6},
+        "budget": {"ratio": 0.2},
+    },
+}
+
+
 def polyroute_router(
-    base: str, first: str | None = None
+    base: str, first: str | None = None, state: str = "memory"
 ) -> tuple[OneStream, Callable[[], Awaitable[None]]]:
+    """The router; ``state`` (benchmarks/shared_state.py) picks a STATES variant, on the
+    Redis at $POLYROUTE_BENCH_REDIS for the redis ones."""
     from polyroute import Router
 
-    router = Router.from_config(router_config(base, first or base))
+    config = router_config(base, first or base)
+    if state != "memory":
+        variant = STATES[state]
+        config["state"] = {"backend": "redis", "url": os.environ["POLYROUTE_BENCH_REDIS"]}
+        for entry in config["providers"]:
+            if "limits" in variant:
+                entry["limits"] = variant["limits"]
+        if "budget" in variant:
+            config["retry"]["budget"] = variant["budget"]
+    router = Router.from_config(config)
 
     async def one() -> tuple[float, int]:
         return await _consume(router.stream("fast", MESSAGES))
@@ -193,6 +215,8 @@ CLIENTS: dict[str, Callable[..., tuple[OneStream, Callable[[], Awaitable[None]]]
     "provider": polyroute_provider,
     "router": polyroute_router,
     "router-tools": polyroute_router_tools,
+    "router-redis": lambda base: polyroute_router(base, state="redis"),
+    "router-redis-limits": lambda base: polyroute_router(base, state="redis-limits"),
     "openai-sdk": openai_sdk,
     "litellm": litellm_router,
 }

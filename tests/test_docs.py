@@ -19,6 +19,7 @@ import yaml
 from aiohttp import web
 
 from polyroute import Router
+from polyroute.router.config import StateConfig
 from tests.server.helpers import gateway
 from tests.upstreams.darkai import DarkAIUpstream
 from tests.upstreams.openai import OpenAIUpstream
@@ -332,3 +333,15 @@ async def test_readme_tour_commands_run_as_pasted(tmp_path: Path) -> None:
     assert "failed: UpstreamStatusError: HTTP 503: simulated 503" in checks["sim-flaky"]
     assert " ok " in checks["sim-steady"]
     assert outputs["-sN"].rstrip().endswith("data: [DONE]")
+
+
+async def test_shared_state_guide_config_routes_on_a_real_redis(
+    start_darkai: Start, redis_url: str
+) -> None:
+    first, second = await start_darkai(), await start_darkai()
+    (block,) = blocks(ROOT / "docs" / "shared-state.md", "yaml")
+    config = yaml.safe_load(local(block, first, second).replace(StateConfig().url, redis_url))
+    async with Router.from_config(config) as router:
+        answer = await router.complete_text("gpt-4o", [{"role": "user", "content": "Hi"}])
+        assert answer == "Hello, world!"
+        assert router.state.describe_backend().endswith("(shared)")

@@ -83,7 +83,8 @@ async def serve_workers(argv: list[str], workers: int, port: int, out: TextIO | 
 
     Says where it listens once every worker does; SIGTERM or SIGINT is passed on to
     each, which drains as one gateway does. Returns the exit code (0 when all exit 0).
-    Each worker keeps its own health, statistics and key limits (docs/gateway.md).
+    Workers share circuits, limits and statistics only through ``state: redis``
+    (docs/shared-state.md); with ``state: memory`` each keeps its own.
     """
     if not port:
         raise ConfigError("--workers needs a fixed --port: each worker binds the same one")
