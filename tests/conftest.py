@@ -1,10 +1,13 @@
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import gc
 import io
 import logging
 import os
+import sys
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
@@ -28,6 +31,9 @@ settings.register_profile("fuzz", max_examples=20_000, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 LOOP_ERRORS: list[dict[str, Any]] = []
+HANG_SECONDS = 120.0
+"""A test still running after this long is stuck: its tasks are printed and cancelled."""
+LOOPS: list[asyncio.AbstractEventLoop] = []
 
 
 class StrictLoopPolicy(asyncio.DefaultEventLoopPolicy):
@@ -37,7 +43,36 @@ class StrictLoopPolicy(asyncio.DefaultEventLoopPolicy):
     def new_event_loop(self) -> asyncio.AbstractEventLoop:
         loop = super().new_event_loop()
         loop.set_exception_handler(lambda _loop, context: LOOP_ERRORS.append(context))
+        LOOPS[:] = [loop]
         return loop
+
+
+def _unstick(test: str) -> None:
+    """From the watchdog thread: show where every task of the test's loop waits (a
+    thread dump would only show the loop idle in select), then cancel them."""
+    faulthandler.dump_traceback(file=sys.__stderr__)
+    loop = LOOPS[0] if LOOPS else None
+    if loop is None or not loop.is_running():
+        return
+
+    def dump_and_cancel() -> None:
+        print(f"\n{test} is stuck after {HANG_SECONDS} s; its tasks:", file=sys.__stderr__)
+        for task in asyncio.all_tasks(loop):
+            task.print_stack(file=sys.__stderr__)
+            task.cancel()
+
+    loop.call_soon_threadsafe(dump_and_cancel)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    watchdog = threading.Timer(HANG_SECONDS, _unstick, args=(item.nodeid,))
+    watchdog.daemon = True
+    watchdog.start()
+    try:
+        yield
+    finally:
+        watchdog.cancel()
 
 
 asyncio.set_event_loop_policy(StrictLoopPolicy())
