@@ -90,6 +90,8 @@ def router_config(base: str, first: str) -> dict[str, Any]:
     }
 
 
+ROUTERS: list[Any] = []
+"""Routers made by this client process (their state's figures go in the results)."""
 STATES: dict[str, dict[str, Any]] = {
     "memory": {},
     "redis": {},
@@ -118,6 +120,7 @@ def polyroute_router(
         if "budget" in variant:
             config["retry"]["budget"] = variant["budget"]
     router = Router.from_config(config)
+    ROUTERS.append(router)
 
     async def one() -> tuple[float, int]:
         return await _consume(router.stream("fast", MESSAGES))
@@ -289,6 +292,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         await close()
     result["import_s"] = import_s
+    if ROUTERS and ROUTERS[0].state.decisions:
+        result["state_decisions"] = dict(ROUTERS[0].state.decisions)
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return result
 

@@ -343,7 +343,7 @@ class Gateway:
 
     async def metrics_text(self, request: web.Request) -> web.Response:
         names = [provider.entry_name for provider in self.router.providers]
-        body = self.metrics.exposition(names, self.router.health)
+        body = self.metrics.exposition(names, self.router.state)
         return web.Response(body=body, content_type="text/plain", charset="utf-8")
 
     async def healthz(self, request: web.Request) -> web.Response:

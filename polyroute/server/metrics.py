@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from polyroute.router.health import HealthStore
+from polyroute.router.state import RoutingState
 from polyroute.router.stream import RouterStream
 
 TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -43,6 +43,17 @@ class GatewayMetrics:
             ["provider"],
             registry=self.registry,
         )
+        self.state_degraded = Gauge(
+            "polyroute_state_degraded",
+            "1 while the shared state (Redis) is unreachable and this process decides alone",
+            registry=self.registry,
+        )
+        self.state_decisions = Gauge(
+            "polyroute_state_decisions",
+            "Decisions that needed the shared state since start, by where they were taken",
+            ["where"],
+            registry=self.registry,
+        )
         self.relays = Counter(
             "polyroute_relays",
             "Answers handed to another provider mid-stream",
@@ -61,8 +72,11 @@ class GatewayMetrics:
         if stream.switches:
             self.relays.inc(len(stream.switches))
 
-    def exposition(self, entries: list[str], health: HealthStore) -> bytes:
-        """The text exposition, circuits read as of now."""
+    def exposition(self, entries: list[str], state: RoutingState) -> bytes:
+        """The text exposition, circuits and state read as of now."""
         for name in entries:
-            self.circuit_open.labels(provider=name).set(1 if health.state(name) == "open" else 0)
+            self.circuit_open.labels(provider=name).set(1 if state.state(name) == "open" else 0)
+        self.state_degraded.set(1 if state.degraded else 0)
+        for where, count in state.decisions.items():
+            self.state_decisions.labels(where=where).set(count)
         return generate_latest(self.registry)

@@ -112,6 +112,12 @@ async def test_rpm_concurrent_and_key_limits_hold_across_gateways(
         results = await asyncio.gather(
             *(_ask(session, served, key=KEY) for _ in range(5) for served in (one, two))
         )
+        async with session.get(f"{one.url}/metrics") as response:
+            metrics = await response.text()
+        assert "polyroute_state_degraded 0.0" in metrics
+        shared = re.search(r'polyroute_state_decisions\{where="shared"\} (\d+)', metrics)
+        assert shared is not None
+        assert int(shared.group(1)) >= 5  # its half of the key's rpm and the limits
     statuses = sorted(status for status, _, _ in results)
     assert statuses == [200] * 9 + [429]  # the key's rpm, counted once for both
     served_by = [headers.get("x-polyroute-provider") for status, _, headers in results]

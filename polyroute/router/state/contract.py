@@ -62,6 +62,14 @@ class RoutingState(HealthStore, Protocol):
 
     stats: StatsBook
     """This process's own figures per entry (the shared ones: :meth:`load`)."""
+    decisions: dict[str, int]
+    """Decisions that needed the shared store, by where they were taken (``shared``, or
+    ``local`` when it was late or down); empty for a store of one process."""
+
+    @property
+    def degraded(self) -> bool:
+        """The shared store is unreachable: this process decides alone."""
+        ...
 
     async def start(self) -> None:
         """Connect and load what is shared (idempotent; requests never wait for it)."""

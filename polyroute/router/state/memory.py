@@ -117,6 +117,7 @@ class MemoryState:
     ) -> None:
         self.circuits = circuits
         self.stats = stats
+        self.decisions: dict[str, int] = {}
         self.share = 1
         self._clock = clock
         self._limits = {name: EntryLimits(entry) for name, entry in limits.items()}
@@ -126,6 +127,10 @@ class MemoryState:
         """Gateway key -> start times of its requests in the last minute."""
         self._blocked: dict[str, tuple[float, str]] = {}
         """Entries an upstream said are out of requests or tokens: until when, and why."""
+
+    @property
+    def degraded(self) -> bool:
+        return False
 
     # Circuits: the HealthStore given --------------------------------------------
 

@@ -7,14 +7,16 @@ Design (docs/shared-state.md says why):
   and each process applies what it hears (and what its own scripts return at once).
   A full read on connecting, and every few seconds, covers a missed message.
 - Decisions that must hold cluster-wide are one server-side script each, awaited for
-  at most ``timeout_ms``: claiming the half-open probe (only when the mirror says
-  half-open), a place under an entry's ``limits`` (only for entries that have some),
-  an attempt out of the retry budget (only for retries and fallbacks), counting a
-  failure. A success on a clean circuit costs nothing; otherwise it is written in
-  the background.
+  at most ``timeout_ms`` (plus however late this process's own event loop runs):
+  claiming the half-open probe (only when the mirror says half-open), a place under
+  an entry's ``limits`` (only for entries that have some), an attempt out of the
+  retry budget (only for retries and fallbacks), counting a failure. A success on a
+  clean circuit costs nothing; other writes are queued without waiting. Calls go out
+  in order, one pipeline at a time: a busy process pays one round trip for many.
 - Load figures (in flight, latency) and request counts for the budget are exchanged
   every ``sync_ms`` in one script call per process, not per request.
-- When Redis fails, the process decides alone from the same mirror (limits split by
+- When Redis fails (a connection error, or a late answer and then a patient PING
+  that fails too), the process decides alone from the same mirror (limits split by
   the processes last seen), logs ``state.degraded`` once, reconnects with backoff,
   pushes what it learned alone and logs ``state.restored``.
 """
@@ -27,7 +29,7 @@ import itertools
 import os
 import secrets
 import time
-from collections.abc import Coroutine, Mapping
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -47,7 +49,7 @@ try:
     import redis.asyncio as aioredis
     from redis.asyncio.retry import Retry
     from redis.backoff import NoBackoff
-    from redis.exceptions import RedisError
+    from redis.exceptions import NoScriptError, RedisError
 except ImportError:  # pragma: no cover - depends on the install
     aioredis = None  # type: ignore[assignment]
 
@@ -58,8 +60,10 @@ LEASE_MS = 30_000
 RENEW_EVERY_S = 5.0
 """Held places are renewed, and the mirror re-read in full, this often."""
 CONNECT_TIMEOUT_S = 1.0
-SLOW_STRIKES = 3
-"""Timeouts in a row that make the state decide alone (one is just that decision)."""
+POOL_SIZE = 64
+CHECK_TIMEOUT_S = 1.0
+"""A late answer is checked with a PING this patient before Redis is called slow: the
+lateness may be this process's own busy event loop, not Redis."""
 RECONNECT_MAX_S = 2.0
 _FAILED = object()
 """What :meth:`RedisState._call` returns when Redis did not answer in time."""
@@ -121,25 +125,34 @@ class RedisState:
         self._entry_keys = {
             name: {kind: f"{tag}:{kind}:{name}" for kind in _ENTRY_KINDS} for name in names
         }
-        self._client = aioredis.Redis.from_url(
+        # A blocking pool: past POOL_SIZE calls in flight, a call waits for a free
+        # connection (within its timeout) instead of failing as if Redis were down.
+        pool = aioredis.BlockingConnectionPool.from_url(
             config.url,
+            max_connections=POOL_SIZE,
+            timeout=None,
             socket_timeout=self._timeout,
             socket_connect_timeout=CONNECT_TIMEOUT_S,
             retry=Retry(NoBackoff(), 0),
         )
+        self._client = aioredis.Redis(connection_pool=pool)
         self._scripts = {
             name: self._client.register_script(source)
             for name, source in vars(scripts).items()
             if name.isupper() and not name.startswith("_")
         }
         self._started = False
-        self._late = 0
-        """Redis answers in a row that came after the timeout."""
+        self._checking: asyncio.Task[None] | None = None
+        self._loop_lag = 0.0
+        """Seconds this process's event loop has lately been running behind (measured at
+        each sync): added to the timeout, which is Redis's time, not the loop's."""
+        self.decisions = {"shared": 0, "local": 0}
+        """Decisions that needed Redis: taken there, or alone (late answer, Redis down)."""
         self._down_since: float | None = None
         self._pubsub: Any = None
-        self._background: set[asyncio.Task[Any]] = set()
-        self._writes: dict[str, asyncio.Task[Any]] = {}
-        """The last write about each entry still running."""
+        self._queue: list[tuple[str, list[str], tuple[Any, ...], asyncio.Future[Any]]] = []
+        """Script calls waiting for the batch in flight (see ``_submit``)."""
+        self._sender: asyncio.Task[None] | None = None
         self._listener: asyncio.Task[None] | None = None
         self._starting: asyncio.Task[None] | None = None
         self._reconnecting: asyncio.Task[None] | None = None
@@ -174,16 +187,24 @@ class RedisState:
             self._starting = asyncio.get_running_loop().create_task(self.start())
 
     async def aclose(self) -> None:
-        # Writes in flight finish first (each bounded by the timeout): a success
-        # recorded just before closing still reaches the others.
-        await asyncio.gather(*self._background, return_exceptions=True)
-        tasks = [self._starting, self._listener, self._reconnecting, self._syncing]
+        # Writes still queued go first (bounded): a success recorded just before
+        # closing still reaches the others.
+        if self._sender is not None:
+            await asyncio.wait([self._sender], timeout=CONNECT_TIMEOUT_S)
+        tasks = [
+            self._starting,
+            self._listener,
+            self._reconnecting,
+            self._syncing,
+            self._checking,
+            self._sender,
+        ]
         for task in tasks:
             if task is not None:
                 task.cancel()
         await asyncio.gather(*(t for t in tasks if t is not None), return_exceptions=True)
         await self._close_pubsub()
-        await self._client.aclose()
+        await self._client.aclose(close_connection_pool=True)
 
     def describe_backend(self) -> str:
         if self._down_since is None:
@@ -202,7 +223,6 @@ class RedisState:
     async def admit(self, name: str) -> bool:
         if self.mirror.state(name) != "half-open" or self.degraded:
             return self.mirror.admit_now(name)
-        await self._settled(name)
         result = await self._call(
             "ADMIT", [self._entry_keys[name]["circuit"]], name, self._probe_ms
         )
@@ -216,11 +236,10 @@ class RedisState:
         if self.mirror.is_clean(name):
             return
         self.mirror.record_success(name)
-        self._spawn(name, self._call("SUCCESS", [self._entry_keys[name]["circuit"]], name))
+        self._write("SUCCESS", [self._entry_keys[name]["circuit"]], name, self.channel)
 
     async def record_failure(self, name: str) -> bool:
         if not self.degraded:
-            await self._settled(name)
             result = await self._call(
                 "FAILURE",
                 [self._entry_keys[name]["circuit"]],
@@ -237,7 +256,7 @@ class RedisState:
 
     def release(self, name: str) -> None:
         self.mirror.release(name)
-        self._spawn(name, self._call("RELEASE", [self._entry_keys[name]["circuit"]], name))
+        self._write("RELEASE", [self._entry_keys[name]["circuit"]], name, self.channel)
 
     # Limits ------------------------------------------------------------------------
 
@@ -248,7 +267,6 @@ class RedisState:
         blocked = self.local.blocked(name)
         if blocked is not None:
             return blocked
-        await self._settled(name)
         tokens = estimate() if limits.tpm is not None else 0
         lease_id = f"{self._process}:{next(self._lease_ids)}"
         keys = self._entry_keys[name]
@@ -263,6 +281,8 @@ class RedisState:
             LEASE_MS,
         )
         if result is _FAILED:
+            # The script may have run and taken a place nobody will give back.
+            self._write("FINISH", [keys["tpm"], keys["leases"]], lease_id, 0, 0)
             return self.local.acquire_now(name, estimate)
         admitted, reason, value = result
         if not admitted:
@@ -276,19 +296,14 @@ class RedisState:
             self.local.count_in_flight(name, -1)
             self._held.pop(lease_id, None)
             correction = 0 if used is None else used - lease.tokens
-            self._spawn(
-                name,
-                self._call_keys(
-                    "FINISH", [keys["tpm"], keys["leases"]], lease_id, window, correction
-                ),
-            )
+            self._write("FINISH", [keys["tpm"], keys["leases"]], lease_id, window, correction)
 
         return Lease(name, tokens, end)
 
     def block(self, name: str, seconds: float, reason: str) -> None:
         self.local.block(name, seconds, reason)
         ms = max(1, round(seconds * 1000))
-        self._spawn(name, self._call("BLOCK", [self._entry_keys[name]["block"]], name, ms, reason))
+        self._write("BLOCK", [self._entry_keys[name]["block"]], name, self.channel, ms, reason)
 
     async def admit_key(self, key: str, rpm: int) -> float | None:
         if not self.degraded:
@@ -351,53 +366,79 @@ class RedisState:
         return await self._call_keys(script, keys, name, self.channel, *args)
 
     async def _call_keys(self, script: str, keys: list[str], *args: Any) -> Any:
-        if self.degraded:
+        if self.degraded or not self._started:
             return _FAILED
         try:
-            async with asyncio.timeout(self._timeout):
-                result = await self._scripts[script](keys=keys, args=list(args))
-        except TimeoutError as error:
-            # One slow answer (a busy event loop, a pause) costs that decision only;
-            # a few in a row mean Redis is slow: decide alone until it is back.
-            self._late += 1
-            if self._late >= SLOW_STRIKES:
-                self._degrade(error)
+            async with asyncio.timeout(self._timeout + self._loop_lag):
+                result = await self._submit(script, keys, args)
+        except TimeoutError:
+            # That decision is taken alone. Whether Redis is slow, or this process's
+            # event loop too busy to read the answer in time, a patient PING tells.
+            self.decisions["local"] += 1
+            if self._checking is None or self._checking.done():
+                self._checking = asyncio.get_running_loop().create_task(self._check())
             return _FAILED
-        except _REDIS_ERRORS as error:
-            self._degrade(error)
+        if result is _FAILED:
+            self.decisions["local"] += 1
             return _FAILED
-        self._late = 0
+        self.decisions["shared"] += 1
         return result
 
-    def _spawn(self, name: str, call: Coroutine[Any, Any, Any]) -> None:
-        """A write about entry ``name`` nobody waits for. Writes about one entry run in
-        order, and this process's next decision about it waits for them (so that a
-        place given back is free for the next request). A failure degrades the state
-        like any other."""
-        if self.degraded or not self._started:
-            call.close()
-            return
-        task = asyncio.get_running_loop().create_task(self._after(self._writes.get(name), call))
-        self._writes[name] = task
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-        task.add_done_callback(lambda done: self._forget_write(name, done))
+    async def _check(self) -> None:
+        try:
+            async with asyncio.timeout(CHECK_TIMEOUT_S):
+                await self._client.ping()
+        except _REDIS_ERRORS as error:
+            self._degrade(error)
 
-    def _forget_write(self, name: str, done: asyncio.Task[Any]) -> None:
-        if self._writes.get(name) is done:
-            del self._writes[name]
+    def _write(self, script: str, keys: list[str], *args: Any) -> None:
+        """A write nobody waits for; it goes to Redis after every call submitted before
+        it (so a place given back is free for this process's next request), and its
+        failure degrades the state like any other."""
+        if not self.degraded and self._started:
+            self._submit(script, keys, args)
 
-    @staticmethod
-    async def _after(previous: asyncio.Task[Any] | None, call: Coroutine[Any, Any, Any]) -> Any:
-        if previous is not None:
-            await asyncio.wait([previous])
-        return await call
+    def _submit(self, script: str, keys: list[str], args: tuple[Any, ...]) -> asyncio.Future[Any]:
+        """Queue one script call. One batch at a time is in flight, as one pipeline:
+        calls go in the order they were made, and a busy process pays one round trip
+        (and a fraction of the client's per-command cost) for many calls."""
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queue.append((script, keys, args, future))
+        if self._sender is None or self._sender.done():
+            self._sender = asyncio.get_running_loop().create_task(self._send())
+        return future
 
-    async def _settled(self, name: str) -> None:
-        """Wait for this process's writes about ``name`` (each bounded by the timeout)."""
-        pending = self._writes.get(name)
-        if pending is not None:
-            await asyncio.wait([pending])
+    async def _send(self) -> None:
+        while self._queue and not self.degraded:
+            batch, self._queue = self._queue, []
+            try:
+                results = await self._pipeline([(s, k, a) for s, k, a, _ in batch])
+            except _REDIS_ERRORS as error:
+                results = [_FAILED] * len(batch)
+                self._degrade(error)
+            for (_, _, _, future), result in zip(batch, results, strict=True):
+                if not future.done():  # a caller that timed out has cancelled it
+                    future.set_result(result)
+        for *_, future in self._queue:  # degraded: nobody will send these
+            if not future.done():
+                future.set_result(_FAILED)
+        self._queue.clear()
+
+    async def _pipeline(self, calls: list[tuple[str, list[str], tuple[Any, ...]]]) -> list[Any]:
+        """Run ``calls`` in one round trip; a script Redis forgot (restarted, flushed) is
+        loaded and its calls run again. A call's own error becomes ``_FAILED``."""
+        pipe = self._client.pipeline(transaction=False)
+        for script, keys, args in calls:
+            pipe.evalsha(self._scripts[script].sha, len(keys), *keys, *args)
+        results: list[Any] = await pipe.execute(raise_on_error=False)
+        missing = [i for i, result in enumerate(results) if isinstance(result, NoScriptError)]
+        if missing:
+            for script in {calls[i][0] for i in missing}:
+                await self._client.script_load(self._scripts[script].script)
+            retried = await self._pipeline([calls[i] for i in missing])
+            for i, result in zip(missing, retried, strict=True):
+                results[i] = result
+        return [_FAILED if isinstance(r, Exception) else r for r in results]
 
     def _apply(self, report: bytes | str) -> None:
         """Take one report (a script's answer or a message) into the mirror."""
@@ -429,7 +470,6 @@ class RedisState:
             await asyncio.sleep(delay)
             delay = min(delay * 2, RECONNECT_MAX_S)
         down_since, self._down_since = self._down_since, None
-        self._late = 0
         _log.info(
             "state.restored",
             backend="redis",
@@ -497,7 +537,12 @@ class RedisState:
         every = self._config.sync_ms / 1000
         last_renewal = time.monotonic()
         while True:
+            woke = time.monotonic() + every
             await asyncio.sleep(every)
+            # How late this process's own event loop runs: a busy loop reads every
+            # answer late, Redis's included, and that is not Redis being slow.
+            late = max(0.0, time.monotonic() - woke)
+            self._loop_lag = max(late, self._loop_lag / 2)
             if self.degraded:
                 continue
             await self.sync()
