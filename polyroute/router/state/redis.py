@@ -131,7 +131,9 @@ class RedisState:
             config.url,
             max_connections=POOL_SIZE,
             timeout=None,
-            socket_timeout=self._timeout,
+            # Requests wait at most timeout_ms (their own bound, loop lag added); the
+            # socket's only keeps a silent connection from holding the queue forever.
+            socket_timeout=CHECK_TIMEOUT_S,
             socket_connect_timeout=CONNECT_TIMEOUT_S,
             retry=Retry(NoBackoff(), 0),
         )
@@ -142,6 +144,7 @@ class RedisState:
             if name.isupper() and not name.startswith("_")
         }
         self._started = False
+        self._closing = False
         self._checking: asyncio.Task[None] | None = None
         self._loop_lag = 0.0
         """Seconds this process's event loop has lately been running behind (measured at
@@ -191,18 +194,25 @@ class RedisState:
         # closing still reaches the others.
         if self._sender is not None:
             await asyncio.wait([self._sender], timeout=CONNECT_TIMEOUT_S)
-        tasks = [
-            self._starting,
-            self._listener,
-            self._reconnecting,
-            self._syncing,
-            self._checking,
-            self._sender,
+        # The loops also stop on this flag: on Python 3.11, a cancellation that lands as
+        # an asyncio.timeout inside them expires can be swallowed (fixed in 3.12).
+        self._closing = True
+        running = [
+            task
+            for task in (
+                self._starting,
+                self._listener,
+                self._reconnecting,
+                self._syncing,
+                self._checking,
+                self._sender,
+            )
+            if task is not None and not task.done()
         ]
-        for task in tasks:
-            if task is not None:
-                task.cancel()
-        await asyncio.gather(*(t for t in tasks if t is not None), return_exceptions=True)
+        for task in running:
+            task.cancel()
+        if running:
+            await asyncio.wait(running, timeout=CONNECT_TIMEOUT_S)
         await self._close_pubsub()
         await self._client.aclose(close_connection_pool=True)
 
@@ -467,6 +477,8 @@ class RedisState:
     async def _reconnect(self) -> None:
         delay = 0.05
         while not await self._connect():
+            if self._closing:
+                return
             await asyncio.sleep(delay)
             delay = min(delay * 2, RECONNECT_MAX_S)
         down_since, self._down_since = self._down_since, None
@@ -515,18 +527,18 @@ class RedisState:
         return reports
 
     async def _close_pubsub(self) -> None:
+        pubsub, self._pubsub = self._pubsub, None  # its listener stops on this too
         if self._listener is not None:
             self._listener.cancel()
-            await asyncio.gather(self._listener, return_exceptions=True)
+            await asyncio.wait([self._listener], timeout=CONNECT_TIMEOUT_S + 1)
             self._listener = None
-        if self._pubsub is not None:
-            pubsub, self._pubsub = self._pubsub, None
+        if pubsub is not None:
             with contextlib.suppress(*_REDIS_ERRORS):  # already gone: nothing left to close
                 await pubsub.aclose()
 
     async def _listen(self, pubsub: Any) -> None:
         try:
-            while True:
+            while not self._closing and self._pubsub is pubsub:
                 message = await pubsub.get_message(timeout=1.0)
                 if message is not None and message.get("type") == "message":
                     self._apply(message["data"])
@@ -536,7 +548,7 @@ class RedisState:
     async def _sync_forever(self) -> None:
         every = self._config.sync_ms / 1000
         last_renewal = time.monotonic()
-        while True:
+        while not self._closing:
             woke = time.monotonic() + every
             await asyncio.sleep(every)
             # How late this process's own event loop runs: a busy loop reads every
@@ -600,7 +612,7 @@ class RedisState:
 
     async def _read_all_or_nothing(self) -> list[bytes]:
         try:
-            async with asyncio.timeout(self._timeout):
+            async with asyncio.timeout(CHECK_TIMEOUT_S):  # in the background: patient
                 return await self._read_all()
         except _REDIS_ERRORS as error:
             self._degrade(error)
