@@ -77,7 +77,7 @@ async def test_a_frozen_redis_never_holds_a_request(
             own_redis.resume()
         assert _events(logs, "state.degraded") == ["state.degraded"]
         assert router.state.decisions["local"] >= 1
-        await until(lambda: not router.state.degraded)
+        await until(lambda: not router.state.degraded, within=20)
 
 
 async def test_redis_killed_and_restarted_empty_mid_load_loses_no_request(
@@ -104,7 +104,7 @@ async def test_redis_killed_and_restarted_empty_mid_load_loses_no_request(
             own_redis.kill()
             await until(lambda: len(done) >= 150)
             own_redis.start()  # empty: nothing was saved
-            await until(lambda: not router.state.degraded)
+            await until(lambda: not router.state.degraded, within=20)
             await asyncio.gather(*clients)
     assert done == ["complete"] * 300
     assert _events(logs, "state.degraded", "state.restored") == [
