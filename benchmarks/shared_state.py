@@ -180,6 +180,11 @@ def summarise(runs: dict[str, list[dict[str, Any]]], cpu_key: str) -> dict[str, 
             "cpu_unit": cpu_key,
             "errors": sum(r.get("errors", 0) for r in results),
         }
+        decisions = [r["state_decisions"] for r in results if r.get("state_decisions")]
+        if decisions:  # limit decisions taken in Redis or, when it was late, locally
+            row["state_decisions"] = {
+                where: sum(d.get(where, 0) for d in decisions) for where in ("shared", "local")
+            }
         if results[0].get("ttft_p50_ms") is not None:
             row["ttft_p50_ms"] = statistics.median(r["ttft_p50_ms"] for r in results)
             row["ttft_p99_ms"] = statistics.median(r["ttft_p99_ms"] for r in results)
