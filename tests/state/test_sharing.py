@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from polyroute.router.state import Lease, RoutingState
+from tests.redis_server import RedisServer
 from tests.state.helpers import make_state, until
 
 Pair = Callable[..., Any]
@@ -130,3 +131,21 @@ async def test_gateway_key_rpm_is_counted_once_for_the_cluster(pair: Pair) -> No
     waits = [await state.admit_key("team", 3) for state in (one, two, one, two)]
     assert waits[:3] == [None, None, None]
     assert waits[3] is not None
+
+
+async def test_a_report_older_than_the_last_applied_is_ignored(pair: Pair) -> None:
+    one, _ = await pair(failures=1)
+    await one.record_failure("a")
+    assert one.state("a") == "open"
+    # The same circuit as reported earlier by a message that arrived late: closed.
+    one._apply("c\ta\t0\t-1\t0\t1")  # type: ignore[attr-defined]
+    assert one.state("a") == "open"
+
+
+async def test_scripts_flushed_from_redis_are_loaded_again(
+    pair: Pair, redis_server: RedisServer
+) -> None:
+    one, _ = await pair(limits={"a": {"rpm": 10}})
+    redis_server.cli("SCRIPT", "FLUSH")
+    assert isinstance(await one.acquire("a", lambda: 1), Lease)
+    assert one.decisions == {"shared": 1, "local": 0}

@@ -114,6 +114,8 @@ class RedisState:
         self._lease_ids = itertools.count()
         self._held: dict[str, str] = {}
         """Lease id -> entry, for the places this process holds under ``concurrent``."""
+        self._versions: dict[str, int] = {}
+        """Entry -> version of the last circuit report applied (see scripts.py)."""
         self._others: dict[str, list[float]] = {}
         """Entry -> [in flight, latency x attempts, expected x attempts, attempts] of
         every other process, from the last sync."""
@@ -435,8 +437,9 @@ class RedisState:
         self._queue.clear()
 
     async def _pipeline(self, calls: list[tuple[str, list[str], tuple[Any, ...]]]) -> list[Any]:
-        """Run ``calls`` in one round trip; a script Redis forgot (restarted, flushed) is
-        loaded and its calls run again. A call's own error becomes ``_FAILED``."""
+        """Run ``calls`` in one round trip. Scripts are loaded on connecting; one Redis
+        forgot since (SCRIPT FLUSH) is loaded again and its calls rerun, after the rest
+        of the batch. A call's own error becomes ``_FAILED``."""
         pipe = self._client.pipeline(transaction=False)
         for script, keys, args in calls:
             pipe.evalsha(self._scripts[script].sha, len(keys), *keys, *args)
@@ -455,6 +458,10 @@ class RedisState:
         text = report.decode() if isinstance(report, bytes) else report
         kind, name, *fields = text.split("\t")
         if kind == "c":
+            version = int(fields[3])
+            if version <= self._versions.get(name, 0):
+                return  # older than what this process already applied
+            self._versions[name] = version
             failures, left_ms, probing = int(fields[0]), int(fields[1]), fields[2] == "1"
             seconds = None if left_ms == -1 else left_ms / 1000
             self.mirror.set_circuit(name, failures=failures, seconds_left=seconds, probing=probing)
@@ -499,6 +506,12 @@ class RedisState:
                 await self._client.connection_pool.disconnect()
                 pubsub = self._pubsub = self._client.pubsub(ignore_subscribe_messages=True)
                 await pubsub.subscribe(self.channel)
+                # Every script loaded up front: a batch never meets an unknown one
+                # (which would run out of order once loaded).
+                loading = self._client.pipeline(transaction=False)
+                for script in self._scripts.values():
+                    loading.script_load(script.script)
+                await loading.execute()
                 for name, (failures, left) in learned.items():
                     if name in self._entry_keys:
                         await self._scripts["MERGE"](

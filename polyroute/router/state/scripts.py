@@ -5,7 +5,11 @@ Times are the Redis server's (``TIME``), so hosts' clocks never have to agree;
 what a script tells a process is relative ("open for 12000 more ms"). Every key a
 script touches is in ``KEYS`` and shares one hash tag, so each runs on one slot of a
 Redis Cluster. A circuit report is ``c<TAB>entry<TAB>failures<TAB>ms left (-1:
-closed)<TAB>probing``; a block report is ``b<TAB>entry<TAB>ms left<TAB>reason``.
+closed)<TAB>probing<TAB>version``; a block report is ``b<TAB>entry<TAB>ms left<TAB>reason``.
+A report's version is the server's time in microseconds when it was made: scripts run
+one at a time, so a later report has a larger version, and a process applies a report
+only if it is newer than the last it applied for that entry (a message can arrive after
+the script's own answer, or after a newer change).
 """
 
 from __future__ import annotations
@@ -15,6 +19,10 @@ local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
+local function version()
+  local t = redis.call('TIME')
+  return string.format('%d', tonumber(t[1]) * 1000000 + tonumber(t[2]))
+end
 local function report(key, entry, now)
   local h = redis.call('HMGET', key, 'f', 'o', 'p')
   local o = tonumber(h[2]) or 0
@@ -23,6 +31,7 @@ local function report(key, entry, now)
   local probing = 0
   if (tonumber(h[3]) or 0) > now then probing = 1 end
   return 'c\\t' .. entry .. '\\t' .. (tonumber(h[1]) or 0) .. '\\t' .. left .. '\\t' .. probing
+    .. '\\t' .. version()
 end
 """
 
@@ -49,13 +58,16 @@ return {opened, message}
 """
 )
 
-SUCCESS = """
+SUCCESS = (
+    _PRELUDE
+    + """
 -- KEYS: circuit. ARGV: entry, channel.
 if redis.call('DEL', KEYS[1]) == 1 then
-  redis.call('PUBLISH', ARGV[2], 'c\\t' .. ARGV[1] .. '\\t0\\t-1\\t0')
+  redis.call('PUBLISH', ARGV[2], 'c\\t' .. ARGV[1] .. '\\t0\\t-1\\t0\\t' .. version())
 end
 return 1
 """
+)
 
 ADMIT = (
     _PRELUDE
