@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import aiohttp
+import orjson
 
 from polyroute.core.errors import (
     AuthenticationError,
@@ -209,8 +210,15 @@ async def stream_event_batches(
     decoder = SSEDecoder(provider=provider, max_line_bytes=max_line_bytes, framing=framing)
     watch: _IdleWatch | None = None
     try:
+        # orjson bytes, not aiohttp's JSON payload (stdlib json): that was about 3% of
+        # the gateway's CPU per request in a py-spy profile with a one-chunk upstream.
+        headers = {"Content-Type": "application/json", **(headers or {})}
         async with session.post(
-            url, json=body, headers=headers, proxy=proxy, timeout=timeouts.for_aiohttp()
+            url,
+            data=orjson.dumps(body, option=orjson.OPT_NON_STR_KEYS),
+            headers=headers,
+            proxy=proxy,
+            timeout=timeouts.for_aiohttp(),
         ) as response:
             await _raise_for_status(response, provider)
             _check_content_type(response, provider)
