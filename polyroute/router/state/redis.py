@@ -66,7 +66,7 @@ CHECK_TIMEOUT_S = 1.0
 lateness may be this process's own busy event loop, not Redis."""
 RECONNECT_MAX_S = 2.0
 _FAILED = object()
-"""What :meth:`RedisState._call` returns when Redis did not answer in time."""
+"""What a call returns when Redis did not answer in time, or failed (decide locally)."""
 _REDIS_ERRORS: tuple[type[BaseException], ...] = (OSError, TimeoutError)
 if aioredis is not None:
     _REDIS_ERRORS = (RedisError, OSError, TimeoutError)
@@ -170,10 +170,6 @@ class RedisState:
     def degraded(self) -> bool:
         """Redis is unreachable: this process decides alone."""
         return self._down_since is not None
-
-    def keys_of(self, name: str) -> dict[str, str]:
-        """The Redis keys of one entry, by kind (docs/shared-state.md lists them)."""
-        return self._entry_keys[name]
 
     # Lifecycle ---------------------------------------------------------------------
 
@@ -378,23 +374,23 @@ class RedisState:
         return await self._call_keys(script, keys, name, self.channel, *args)
 
     async def _call_keys(self, script: str, keys: list[str], *args: Any) -> Any:
+        """A decision's script: its answer, or ``_FAILED`` (counted in ``decisions``)."""
         if self.degraded or not self._started:
             return _FAILED
+        result = await self._ask(script, keys, args)
+        self.decisions["local" if result is _FAILED else "shared"] += 1
+        return result
+
+    async def _ask(self, script: str, keys: list[str], args: tuple[Any, ...]) -> Any:
         try:
             async with asyncio.timeout(self._timeout + self._loop_lag):
-                result = await self._submit(script, keys, args)
+                return await self._submit(script, keys, args)
         except TimeoutError:
-            # That decision is taken alone. Whether Redis is slow, or this process's
-            # event loop too busy to read the answer in time, a patient PING tells.
-            self.decisions["local"] += 1
+            # Taken alone, this time. Whether Redis is slow, or this process's event
+            # loop too busy to read the answer in time, a patient PING tells.
             if self._checking is None or self._checking.done():
                 self._checking = asyncio.get_running_loop().create_task(self._check())
             return _FAILED
-        if result is _FAILED:
-            self.decisions["local"] += 1
-            return _FAILED
-        self.decisions["shared"] += 1
-        return result
 
     async def _check(self) -> None:
         try:
@@ -589,15 +585,9 @@ class RedisState:
         requests, self._requests = self._requests, 0
         budget = self._budget.window_seconds if self._budget else 0
         ttl = max(3_000, round(self._config.sync_ms * 20))
-        result = await self._call_keys(
-            "SYNC",
-            [self._key["processes"], self._key["reports"], self._key["budget"]],
-            self._process,
-            orjson.dumps(report),
-            ttl,
-            requests,
-            budget,
-        )
+        keys = [self._key["processes"], self._key["reports"], self._key["budget"]]
+        args = (self._process, orjson.dumps(report), ttl, requests, budget)
+        result: Any = _FAILED if self.degraded else await self._ask("SYNC", keys, args)
         if result is _FAILED:
             self._requests += requests
             return
@@ -619,7 +609,7 @@ class RedisState:
         for lease_id, name in list(self._held.items()):
             by_entry.setdefault(name, []).append(lease_id)
         for name, lease_ids in by_entry.items():
-            await self._call_keys("RENEW", [self._entry_keys[name]["leases"]], LEASE_MS, *lease_ids)
+            self._write("RENEW", [self._entry_keys[name]["leases"]], LEASE_MS, *lease_ids)
         for report in await self._read_all_or_nothing():
             self._apply(report)
 
