@@ -72,14 +72,6 @@ if aioredis is not None:
     _REDIS_ERRORS = (RedisError, OSError, TimeoutError)
 
 
-def safe_url(url: str) -> str:
-    """The URL without its password, for logs and tables."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    port = f":{parts.port}" if parts.port else ""
-    return f"{parts.scheme}://{host}{port}{parts.path}"
-
-
 class RedisState:
     """:class:`RoutingState` shared by every process using the same Redis and prefix."""
 
@@ -102,7 +94,8 @@ class RedisState:
         self.stats = stats
         self.mirror = InMemoryHealth(failures=failures, seconds=cooldown_seconds)
         self.local = MemoryState(self.mirror, stats, limits=limits, budget=budget)
-        self.url = safe_url(config.url)
+        self.url = redact(config.url)
+        """The URL as logs and tables show it: credentials masked."""
         self._config = config
         self._timeout = config.timeout_ms / 1000
         self._names = names
