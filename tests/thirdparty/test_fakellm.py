@@ -6,7 +6,6 @@ an independent writer of it."""
 from __future__ import annotations
 
 import asyncio
-import socket
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -16,6 +15,7 @@ import pytest_asyncio
 import yaml
 
 from polyroute import Router, ToolCallDelta
+from tests.server.helpers import free_port
 
 pytestmark = [pytest.mark.thirdparty, pytest.mark.asyncio(loop_scope="module")]
 
@@ -38,12 +38,6 @@ TOOLS = [
     {"type": "function", "function": {"name": name, "parameters": {"type": "object"}}}
     for name in ("get_weather", "get_time")
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
