@@ -5,8 +5,9 @@ killed and restarted under load loses no request."""
 from __future__ import annotations
 
 import asyncio
+import json
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
@@ -57,10 +58,18 @@ async def _ask(
         return response.status, await response.json(), dict(response.headers)
 
 
-async def _circuit_open(session: aiohttp.ClientSession, served: Process, name: str) -> bool:
-    async with session.get(f"{served.url}/metrics") as response:
-        text = await response.text()
-    return bool(re.search(rf'polyroute_circuit_open{{provider="{name}"}} 1', text))
+async def _until_page(
+    session: aiohttp.ClientSession, url: str, says: Callable[[str], bool], within: float
+) -> None:
+    """Poll ``url`` until its body ``says`` so; fails past ``within`` seconds."""
+
+    async def poll() -> None:
+        while True:
+            async with session.get(url) as response:
+                if says(await response.text()):
+                    return
+
+    await asyncio.wait_for(poll(), within)
 
 
 @pytest.fixture
@@ -82,13 +91,8 @@ async def test_a_circuit_opened_by_one_gateway_is_honoured_by_the_other(
         assert (status, headers["x-polyroute-provider"]) == (200, "steady")
         assert len(flaky.requests) == 1
         # Wait on the other gateway's own report that the circuit is open.
-        state: dict[str, bool] = {}
-
-        async def poll() -> None:
-            while not state.get("open"):
-                state["open"] = await _circuit_open(session, two, "flaky")
-
-        await asyncio.wait_for(poll(), 10)
+        circuit_open = 'polyroute_circuit_open{provider="flaky"} 1'
+        await _until_page(session, f"{two.url}/metrics", lambda text: circuit_open in text, 10)
         for _ in range(5):
             status, _, headers = await _ask(session, two)
             assert headers["x-polyroute-provider"] == "steady"
@@ -184,11 +188,5 @@ async def test_redis_restarted_under_two_gateways_loses_no_request(
 
 async def _until_state(session: aiohttp.ClientSession, served: Process, words: str) -> None:
     """Poll the gateway's /readyz until its ``state`` says ``words``."""
-
-    async def poll() -> None:
-        while True:
-            async with session.get(f"{served.url}/readyz") as response:
-                if words in (await response.json())["state"]:
-                    return
-
-    await asyncio.wait_for(poll(), 30)
+    url = f"{served.url}/readyz"
+    await _until_page(session, url, lambda text: words in json.loads(text)["state"], 30)
