@@ -19,6 +19,16 @@ WINDOW_SECONDS = 60.0
 Clock = Callable[[], float]
 
 
+def window_full(starts: deque[float], now: float, limit: int) -> float | None:
+    """A per-minute sliding window of start times, pruned to the last minute: the
+    seconds until it has room when it holds ``limit`` already, else ``None``."""
+    while starts and now - starts[0] >= WINDOW_SECONDS:
+        starts.popleft()
+    if len(starts) >= limit:
+        return WINDOW_SECONDS - (now - starts[0])
+    return None
+
+
 class EntryLimits:
     """One entry's ``rpm`` (exact sliding window), ``tpm`` (two fixed windows, the
     older weighted by how much of it still overlaps the last minute) and ``concurrent``."""
@@ -33,10 +43,8 @@ class EntryLimits:
         ``share`` processes splitting the limits; ``None`` when it fits."""
         limits = self.limits
         if limits.rpm is not None:
-            while self.starts and now - self.starts[0] >= WINDOW_SECONDS:
-                self.starts.popleft()
-            if len(self.starts) >= math.ceil(limits.rpm / share):
-                wait = WINDOW_SECONDS - (now - self.starts[0])
+            wait = window_full(self.starts, now, math.ceil(limits.rpm / share))
+            if wait is not None:
                 return Denied(f"rpm limit {limits.rpm} reached", wait)
         if limits.tpm is not None:
             window = int(now // WINDOW_SECONDS)
@@ -207,12 +215,10 @@ class MemoryState:
         """:meth:`admit_key`, without a coroutine."""
         now = self._clock()
         starts = self._key_starts.setdefault(key, deque())
-        while starts and now - starts[0] >= WINDOW_SECONDS:
-            starts.popleft()
-        if len(starts) >= math.ceil(rpm / self.share):
-            return WINDOW_SECONDS - (now - starts[0])
-        starts.append(now)
-        return None
+        wait = window_full(starts, now, math.ceil(rpm / self.share))
+        if wait is None:
+            starts.append(now)
+        return wait
 
     # Retry budget ------------------------------------------------------------------
 
