@@ -103,6 +103,20 @@ STATES: dict[str, dict[str, Any]] = {
 }
 
 
+def with_state(config: dict[str, Any], state: str, redis_url: str) -> dict[str, Any]:
+    """``config`` (with a ``retry`` section) set to STATES variant ``state`` on
+    ``redis_url``; the router client and benchmarks/shared_state.py share it."""
+    variant = STATES[state]
+    if state != "memory":
+        config["state"] = {"backend": "redis", "url": redis_url}
+    for entry in config["providers"]:
+        if "limits" in variant:
+            entry["limits"] = variant["limits"]
+    if "budget" in variant:
+        config["retry"]["budget"] = variant["budget"]
+    return config
+
+
 def polyroute_router(
     base: str, first: str | None = None, state: str = "memory"
 ) -> tuple[OneStream, Callable[[], Awaitable[None]]]:
@@ -112,13 +126,7 @@ def polyroute_router(
 
     config = router_config(base, first or base)
     if state != "memory":
-        variant = STATES[state]
-        config["state"] = {"backend": "redis", "url": os.environ["POLYROUTE_BENCH_REDIS"]}
-        for entry in config["providers"]:
-            if "limits" in variant:
-                entry["limits"] = variant["limits"]
-        if "budget" in variant:
-            config["retry"]["budget"] = variant["budget"]
+        with_state(config, state, os.environ["POLYROUTE_BENCH_REDIS"])
     router = Router.from_config(config)
     ROUTERS.append(router)
 

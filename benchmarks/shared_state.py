@@ -33,22 +33,12 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.__main__ import machine, run_client, upstream
+from benchmarks.client import with_state
 from benchmarks.gateway import PEERS, Target, free_port, measure, started
 from tests.redis_server import RedisServer
 
 STATES = ["memory", "redis", "redis-limits"]
 CLIENT_OF = {"memory": "router", "redis": "router-redis", "redis-limits": "router-redis-limits"}
-
-
-def gateway_config(state: str, base: str, redis_url: str) -> dict[str, Any]:
-    entry: dict[str, Any] = {"name": "up", "type": "openai", "base_url": f"{base}/v1"}
-    config: dict[str, Any] = {"providers": [entry], "retry": {"attempts": 1}}
-    if state != "memory":
-        config["state"] = {"backend": "redis", "url": redis_url}
-    if state == "redis-limits":
-        entry["limits"] = {"rpm": 10**9, "concurrent": 10**6}
-        config["retry"]["budget"] = {"ratio": 0.2}
-    return config
 
 
 def start_gateway(
@@ -59,12 +49,11 @@ def start_gateway(
     PEERS.mkdir(exist_ok=True)
     config = PEERS / f"polyroute-state-{state}-{port}.json"
     # One entry per workload, named after it: the load client asks for the workload's model.
-    entries = []
-    for workload, base in ups.items():
-        one = gateway_config(state, base, redis_url)
-        entry = one["providers"][0] | {"name": workload, "models": [workload]}
-        entries.append(entry)
-    body = gateway_config(state, "", redis_url) | {"providers": entries}
+    entries = [
+        {"name": workload, "type": "openai", "base_url": f"{base}/v1", "models": [workload]}
+        for workload, base in ups.items()
+    ]
+    body = with_state({"providers": entries, "retry": {"attempts": 1}}, state, redis_url)
     config.write_text(json.dumps(body))
     command = [sys.executable, "-m", "polyroute", "serve", "-c", str(config), "--port", str(port)]
     process = stack.enter_context(started(command, f"{root}/healthz", {core}))
