@@ -38,6 +38,7 @@ from polyroute.router.health import HealthStore
 from polyroute.router.policy import Entry, RoutingPolicy
 from polyroute.router.retry import RetryPolicy, Sleep
 from polyroute.router.state import RoutingState, build_state
+from polyroute.router.stats import StatsBook
 from polyroute.router.stream import RouterStream
 
 _log = get_logger()
@@ -105,7 +106,6 @@ class Router:
             limits={entry.name: entry.limits for entry in entries if entry.limits},
             budget=settings.retry.budget,
         )
-        self.stats = self.state.stats
         for entry in entries:
             entry.provider.on_rate_limit = self._upstream_exhausted
         self.discovery_errors: dict[str, str] = {}
@@ -148,6 +148,11 @@ class Router:
                 self.settings.for_model(model),
             )
         return context
+
+    @property
+    def stats(self) -> StatsBook:
+        """This process's figures per entry (part of :attr:`state`)."""
+        return self.state.stats
 
     @property
     def health(self) -> HealthStore:
