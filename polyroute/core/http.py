@@ -185,6 +185,16 @@ def _connect_reason(cause: OSError) -> str:
     return cause.strerror or str(cause) or type(cause).__name__
 
 
+@dataclass(slots=True)
+class AnswerEnd:
+    """Set ``seen`` once the answer's end event is read (``data: [DONE]``,
+    ``message_stop``...): closing :func:`stream_event_batches` then keeps the
+    connection for the next request, reading what the upstream still sends after its
+    end event (usually only the body's last bytes) in the background."""
+
+    seen: bool = False
+
+
 async def stream_event_batches(
     session: aiohttp.ClientSession,
     url: str,
@@ -197,6 +207,7 @@ async def stream_event_batches(
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
     framing: Framing = "events",
     on_headers: Callable[[Mapping[str, str]], None] | None = None,
+    end: AnswerEnd | None = None,
 ) -> AsyncGenerator[list[SSEEvent], None]:
     """POST ``body`` as JSON to ``url`` and yield the answer's SSE events, one list per
     socket read (one async hop per read rather than per event keeps the hot path short).
@@ -204,44 +215,46 @@ async def stream_event_batches(
     Raises :class:`UpstreamStatusError` (or a subclass) for non-2xx answers,
     :class:`UpstreamConnectionError`, :class:`UpstreamTimeout` and
     :class:`UpstreamProtocolError`. Closing the generator (``aclose()``, or
-    cancellation) releases the connection at once. ``on_headers`` sees the headers of
-    a successful answer (rate-limit figures).
+    cancellation) closes the connection at once, unless ``end.seen`` says the answer
+    was complete (see :class:`AnswerEnd`). ``on_headers`` sees the headers of a
+    successful answer (rate-limit figures).
     """
     decoder = SSEDecoder(provider=provider, max_line_bytes=max_line_bytes, framing=framing)
     watch: _IdleWatch | None = None
+    response: aiohttp.ClientResponse | None = None
     try:
         # orjson bytes, not aiohttp's JSON payload (stdlib json): that was about 3% of
         # the gateway's CPU per request in a py-spy profile with a one-chunk upstream.
         headers = {"Content-Type": "application/json", **(headers or {})}
-        async with session.post(
+        response = await session.post(
             url,
             data=orjson.dumps(body, option=orjson.OPT_NON_STR_KEYS),
             headers=headers,
             proxy=proxy,
             timeout=timeouts.for_aiohttp(),
-        ) as response:
-            await _raise_for_status(response, provider)
-            _check_content_type(response, provider)
-            if on_headers is not None:
-                on_headers(response.headers)
-            content = response.content
-            if timeouts.idle and response.connection is not None:
-                # aiohttp's sock_read re-arms a timer on every read (a heap push and a
-                # cancel per chunk); past the headers, one lazy watchdog does the job.
-                response.connection.protocol.read_timeout = None  # type: ignore[union-attr]
-                watch = _IdleWatch(content, timeouts.idle)
-            while True:
-                if watch is not None:
-                    watch.since = watch.clock()
-                data = await content.readany()
-                if watch is not None:
-                    watch.since = None
-                if not data:
-                    break
-                if events := decoder.feed(data):
-                    yield events
-            if events := decoder.close():
+        )
+        await _raise_for_status(response, provider)
+        _check_content_type(response, provider)
+        if on_headers is not None:
+            on_headers(response.headers)
+        content = response.content
+        if timeouts.idle and response.connection is not None:
+            # aiohttp's sock_read re-arms a timer on every read (a heap push and a
+            # cancel per chunk); past the headers, one lazy watchdog does the job.
+            response.connection.protocol.read_timeout = None  # type: ignore[union-attr]
+            watch = _IdleWatch(content, timeouts.idle)
+        while True:
+            if watch is not None:
+                watch.since = watch.clock()
+            data = await content.readany()
+            if watch is not None:
+                watch.since = None
+            if not data:
+                break
+            if events := decoder.feed(data):
                 yield events
+        if events := decoder.close():
+            yield events
     except UpstreamError:
         raise
     except (TimeoutError, aiohttp.ClientError, OSError) as error:
@@ -249,6 +262,40 @@ async def stream_event_batches(
     finally:
         if watch is not None:
             watch.cancel()
+        if response is not None:
+            if end is not None and end.seen and not response.content.is_eof():
+                _release_when_read(response)
+            else:
+                response.release()  # back to the pool when read to the end, else closed
+                await response.wait_for_close()
+
+
+# What an upstream may still send after its end event before its connection is given
+# up rather than kept: a chunked body's terminator, a trailing comment or two.
+_TAIL_SECONDS = 1.0
+_TAIL_BYTES = 64 * 1024
+_reading_tails: set[asyncio.Task[None]] = set()
+
+
+def _release_when_read(response: aiohttp.ClientResponse) -> None:
+    """Read the rest of a complete answer in the background, then release it: an
+    upstream that pauses between its end event and the end of the body (one that
+    paces its writes) would otherwise cost a new connection per request."""
+    task = asyncio.get_running_loop().create_task(_read_tail(response))
+    _reading_tails.add(task)  # a strong reference until it is done
+    task.add_done_callback(_reading_tails.discard)
+
+
+async def _read_tail(response: aiohttp.ClientResponse) -> None:
+    left = _TAIL_BYTES
+    try:
+        async with asyncio.timeout(_TAIL_SECONDS):
+            while left > 0 and (data := await response.content.readany()):
+                left -= len(data)
+    except (TimeoutError, aiohttp.ClientError, OSError):
+        pass  # a slow or broken tail: release() closes the connection rather than pool it
+    finally:
+        response.release()  # pooled when read to its end, closed otherwise
 
 
 async def fetch_json(

@@ -29,7 +29,13 @@ from polyroute.core.errors import (
     UpstreamStatusError,
     UpstreamTimeout,
 )
-from polyroute.core.http import SessionOwner, Timeouts, fetch_json, stream_event_batches
+from polyroute.core.http import (
+    AnswerEnd,
+    SessionOwner,
+    Timeouts,
+    fetch_json,
+    stream_event_batches,
+)
 from polyroute.core.messages import Messages
 from polyroute.core.ratelimit import exhausted_for
 from polyroute.core.redaction import redact, register_secret
@@ -330,11 +336,13 @@ class Provider:
         timeout never fires while the consumer holds the generator suspended.
         """
         timeouts = self.timeouts.merged(timeout)
-        events = self._post(model, request, continue_from, proxy, timeouts, api_endpoint)
+        end = AnswerEnd()
+        events = self._post(model, request, continue_from, proxy, timeouts, api_endpoint, end)
         parse = self.stream_parser(continue_from)
         try:
             try:
                 first, ended, failure = await self._first_batch(events, timeouts.first_chunk, parse)
+                end.seen = ended  # before the yield: the consumer may close us there
                 if first:
                     yield first
                 if failure:
@@ -344,6 +352,7 @@ class Provider:
                     # per read, anext's default costs an awaitable object per chunk.
                     async for batch in events:
                         deltas, ended, failure = _parse(batch, parse)
+                        end.seen = ended
                         if deltas:
                             yield deltas
                         if failure:
@@ -370,6 +379,7 @@ class Provider:
         proxy: str | None,
         timeouts: Timeouts,
         api_endpoint: str | None,
+        end: AnswerEnd,
     ) -> AsyncGenerator[list[SSEEvent], None]:
         """The request, checked and built, and the generator of its answer's events."""
         self._check(request, continue_from)
@@ -389,6 +399,7 @@ class Provider:
             timeouts=timeouts,
             framing=self.framing,
             on_headers=self._read_rate_limit if self.on_rate_limit is not None else None,
+            end=end,
         )
 
     def _read_rate_limit(self, headers: Mapping[str, str]) -> None:

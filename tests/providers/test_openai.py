@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -19,10 +20,12 @@ from polyroute import (
     UpstreamStatusError,
     Usage,
 )
+from polyroute.core import http
 from polyroute.core.deltas import Delta, FinishDelta, UsageDelta
 from polyroute.providers import OpenAI
 from tests.upstreams.openai import OpenAIUpstream
 from tests.upstreams.scripted import Script
+from tests.upstreams.server import wait_closed
 
 CHAT = [
     {"role": "system", "content": "Be brief."},
@@ -357,3 +360,52 @@ async def test_a_tools_message_about_the_model_is_not_taken_for_an_unknown_model
         with pytest.raises(UpstreamStatusError) as caught:
             await collect(provider)
     assert type(caught.value) is UpstreamStatusError
+
+
+async def tails_read() -> None:
+    """Wait for the background reads of answers' last bytes (see core/http.AnswerEnd)."""
+    await asyncio.gather(*list(http._reading_tails))
+
+
+async def test_connection_is_kept_when_the_body_ends_after_the_end_event(
+    openai_upstream: OpenAIUpstream,
+) -> None:
+    # A paced upstream sends data: [DONE], pauses, then ends the body: the answer is
+    # delivered at [DONE], and the connection still serves the next request.
+    openai_upstream.default = Script(delay=0.05)
+    async with provider_for(openai_upstream) as provider:
+        for _ in range(3):
+            assert finish_and_usage(await deltas_of(provider))[0] == "stop"
+            await tails_read()
+    peers = {record.peer for record in openai_upstream.requests}
+    assert len(openai_upstream.requests) == 3
+    assert len(peers) == 1
+    assert all(record.completed for record in openai_upstream.requests)
+
+
+async def test_a_tail_that_never_ends_costs_its_connection(
+    openai_upstream: OpenAIUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(http, "_TAIL_SECONDS", 0.05)
+    openai_upstream.default = Script(stall_after_end=True)
+    async with provider_for(openai_upstream) as provider:
+        for _ in range(2):
+            assert finish_and_usage(await deltas_of(provider))[0] == "stop"
+            await tails_read()
+            await wait_closed(openai_upstream.requests[-1])
+    first, second = openai_upstream.requests
+    assert not first.completed
+    assert first.peer != second.peer
+
+
+async def test_an_answer_closed_before_its_end_closes_the_connection_at_once(
+    openai_upstream: OpenAIUpstream,
+) -> None:
+    openai_upstream.default = Script(chunks=["a"] * 50, delay=0.02)
+    async with provider_for(openai_upstream) as provider:
+        stream = provider.stream("local-large", CHAT)
+        await anext(stream)
+        await stream.aclose()
+        assert not http._reading_tails
+        await wait_closed(openai_upstream.requests[0])
+    assert not openai_upstream.requests[0].completed

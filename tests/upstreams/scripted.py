@@ -35,6 +35,8 @@ class Script:
     """Write the body in pieces of this many bytes (splits lines and UTF-8 characters)."""
     stall_after: int | None = None
     """Hold the connection open without writing after this many chunks."""
+    stall_after_end: bool = False
+    """Hold the connection open after the end event, without ending the body."""
     stall_before_headers: bool = False
     reset_before_headers: bool = False
     """Abort the TCP connection instead of answering."""
@@ -101,7 +103,7 @@ class ScriptedUpstream(LocalServer):
             await response.write(piece)
             if script.delay:
                 await asyncio.sleep(script.delay)
-        if script.stall_after is not None:
+        if script.stall_after is not None or script.stall_after_end:
             await asyncio.Event().wait()
         if script.reset_after is not None:
             await _abort(request)

@@ -20,6 +20,8 @@ class RecordedRequest:
     path: str
     headers: CIMultiDict[str]
     body: Any
+    peer: Any = None
+    """The client's address and port: one per connection."""
     closed: asyncio.Event = field(default_factory=asyncio.Event)
     completed: bool = False
     """True when the handler wrote its whole answer; False when the client went away."""
@@ -69,7 +71,10 @@ class LocalServer:
             body: Any = await request.json() if raw else None
         except ValueError:
             body = raw
-        record = RecordedRequest(request.method, request.path, CIMultiDict(request.headers), body)
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        record = RecordedRequest(
+            request.method, request.path, CIMultiDict(request.headers), body, peer
+        )
         self.requests.append(record)
         self.request_seen.set()
         try:
