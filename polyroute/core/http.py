@@ -31,6 +31,8 @@ from polyroute.core.redaction import redact
 from polyroute.core.sse import DEFAULT_MAX_LINE_BYTES, Framing, SSEDecoder, SSEEvent
 
 _BODY_EXCERPT_BYTES = 2048
+_FIRST_SLICE_BYTES = 1024
+"""About the role chunk and a few chunks of text in OpenAI's format."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,6 +245,7 @@ async def stream_event_batches(
             # cancel per chunk); past the headers, one lazy watchdog does the job.
             response.connection.protocol.read_timeout = None  # type: ignore[union-attr]
             watch = _IdleWatch(content, timeouts.idle)
+        first_read = True
         while True:
             if watch is not None:
                 watch.since = watch.clock()
@@ -251,6 +254,13 @@ async def stream_event_batches(
                 watch.since = None
             if not data:
                 break
+            if first_read and len(data) > _FIRST_SLICE_BYTES:
+                # An upstream that answers at once sends it all in one read: its first
+                # events go up before the rest is decoded (and parsed, above us).
+                if events := decoder.feed(data[:_FIRST_SLICE_BYTES]):
+                    yield events
+                data = data[_FIRST_SLICE_BYTES:]
+            first_read = False
             if events := decoder.feed(data):
                 yield events
         if events := decoder.close():

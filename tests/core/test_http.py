@@ -18,6 +18,8 @@ from polyroute.core.http import (
     status_error,
     stream_event_batches,
 )
+from tests.upstreams.openai import OpenAIUpstream
+from tests.upstreams.scripted import Script
 
 URL = "http://127.0.0.1:1/chat"
 
@@ -102,3 +104,21 @@ async def test_session_owner_reuses_and_closes_its_session() -> None:
     await owner.aclose()
     assert first.closed
     assert not owner.is_open
+
+
+async def test_an_answer_sent_at_once_yields_its_first_events_before_the_rest(
+    openai_upstream: OpenAIUpstream,
+) -> None:
+    # 200 events in one write: the first ones go up before the rest is decoded, so the
+    # first chunk leaves a gateway without waiting for the whole answer's parsing.
+    events = [f'{{"n": {n}, "text": "{"x" * 100}"}}' for n in range(200)]
+    openai_upstream.default = Script(raw="".join(f"data: {e}\n\n" for e in events).encode())
+    url = f"{openai_upstream.base_url}/chat/completions"
+    owner = SessionOwner()
+    sizes, received = [], []
+    async for batch in stream_event_batches(owner.session, url, provider="p", body={}):
+        sizes.append(len(batch))
+        received += [event.data for event in batch]
+    await owner.aclose()
+    assert received == events
+    assert 0 < sizes[0] < 20
