@@ -261,12 +261,26 @@ def peak_rss_mb(pids: list[int]) -> float:
 async def load(
     url: str, headers: dict[str, str], model: str, concurrency: int, seconds: float
 ) -> dict[str, Any]:
+    """``concurrency`` workers, each sending one streamed request after another.
+
+    Workers start spread over the warm-up (worker i after ``i / concurrency`` of it)
+    and never wait for each other: a barrier (all workers finishing their warm-up
+    streams, then starting together) makes every paced stream start and end in the
+    same few milliseconds, and as their durations are equal they stay that way; the
+    figures are then those of a thundering herd of 100 requests every 0.7 s, not of
+    100 independent clients. Measured: the streams started in the ``seconds`` after
+    the warm-up (the parent reads the gateway's CPU time at "measure" and "end").
+    """
     import aiohttp
 
     body = json.dumps({"model": model, "stream": True, "messages": MESSAGES}).encode()
     headers = {**headers, "Content-Type": "application/json"}
     ttfts: list[float] = []
     errors = 0
+    warm = min(1.0, seconds / 3)
+    begin = time.perf_counter()
+    measure_from = begin + warm
+    until = measure_from + seconds
 
     async def one(session: aiohttp.ClientSession) -> None:
         nonlocal errors
@@ -280,35 +294,36 @@ async def load(
                     if TEXT.search(seen):
                         first = time.perf_counter() - started
                 tail = (tail + piece)[-64:]
+        if not measure_from <= started < until:
+            return
         if response.status != 200 or first is None or b"[DONE]" not in tail:
             errors += 1
         else:
             ttfts.append(first)
 
+    async def worker(session: aiohttp.ClientSession, index: int) -> None:
+        await asyncio.sleep(warm * index / concurrency)
+        while time.perf_counter() < until:
+            await one(session)
+
+    async def announce() -> None:
+        await asyncio.sleep(measure_from - time.perf_counter())
+        print("measure", flush=True)
+        await asyncio.sleep(until - time.perf_counter())
+        print("end", flush=True)
+
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector) as session:
-        warm_until = time.perf_counter() + min(1.0, seconds / 3)
-        await asyncio.gather(*(worker(one, session, warm_until) for _ in range(concurrency)))
-        ttfts.clear()
-        errors = 0
-        print("measure", flush=True)  # the parent reads the gateway's CPU time now
-        sys.stdin.readline()
-        began = time.perf_counter()
-        await asyncio.gather(*(worker(one, session, began + seconds) for _ in range(concurrency)))
-        elapsed = time.perf_counter() - began
+        workers = [worker(session, index) for index in range(concurrency)]
+        await asyncio.gather(announce(), *workers)
     ttfts.sort()
     return {
         "streams": len(ttfts),
         "errors": errors,
-        "seconds": elapsed,
+        "seconds": seconds,
         "ttft_p50_ms": 1000 * ttfts[len(ttfts) // 2] if ttfts else None,
         "ttft_p99_ms": 1000 * ttfts[min(len(ttfts) - 1, int(len(ttfts) * 0.99))] if ttfts else None,
     }
-
-
-async def worker(one: Any, session: Any, until: float) -> None:
-    while time.perf_counter() < until:
-        await one(session)
 
 
 def measure(
@@ -323,22 +338,20 @@ def measure(
     ]
     client = subprocess.Popen(
         command,
-        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
         preexec_fn=lambda: os.sched_setaffinity(0, {core}),
     )
-    assert client.stdin is not None
     assert client.stdout is not None
+    pids = process_tree(target.pid) if target.pid else []
     if client.stdout.readline().strip() != "measure":
         raise RuntimeError(f"{target.name}: the load client failed")
-    pids = process_tree(target.pid) if target.pid else []
     cpu_before = cpu_seconds(pids)
-    client.stdin.write("go\n")
-    client.stdin.flush()
+    if client.stdout.readline().strip() != "end":
+        raise RuntimeError(f"{target.name}: the load client failed")
+    cpu = cpu_seconds(pids) - cpu_before
     result: dict[str, Any] = json.loads(client.stdout.readline())
     client.wait(30)
-    cpu = cpu_seconds(pids) - cpu_before
     streams = max(result["streams"], 1)
     result["streams_per_s"] = result["streams"] / result["seconds"]
     result["cpu_ms_per_stream"] = 1000 * cpu / streams if pids else None

@@ -6,8 +6,10 @@ text answer has chunks),
 ``POST /fail/v1/chat/completions`` (an instant 503, for the failover figure) and
 ``POST /idle/v1/chat/completions`` (one chunk, then the stream is held open).
 With no delay the whole answer is written at once, so that the client is what is
-measured; with a delay each chunk is written on its own, ``delay`` apart, and so
-arrives in its own socket read, as from a real upstream.
+measured; with a delay each chunk is written on its own, on a schedule ``delay``
+apart, and so arrives in its own socket read, as from a real upstream. (A schedule,
+not a sleep after each write: on a busy core a late write would push every later
+chunk back, and streams that start apart would drift into step with each other.)
 Run: python -m benchmarks.upstream --chunks 64 --delay-ms 0 --cpu 0
 """
 
@@ -63,9 +65,12 @@ def make_app(chunks: int, delay: float) -> web.Application:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
         if delay:
+            loop = asyncio.get_running_loop()
+            due = loop.time()
             for part in bodies[wire]:
                 await response.write(part)
-                await asyncio.sleep(delay)
+                due += delay
+                await asyncio.sleep(due - loop.time())
         else:
             await response.write(whole[wire])
         await response.write_eof()

@@ -61,7 +61,7 @@ def test_gateway_benchmark_runs_against_polyroute_serve(tmp_path: Path) -> None:
     done = subprocess.run(
         [
             *(sys.executable, "-m", "benchmarks.gateway", "--quick"),
-            *("--gateways", "direct,polyroute", "--seconds", "0.3", "--out", str(out)),
+            *("--gateways", "direct,polyroute", "--seconds", "1", "--out", str(out)),
         ],
         cwd=ROOT,
         capture_output=True,
