@@ -235,6 +235,8 @@ def encode_event(payload: Any) -> bytes:
 DONE_EVENT = b"data: [DONE]\n\n"
 """What ends an OpenAI-format stream."""
 
+_MARKER = "\ue000"  # a private-use character, which model names and ids do not hold
+
 
 def openai_delta(delta: Delta) -> dict[str, Any] | None:
     """``delta`` as the ``choices[0].delta`` of an OpenAI chunk (``None`` for the
@@ -268,6 +270,11 @@ class OpenAIChunkEncoder:
             "created": int(time.time()) if created is None else created,
             "model": model,
         }
+        # A text chunk's bytes around its text, cut from one encoded with a marker:
+        # joining them costs a fifth of building and dumping the dict, and the bytes
+        # cannot differ from the dict's.
+        parts = encode_event(self.chunk({"content": _MARKER})).split(orjson.dumps(_MARKER))
+        self._text_frame = (parts[0], parts[1]) if len(parts) == 2 else None
 
     def chunk(
         self,
@@ -293,6 +300,8 @@ class OpenAIChunkEncoder:
 
     def encode(self, delta: Delta) -> bytes:
         """``delta`` as one event (empty for a delta with no place in the format)."""
+        if type(delta) is TextDelta and (frame := self._text_frame) is not None:
+            return frame[0] + orjson.dumps(delta.text) + frame[1]
         if isinstance(delta, FinishDelta):
             return encode_event(self.chunk(finish_reason=delta.reason))
         if isinstance(delta, UsageDelta):

@@ -278,11 +278,16 @@ class Gateway:
         response = web.StreamResponse(headers={**_SSE_HEADERS, "x-request-id": request_id})
         await response.prepare(request)
         encoder = OpenAIChunkEncoder(stream.model or "", id=f"chatcmpl-{request_id}")
-        await response.write(encode_event(encoder.chunk({"role": "assistant", "content": ""})))
+        role = encode_event(encoder.chunk({"role": "assistant", "content": ""}))
         finish: str | None = None
         try:
-            if first is not None:
-                finish = await _relay(response, encoder, first, finish)
+            if first is not None and type(first) in _PASSED_AS_THEY_ARE:
+                # The headers, the role and the first piece in one send.
+                await response.write(role + encoder.encode(first))
+            else:
+                await response.write(role)
+                if first is not None:
+                    finish = await _relay(response, encoder, first, finish)
             # The per-chunk loop: no wrapper generator around `deltas` (one more async
             # hop per chunk, measured in the gateway benchmark).
             async for delta in deltas:

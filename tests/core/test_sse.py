@@ -1,11 +1,13 @@
 from __future__ import annotations
 
+import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from polyroute import UpstreamProtocolError
-from polyroute.core.sse import SSEDecoder, SSEEvent
+from polyroute.core.deltas import TextDelta
+from polyroute.core.sse import OpenAIChunkEncoder, SSEDecoder, SSEEvent, encode_event
 
 
 def decode(*pieces: bytes, **kwargs: int) -> list[SSEEvent]:
@@ -120,3 +122,13 @@ def test_arbitrary_bytes_give_events_or_the_documented_error(body: bytes, cut: i
 
 def test_a_blank_line_resets_the_event_type_even_without_data() -> None:
     assert decode(b"event: x\n\ndata: y\n\n") == [SSEEvent("y")]
+
+
+@pytest.mark.parametrize("model", ["gpt-4o", 'a "quoted" model', "m\ue000odel"])
+@given(text=st.text())
+def test_a_text_chunk_encodes_as_its_dict_does(model: str, text: str) -> None:
+    # encode() joins cached bytes around the text; they must be the dict's bytes.
+    encoder = OpenAIChunkEncoder(model, id="chatcmpl-1", created=1)
+    expected = encode_event(encoder.chunk({"content": text}))
+    assert encoder.encode(TextDelta(text)) == expected
+    assert orjson.loads(expected[6:])["choices"][0]["delta"] == {"content": text}
