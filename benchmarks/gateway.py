@@ -16,9 +16,11 @@ figures differ only by the gateway in between:
 Each gateway runs in its own process pinned to its own core; the upstreams and the
 load client share the other core. Workloads: concurrency 1, 50 and 200 with no delay
 upstream (saturated) and 100 paced. For each repeat the gateways run one after another
-in an order that rotates, and figures are medians over the repeats. Per run: streams/s,
-TTFT p50/p99 (to the first chunk with text) and the TTFT added over direct, the
-gateway's CPU per stream (user + system time of its processes), and its peak RSS.
+in an order that rotates, and figures are medians over the repeats. Per run (workers
+started spread over a warm-up, then the streams started in the next ``--seconds``;
+see ``load``): streams/s, TTFT p50/p99 (to the first chunk with text) and the TTFT
+added over direct, the gateway's CPU per stream (user + system time of its
+processes), and its peak RSS.
 
   python -m benchmarks.gateway --setup   # install the peers into benchmarks/.peers (once)
   python -m benchmarks.gateway           # the full run (about 15 minutes)
