@@ -397,15 +397,28 @@ async def serve(args: argparse.Namespace) -> int:
     if args.workers > 1:
         argv = [a for a in sys.argv[1:] if not a.startswith("--workers=")]
         argv = _without_value(argv, "--workers")
-        return await run.serve_workers(argv, args.workers, args.port)
-    await run.serve(
-        config,
-        host=args.host,
-        port=args.port,
-        insecure=args.insecure,
-        reuse_port=args.reuse_port,
-    )
-    return EXIT_OK
+        code = await run.serve_workers(argv, args.workers, args.port)
+    else:
+        await run.serve(
+            config,
+            host=args.host,
+            port=args.port,
+            insecure=args.insecure,
+            reuse_port=args.reuse_port,
+        )
+        code = EXIT_OK
+    _ignore_stop_signals()
+    return code
+
+
+def _ignore_stop_signals() -> None:
+    """The gateway has stopped and the process is on its way out. A repeated SIGTERM or
+    SIGINT (a supervisor, or a test, that asks again) would otherwise land after asyncio
+    gives the signals their default action back, and kill the process: exit -15, not 0."""
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.remove_signal_handler(signum)
+        signal.signal(signum, signal.SIG_IGN)
 
 
 def _without_value(argv: list[str], option: str) -> list[str]:

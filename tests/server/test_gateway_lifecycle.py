@@ -3,6 +3,8 @@ they end with an error event; the process exits 0 either way."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import signal
 from pathlib import Path
@@ -86,4 +88,18 @@ async def test_workers_share_one_port_and_stop_together(
         ):
             assert (await answer.json())["choices"][0]["message"]["content"] == "Hello, world!"
     assert len(pids) == 2
+    assert served.code == 0
+
+
+async def test_sigterm_repeated_until_it_exits_still_exits_0(
+    tmp_path: Path, openai_upstream: OpenAIUpstream
+) -> None:
+    # A supervisor that asks again while the gateway stops: whenever the signal lands
+    # (during the drain, the cleanup, or as the event loop closes), the exit code is 0.
+    async with gateway(config_for(tmp_path, openai_upstream, 0.2)) as served:
+        process = served.process
+        while process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(process.wait(), 0.002)
     assert served.code == 0
