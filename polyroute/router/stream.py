@@ -63,6 +63,7 @@ Status = Literal[
     "pending", "streaming", "complete", "switched", "restarted", "truncated", "failed", "cancelled"
 ]
 Upstream = AsyncGenerator[list[Delta], None]
+_Mode = Literal["text", "deltas", "batches"]
 
 
 def _ms(since: float) -> float:
@@ -280,17 +281,23 @@ class RouterStream:
         empty string, where the answer starts over)."""
         if self._held is not None:
             return self._held
-        return self._start(text_only=True)
+        return self._start("text")
 
     def deltas(self) -> AsyncGenerator[Delta, None]:
         """Every typed delta of the answer: text, reasoning, tool-call fragments (whole
         calls with ``tool_calls: atomic``), usage, finish, and restart markers."""
-        return self._start(text_only=False)
+        return self._start("deltas")
 
-    def _start(self, *, text_only: bool) -> AsyncGenerator[Any, None]:
+    def delta_batches(self) -> AsyncGenerator[list[Delta], None]:
+        """The deltas of :meth:`deltas`, in one list per upstream read (never empty):
+        for a consumer that does something per read rather than per delta, such as
+        one socket write for all the chunks an upstream sent at once."""
+        return self._start("batches")
+
+    def _start(self, mode: _Mode) -> AsyncGenerator[Any, None]:
         if self._generator is not None:
             raise RuntimeError("a RouterStream can be iterated only once")
-        generator = self._run(text_only)
+        generator = self._run(mode)
         self._generator = weakref.ref(generator)
         if self._in_context:
             self._held = generator
@@ -318,9 +325,13 @@ class RouterStream:
 
     # The routing loop -----------------------------------------------------------
 
-    async def _run(self, text_only: bool) -> AsyncGenerator[Any, None]:
+    async def _run(self, mode: _Mode) -> AsyncGenerator[Any, None]:
         # Longer than the other steps on purpose: deliver is inline (see below), and
-        # `text_only` picks what is yielded without a second generator over this one.
+        # `mode` picks what is yielded without a second generator over this one: each
+        # text (a StreamRestarted marker where the answer starts over), each delta,
+        # or each upstream read's deltas as a list (`out`, yielded before the next
+        # read is awaited, so that what came before a failure is delivered first).
+        text_only, batched = mode == "text", mode == "batches"
         self._context.state.ensure_started()
         run = self._begin()
         builder = self._builder
@@ -328,9 +339,13 @@ class RouterStream:
             while (opened := await self._open_next(run)) is not None:
                 upstream, attempt = opened.upstream, opened.attempt
                 seam = self._hand_over(run, opened)
+                out: list[Delta] = []
                 if opened.choice.mode == "restart":
                     restart = self._restart(opened)
-                    yield StreamRestarted.of(restart) if text_only else restart
+                    if batched:
+                        out.append(restart)
+                    else:
+                        yield StreamRestarted.of(restart) if text_only else restart
                 hold = self._hold_for(opened)
                 parts, fragments = builder.text_parts, builder.tool_fragments
                 try:
@@ -349,31 +364,48 @@ class RouterStream:
                                         continue
                                     delta = TextDelta(text)
                                 parts.append(text)
-                                yield text if text_only else delta
+                                if batched:
+                                    out.append(delta)
+                                else:
+                                    yield text if text_only else delta
                                 continue
                             if type(delta) is ToolCallDelta and hold is None and seam is None:
                                 # The tool-call hot path: a fragment passed on as it is.
                                 self._tool_call_delivered = True
                                 fragments.append(delta)
-                                if not text_only:
+                                if batched:
+                                    out.append(delta)
+                                elif not text_only:
                                     yield delta
                                 continue
                             if seam is not None:
                                 for flushed in self._flush(seam):
-                                    yield flushed.text if text_only else flushed
+                                    if batched:
+                                        out.append(flushed)
+                                    else:
+                                        yield flushed.text if text_only else flushed
                                 seam = None
-                            for out in self._other(delta, attempt, hold):
-                                if not text_only:
-                                    yield out
+                            for other in self._other(delta, attempt, hold):
+                                if batched:
+                                    out.append(other)
+                                elif not text_only:
+                                    yield other
+                        if out:
+                            yield out
+                            out = []
                         try:  # not anext(upstream, None): see Provider.stream_batches
                             batch = await upstream.__anext__()
                         except StopAsyncIteration:
                             batch = None
-                    for out in self._end_of_answer(seam, hold, attempt):
-                        if not text_only:
-                            yield out
-                        elif isinstance(out, TextDelta):
-                            yield out.text
+                    for last in self._end_of_answer(seam, hold, attempt):
+                        if batched:
+                            out.append(last)
+                        elif not text_only:
+                            yield last
+                        elif isinstance(last, TextDelta):
+                            yield last.text
+                    if out:
+                        yield out
                 except PolyrouteError as error:
                     await self._on_failure(run, opened, error)
                     continue

@@ -177,3 +177,15 @@ async def test_the_model_is_resolved_once_through_entry_aliases(
     async with Router.from_config({"providers": [entry], "aliases": {"quick": "fast"}}) as router:
         assert await router.complete_text("quick", HI) == "Hello, world!"
     assert openai_upstream.requests[0].body["model"] == "gpt-4o-mini"
+
+
+async def test_delta_batches_are_one_list_per_upstream_read(
+    openai_upstream: OpenAIUpstream,
+) -> None:
+    openai_upstream.default = Script(chunks=["a"] * 30)  # written in one go: few reads
+    config = {"providers": [openai_entry("oa", openai_upstream)]}
+    async with Router.from_config(config) as router, router.stream("local-large", HI) as stream:
+        batches = [batch async for batch in stream.delta_batches()]
+    assert stream.text == "a" * 30
+    assert all(batches)
+    assert len(batches) < 10 < sum(map(len, batches))

@@ -189,3 +189,28 @@ async def test_usage_is_summed_over_attempts() -> None:
         )
     assert text == expected("a")
     assert stream.usage == Usage(3, 4, 7, {"completion_tokens_details": {"reasoning_tokens": 3}})
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"providers": [sim("a")]},
+        {"providers": [sim("a", **drops_after(6)), sim("b", "openai")]},
+        {"providers": [sim("a", **drops_after(3)), sim("b")], "on_midstream_failure": "restart"},
+    ],
+    ids=["whole", "relayed", "restarted"],
+)
+async def test_delta_batches_hold_the_same_deltas_in_order(config: dict[str, Any]) -> None:
+    async def both() -> tuple[list[Any], list[list[Any]]]:
+        async with Router.from_config({"retry": {"attempts": 1}, **config}) as router:
+            async with router.stream("m", HI) as one:
+                deltas = [delta async for delta in one.deltas()]
+            async with router.stream("m", HI) as other:
+                batches = [batch async for batch in other.delta_batches()]
+        assert one.status == other.status
+        assert one.text == other.text
+        return deltas, batches
+
+    deltas, batches = await both()
+    assert [delta for batch in batches for delta in batch] == deltas
+    assert all(batches)
