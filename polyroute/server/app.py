@@ -289,13 +289,15 @@ class Gateway:
         try:
             finish = _encode(encoder, first, pending, finish)
             await response.write(b"".join(pending))
+            pending.clear()
             async for batch in batches:
-                pending = []
                 finish = _encode(encoder, batch, pending, finish)
                 if pending:
                     await response.write(b"".join(pending))
+                    pending.clear()
         except PolyrouteError as error:
             outcome.status = "stream_error"
+            # What this read brought before the error goes first (nothing sent twice).
             pending.append(encode_event(wire_error(error).body()))
             await response.write(b"".join(pending))
             return response

@@ -177,6 +177,9 @@ async def test_a_cut_stream_ends_with_an_error_event_and_no_done(served: Served)
     events = [line[6:] for line in body.splitlines() if line.startswith("data: ")]
     assert "[DONE]" not in events
     assert json.loads(events[-1])["error"]["type"] == "upstream_error"
+    chunks = [json.loads(event)["choices"][0]["delta"] for event in events[:-1]]
+    assert [delta.get("role") for delta in chunks].count("assistant") == 1
+    assert "".join(delta.get("content") or "" for delta in chunks) == "Hello"  # each once
     client = served.async_client()
 
     async def consume() -> None:
