@@ -279,27 +279,29 @@ class Gateway:
         request_id: str,
         outcome: _Outcome,
     ) -> web.StreamResponse:
-        response = web.StreamResponse(headers={**_SSE_HEADERS, "x-request-id": request_id})
+        response = _EventStream(headers={**_SSE_HEADERS, "x-request-id": request_id})
         await response.prepare(request)
         encoder = OpenAIChunkEncoder(stream.model or "", id=f"chatcmpl-{request_id}")
-        # One write per upstream read: the first with the headers (aiohttp sends them
-        # with the first body bytes) and the role chunk.
+        # One send per upstream read: the first with the headers and the role chunk;
+        # once the answer's finish is known, what is left goes with the end (few
+        # upstreams pause between their finish and their end).
         pending = [encode_event(encoder.chunk({"role": "assistant", "content": ""}))]
         finish: str | None = None
         try:
             finish = _encode(encoder, first, pending, finish)
-            await response.write(b"".join(pending))
-            pending.clear()
+            if finish is None:
+                await response.write(b"".join(pending))
+                pending.clear()
             async for batch in batches:
                 finish = _encode(encoder, batch, pending, finish)
-                if pending:
+                if pending and finish is None:
                     await response.write(b"".join(pending))
                     pending.clear()
         except PolyrouteError as error:
             outcome.status = "stream_error"
             # What this read brought before the error goes first (nothing sent twice).
             pending.append(encode_event(wire_error(error).body()))
-            await response.write(b"".join(pending))
+            await response.write_eof(b"".join(pending))
             return response
         except asyncio.CancelledError:
             if not self._stopping:
@@ -308,21 +310,23 @@ class Gateway:
             # end the response properly, rather than cutting the connection.
             outcome.status = "stream_error"
             stopped = gateway_error(503, "the gateway stopped before the answer was complete")
+            pending.append(encode_event(stopped.body()))
             with contextlib.suppress(OSError, RuntimeError, asyncio.TimeoutError):
-                await asyncio.wait_for(response.write(encode_event(stopped.body())), 0.5)
-                await asyncio.wait_for(response.write_eof(), 0.5)
+                await asyncio.wait_for(response.write_eof(b"".join(pending)), 0.5)
             return response
         facts = polyroute_facts(stream.provider, stream.model, len(stream.attempts))
-        last: dict[str, Any] = {} if include_usage else {"polyroute": facts}
-        await response.write(encode_event(encoder.chunk(finish_reason=finish or "stop", **last)))
         if include_usage:
+            pending.append(encode_event(encoder.chunk(finish_reason=finish or "stop")))
             usage = stream.usage
             usage_chunk = encoder.chunk(usage=usage, polyroute=facts)
             if usage is None:
                 usage_chunk["usage"] = None
-            await response.write(encode_event(usage_chunk))
-        await response.write(DONE_EVENT)
-        await response.write_eof()
+            pending.append(encode_event(usage_chunk))
+        else:
+            last = encoder.chunk(finish_reason=finish or "stop", polyroute=facts)
+            pending.append(encode_event(last))
+        pending.append(DONE_EVENT)
+        await response.write_eof(b"".join(pending))
         return response
 
     # Models and health --------------------------------------------------------------
@@ -373,6 +377,14 @@ class Gateway:
             "state": self.router.state.describe_backend(),
         }
         return json_response(body, status=200 if ready else 503)
+
+
+class _EventStream(web.StreamResponse):
+    """A stream whose headers leave with its first body bytes, in one send: aiohttp's
+    ``StreamResponse`` sends them alone at ``prepare()`` (its ``Response`` buffers them
+    like this). ``_stream`` prepares only once it has the first bytes to send."""
+
+    _send_headers_immediately = False
 
 
 _PASSED_AS_THEY_ARE = frozenset({TextDelta, ToolCallDelta, ReasoningDelta})
