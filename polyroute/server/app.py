@@ -282,26 +282,22 @@ class Gateway:
         response = _EventStream(headers={**_SSE_HEADERS, "x-request-id": request_id})
         await response.prepare(request)
         encoder = OpenAIChunkEncoder(stream.model or "", id=f"chatcmpl-{request_id}")
-        # One send per upstream read: the first with the headers and the role chunk;
-        # once the answer's finish is known, what is left goes with the end (few
-        # upstreams pause between their finish and their end).
+        # One send per upstream read, the first with the headers and the role chunk,
+        # and one for the end: the finish chunk, [DONE] and the chunked terminator.
         pending = [encode_event(encoder.chunk({"role": "assistant", "content": ""}))]
         finish: str | None = None
         try:
             finish = _encode(encoder, first, pending, finish)
-            if finish is None:
-                await response.write(b"".join(pending))
-                pending.clear()
+            await response.write(_take(pending))
             async for batch in batches:
                 finish = _encode(encoder, batch, pending, finish)
-                if pending and finish is None:
-                    await response.write(b"".join(pending))
-                    pending.clear()
+                if pending:
+                    await response.write(_take(pending))
         except PolyrouteError as error:
             outcome.status = "stream_error"
             # What this read brought before the error goes first (nothing sent twice).
             pending.append(encode_event(wire_error(error).body()))
-            await response.write_eof(b"".join(pending))
+            await response.write_eof(_take(pending))
             return response
         except asyncio.CancelledError:
             if not self._stopping:
@@ -310,9 +306,8 @@ class Gateway:
             # end the response properly, rather than cutting the connection.
             outcome.status = "stream_error"
             stopped = gateway_error(503, "the gateway stopped before the answer was complete")
-            pending.append(encode_event(stopped.body()))
             with contextlib.suppress(OSError, RuntimeError, asyncio.TimeoutError):
-                await asyncio.wait_for(response.write_eof(b"".join(pending)), 0.5)
+                await asyncio.wait_for(response.write_eof(encode_event(stopped.body())), 0.5)
             return response
         facts = polyroute_facts(stream.provider, stream.model, len(stream.attempts))
         if include_usage:
@@ -326,7 +321,7 @@ class Gateway:
             last = encoder.chunk(finish_reason=finish or "stop", polyroute=facts)
             pending.append(encode_event(last))
         pending.append(DONE_EVENT)
-        await response.write_eof(b"".join(pending))
+        await response.write_eof(_take(pending))
         return response
 
     # Models and health --------------------------------------------------------------
@@ -382,7 +377,7 @@ class Gateway:
 class _EventStream(web.StreamResponse):
     """A stream whose headers leave with its first body bytes, in one send: aiohttp's
     ``StreamResponse`` sends them alone at ``prepare()`` (its ``Response`` buffers them
-    like this). ``_stream`` prepares only once it has the first bytes to send."""
+    like this). ``_stream`` writes right after ``prepare()``, so nothing waits."""
 
     _send_headers_immediately = False
 
@@ -408,6 +403,14 @@ def _encode(
         elif not isinstance(delta, UsageDelta):
             out.append(encoder.encode(delta))
     return finish
+
+
+def _take(pending: list[bytes]) -> bytes:
+    """``pending`` joined, and emptied before the send is awaited, so that it only ever
+    holds bytes not yet handed to the connection (what an error event follows)."""
+    data = b"".join(pending)
+    pending.clear()
+    return data
 
 
 def _refuse(status: int, message: str, code: str, request_id: str) -> web.Response:
