@@ -310,16 +310,14 @@ class Gateway:
                 await asyncio.wait_for(response.write_eof(encode_event(stopped.body())), 0.5)
             return response
         facts = polyroute_facts(stream.provider, stream.model, len(stream.attempts))
+        last: dict[str, Any] = {} if include_usage else {"polyroute": facts}
+        pending.append(encode_event(encoder.chunk(finish_reason=finish or "stop", **last)))
         if include_usage:
-            pending.append(encode_event(encoder.chunk(finish_reason=finish or "stop")))
             usage = stream.usage
             usage_chunk = encoder.chunk(usage=usage, polyroute=facts)
             if usage is None:
                 usage_chunk["usage"] = None
             pending.append(encode_event(usage_chunk))
-        else:
-            last = encoder.chunk(finish_reason=finish or "stop", polyroute=facts)
-            pending.append(encode_event(last))
         pending.append(DONE_EVENT)
         await response.write_eof(_take(pending))
         return response
