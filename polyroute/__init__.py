@@ -11,6 +11,8 @@ from polyroute.core.deltas import (
     ExtraDelta,
     FinishDelta,
     ReasoningDelta,
+    ReasoningSignatureDelta,
+    RedactedReasoningDelta,
     RestartDelta,
     TextDelta,
     ToolCall,
@@ -42,6 +44,7 @@ from polyroute.core.errors import (
 from polyroute.core.http import Timeouts
 from polyroute.core.logging import configure_logging
 from polyroute.core.messages import Message, Messages, format_prompt
+from polyroute.core.request import NativeRequest
 from polyroute.router.config import (
     CooldownConfig,
     ProviderEntry,
@@ -77,12 +80,15 @@ __all__ = [
     "Message",
     "Messages",
     "ModelNotSupportedError",
+    "NativeRequest",
     "PolyrouteError",
     "ProviderEntry",
     "ProviderNotFoundError",
     "ProviderNotWorkingError",
     "RateLimitedError",
     "ReasoningDelta",
+    "ReasoningSignatureDelta",
+    "RedactedReasoningDelta",
     "RestartDelta",
     "RetryConfig",
     "Router",

@@ -19,6 +19,7 @@ PUBLIC = {
     *("UpstreamConnectionError", "UpstreamError", "UpstreamProtocolError"),
     *("UpstreamStatusError", "UpstreamTimeout", "Usage", "UsageDelta", "__version__"),
     *("configure_logging", "format_prompt", "load_config"),
+    *("NativeRequest", "ReasoningSignatureDelta", "RedactedReasoningDelta"),
 }
 PROVIDERS = {
     "Gemini",

@@ -27,6 +27,8 @@ class Attempt:
     chars: int = 0
     finish_reason: str | None = None
     usage: Usage | None = None
+    dropped: list[str] = field(default_factory=list)
+    """What of the request this entry did not send on (see ``Provider.dropped``)."""
     started: float = field(default_factory=time.perf_counter, repr=False)
 
     def elapsed_ms(self) -> float:

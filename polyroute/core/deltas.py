@@ -53,6 +53,28 @@ class ReasoningDelta(_Delta):
         self.text = text
 
 
+class ReasoningSignatureDelta(_Delta):
+    """The end of one reasoning block, with the upstream's ``signature`` for it: an
+    opaque token the upstream checks, with the block's text unchanged, when the block
+    is sent back in a later turn (Anthropic's ``signature_delta``). A block may have no
+    text at all (thinking the upstream was asked not to show)."""
+
+    __slots__ = ("signature",)
+
+    def __init__(self, signature: str) -> None:
+        self.signature = signature
+
+
+class RedactedReasoningDelta(_Delta):
+    """A whole reasoning block the upstream sent encrypted (Anthropic's
+    ``redacted_thinking``): ``data`` goes back to it unchanged in a later turn."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: str) -> None:
+        self.data = data
+
+
 class ToolCallDelta(_Delta):
     """A fragment of tool call number ``index``: ``id`` and ``name`` arrive once (usually
     in the first fragment), ``arguments`` is the next piece of the JSON argument string."""
@@ -78,12 +100,16 @@ class UsageDelta(_Delta):
 
 
 class FinishDelta(_Delta):
-    """The upstream finished its answer, for ``reason`` (``stop``, ``tool_calls``...)."""
+    """The upstream finished its answer, for ``reason`` (``stop``, ``length``,
+    ``tool_calls``, ``content_filter``, or an upstream's own word that has no OpenAI
+    equivalent, such as Anthropic's ``pause_turn``). ``stop_sequence`` is the stop
+    sequence that ended it, when the upstream says which."""
 
-    __slots__ = ("reason",)
+    __slots__ = ("reason", "stop_sequence")
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, stop_sequence: str | None = None) -> None:
         self.reason = reason
+        self.stop_sequence = stop_sequence
 
 
 class ExtraDelta(_Delta):
@@ -110,6 +136,8 @@ class RestartDelta(_Delta):
 Delta: TypeAlias = (
     TextDelta
     | ReasoningDelta
+    | ReasoningSignatureDelta
+    | RedactedReasoningDelta
     | ToolCallDelta
     | UsageDelta
     | FinishDelta
@@ -118,7 +146,13 @@ Delta: TypeAlias = (
 )
 """Everything a stream can carry."""
 
-CONTENT_DELTAS = (TextDelta, ReasoningDelta, ToolCallDelta)
+CONTENT_DELTAS = (
+    TextDelta,
+    ReasoningDelta,
+    ToolCallDelta,
+    ReasoningSignatureDelta,
+    RedactedReasoningDelta,
+)
 """The deltas that count as a first chunk: part of the answer itself."""
 
 
@@ -146,6 +180,32 @@ class Usage:
         }
         return cls(prompt, completion, total, details)
 
+    @property
+    def cache_read_tokens(self) -> int:
+        """Input tokens read from the upstream's prompt cache (counted in
+        ``prompt_tokens``): OpenAI's ``prompt_tokens_details.cached_tokens``,
+        Anthropic's ``cache_read_input_tokens``, Gemini's ``cachedContentTokenCount``."""
+        details = self.details
+        return (
+            _count(_nested(details, "prompt_tokens_details", "cached_tokens"))
+            or _count(details.get("cache_read_input_tokens"))
+            or _count(details.get("cachedContentTokenCount"))
+        )
+
+    @property
+    def cache_write_tokens(self) -> int:
+        """Input tokens written to the prompt cache (counted in ``prompt_tokens``):
+        Anthropic's ``cache_creation_input_tokens``."""
+        return _count(self.details.get("cache_creation_input_tokens"))
+
+    @property
+    def reasoning_tokens(self) -> int:
+        """Output tokens spent reasoning (counted in ``completion_tokens``)."""
+        details = self.details
+        return _count(_nested(details, "completion_tokens_details", "reasoning_tokens")) or _count(
+            details.get("thoughtsTokenCount")
+        )
+
     def __add__(self, other: Usage) -> Usage:
         details = dict(self.details)
         _merge(details, other.details, add_numbers=True)
@@ -164,6 +224,11 @@ class Usage:
             "total_tokens": self.total_tokens,
             **self.details,
         }
+
+
+def _nested(details: dict[str, Any], outer: str, inner: str) -> Any:
+    found = details.get(outer)
+    return found.get(inner) if isinstance(found, dict) else None
 
 
 def _count(value: Any) -> int:

@@ -270,7 +270,11 @@ def describe_validation_error(
     wrong; with ``model``, an unknown key gets the closest known one as a suggestion."""
     problems = []
     for item in error.errors():
-        path = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        # A discriminated union repeats its tag in the path (tools.0.function.function):
+        # a key never nests in a key of its own name here, so the repeat is dropped.
+        parts = [str(part) for part in item["loc"]]
+        path = ".".join(p for i, p in enumerate(parts) if not i or p != parts[i - 1])
+        path = path or "(top level)"
         message = item["msg"]
         if item["type"] == "extra_forbidden":
             message = "unknown key" + (did_you_mean(model, item["loc"]) if model else "")

@@ -10,7 +10,8 @@ single byte is sent.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Literal, NamedTuple, TypeAlias
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal, NamedTuple, TypeAlias
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -49,9 +50,33 @@ class ToolSpec(_Open):
     function: FunctionSpec
 
 
+class CustomSpec(_Open):
+    name: str = Field(min_length=1)
+    description: str | None = None
+    format: dict[str, Any] | None = None
+
+
+class CustomToolSpec(_Open):
+    """A tool whose input is free-form text rather than JSON arguments (OpenAI's
+    ``custom`` tools). Its calls travel as function calls whose arguments are
+    ``{"input": "<the text>"}``: upstreams without custom tools take it as a function
+    of that one string argument."""
+
+    type: Literal["custom"]
+    custom: CustomSpec
+
+
+AnyToolSpec: TypeAlias = Annotated[ToolSpec | CustomToolSpec, Field(discriminator="type")]
+
+
 class NamedTool(_Open):
     type: Literal["function"]
     function: dict[str, str]
+
+
+class NamedCustomTool(_Open):
+    type: Literal["custom"]
+    custom: dict[str, str]
 
 
 class JSONSchemaSpec(_Open):
@@ -67,8 +92,12 @@ class ResponseFormat(_Open):
 class RequestOptions(StrictModel):
     """Every option the router and the OpenAI-format providers take, with its range."""
 
-    tools: list[ToolSpec] | None = None
-    tool_choice: Literal["none", "auto", "required"] | NamedTool | None = None
+    tools: list[AnyToolSpec] | None = None
+    tool_choice: (
+        Literal["none", "auto", "required"]
+        | Annotated[NamedTool | NamedCustomTool, Field(discriminator="type")]
+        | None
+    ) = None
     parallel_tool_calls: bool | None = None
     response_format: ResponseFormat | None = None
     temperature: float | None = Field(None, ge=0, le=2)
@@ -87,6 +116,9 @@ class RequestOptions(StrictModel):
     metadata: dict[str, str] | None = None
     reasoning_effort: str | None = None
     service_tier: str | None = None
+    prompt_cache_key: str | None = None
+    safety_identifier: str | None = None
+    verbosity: Literal["low", "medium", "high"] | None = None
     extra_body: dict[str, Any] | None = None
 
 
@@ -129,24 +161,47 @@ def check_options(params: Mapping[str, Any]) -> dict[str, Any]:
     return checked
 
 
+@dataclass(frozen=True, slots=True)
+class NativeRequest:
+    """A request as its client sent it, in one upstream's wire format (``format``:
+    ``"anthropic"`` for Anthropic's Messages API), beside its translation to the chat
+    shape. A provider that speaks ``format`` sends ``body`` (with its own model name)
+    rather than the translation, so that what the translation cannot carry (thinking
+    signatures, ``cache_control``, beta features) reaches it unchanged.
+
+    ``headers`` are the client's headers that such a provider passes on
+    (``anthropic-beta``); ``lost`` names what the translation leaves out, which every
+    entry of another format drops (and says so).
+    """
+
+    format: str
+    body: Mapping[str, Any]
+    headers: Mapping[str, str] = field(default_factory=dict)
+    lost: tuple[str, ...] = ()
+
+
 class ChatRequest(NamedTuple):
     """A validated request: ``options`` in OpenAI's names (``extra_body`` kept apart),
-    ``needs`` the capabilities a provider must have to serve it. (A tuple: one is made
+    ``needs`` the capabilities a provider must have to serve it, ``native`` the
+    client's own request when it came in an upstream's format. (A tuple: one is made
     per request, and a frozen dataclass costs several times more to build.)"""
 
     messages: list[Message]
     options: dict[str, Any]
     extra_body: dict[str, Any]
     needs: frozenset[Capability]
+    native: NativeRequest | None = None
 
     @classmethod
-    def build(cls, messages: Messages, params: Mapping[str, Any]) -> ChatRequest:
+    def build(
+        cls, messages: Messages, params: Mapping[str, Any], native: NativeRequest | None = None
+    ) -> ChatRequest:
         """Validate ``messages`` and ``params``; raises :class:`InvalidRequestError`
         (or its subclass :class:`InvalidMessagesError`)."""
         checked = normalize_messages(messages)
         options = check_options(params) if params else {}
         extra_body = options.pop("extra_body", None) or {}
-        return cls(checked, options, extra_body, _needs(checked, options))
+        return cls(checked, options, extra_body, _needs(checked, options), native)
 
 
 _NO_NEEDS: frozenset[Capability] = frozenset()

@@ -36,12 +36,14 @@ from polyroute.core.http import (
     fetch_json,
     stream_event_batches,
 )
+from polyroute.core.logging import get_logger
 from polyroute.core.messages import Messages
 from polyroute.core.ratelimit import exhausted_for
 from polyroute.core.redaction import redact, register_secret
 from polyroute.core.request import CAPABILITY_FLAGS, Capability, ChatRequest
 from polyroute.core.sse import Framing, SSEEvent
 
+_log = get_logger()
 _R = TypeVar("_R")
 EventParser = Callable[[SSEEvent, list[Delta]], bool]
 """Turns one event into deltas (appended to the list); True when the answer ended."""
@@ -98,6 +100,12 @@ class Provider:
     """``events``: SSE events end at a blank line; ``lines``: every ``data:`` line is one."""
     end_event_name: ClassVar[str] = "the end-of-stream event"
     """How errors name the event that ends a complete answer."""
+    accepted_options: ClassVar[frozenset[str] | None] = None
+    """The request options (OpenAI's names) this type sends on; ``None``: every one.
+    The others are dropped, and :meth:`dropped` names them."""
+    native_format: ClassVar[str | None] = None
+    """The wire format (``"anthropic"``) whose client requests this type sends on as
+    they were written (:class:`NativeRequest`), rather than translated."""
 
     def __init__(
         self,
@@ -202,6 +210,24 @@ class Provider:
         """The capabilities in ``needs`` this provider does not have, sorted."""
         return sorted(need for need in needs if not getattr(self, CAPABILITY_FLAGS[need]))
 
+    def takes_native(self, request: ChatRequest) -> bool:
+        """Whether ``request`` came in this type's own wire format (sent as written)."""
+        native = request.native
+        return native is not None and native.format == self.native_format
+
+    def dropped(self, request: ChatRequest) -> list[str]:
+        """What of ``request`` this entry does not send on: what a client's request
+        lost in its translation to the chat shape, then the options this type does
+        not take. Empty for a request in this type's own format."""
+        native = request.native
+        if native is not None and native.format == self.native_format:
+            return []
+        dropped = list(native.lost) if native is not None else []
+        accepted = self.accepted_options
+        if accepted is not None and request.options:
+            dropped += sorted(name for name in request.options if name not in accepted)
+        return dropped
+
     # What a provider module fills in ---------------------------------------------
 
     def auth_headers(self, api_key: str) -> dict[str, str]:
@@ -222,6 +248,11 @@ class Provider:
         ``extra_body`` is merged over the result afterwards.
         """
         raise NotImplementedError
+
+    def request_headers(self, request: ChatRequest) -> Mapping[str, str]:
+        """The headers of the upstream request for ``request``: ``headers`` unless a
+        module passes some of a native request's own on."""
+        return self.headers
 
     def parse_event(self, event: SSEEvent, out: list[Delta]) -> bool:
         """Append the deltas ``event`` carries to ``out``; True when it ends the answer.
@@ -386,6 +417,8 @@ class Provider:
         body = self.build_request(model, request, continue_from=continue_from or None)
         if request.extra_body:
             body.update(request.extra_body)
+        if (request.options or request.native) and (dropped := self.dropped(request)):
+            _log.info("provider.options_dropped", provider=self.entry_name, options=dropped)
         url = api_endpoint or self.request_url(model)
         if not url:
             raise UpstreamProtocolError("no api_endpoint configured", provider=self.entry_name)
@@ -394,7 +427,7 @@ class Provider:
             url,
             provider=self.entry_name,
             body=body,
-            headers=self.headers,
+            headers=self.request_headers(request),
             proxy=proxy or self.proxy,
             timeouts=timeouts,
             framing=self.framing,

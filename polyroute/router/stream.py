@@ -270,6 +270,12 @@ class RouterStream:
                 total = attempt.usage if total is None else total + attempt.usage
         return total
 
+    @property
+    def dropped(self) -> list[str]:
+        """What of the request the entries tried did not send on (options they do not
+        take, what a translation from the client's format lost), without repeats."""
+        return list(dict.fromkeys(name for a in self.attempts for name in a.dropped))
+
     def __repr__(self) -> str:
         return (
             f"<RouterStream {self.request_id[:8]} model={self.requested_model!r} "
@@ -640,6 +646,9 @@ class RouterStream:
         candidate = choice.candidate
         lease = await self._claim(candidate, log)
         attempt = Attempt(candidate.name, candidate.upstream_model)
+        request = self._request
+        if request.options or request.native:
+            attempt.dropped = candidate.entry.provider.dropped(request)
         self.attempts.append(attempt)
         log.info(
             "attempt.start",

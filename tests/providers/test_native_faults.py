@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from polyroute import Timeouts, UpstreamTimeout
+from polyroute import TextDelta, Timeouts, UpstreamTimeout
 from polyroute.providers import Anthropic, Gemini
 from tests.cli.helpers import run_cli, write_config
 from tests.upstreams.anthropic import AnthropicUpstream
@@ -46,7 +46,8 @@ async def test_a_stall_mid_answer_is_an_idle_timeout(served: tuple[str, Scripted
 
     with pytest.raises(UpstreamTimeout):
         await consume()
-    assert len(received) == 1  # "Hello" came, then the silence
+    texts = [delta for delta in received if isinstance(delta, TextDelta)]
+    assert texts == [TextDelta("Hello")]  # "Hello" came, then the silence
 
 
 async def test_the_key_stays_out_of_reprs_and_errors(served: tuple[str, ScriptedUpstream]) -> None:
