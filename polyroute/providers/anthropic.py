@@ -13,6 +13,7 @@ continued by prefill: the conversation ends with the partial assistant text.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Any
 
 from polyroute.core.deltas import (
@@ -20,6 +21,8 @@ from polyroute.core.deltas import (
     ExtraDelta,
     FinishDelta,
     ReasoningDelta,
+    ReasoningSignatureDelta,
+    RedactedReasoningDelta,
     TextDelta,
     ToolCallDelta,
     Usage,
@@ -37,19 +40,21 @@ from polyroute.core.errors import (
     UpstreamStatusError,
 )
 from polyroute.core.jsoncodec import loads
-from polyroute.core.logging import get_logger
 from polyroute.core.messages import Message, continuation_messages
 from polyroute.core.request import ChatRequest
 from polyroute.core.sse import SSEEvent, excerpt
 from polyroute.providers.compat import AsyncGeneratorProvider
-from polyroute.providers.translate import alternating_turns, call_arguments, inline_media
+from polyroute.providers.translate import (
+    alternating_turns,
+    call_arguments,
+    custom_as_function,
+    inline_media,
+)
 
-_log = get_logger()
-
+# Anthropic's stop reasons in OpenAI's words; others (pause_turn...) pass as they are.
 FINISH_REASONS = {
     "end_turn": "stop",
     "stop_sequence": "stop",
-    "pause_turn": "stop",
     "max_tokens": "length",
     "tool_use": "tool_calls",
     "refusal": "content_filter",
@@ -58,6 +63,8 @@ FINISH_REASONS = {
 _SAMPLING = {"temperature": "temperature", "top_p": "top_p", "stop": "stop_sequences"}
 _TAKEN = {"tools", "tool_choice", "parallel_tool_calls", "max_tokens", "max_completion_tokens"}
 _TAKEN |= {*_SAMPLING, "user", "metadata"}
+_NATIVE_HEADERS = ("anthropic-beta",)
+"""A native request's headers sent on: the client's beta features (Claude Code's)."""
 _TOO_LONG = re.compile(r"prompt is too long|too many tokens|context (length|window)", re.I)
 
 
@@ -78,6 +85,8 @@ class Anthropic(AsyncGeneratorProvider):
     supports_prefill = True
     default_model = "claude-sonnet-4-5"
     end_event_name = "event: message_stop"
+    accepted_options = frozenset(_TAKEN)
+    native_format = "anthropic"
     max_tokens = 4096
     """Sent when the request has no ``max_tokens``: the API requires one."""
 
@@ -108,9 +117,22 @@ class Anthropic(AsyncGeneratorProvider):
 
     # The request -----------------------------------------------------------------
 
+    def request_headers(self, request: ChatRequest) -> Mapping[str, str]:
+        native = request.native
+        if native is None or not self.takes_native(request):
+            return self.headers
+        headers = dict(self.headers)
+        for name in _NATIVE_HEADERS:
+            if value := native.headers.get(name):
+                own = headers.get(name)
+                headers[name] = f"{own},{value}" if own else value
+        return headers
+
     def build_request(
         self, model: str, request: ChatRequest, *, continue_from: str | None = None
     ) -> dict[str, Any]:
+        if request.native is not None and self.takes_native(request):
+            return _native_body(model, request.native.body, continue_from)
         messages = request.messages
         if continue_from:
             # The API refuses a final assistant turn that ends in whitespace; what is cut
@@ -144,8 +166,6 @@ class Anthropic(AsyncGeneratorProvider):
             body["tools"] = [_tool(tool) for tool in tools]
             if choice := _tool_choice(options.get("tool_choice"), options):
                 body["tool_choice"] = choice
-        if dropped := sorted(set(options) - _TAKEN):
-            _log.info("provider.options_dropped", provider=self.entry_name, options=dropped)
         return body
 
     # The answer ------------------------------------------------------------------
@@ -214,14 +234,16 @@ class Anthropic(AsyncGeneratorProvider):
 
 class _AnswerParser:
     """One answer's events: which content block is a tool call (and its number among
-    the calls), and the prompt tokens from ``message_start`` for the final usage."""
+    the calls), and the usage ``message_start`` reported (given at once, so that the
+    prompt's tokens are known even for an answer cut later; ``message_delta`` then
+    adds what changed)."""
 
-    __slots__ = ("_calls", "_prompt_tokens", "_provider", "_trimmed")
+    __slots__ = ("_calls", "_provider", "_started", "_trimmed")
 
     def __init__(self, provider: Anthropic, trimmed: str = "") -> None:
         self._provider = provider
         self._calls: dict[int, int] = {}  # content block index -> tool call number
-        self._prompt_tokens = 0
+        self._started: dict[str, Any] = {}  # message_start's usage, output left out
         self._trimmed = trimmed  # whitespace the prefill left out, until the first text
 
     def __call__(self, event: SSEEvent, out: list[Delta]) -> bool:
@@ -238,7 +260,8 @@ class _AnswerParser:
                 return True
             elif kind == "message_start":
                 usage = data["message"].get("usage") or {}
-                self._prompt_tokens = int(usage.get("input_tokens") or 0)
+                self._started = {**usage, "output_tokens": 0}
+                out.append(UsageDelta(usage_of(self._started)))
             elif kind == "error":
                 error = data["error"]
                 raise self._provider.error_from_payload(error, None, "?")
@@ -266,7 +289,9 @@ class _AnswerParser:
         elif kind == "thinking_delta":
             if thinking := delta["thinking"]:
                 out.append(ReasoningDelta(_text(thinking)))
-        else:  # signature_delta, citations_delta...: kept, not typed
+        elif kind == "signature_delta":
+            out.append(ReasoningSignatureDelta(_text(delta["signature"])))
+        else:  # citations_delta...: kept, not typed
             out.append(ExtraDelta({"anthropic_delta": delta}))
 
     def _block(self, index: int, block: dict[str, Any], out: list[Delta]) -> None:
@@ -274,19 +299,67 @@ class _AnswerParser:
         if kind == "tool_use":
             number = self._calls[index] = len(self._calls)
             out.append(ToolCallDelta(number, _text(block["id"]), _text(block["name"]), ""))
-        elif kind == "text" and block.get("text"):
-            out.append(TextDelta(_text(block["text"])))
-        elif kind not in ("text", "thinking", "redacted_thinking"):
+        elif kind == "text":
+            if block.get("text"):
+                out.append(TextDelta(_text(block["text"])))
+        elif kind == "thinking":
+            if block.get("thinking"):
+                out.append(ReasoningDelta(_text(block["thinking"])))
+        elif kind == "redacted_thinking":
+            out.append(RedactedReasoningDelta(_text(block["data"])))
+        else:  # server tool use and results...: kept, not typed
             out.append(ExtraDelta({"anthropic_block": block}))
 
     def _message_delta(self, data: dict[str, Any], out: list[Delta]) -> None:
-        if reason := data["delta"].get("stop_reason"):
-            out.append(FinishDelta(FINISH_REASONS.get(reason, str(reason))))
+        delta = data["delta"]
+        if reason := delta.get("stop_reason"):
+            sequence = delta.get("stop_sequence")
+            out.append(FinishDelta(FINISH_REASONS.get(reason, str(reason)), sequence or None))
         if usage := data.get("usage"):
-            completion = int(usage.get("output_tokens") or 0)
-            prompt = int(usage.get("input_tokens") or self._prompt_tokens)
-            details = {k: v for k, v in usage.items() if k not in ("input_tokens", "output_tokens")}
-            out.append(UsageDelta(Usage(prompt, completion, prompt + completion, details)))
+            # Totals so far: what message_start gave is subtracted, not counted twice.
+            total = usage_of({**self._started, **usage})
+            out.append(UsageDelta(_minus(total, usage_of(self._started))))
+
+
+def usage_of(fields: dict[str, Any]) -> Usage:
+    """Anthropic's ``usage`` object as a :class:`Usage`: ``prompt_tokens`` counts every
+    input token, cache reads and writes included (OpenAI's meaning), and the original
+    figures stay in ``details``."""
+    read = _tokens(fields.get("cache_read_input_tokens"))
+    written = _tokens(fields.get("cache_creation_input_tokens"))
+    prompt = _tokens(fields.get("input_tokens")) + read + written
+    completion = _tokens(fields.get("output_tokens"))
+    details = {k: v for k, v in fields.items() if k not in ("input_tokens", "output_tokens") and v}
+    return Usage(prompt, completion, prompt + completion, details)
+
+
+def _minus(total: Usage, given: Usage) -> Usage:
+    """What ``total`` adds to ``given`` (``Usage`` adds details up, numbers included)."""
+    return Usage(
+        total.prompt_tokens - given.prompt_tokens,
+        total.completion_tokens - given.completion_tokens,
+        total.total_tokens - given.total_tokens,
+        _difference(total.details, given.details),
+    )
+
+
+def _difference(total: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
+    changed: dict[str, Any] = {}
+    for key, value in total.items():
+        before = given.get(key)
+        if value == before:
+            continue
+        if isinstance(value, int) and isinstance(before, int):
+            changed[key] = value - before
+        elif isinstance(value, dict) and isinstance(before, dict):
+            changed[key] = _difference(value, before)
+        else:
+            changed[key] = value
+    return changed
+
+
+def _tokens(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 def _text(value: Any) -> str:
@@ -296,6 +369,26 @@ def _text(value: Any) -> str:
 
 
 # Translating the conversation ---------------------------------------------------------
+
+
+def _native_body(model: str, body: Mapping[str, Any], continue_from: str | None) -> dict[str, Any]:
+    """A client's own Messages request, for ``model``, streamed; a continuation adds the
+    partial answer as the final assistant turn (prefill). Prefill and extended thinking
+    do not go together in the API, so a continuation asks for no thinking."""
+    sent = {**body, "model": model, "stream": True}
+    if continue_from:
+        partial = {"type": "text", "text": continue_from.rstrip()}
+        messages = list(sent.get("messages") or [])
+        last = messages[-1] if messages else None
+        if isinstance(last, dict) and last.get("role") == "assistant":
+            content = last.get("content")
+            blocks = [{"type": "text", "text": content}] if isinstance(content, str) else content
+            messages[-1] = {**last, "content": [*(blocks or []), partial]}
+        else:
+            messages.append({"role": "assistant", "content": [partial]})
+        sent["messages"] = messages
+        sent.pop("thinking", None)
+    return sent
 
 
 def _blocks(message: Message) -> list[dict[str, Any]]:
@@ -332,6 +425,8 @@ def _part(part: dict[str, Any]) -> dict[str, Any]:
 
 def _tool(tool: dict[str, Any]) -> dict[str, Any]:
     function = tool.get("function") or {}
+    if tool.get("type") == "custom":
+        function = custom_as_function(tool["custom"])
     translated = {
         "name": function.get("name"),
         "input_schema": function.get("parameters") or {"type": "object", "properties": {}},
@@ -345,7 +440,8 @@ def _tool_choice(choice: Any, options: dict[str, Any]) -> dict[str, Any] | None:
     if choice is None and options.get("parallel_tool_calls") is not False:
         return None
     if isinstance(choice, dict):
-        translated: dict[str, Any] = {"type": "tool", "name": choice["function"]["name"]}
+        named = choice["custom"] if choice.get("type") == "custom" else choice["function"]
+        translated: dict[str, Any] = {"type": "tool", "name": named["name"]}
     else:
         kinds = {None: "auto", "auto": "auto", "required": "any", "none": "none"}
         translated = {"type": kinds.get(choice, "auto")}

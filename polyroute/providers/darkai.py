@@ -46,6 +46,7 @@ class DarkAI(AsyncGeneratorProvider):
     framing = "lines"
     end_event_name = "stream-end"
     supports_continuation = True  # a prompt format: the partial answer goes after "Assistant:"
+    accepted_options = frozenset()  # the upstream takes none: every option given is dropped
 
     def build_request(
         self, model: str, request: ChatRequest, *, continue_from: str | None = None

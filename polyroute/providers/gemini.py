@@ -40,14 +40,16 @@ from polyroute.core.errors import (
     UpstreamStatusError,
 )
 from polyroute.core.jsoncodec import loads
-from polyroute.core.logging import get_logger
 from polyroute.core.messages import Message, continuation_messages
 from polyroute.core.request import ChatRequest
 from polyroute.core.sse import SSEEvent, excerpt
 from polyroute.providers.compat import AsyncGeneratorProvider
-from polyroute.providers.translate import alternating_turns, call_arguments, inline_media
-
-_log = get_logger()
+from polyroute.providers.translate import (
+    alternating_turns,
+    call_arguments,
+    custom_as_function,
+    inline_media,
+)
 
 _FILTERED = {"SAFETY", "RECITATION", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII", "IMAGE_SAFETY"}
 FINISH_REASONS = {"STOP": "stop", "MAX_TOKENS": "length"} | dict.fromkeys(
@@ -85,6 +87,7 @@ class Gemini(AsyncGeneratorProvider):
     default_model = "gemini-2.5-flash"
     headers = {"accept": "text/event-stream", "content-type": "application/json"}
     end_event_name = "a chunk with a finishReason"
+    accepted_options = frozenset(_TAKEN)
 
     def __init__(self, *, base_url: str | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -130,8 +133,6 @@ class Gemini(AsyncGeneratorProvider):
             body["tools"] = [{"functionDeclarations": [_declaration(tool) for tool in tools]}]
             if (choice := options.get("tool_choice")) is not None:
                 body["toolConfig"] = {"functionCallingConfig": _calling_config(choice)}
-        if dropped := sorted(set(options) - _TAKEN):
-            _log.info("provider.options_dropped", provider=self.entry_name, options=dropped)
         return body
 
     # The answer ------------------------------------------------------------------
@@ -337,6 +338,8 @@ def _part(part: dict[str, Any]) -> dict[str, Any]:
 
 def _declaration(tool: dict[str, Any]) -> dict[str, Any]:
     function = tool.get("function") or {}
+    if tool.get("type") == "custom":
+        function = custom_as_function(tool["custom"])
     declaration = {"name": function.get("name")}
     if function.get("description"):
         declaration["description"] = function["description"]
@@ -347,7 +350,8 @@ def _declaration(tool: dict[str, Any]) -> dict[str, Any]:
 
 def _calling_config(choice: Any) -> dict[str, Any]:
     if isinstance(choice, dict):
-        return {"mode": "ANY", "allowedFunctionNames": [choice["function"]["name"]]}
+        named = choice["custom"] if choice.get("type") == "custom" else choice["function"]
+        return {"mode": "ANY", "allowedFunctionNames": [named["name"]]}
     return {"mode": {"required": "ANY", "none": "NONE"}.get(choice, "AUTO")}
 
 

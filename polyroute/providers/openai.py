@@ -7,12 +7,20 @@ POST ``{base_url}/chat/completions`` with ``stream: true``; each SSE event is a
 ``data: [DONE]`` ends the answer. Errors come as ``{"error": {"message", "type",
 "code"}}`` (vLLM: the same keys at the top level), in a non-2xx body or, on some
 servers, inside the stream.
+
+Custom tools (free-form text input) go upstream as they are. Their calls travel in
+polyroute as function calls with the arguments ``{"input": "<text>"}``: a conversation's
+calls of a declared custom tool are sent back in the custom shape, and a streamed
+``custom.input`` is re-framed as those arguments.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from typing import Any
+
+import orjson
 
 from polyroute.core.deltas import (
     Delta,
@@ -35,9 +43,10 @@ from polyroute.core.errors import (
     UpstreamStatusError,
 )
 from polyroute.core.jsoncodec import loads
-from polyroute.core.messages import continuation_messages
+from polyroute.core.messages import Message, continuation_messages
 from polyroute.core.request import ChatRequest
 from polyroute.core.sse import SSEEvent, excerpt
+from polyroute.providers.base import EventParser
 from polyroute.providers.compat import AsyncGeneratorProvider
 
 _CONTEXT_CODES = frozenset({"context_length_exceeded", "string_above_max_length"})
@@ -91,9 +100,13 @@ class OpenAI(AsyncGeneratorProvider):
             # With supports_prefill the upstream continues a final assistant message;
             # otherwise it is told to continue.
             messages = continuation_messages(messages, continue_from, prefill=self.supports_prefill)
+        custom = _custom_tool_names(request.options.get("tools")) if request.options else None
         body: dict[str, Any] = {
             "model": model,
-            "messages": [message.as_openai() for message in messages],
+            "messages": [
+                _with_custom_calls(message, custom) if custom else message.as_openai()
+                for message in messages
+            ],
             "stream": True,
             **request.options,
         }
@@ -101,43 +114,14 @@ class OpenAI(AsyncGeneratorProvider):
             body["stream_options"] = {"include_usage": True}
         return body
 
+    def stream_parser(self, continue_from: str | None = None) -> EventParser:
+        if type(self).parse_event is not OpenAI.parse_event:
+            return self.parse_event  # a subclass that reads events its own way keeps it
+        return _AnswerParser(self).parse
+
     def parse_event(self, event: SSEEvent, out: list[Delta]) -> bool:
-        if event.data == "[DONE]":
-            return True
-        try:
-            chunk = loads(event.data)
-            if "error" in chunk:
-                raise self.error_from_payload(chunk, status=None, model=chunk.get("model", "?"))
-            choices = chunk.get("choices")
-            if choices:
-                choice = choices[0]
-                delta = choice.get("delta")
-                # The hot paths, inline: a delta that is one piece of text, or one
-                # tool-call fragment, and nothing else.
-                if delta and len(delta) == 1:
-                    if type(content := delta.get("content")) is str:
-                        if content:
-                            out.append(TextDelta(content))
-                    elif (calls := delta.get("tool_calls")) and len(calls) == 1:
-                        out.append(_tool_call_delta(calls[0], 0))
-                    else:
-                        _read_delta(delta, out)
-                elif delta:
-                    _read_delta(delta, out)
-                if choice.get("finish_reason") or choice.get("logprobs"):
-                    _read_choice_end(choice, out)
-            elif chunk.get("object") == "error":  # vLLM: the error's keys at the top level
-                raise self.error_from_payload(chunk, status=None, model=chunk.get("model", "?"))
-            elif choices is None and "usage" not in chunk:
-                raise KeyError("choices")
-            if usage := chunk.get("usage"):
-                out.append(UsageDelta(Usage.from_openai(usage)))
-        except (ValueError, KeyError, TypeError, AttributeError, IndexError) as error:
-            raise UpstreamProtocolError(
-                f"malformed chunk ({type(error).__name__}: {error}): {excerpt(event.data)}",
-                provider=self.entry_name,
-            ) from None
-        return False
+        # One event alone: a custom call's input is opened here but closed by no later event.
+        return _AnswerParser(self).parse(event, out)
 
     def classify_status_error(self, error: UpstreamStatusError, model: str) -> PolyrouteError:
         try:
@@ -218,25 +202,124 @@ def _read_choice_end(choice: dict[str, Any], out: list[Delta]) -> None:
         out.append(FinishDelta(str(reason)))
 
 
-def _read_delta(delta: dict[str, Any], out: list[Delta]) -> None:
-    """Every field of a delta: text, reasoning, tool-call fragments, and the rest kept."""
-    content = delta.get("content")
-    if content is not None:
-        if not isinstance(content, str):
-            raise TypeError("delta.content is not a string")
-        if content:
-            out.append(TextDelta(content))
-    # Some servers send both names for the same text: take one.
-    reasoning = delta.get("reasoning_content") or delta.get("reasoning")
-    if reasoning:
-        if not isinstance(reasoning, str):
-            raise TypeError("delta reasoning is not a string")
-        out.append(ReasoningDelta(reasoning))
-    for position, call in enumerate(delta.get("tool_calls") or ()):
-        out.append(_tool_call_delta(call, position))
-    extra = {k: v for k, v in delta.items() if k not in _DELTA_KEYS_HANDLED and v is not None}
-    if extra:
-        out.append(ExtraDelta(extra))
+class _AnswerParser:
+    """One answer's chunks. Text and function calls need no state; a custom tool's call
+    does: its free-form ``custom.input`` becomes the arguments ``{"input": "<text>"}``,
+    whose closing ``"}`` waits for the call's end (the next call, the finish reason or
+    ``[DONE]``)."""
+
+    __slots__ = ("_custom", "_provider")
+
+    def __init__(self, provider: OpenAI) -> None:
+        self._provider = provider
+        self._custom: int | None = None  # the index of the custom call still open
+
+    def parse(self, event: SSEEvent, out: list[Delta]) -> bool:
+        """:meth:`Provider.parse_event` for this answer."""
+        if event.data == "[DONE]":
+            self._close(out)
+            return True
+        try:
+            chunk = loads(event.data)
+            if "error" in chunk:
+                raise self._provider.error_from_payload(
+                    chunk, status=None, model=chunk.get("model", "?")
+                )
+            choices = chunk.get("choices")
+            if choices:
+                choice = choices[0]
+                delta = choice.get("delta")
+                # The hot paths, inline: a delta that is one piece of text, or one
+                # function-call fragment, and nothing else.
+                if delta and len(delta) == 1:
+                    if type(content := delta.get("content")) is str:
+                        if content:
+                            out.append(TextDelta(content))
+                    elif (
+                        (calls := delta.get("tool_calls"))
+                        and len(calls) == 1
+                        and "custom" not in (call := calls[0])
+                        and self._custom is None
+                    ):
+                        out.append(_tool_call_delta(call, 0))
+                    else:
+                        self._read_delta(delta, out)
+                elif delta:
+                    self._read_delta(delta, out)
+                if choice.get("finish_reason") or choice.get("logprobs"):
+                    if self._custom is not None and choice.get("finish_reason"):
+                        self._close(out)
+                    _read_choice_end(choice, out)
+            elif chunk.get("object") == "error":  # vLLM: the error's keys at the top level
+                raise self._provider.error_from_payload(
+                    chunk, status=None, model=chunk.get("model", "?")
+                )
+            elif choices is None and "usage" not in chunk:
+                raise KeyError("choices")
+            if usage := chunk.get("usage"):
+                out.append(UsageDelta(Usage.from_openai(usage)))
+        except (ValueError, KeyError, TypeError, AttributeError, IndexError) as error:
+            raise UpstreamProtocolError(
+                f"malformed chunk ({type(error).__name__}: {error}): {excerpt(event.data)}",
+                provider=self._provider.entry_name,
+            ) from None
+        return False
+
+    def _read_delta(self, delta: dict[str, Any], out: list[Delta]) -> None:
+        """Every field of a delta: text, reasoning, tool-call fragments, and the rest kept."""
+        content = delta.get("content")
+        if content is not None:
+            if not isinstance(content, str):
+                raise TypeError("delta.content is not a string")
+            if content:
+                out.append(TextDelta(content))
+        # Some servers send both names for the same text: take one.
+        reasoning = delta.get("reasoning_content") or delta.get("reasoning")
+        if reasoning:
+            if not isinstance(reasoning, str):
+                raise TypeError("delta reasoning is not a string")
+            out.append(ReasoningDelta(reasoning))
+        for position, call in enumerate(delta.get("tool_calls") or ()):
+            # Servers that serialize every member of the union send `"custom": null`
+            # beside a function: only a custom object makes a custom call.
+            if call.get("custom") is not None:
+                self._custom_call(call, position, out)
+                continue
+            if self._custom is not None and call.get("index", position) != self._custom:
+                self._close(out)
+            out.append(_tool_call_delta(call, position))
+        extra = {k: v for k, v in delta.items() if k not in _DELTA_KEYS_HANDLED and v is not None}
+        if extra:
+            out.append(ExtraDelta(extra))
+
+    def _custom_call(self, call: dict[str, Any], position: int, out: list[Delta]) -> None:
+        """A fragment of a custom tool's call, ``{"index", "id", "type": "custom",
+        "custom": {"name", "input"}}`` (later fragments: ``index`` and ``input`` only), as
+        a fragment of the arguments ``{"input": "<text>"}``."""
+        custom = call["custom"]
+        index = call.get("index", position)
+        name = custom.get("name") or None
+        text = custom.get("input") or ""
+        if type(index) is not int or type(text) is not str:
+            raise TypeError("custom tool call index must be an integer and input a string")
+        if name is not None and type(name) is not str:
+            raise TypeError("custom tool call name must be a string")
+        call_id = call.get("id") or None
+        # The text as the inside of a JSON string: escaped, without its quotes.
+        fragment = orjson.dumps(text)[1:-1].decode()
+        if index == self._custom:
+            if fragment or call_id or name:
+                out.append(ToolCallDelta(index, call_id, name, fragment))
+            return
+        self._close(out)
+        self._custom = index
+        out.append(ToolCallDelta(index, call_id, name, '{"input": "' + fragment))
+
+    def _close(self, out: list[Delta]) -> None:
+        """End the open custom call's arguments, if one is open."""
+        if self._custom is not None:
+            out.append(ToolCallDelta(self._custom, arguments='"}'))
+            self._custom = None
 
 
 def _tool_call_delta(call: dict[str, Any], position: int) -> ToolCallDelta:
@@ -252,3 +335,39 @@ def _tool_call_delta(call: dict[str, Any], position: int) -> ToolCallDelta:
 
 
 _NO_FUNCTION: dict[str, Any] = {}
+
+
+# Custom tools in the conversation sent upstream -----------------------------------------
+
+
+def _custom_tool_names(tools: Iterable[dict[str, Any]] | None) -> frozenset[str]:
+    """The names of the custom tools among ``tools`` (the request checked their shape)."""
+    return frozenset(tool["custom"]["name"] for tool in tools or () if tool.get("type") == "custom")
+
+
+def _with_custom_calls(message: Message, custom: frozenset[str]) -> dict[str, Any]:
+    """``message`` as OpenAI takes it, its calls of a custom tool in the custom shape."""
+    wire = message.as_openai()
+    calls = wire.get("tool_calls")
+    if calls and any(call["function"]["name"] in custom for call in calls):
+        wire["tool_calls"] = [
+            _custom_shape(call) if call["function"]["name"] in custom else call for call in calls
+        ]
+    return wire
+
+
+def _custom_shape(call: dict[str, Any]) -> dict[str, Any]:
+    """A function-shaped call of a custom tool as chat completions' custom call. The
+    arguments are ``{"input": "<text>"}`` by polyroute's convention; arguments in any
+    other form are sent as the text itself rather than refused."""
+    arguments = call["function"]["arguments"]
+    try:
+        parsed = loads(arguments)
+    except ValueError:
+        parsed = None
+    text = parsed.get("input") if isinstance(parsed, dict) else None
+    custom = {
+        "name": call["function"]["name"],
+        "input": text if isinstance(text, str) else arguments,
+    }
+    return {"id": call["id"], "type": "custom", "custom": custom}

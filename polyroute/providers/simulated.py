@@ -53,6 +53,11 @@ class Simulated(AsyncGeneratorProvider):
         )
         self._starting = asyncio.Lock()
 
+    def dropped(self, request: ChatRequest) -> list[str]:
+        # The inner provider sends the request: what it drops (nothing for the openai
+        # format, every option for darkai's) is what this entry drops.
+        return self._inner.dropped(request)
+
     async def start(self) -> None:
         """Start the simulated server (the first request does it anyway). Idempotent."""
         async with self._starting:

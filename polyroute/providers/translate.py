@@ -52,3 +52,26 @@ def inline_media(url: str) -> tuple[str, str] | None:
     """``(media type, base64 data)`` of a ``data:`` URL; None for any other URL."""
     found = _DATA_URL.fullmatch(url)
     return (found["media"], found["data"]) if found else None
+
+
+_GRAMMARS = {"lark": "Lark grammar", "regex": "regular expression"}
+
+
+def custom_as_function(custom: dict[str, Any]) -> dict[str, Any]:
+    """A custom tool's ``custom`` object (free-form text input) as an OpenAI function
+    of one string, ``input``, for upstreams without custom tools (Gemini uses it too):
+    its calls then come back with the arguments ``{"input": "<text>"}``, polyroute's
+    form of a custom call. Such an upstream cannot hold the model to a grammar, so the
+    description shows it the grammar instead."""
+    description = custom.get("description") or ""
+    form = custom.get("format") or {}
+    if form.get("type") == "grammar":
+        # Chat completions nests the grammar; the Responses API flattens it into `format`.
+        grammar = form.get("grammar") or form
+        syntax = str(grammar.get("syntax") or "")
+        kind = _GRAMMARS.get(syntax, f"{syntax} grammar".strip())
+        rule = f"The input must match this {kind}:\n{grammar.get('definition', '')}"
+        description = f"{description}\n\n{rule}" if description else rule
+    text = {"type": "string", "description": "The tool's input, as free-form text."}
+    parameters = {"type": "object", "properties": {"input": text}, "required": ["input"]}
+    return {"name": custom["name"], "description": description, "parameters": parameters}

@@ -12,11 +12,11 @@ from structlog.testing import capture_logs
 from polyroute import (
     AuthenticationError,
     ContextLengthExceededError,
-    ExtraDelta,
     FinishDelta,
     ModelNotSupportedError,
     RateLimitedError,
     ReasoningDelta,
+    ReasoningSignatureDelta,
     Router,
     TextDelta,
     ToolCallDelta,
@@ -88,8 +88,9 @@ async def test_text_tool_calls_thinking_and_usage_become_deltas(
     async with provider(anthropic_upstream) as claude:
         deltas = [d async for d in claude.stream("claude-local-large", HI, tools=tools)]
     assert deltas == [
+        UsageDelta(Usage(3, 0, 3)),  # message_start: the prompt's tokens, at once
         ReasoningDelta("hmm"),
-        ExtraDelta({"anthropic_delta": {"type": "signature_delta", "signature": "sig"}}),
+        ReasoningSignatureDelta("sig"),
         TextDelta("Two calls: "),
         # block 2 is call 0, block 3 call 1: numbered among the calls, as OpenAI does
         ToolCallDelta(0, "toolu_1", "get_weather", ""),
@@ -98,7 +99,7 @@ async def test_text_tool_calls_thinking_and_usage_become_deltas(
         ToolCallDelta(1, "toolu_2", "get_time", ""),
         ToolCallDelta(1, arguments="{}"),
         FinishDelta("tool_calls"),
-        UsageDelta(Usage(3, 6, 9)),
+        UsageDelta(Usage(0, 6, 6)),  # message_delta: what it adds
     ]
 
 
@@ -212,7 +213,7 @@ async def test_an_error_event_mid_stream_is_a_retryable_failure_after_the_text(
 
     with pytest.raises(UpstreamError, match="overloaded_error: Overloaded") as caught:
         await consume()
-    assert received == [TextDelta("Hello")]
+    assert received == [UsageDelta(Usage(3, 0, 3)), TextDelta("Hello")]
     assert caught.value.retryable
 
 

@@ -29,8 +29,10 @@ def anthropic_error(kind: str, message: str) -> str:
 
 class AnthropicUpstream(ScriptedUpstream):
     """A script's chunk is a piece of text, or one of ``{"tool_use": {"id", "name",
-    "json": [fragments]}}``, ``{"thinking": text}``, ``{"error": {"type", "message"}}``
-    (an ``event: error`` inside the stream)."""
+    "json": [fragments]}}``, ``{"thinking": text, "signature": ...}`` (signature
+    ``sig`` unless given), ``{"redacted_thinking": data}``, ``{"error": {"type",
+    "message"}}`` (an ``event: error`` inside the stream). A script's ``usage`` is added
+    to ``message_start``'s."""
 
     def __init__(self, default: Script | None = None, models: list[str] | None = None) -> None:
         super().__init__("/v1/messages", default)
@@ -106,7 +108,7 @@ class AnthropicUpstream(ScriptedUpstream):
                 "model": model,
                 "stop_reason": None,
                 "stop_sequence": None,
-                "usage": {"input_tokens": 3, "output_tokens": 1},
+                "usage": {"input_tokens": 3, "output_tokens": 1, **(script.usage or {})},
             }
             out += self._event({"type": "message_start", "message": message}, script)
             out += self._event({"type": "ping"}, script)
@@ -125,8 +127,13 @@ class AnthropicUpstream(ScriptedUpstream):
             out += self._open(
                 "thinking", {"type": "thinking", "thinking": "", "signature": ""}, script
             )
-            out += self._delta({"type": "thinking_delta", "thinking": text["thinking"]}, script)
-            return out + self._delta({"type": "signature_delta", "signature": "sig"}, script)
+            if text["thinking"]:  # empty: thinking the client asked not to display
+                out += self._delta({"type": "thinking_delta", "thinking": text["thinking"]}, script)
+            signature = text.get("signature", "sig")
+            return out + self._delta({"type": "signature_delta", "signature": signature}, script)
+        if "redacted_thinking" in text:
+            block = {"type": "redacted_thinking", "data": text["redacted_thinking"]}
+            return out + self._open("redacted_thinking", block, script)
         if "error" in text:
             return out + self._event({"type": "error", "error": text["error"]}, script)
         raise ValueError(f"unknown script chunk {text!r}")

@@ -24,7 +24,9 @@ class OpenAIUpstream(ScriptedUpstream):
     ``finish_reason``, the usage chunk when asked for, then ``data: [DONE]``.
 
     A script's chunk is a text, or a whole ``delta`` object (tool-call fragments,
-    reasoning...) sent as it is."""
+    reasoning...) sent as it is. A custom tool's call fragment is a ``tool_calls`` entry
+    ``{"index", "id", "type": "custom", "custom": {"name", "input"}}``, later ones
+    ``{"index", "custom": {"input"}}``, as servers stream them."""
 
     def __init__(self, default: Script | None = None, models: list[str] | None = None) -> None:
         super().__init__("/v1/chat/completions", default)
@@ -51,7 +53,7 @@ class OpenAIUpstream(ScriptedUpstream):
     def _emit(self, payload: dict[str, Any], script: Script) -> bytes:
         # Every chunk this fixture sends must parse as the official client's own type:
         # the fixture cannot drift from the real format unnoticed.
-        ChatCompletionChunk.model_validate(payload)
+        ChatCompletionChunk.model_validate(_without_custom_calls(payload))
         self.sent.append(payload)
         return self.frame(json.dumps(payload).encode(), script.line_end)
 
@@ -73,3 +75,28 @@ class OpenAIUpstream(ScriptedUpstream):
             usage = script.usage or {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}
             body += self._emit(encoder.chunk(usage=Usage.from_openai(usage)), script)
         return body + self.frame(b"[DONE]", script.line_end)
+
+
+def _without_custom_calls(payload: dict[str, Any]) -> dict[str, Any]:
+    """``payload`` with its custom tool-call fragments checked here and left out.
+
+    The SDK's ``ChoiceDeltaToolCall`` knows only ``type: "function"``: OpenAI's spec has
+    no streamed custom call (openai/openai-python#2530, openai/openai-openapi#576),
+    though servers send one shaped like the whole ``ChatCompletionMessageCustomToolCall``
+    with ``input`` in pieces. Those fragments are checked loosely, and the rest of the
+    chunk strictly.
+    """
+    choices = payload.get("choices") or []
+    calls = choices[0]["delta"].get("tool_calls") if choices else None
+    if not calls or not any("custom" in call for call in calls):
+        return payload
+    for call in calls:
+        if "custom" in call:
+            custom = call["custom"]
+            assert isinstance(call["index"], int), call
+            assert call.get("type") in (None, "custom"), call
+            assert set(custom) <= {"name", "input"}, call
+            assert all(isinstance(value, str) for value in custom.values()), call
+    kept = [call for call in calls if "custom" not in call]
+    delta = {**choices[0]["delta"], "tool_calls": kept or None}
+    return {**payload, "choices": [{**choices[0], "delta": delta}, *choices[1:]]}
