@@ -27,6 +27,11 @@ Balance = Literal["weighted", "least_busy", "latency"]
 ToolCallMode = Literal["stream", "atomic"]
 
 
+def is_alias_pattern(name: str) -> bool:
+    """Whether a router alias key is an ``fnmatch`` pattern: it holds ``*``, ``?`` or ``[``."""
+    return "*" in name or "?" in name or "[" in name
+
+
 class TimeoutsConfig(_Strict):
     """Per-attempt time limits in seconds; ``null`` disables one."""
 
@@ -208,7 +213,11 @@ class RouterSettings(RouteSettings):
         )
 
     default_model: str | None = Field(None, description="used when a request names no model")
-    aliases: dict[str, str] = Field(default_factory=dict)
+    aliases: dict[str, str] = Field(
+        default_factory=dict,
+        description="name or fnmatch pattern (claude-*) -> model; exact names win, then the "
+        "longest pattern; docs/router.md",
+    )
     fallbacks: dict[str, list[str]] = Field(default_factory=dict)
     retry: RetryConfig = RetryConfig()
     timeouts: TimeoutsConfig = TimeoutsConfig()
@@ -217,11 +226,20 @@ class RouterSettings(RouteSettings):
 
     @model_validator(mode="after")
     def _aliases_terminate(self) -> RouterSettings:
-        for start in self.aliases:
+        # A pattern applies at most once per resolution (RoutingPolicy.resolve_alias),
+        # so only exact aliases can loop; a target is a name, never a pattern.
+        for alias, target in self.aliases.items():
+            if is_alias_pattern(target):
+                raise ValueError(
+                    f"aliases.{alias}: target {target!r} is a pattern; a target must be a "
+                    "model name or another alias's name"
+                )
+        exact = {name: to for name, to in self.aliases.items() if not is_alias_pattern(name)}
+        for start in exact:
             seen = [start]
             name = start
-            while name in self.aliases:
-                name = self.aliases[name]
+            while name in exact:
+                name = exact[name]
                 if name in seen:
                     raise ValueError(f"alias cycle: {' -> '.join([*seen, name])}")
                 seen.append(name)
@@ -248,6 +266,12 @@ class GatewayConfig(_Strict):
         default_factory=list, description="with keys, every /v1 request needs one (Bearer)"
     )
     log_content: bool = Field(False, description="put message content in the access log")
+    responses_store: bool = Field(
+        True, description="keep /v1/responses answers (store: true) in the routing state"
+    )
+    responses_ttl_s: float = Field(
+        3600.0, gt=0, description="how long a stored response can be read or continued"
+    )
 
 
 class RouterConfig(RouterSettings):

@@ -1,9 +1,9 @@
 """Which providers to try, for which models, in which order.
 
 Pure decisions over the configured entries and the routing state: no I/O here. The
-requested name is resolved here, once: router aliases to a model, then each entry's
-own aliases to the upstream's name (``Candidate.upstream_model``), which is what the
-provider is sent as it is.
+requested name is resolved here, once: router aliases (exact names, then glob patterns)
+to a model, then each entry's own aliases to the upstream's name
+(``Candidate.upstream_model``), which is what the provider is sent as it is.
 """
 
 from __future__ import annotations
@@ -11,12 +11,13 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from fnmatch import fnmatchcase
 from typing import NamedTuple
 
 from polyroute.core.errors import CapabilityNotSupportedError, ModelNotSupportedError
 from polyroute.core.request import CAPABILITY_LABELS, Capability
 from polyroute.providers.base import Provider
-from polyroute.router.config import Balance, Limits, Order, ToolCallMode
+from polyroute.router.config import Balance, Limits, Order, ToolCallMode, is_alias_pattern
 from polyroute.router.health import describe
 from polyroute.router.state import RoutingState
 
@@ -57,7 +58,11 @@ class Candidate(NamedTuple):
 
 
 class RoutingPolicy:
-    """Resolves requested names and picks candidates in priority order."""
+    """Resolves requested names and picks candidates in priority order.
+
+    ``aliases`` keys are model names or ``fnmatch`` patterns (:func:`is_alias_pattern`);
+    :meth:`resolve_alias` says how the two combine.
+    """
 
     def __init__(
         self,
@@ -69,19 +74,79 @@ class RoutingPolicy:
         # sorted() is stable: entries of equal priority keep their configured order.
         self.entries = sorted(entries, key=lambda entry: entry.priority)
         self.aliases = dict(aliases)
+        """Every router alias as configured, patterns included."""
         self.fallbacks = {model: list(chain) for model, chain in fallbacks.items()}
+        self._exact = {name: to for name, to in aliases.items() if not is_alias_pattern(name)}
+        # Longest pattern first; sorted() is stable, so equal lengths keep config order.
+        self._patterns = sorted(
+            ((name, to) for name, to in aliases.items() if is_alias_pattern(name)),
+            key=lambda pattern: -len(pattern[0]),
+        )
+        self._resolved: dict[str, str] = {}
+        self._listed: frozenset[str] | None = None
         self._chains: dict[str, list[str]] = {}
         self._serving: dict[str, list[tuple[Entry, str]]] = {}
 
     def resolve_alias(self, name: str) -> str:
-        """Follow router aliases to the end (the config guarantees no cycle)."""
-        while name in self.aliases:
-            name = self.aliases[name]
+        """The model router aliases make of ``name``.
+
+        Exact aliases are followed to the end (the config guarantees no cycle). A name
+        reached that way which no entry lists (in its ``models`` or its own aliases) is
+        rewritten by the longest pattern that matches it (``fnmatchcase``; on a tie, the
+        first configured), and the pattern's target is followed through exact aliases
+        only: a pattern applies at most once, so no configuration can loop. Pattern
+        results are cached per name until :meth:`models_changed`.
+        """
+        if not self._patterns:
+            return self._follow(name)
+        resolved = self._resolved.get(name)
+        if resolved is None:
+            resolved = self._captured(self._follow(name))
+            if len(self._resolved) >= _CHAIN_CACHE_SIZE:
+                self._resolved.clear()  # bounded: callers choose the names
+            self._resolved[name] = resolved
+        return resolved
+
+    def alias_target(self, alias: str) -> str:
+        """The model the configured alias ``alias`` (a name or a pattern) leads to."""
+        if is_alias_pattern(alias):
+            return self._follow(self.aliases[alias])
+        return self.resolve_alias(alias)
+
+    def _follow(self, name: str) -> str:
+        while name in self._exact:
+            name = self._exact[name]
         return name
+
+    def _captured(self, name: str) -> str:
+        """``name`` rewritten by the pattern that captures it, if one does."""
+        if name in self._listed_names():
+            return name  # a name an entry lists explicitly is never redirected
+        for pattern, target in self._patterns:
+            if fnmatchcase(name, pattern):
+                return self._follow(target)
+        return name
+
+    def _listed_names(self) -> frozenset[str]:
+        # Only explicit lists count: an entry without one serves any name, and taking
+        # that as "served" would leave every pattern without effect.
+        if self._listed is None:
+            names: set[str] = set()
+            for entry in self.entries:
+                names.update(entry.provider.models)
+                names.update(entry.provider.model_aliases)
+            self._listed = frozenset(names)
+        return self._listed
 
     def chain_of(self, requested: str) -> list[str]:
         """The resolved model, then its fallback chain, each resolved, without repeats."""
-        model = self.resolve_alias(requested)
+        return self._chain_from(self.resolve_alias(requested))
+
+    def alias_chain(self, alias: str) -> list[str]:
+        """:meth:`chain_of` for a configured alias key, whether a name or a pattern."""
+        return self._chain_from(self.alias_target(alias))
+
+    def _chain_from(self, model: str) -> list[str]:
         chain: list[str] = []
         for name in [model, *self.fallbacks.get(model, [])]:
             resolved = self.resolve_alias(name)
@@ -90,9 +155,12 @@ class RoutingPolicy:
         return chain
 
     def models_changed(self) -> None:
-        """Entries' model lists changed (discovery): forget which names were served."""
+        """Entries' model lists changed (discovery): forget which names were served,
+        and so which names patterns capture."""
         self._chains.clear()
         self._serving.clear()
+        self._resolved.clear()
+        self._listed = None
 
     def model_chain(self, requested: str, needs: frozenset[Capability] = frozenset()) -> list[str]:
         """:meth:`chain_of` ``requested``, checked.
@@ -171,8 +239,11 @@ class RoutingPolicy:
         return serving
 
     def known_models(self) -> list[str]:
-        """Every name the router can route: models, provider aliases, router aliases, chains."""
-        names: set[str] = set(self.aliases) | set(self.fallbacks)
+        """Every name the router can route: models, provider aliases, router aliases, chains.
+
+        Alias patterns are not names, so they are left out: a name one of them captures
+        is routed all the same."""
+        names: set[str] = set(self._exact) | set(self.fallbacks)
         for entry in self.entries:
             names.update(entry.provider.models)
             names.update(entry.provider.model_aliases)

@@ -21,7 +21,7 @@ from polyroute.core.errors import (
 from polyroute.core.http import Timeouts
 from polyroute.core.logging import get_logger
 from polyroute.core.messages import Messages
-from polyroute.core.request import ChatRequest
+from polyroute.core.request import ChatRequest, NativeRequest
 from polyroute.providers.base import Provider
 from polyroute.providers.registry import Registry, default_registry
 from polyroute.router.config import (
@@ -177,6 +177,7 @@ class Router:
         response_format: dict[str, Any] | None = None,
         extra_body: dict[str, Any] | None = None,
         request_id: str | None = None,
+        native: NativeRequest | None = None,
         **options: Any,
     ) -> RouterStream:
         """Start routing ``messages`` to ``model``; iterate the result for text, or
@@ -186,9 +187,12 @@ class Router:
         are OpenAI's request options (``temperature``, ``max_tokens``, ``stop``,
         ``seed``, ``parallel_tool_calls``...); provider-specific keys go in
         ``extra_body``. ``request_id`` (generated when not given) is carried by every
-        event of the request. Raises at once (before any I/O) :class:`InvalidRequestError`
-        for a bad argument (:class:`InvalidMessagesError` for bad messages),
-        :class:`ModelNotSupportedError` for a model no entry serves and
+        event of the request. ``native`` is the client's own request in an upstream's
+        format, of which ``messages`` and ``options`` are the translation: entries of
+        that format send it as it was written (the gateway's ``/v1/messages``). Raises
+        at once (before any I/O) :class:`InvalidRequestError` for a bad argument
+        (:class:`InvalidMessagesError` for bad messages), :class:`ModelNotSupportedError`
+        for a model no entry serves and
         :class:`CapabilityNotSupportedError` when no entry serving it can do what the
         request needs (tools, images, JSON schemas). While iterating:
         :class:`AllProvidersFailed` when every candidate failed before its first chunk,
@@ -208,7 +212,7 @@ class Router:
             "extra_body": extra_body,
         }
         options.update({key: value for key, value in given.items() if value is not None})
-        request = ChatRequest.build(messages, options)
+        request = ChatRequest.build(messages, options, native)
         chain = self.policy.model_chain(model, request.needs)
         return RouterStream(self._context_for(chain[0]), request, model, chain, request_id)
 
@@ -327,15 +331,16 @@ def _check_entry_aliases(entry: ProviderEntry, index: int) -> None:
 
 
 def _check_aliases(policy: RoutingPolicy) -> None:
-    """Every router alias must lead to a model some entry serves, as far as fixed model
-    lists tell (an entry with no list, or ``models: discover``, may serve anything)."""
+    """Every router alias, a pattern's target included, must lead to a model some entry
+    serves, as far as fixed model lists tell (an entry with no list, or ``models:
+    discover``, may serve anything)."""
     providers = [entry.provider for entry in policy.entries]
     if any(not provider.models for provider in providers):
         return
     for alias in policy.aliases:
-        chain = policy.chain_of(alias)
+        chain = policy.alias_chain(alias)
         if not any(provider.serves(name) for name in chain for provider in providers):
             raise ConfigError(
-                f"aliases.{alias} points to {policy.resolve_alias(alias)!r}, which no "
+                f"aliases.{alias} points to {policy.alias_target(alias)!r}, which no "
                 f"provider serves; served: {', '.join(policy.known_models())}"
             )
