@@ -3,7 +3,8 @@
 Reads are synchronous and never wait on I/O (a shared backend answers them from a
 local mirror); the decisions that must be atomic across processes (the half-open
 probe, a slot under an entry's limits, an attempt out of the retry budget) are
-coroutines that a shared backend bounds by its timeout.
+coroutines that a shared backend bounds by its timeout. Records (stored responses)
+are kept with a TTL where every process finds them, and read from the shared store.
 """
 
 from __future__ import annotations
@@ -58,7 +59,8 @@ TokenEstimate = Callable[[], int]
 
 
 class RoutingState(HealthStore, Protocol):
-    """Circuits (:class:`HealthStore`), limits, retry budget and load, for the router."""
+    """Circuits (:class:`HealthStore`), limits, retry budget and load, for the router;
+    records with a TTL, for the gateway's stored responses."""
 
     stats: StatsBook
     """This process's own figures per entry (the shared ones: :meth:`load`)."""
@@ -108,6 +110,26 @@ class RoutingState(HealthStore, Protocol):
     async def sync(self) -> None:
         """Exchange load figures and request counts with the other processes now
         (a shared backend does it every ``sync_ms`` by itself)."""
+        ...
+
+    async def put_record(self, key: str, value: bytes, ttl_s: float) -> None:
+        """Keep ``value`` under ``key`` for ``ttl_s`` seconds, replacing any record there,
+        for every process sharing the state; only for this one when the shared store is
+        unreachable or late (logged, never raised). Returns once the record is kept: a
+        shared backend waits at most its timeout plus a margin for the size of a value.
+
+        Raises ``ValueError`` when ``ttl_s`` is not positive and finite, or the record is
+        over the bound of one process's record store (docs/shared-state.md)."""
+        ...
+
+    async def get_record(self, key: str) -> bytes | None:
+        """The value kept under ``key``; ``None`` when there is none, or it has expired.
+        A shared backend that cannot ask its store answers from this process's records."""
+        ...
+
+    async def delete_record(self, key: str) -> bool:
+        """Drop the record under ``key``; whether there was one. A shared backend that
+        cannot reach its store drops only this process's copy."""
         ...
 
     def describe_backend(self) -> str:

@@ -3,9 +3,10 @@ backend falls back to while its Redis is unreachable."""
 
 from __future__ import annotations
 
+import heapq
 import math
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
 
 from polyroute.router.config import Limits, RetryBudget
@@ -15,6 +16,10 @@ from polyroute.router.stats import StatsBook
 
 WINDOW_SECONDS = 60.0
 """The window of ``rpm`` and ``tpm``."""
+MAX_RECORDS = 10_000
+"""Records a process keeps at most (stored responses: docs/shared-state.md)."""
+MAX_RECORD_BYTES = 256 * 1024 * 1024
+"""Bytes of record keys and values a process keeps at most; also the largest one record."""
 
 Clock = Callable[[], float]
 
@@ -110,9 +115,96 @@ class Budget:
         return True
 
 
+class RecordStore:
+    """Records kept in this process until they expire. Past ``max_records`` records or
+    ``max_bytes`` of keys and values, the oldest written go first. ``clock`` is injectable
+    for tests."""
+
+    def __init__(
+        self,
+        clock: Clock = time.monotonic,
+        *,
+        max_records: int = MAX_RECORDS,
+        max_bytes: int = MAX_RECORD_BYTES,
+    ) -> None:
+        if max_records < 1 or max_bytes < 1:
+            raise ValueError("a record store needs room for at least one record")
+        self.max_records = max_records
+        self.max_bytes = max_bytes
+        self.size = 0
+        """Size of the keys (in characters) and values (in bytes) held; Python's own
+        overhead, about 200 bytes a record, is not counted."""
+        self._clock = clock
+        self._records: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
+        """Key -> (expiry, value), oldest written first."""
+        self._expiries: list[tuple[float, str]] = []
+        """A heap of (expiry, key): TTLs differ, so the oldest written is not always the
+        first to expire. Entries of records since replaced or dropped are skipped."""
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def check(self, key: str, value: bytes, ttl_s: float) -> None:
+        """Raise ``ValueError`` unless ``ttl_s`` is positive and finite and the record fits
+        in ``max_bytes``."""
+        if not (ttl_s > 0 and math.isfinite(ttl_s)):
+            raise ValueError(f"a record's ttl_s must be positive and finite, not {ttl_s!r}")
+        if len(key) + len(value) > self.max_bytes:
+            raise ValueError(
+                f"a record of {len(value)} bytes is over the bound of {self.max_bytes} bytes"
+            )
+
+    def put(self, key: str, value: bytes, ttl_s: float) -> None:
+        """Keep ``value`` under ``key`` for ``ttl_s`` seconds, as the newest record (see
+        :meth:`check` for what raises ``ValueError``)."""
+        self.check(key, value, ttl_s)
+        now = self._clock()
+        self.delete(key)
+        self._prune(now)
+        expires = now + ttl_s
+        self._records[key] = (expires, value)
+        self.size += len(key) + len(value)
+        heapq.heappush(self._expiries, (expires, key))
+        while len(self._records) > self.max_records or self.size > self.max_bytes:
+            self.delete(next(iter(self._records)))
+        if len(self._expiries) > 2 * len(self._records) + 64:
+            # Mostly skipped entries: rebuilt in one pass, paid for by as many puts.
+            self._expiries = [(when, name) for name, (when, _) in self._records.items()]
+            heapq.heapify(self._expiries)
+
+    def get(self, key: str) -> bytes | None:
+        """The value under ``key``; ``None`` when there is none or it has expired."""
+        record = self._records.get(key)
+        if record is None:
+            return None
+        if record[0] <= self._clock():
+            self.delete(key)
+            return None
+        return record[1]
+
+    def delete(self, key: str) -> bool:
+        """Drop the record under ``key``; whether there was one that had not expired."""
+        record = self._records.pop(key, None)
+        if record is None:
+            return False
+        self.size -= len(key) + len(record[1])
+        return record[0] > self._clock()
+
+    def _prune(self, now: float) -> None:
+        """Drop the records expired by ``now``, at a cost in how many expired (not how many
+        are held)."""
+        expiries = self._expiries
+        while expiries and expiries[0][0] <= now:
+            expires, key = heapq.heappop(expiries)
+            record = self._records.get(key)
+            if record is not None and record[0] == expires:
+                self.delete(key)
+
+
 class MemoryState:
     """:class:`RoutingState` of this process alone. ``share``: how many processes split
-    the limits (a shared backend sets it while it decides alone)."""
+    the limits (a shared backend sets it while it decides alone). ``max_records`` and
+    ``max_record_bytes`` bound its :class:`RecordStore`."""
 
     def __init__(
         self,
@@ -122,6 +214,8 @@ class MemoryState:
         limits: Mapping[str, Limits],
         budget: RetryBudget | None,
         clock: Clock = time.monotonic,
+        max_records: int = MAX_RECORDS,
+        max_record_bytes: int = MAX_RECORD_BYTES,
     ) -> None:
         self.circuits = circuits
         self.stats = stats
@@ -135,6 +229,7 @@ class MemoryState:
         """Gateway key -> start times of its requests in the last minute."""
         self._blocked: dict[str, tuple[float, str]] = {}
         """Entries an upstream said are out of requests or tokens: until when, and why."""
+        self.records = RecordStore(clock, max_records=max_records, max_bytes=max_record_bytes)
 
     @property
     def degraded(self) -> bool:
@@ -244,6 +339,17 @@ class MemoryState:
 
     async def sync(self) -> None:
         return None
+
+    # Stored records ----------------------------------------------------------------
+
+    async def put_record(self, key: str, value: bytes, ttl_s: float) -> None:
+        self.records.put(key, value, ttl_s)
+
+    async def get_record(self, key: str) -> bytes | None:
+        return self.records.get(key)
+
+    async def delete_record(self, key: str) -> bool:
+        return self.records.delete(key)
 
     # Lifecycle ---------------------------------------------------------------------
 

@@ -19,6 +19,10 @@ Design (docs/shared-state.md says why):
   that fails too), the process decides alone from the same mirror (limits split by
   the processes last seen), logs ``state.degraded`` once, reconnects with backoff,
   pushes what it learned alone and logs ``state.restored``.
+- Records (stored responses) are plain strings with a TTL, written and read by one
+  command each on a pooled connection of their own, not in the scripts' pipeline: a
+  value of hundreds of KB must not hold up the small decisions queued behind it. A
+  record Redis cannot take is kept in this process (``state.record_local``).
 """
 
 from __future__ import annotations
@@ -26,10 +30,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import math
 import os
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -49,7 +54,7 @@ try:
     import redis.asyncio as aioredis
     from redis.asyncio.retry import Retry
     from redis.backoff import NoBackoff
-    from redis.exceptions import NoScriptError, RedisError
+    from redis.exceptions import NoScriptError, RedisError, ResponseError
 except ImportError:  # pragma: no cover - depends on the install
     aioredis = None  # type: ignore[assignment]
 
@@ -65,6 +70,10 @@ CHECK_TIMEOUT_S = 1.0
 """A late answer is checked with a PING this patient before Redis is called slow: the
 lateness may be this process's own busy event loop, not Redis."""
 RECONNECT_MAX_S = 2.0
+RECORD_MARGIN_S = 0.25
+"""Added to ``timeout_ms`` for a record's command: its value may take a few ms on the
+wire, and a gateway about to hand out a response's id can wait that long (a request's
+decisions cannot)."""
 _FAILED = object()
 """What a call returns when Redis did not answer in time, or failed (decide locally)."""
 _REDIS_ERRORS: tuple[type[BaseException], ...] = (OSError, TimeoutError)
@@ -147,6 +156,8 @@ class RedisState:
         self.decisions = {"shared": 0, "local": 0}
         """Decisions that needed Redis: taken there, or alone (late answer, Redis down)."""
         self._down_since: float | None = None
+        self._records_logged_down: float | None = None
+        """``_down_since`` of the outage whose records ``state.record_local`` announced."""
         self._pubsub: Any = None
         self._queue: list[tuple[str, list[str], tuple[Any, ...], asyncio.Future[Any]]] = []
         """Script calls waiting for the batch in flight (see ``_submit``)."""
@@ -358,6 +369,72 @@ class RedisState:
             (own.latency_ms * mine + latency_sum) / total,
             (own.expected_ms * mine + expected_sum) / total,
         )
+
+    # Stored records ----------------------------------------------------------------
+
+    async def put_record(self, key: str, value: bytes, ttl_s: float) -> None:
+        records = self.local.records
+        records.check(key, value, ttl_s)  # the same bound whether Redis is up or not
+        ms = max(1, math.ceil(ttl_s * 1000))
+        name = self._record_key(key)
+        result, reason = await self._on_redis(lambda: self._client.set(name, value, px=ms))
+        if result is not _FAILED:
+            records.delete(key)  # a copy kept alone earlier is older than the shared one
+            return
+        records.put(key, value, ttl_s)
+        self._log_alone("put", reason)
+
+    async def get_record(self, key: str) -> bytes | None:
+        name = self._record_key(key)
+        result, reason = await self._on_redis(lambda: self._client.get(name))
+        if result is _FAILED:
+            self._log_alone("get", reason)
+            return self.local.records.get(key)
+        # Not in Redis: it may have been kept here while Redis could not take it.
+        shared: bytes | None = result
+        return shared if shared is not None else self.local.records.get(key)
+
+    async def delete_record(self, key: str) -> bool:
+        here = self.local.records.delete(key)
+        name = self._record_key(key)
+        result, reason = await self._on_redis(lambda: self._client.delete(name))
+        if result is _FAILED:
+            self._log_alone("delete", reason)
+            return here
+        return bool(result) or here
+
+    def _record_key(self, key: str) -> str:
+        return "{" + self._config.prefix + "}:record:" + key
+
+    async def _on_redis(self, command: Callable[[], Awaitable[Any]]) -> tuple[Any, str]:
+        """One record command, bounded by the timeout plus :data:`RECORD_MARGIN_S`: its
+        answer and ``""``, or ``_FAILED`` and why (unreachable, late, or refused).
+        ``command`` makes the coroutine only once Redis is to be asked."""
+        if self.degraded or not self._started:
+            return _FAILED, "unreachable" if self._started else "not started"
+        try:
+            async with asyncio.timeout(self._timeout + self._loop_lag + RECORD_MARGIN_S):
+                return await command(), ""
+        except TimeoutError:
+            # As for a late decision: a patient PING tells a slow Redis from a busy loop.
+            if self._checking is None or self._checking.done():
+                self._checking = asyncio.get_running_loop().create_task(self._check())
+            return _FAILED, "timeout"
+        except ResponseError as error:
+            # This one command refused (maxmemory reached, say): Redis itself is up.
+            return _FAILED, redact(str(error)) or type(error).__name__
+        except _REDIS_ERRORS as error:
+            self._degrade(error)
+            return _FAILED, type(error).__name__
+
+    def _log_alone(self, op: str, reason: str) -> None:
+        """Say a record was kept or read in this process alone: every time while Redis is
+        up (a rare late or refused command), once per outage while it is down."""
+        if self._down_since is not None:
+            if self._records_logged_down == self._down_since:
+                return
+            self._records_logged_down = self._down_since
+        _log.warning("state.record_local", backend="redis", url=self.url, op=op, reason=reason)
 
     # Talking to Redis ------------------------------------------------------------
 
