@@ -1,11 +1,13 @@
-"""The gateway: an aiohttp application that speaks OpenAI's chat-completions API in
-front of a :class:`Router`.
+"""The gateway: an aiohttp application that speaks three client dialects in front of a
+:class:`Router`: OpenAI's chat completions (``/v1/chat/completions``), Anthropic's
+Messages (``/v1/messages``) and OpenAI's Responses (``/v1/responses``).
 
-A streamed answer starts only once the router has its first chunk, so that a request
-no provider could serve gets a real HTTP status (404, 502, 504) rather than a 200
-whose stream fails. After that, a failure the router cannot relay ends the stream with
-a ``data: {"error": ...}`` event and no ``data: [DONE]``: never a cut answer that looks
-complete.
+Every dialect goes through one pipeline (:meth:`Gateway._serve`): keys, body, the
+router, then a whole answer or a stream. A streamed answer starts only once the router
+has its first chunk, so that a request no provider could serve gets a real HTTP status
+(404, 502, 504, 529) rather than a 200 whose stream fails. After that, a failure the
+router cannot relay ends the stream with the dialect's error event and never with its
+clean end: never a cut answer that looks complete.
 """
 
 from __future__ import annotations
@@ -21,36 +23,25 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from polyroute.core.deltas import (
-    Delta,
-    FinishDelta,
-    ReasoningDelta,
-    RestartDelta,
-    TextDelta,
-    ToolCallDelta,
-    UsageDelta,
-)
-from polyroute.core.errors import ModelNotSupportedError, PolyrouteError, UpstreamError
+from polyroute.core.deltas import Delta
+from polyroute.core.errors import ModelNotSupportedError, PolyrouteError
 from polyroute.core.logging import get_logger, new_request_id
-from polyroute.core.sse import DONE_EVENT, OpenAIChunkEncoder, encode_event
 from polyroute.router.config import GatewayConfig
 from polyroute.router.health import describe as describe_health
 from polyroute.router.router import Router
 from polyroute.router.stream import RouterStream
+from polyroute.server.dialects import Dialect, Exchange
+from polyroute.server.dialects.chat import ChatDialect, polyroute_facts
+from polyroute.server.dialects.errors import WireError
+from polyroute.server.dialects.messages import MessagesDialect
+from polyroute.server.dialects.responses import ResponsesDialect
 from polyroute.server.keys import ClientKey, KeyRing
 from polyroute.server.metrics import GatewayMetrics
-from polyroute.server.wire import (
-    WireError,
-    completion,
-    gateway_error,
-    polyroute_facts,
-    read_chat_body,
-    wire_error,
-)
 
 _log = get_logger()
 _Batches = AsyncGenerator[list[Delta], None]
 _SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+_KEY_REQUIRED = "a valid gateway key is required (Authorization: Bearer ..., or x-api-key)"
 
 
 def json_response(
@@ -65,13 +56,14 @@ def error_response(error: WireError, request_id: str) -> web.Response:
     headers = {"x-request-id": request_id}
     if error.retry_after is not None:
         headers["Retry-After"] = str(max(1, round(error.retry_after)))
-    return json_response(error.body(), status=error.status, headers=headers)
+    return json_response(error.body, status=error.status, headers=headers)
 
 
 @dataclass(slots=True)
 class _Outcome:
-    """What the access log and the metrics say of one chat request."""
+    """What the access log and the metrics say of one request."""
 
+    endpoint: str
     model: str = ""
     key: str | None = None
     status: str = "cancelled"
@@ -92,14 +84,19 @@ class Gateway:
         self.config = config or GatewayConfig()
         self.keys = KeyRing(self.config.keys)
         self.metrics = GatewayMetrics()
+        self.chat: Dialect = ChatDialect()
+        self.messages: Dialect = MessagesDialect()
+        self.responses = ResponsesDialect(
+            router.state, store=self.config.responses_store, ttl_s=self.config.responses_ttl_s
+        )
         self._in_flight: set[asyncio.Task[Any]] = set()
         self._idle = asyncio.Event()
         self._idle.set()
         self._stopping = False
 
     async def drain(self, seconds: float) -> None:
-        """Wait up to ``seconds`` for the chat requests in flight to finish, then cancel
-        the rest: their streams end with an error event (see :meth:`_stream`)."""
+        """Wait up to ``seconds`` for the requests in flight to finish, then cancel the
+        rest: their streams end with an error event (see :meth:`_stream`)."""
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._idle.wait(), seconds)
         tasks = list(self._in_flight)
@@ -110,9 +107,12 @@ class Gateway:
 
     def app(self) -> web.Application:
         app = web.Application(
-            client_max_size=self.config.max_body_bytes, middlewares=[self._as_openai_errors]
+            client_max_size=self.config.max_body_bytes, middlewares=[self._as_dialect_errors]
         )
-        app.router.add_post("/v1/chat/completions", self.chat_completions)
+        app.router.add_post("/v1/chat/completions", self.handler(self.chat))
+        app.router.add_post("/v1/messages", self.handler(self.messages))
+        app.router.add_post("/v1/responses", self.handler(self.responses))
+        app.router.add_get("/v1/responses/{id}", self.get_response)
         app.router.add_get("/v1/models", self.list_models)
         app.router.add_get("/v1/models/{model:.+}", self.get_model)
         app.router.add_get("/healthz", self.healthz)
@@ -120,31 +120,45 @@ class Gateway:
         app.router.add_get("/metrics", self.metrics_text)
         return app
 
+    def _dialect_of(self, path: str) -> Dialect:
+        if path.startswith("/v1/messages"):
+            return self.messages
+        return self.responses if path.startswith("/v1/responses") else self.chat
+
     @web.middleware
-    async def _as_openai_errors(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        """aiohttp's own refusals (413 body too large, 404, 405) as OpenAI error objects."""
+    async def _as_dialect_errors(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        """aiohttp's own refusals (413 body too large, 404, 405) as the dialect's errors."""
         try:
             response: web.StreamResponse = await handler(request)
         except web.HTTPException as refused:
             if refused.status < 400:
                 raise
-            error = gateway_error(refused.status, refused.reason, _code_for(refused.status))
+            dialect = self._dialect_of(request.path)
+            error = dialect.refusal(refused.status, refused.reason, _code_for(refused.status))
             return error_response(error, _request_id(request))
         return response
 
-    # Chat completions ---------------------------------------------------------------
+    # The pipeline, for every dialect -------------------------------------------------
 
-    async def chat_completions(self, request: web.Request) -> web.StreamResponse:
+    def handler(self, dialect: Dialect) -> Any:
+        """The request handler of ``dialect``'s endpoint."""
+
+        async def handle(request: web.Request) -> web.StreamResponse:
+            return await self._serve(request, dialect)
+
+        return handle
+
+    async def _serve(self, request: web.Request, dialect: Dialect) -> web.StreamResponse:
         started = time.perf_counter()
         request_id = _request_id(request)
-        outcome = _Outcome()
+        outcome = _Outcome(dialect.name)
         task = asyncio.current_task()
         if task is not None:
             self._in_flight.add(task)
             self._idle.clear()
         self.metrics.in_flight.inc()
         try:
-            response = await self._chat(request, request_id, outcome)
+            response = await self._answer(request, dialect, request_id, outcome)
             if outcome.status == "cancelled":
                 outcome.status = str(response.status)
             return response
@@ -158,81 +172,76 @@ class Gateway:
                 self._idle.set()
             self._account(outcome, request_id, started)
 
-    async def _chat(
-        self, request: web.Request, request_id: str, outcome: _Outcome
+    async def _answer(
+        self, request: web.Request, dialect: Dialect, request_id: str, outcome: _Outcome
     ) -> web.StreamResponse:
-        key = self.keys.find(request.headers.get("Authorization"))
+        key = self.keys.find(request.headers)
         if self.keys and key is None:
-            return _refuse(
-                401,
-                "a valid gateway key is required (Authorization: Bearer ...)",
-                "invalid_api_key",
-                request_id,
+            return error_response(
+                dialect.refusal(401, _KEY_REQUIRED, "invalid_api_key"), request_id
             )
         outcome.key = key.name if key else None
         try:
             body = orjson.loads(await request.read())
         except orjson.JSONDecodeError as error:
-            return error_response(gateway_error(400, f"the body is not JSON: {error}"), request_id)
+            refusal = dialect.refusal(400, f"the body is not JSON: {error}")
+            return error_response(refusal, request_id)
         try:
-            call = read_chat_body(body)
+            exchange = await dialect.read(body, request.headers)
         except PolyrouteError as error:
-            return error_response(wire_error(error), request_id)
-        outcome.model = call.model or self.router.settings.default_model or ""
-        outcome.messages = call.messages
-        if key is not None and (refused := await self._key_refuses(key, outcome.model, request_id)):
-            return refused
+            return error_response(dialect.error(error), request_id)
+        outcome.model = exchange.model or self.router.settings.default_model or ""
+        outcome.messages = exchange.messages
+        if key is not None and (refused := await self._key_refuses(key, dialect, outcome.model)):
+            return error_response(refused, request_id)
         try:
             stream = self.router.stream(
-                call.model, call.messages, request_id=request_id, **call.options
+                exchange.model,
+                exchange.messages,
+                request_id=request_id,
+                native=exchange.native,
+                **exchange.options,
             )
         except PolyrouteError as error:
             if isinstance(error, ModelNotSupportedError):
                 outcome.model = "(unknown)"  # callers choose the names: no label per typo
-            return error_response(wire_error(error), request_id)
+            return error_response(dialect.error(error), request_id)
         outcome.stream = stream
         async with stream:
             batches = stream.delta_batches()
             try:
                 first: list[Delta] = await anext(batches, [])
+                if not exchange.stream:
+                    exchange.opening(stream, request_id)
+                    exchange.collect(first)
+                    async for batch in batches:
+                        exchange.collect(batch)
+                    body = await exchange.whole(stream, request_id)
+                    return json_response(body, headers=_facts_headers(stream, request_id))
             except PolyrouteError as error:
-                return error_response(wire_error(error), request_id)
-            if not call.stream:
-                return await self._whole(stream, batches, request_id)
-            return await self._stream(
-                request, stream, batches, first, call.include_usage, request_id, outcome
-            )
+                return error_response(dialect.error(error), request_id)
+            return await self._stream(request, dialect, exchange, stream, batches, first, outcome)
 
-    async def _key_refuses(
-        self, key: ClientKey, model: str, request_id: str
-    ) -> web.Response | None:
+    async def _key_refuses(self, key: ClientKey, dialect: Dialect, model: str) -> WireError | None:
         """403 for a model the key may not use, 429 over its requests per minute."""
         if not key.allows(model, self.router.policy.resolve_alias(model)):
-            return _refuse(
-                403,
-                f"key {key.name!r} may not use model {model!r}",
-                "model_not_allowed",
-                request_id,
-            )
+            message = f"key {key.name!r} may not use model {model!r}"
+            return dialect.refusal(403, message, "model_not_allowed")
         wait = await self.router.state.admit_key(key.name, key.rpm) if key.rpm else None
         if wait is not None:
-            error = WireError(
-                429,
-                "rate_limit_exceeded",
-                "rate_limit_exceeded",
-                f"key {key.name!r} is over its {key.rpm} requests per minute",
-                wait,
-            )
-            return error_response(error, request_id)
+            message = f"key {key.name!r} is over its {key.rpm} requests per minute"
+            refusal = dialect.refusal(429, message, "rate_limit_exceeded")
+            return WireError(refusal.status, refusal.body, wait, refusal.code)
         return None
 
     def _account(self, outcome: _Outcome, request_id: str, started: float) -> None:
         """One metrics update and one access-log event per request."""
-        self.metrics.record(outcome.model, outcome.status, outcome.stream)
+        self.metrics.record(outcome.endpoint, outcome.model, outcome.status, outcome.stream)
         stream = outcome.stream
         usage = stream.usage if stream is not None else None
         fields: dict[str, Any] = {
             "request_id": request_id,
+            "endpoint": outcome.endpoint,
             "key": outcome.key,
             "model": outcome.model,
             "provider": stream.provider if stream is not None else None,
@@ -242,61 +251,43 @@ class Gateway:
             "prompt_tokens": usage.prompt_tokens if usage else None,
             "completion_tokens": usage.completion_tokens if usage else None,
         }
+        if stream is not None and (dropped := stream.dropped):
+            fields["dropped"] = dropped
         if self.config.log_content:
             fields["messages"] = outcome.messages
         _log.info("gateway.request", **fields)
 
-    async def _whole(
-        self, stream: RouterStream, batches: _Batches, request_id: str
-    ) -> web.Response:
-        try:
-            async for _batch in batches:
-                pass
-        except PolyrouteError as error:
-            return error_response(wire_error(error), request_id)
-        body = completion(
-            f"chatcmpl-{request_id}",
-            stream.model or stream.requested_model,
-            stream.message,
-            stream.finish_reason,
-            stream.usage,
-        )
-        headers = {
-            "x-request-id": request_id,
-            "x-polyroute-provider": stream.provider or "",
-            "x-polyroute-model": stream.model or "",
-            "x-polyroute-attempts": str(len(stream.attempts)),
-        }
-        return json_response(body, headers=headers)
-
     async def _stream(
         self,
         request: web.Request,
+        dialect: Dialect,
+        exchange: Exchange,
         stream: RouterStream,
         batches: _Batches,
         first: list[Delta],
-        include_usage: bool,
-        request_id: str,
         outcome: _Outcome,
     ) -> web.StreamResponse:
-        response = _EventStream(headers={**_SSE_HEADERS, "x-request-id": request_id})
+        request_id = stream.request_id
+        headers = {**_SSE_HEADERS, "x-request-id": request_id}
+        if dropped := stream.dropped:
+            headers["x-polyroute-dropped"] = ", ".join(dropped)
+        response = _EventStream(headers=headers)
         await response.prepare(request)
-        encoder = OpenAIChunkEncoder(stream.model or "", id=f"chatcmpl-{request_id}")
-        # One send per upstream read, the first with the headers and the role chunk,
-        # and one for the end: the finish chunk, [DONE] and the chunked terminator.
-        pending = [encode_event(encoder.chunk({"role": "assistant", "content": ""}))]
-        finish: str | None = None
+        # One send per upstream read, the first with the headers and the opening
+        # events, and one for the end (the dialect's end events and the terminator).
+        pending = exchange.opening(stream, request_id)
         try:
-            finish = _encode(encoder, first, pending, finish)
+            exchange.encode(first, pending)
             await response.write(_take(pending))
             async for batch in batches:
-                finish = _encode(encoder, batch, pending, finish)
+                exchange.encode(batch, pending)
                 if pending:
                     await response.write(_take(pending))
+            pending.append(await exchange.closing(stream))
         except PolyrouteError as error:
             outcome.status = "stream_error"
             # What this read brought before the error goes first (nothing sent twice).
-            pending.append(encode_event(wire_error(error).body()))
+            pending.append(exchange.failure(dialect.error(error)))
             await response.write_eof(_take(pending))
             return response
         except asyncio.CancelledError:
@@ -305,20 +296,10 @@ class Gateway:
             # Cancelled by drain(): the gateway stops past its drain time. Say so, and
             # end the response properly, rather than cutting the connection.
             outcome.status = "stream_error"
-            stopped = gateway_error(503, "the gateway stopped before the answer was complete")
+            stopped = dialect.refusal(503, "the gateway stopped before the answer was complete")
             with contextlib.suppress(OSError, RuntimeError, asyncio.TimeoutError):
-                await asyncio.wait_for(response.write_eof(encode_event(stopped.body())), 0.5)
+                await asyncio.wait_for(response.write_eof(exchange.failure(stopped)), 0.5)
             return response
-        facts = polyroute_facts(stream.provider, stream.model, len(stream.attempts))
-        last: dict[str, Any] = {} if include_usage else {"polyroute": facts}
-        pending.append(encode_event(encoder.chunk(finish_reason=finish or "stop", **last)))
-        if include_usage:
-            usage = stream.usage
-            usage_chunk = encoder.chunk(usage=usage, polyroute=facts)
-            if usage is None:
-                usage_chunk["usage"] = None
-            pending.append(encode_event(usage_chunk))
-        pending.append(DONE_EVENT)
         await response.write_eof(_take(pending))
         return response
 
@@ -335,15 +316,26 @@ class Gateway:
             return refused
         name = request.match_info["model"]
         if name not in self.router.policy.known_models():
-            error = gateway_error(404, f"model {name!r} is not served here", "model_not_found")
-            return error_response(error, _request_id(request))
+            message = f"model {name!r} is not served here"
+            refusal = self.chat.refusal(404, message, "model_not_found")
+            return error_response(refusal, _request_id(request))
         return json_response(_model(name))
 
     def _unauthorized(self, request: web.Request) -> web.Response | None:
-        if self.keys and self.keys.find(request.headers.get("Authorization")) is None:
-            message = "a valid gateway key is required (Authorization: Bearer ...)"
-            return _refuse(401, message, "invalid_api_key", _request_id(request))
+        if self.keys and self.keys.find(request.headers) is None:
+            refusal = self._dialect_of(request.path).refusal(401, _KEY_REQUIRED, "invalid_api_key")
+            return error_response(refusal, _request_id(request))
         return None
+
+    async def get_response(self, request: web.Request) -> web.Response:
+        """A stored ``/v1/responses`` answer, by id."""
+        if refused := self._unauthorized(request):
+            return refused
+        try:
+            record = await self.responses.stored(request.match_info["id"])
+        except PolyrouteError as error:
+            return error_response(self.responses.error(error), _request_id(request))
+        return json_response(record["response"])
 
     async def metrics_text(self, request: web.Request) -> web.Response:
         names = [provider.entry_name for provider in self.router.providers]
@@ -380,29 +372,6 @@ class _EventStream(web.StreamResponse):
     _send_headers_immediately = False
 
 
-_PASSED_AS_THEY_ARE = frozenset({TextDelta, ToolCallDelta, ReasoningDelta})
-
-
-def _encode(
-    encoder: OpenAIChunkEncoder, batch: list[Delta], out: list[bytes], finish: str | None
-) -> str | None:
-    """Append ``batch``'s chunks to ``out``; the finish reason so far (it goes out last)."""
-    for delta in batch:
-        if type(delta) in _PASSED_AS_THEY_ARE:
-            out.append(encoder.encode(delta))
-        elif isinstance(delta, FinishDelta):
-            finish = delta.reason
-        elif isinstance(delta, RestartDelta):
-            raise UpstreamError(
-                "the answer broke off and restarted on another provider; send the request again",
-                provider=delta.provider,
-                retryable=True,
-            )
-        elif not isinstance(delta, UsageDelta):
-            out.append(encoder.encode(delta))
-    return finish
-
-
 def _take(pending: list[bytes]) -> bytes:
     """``pending`` joined, and emptied before the send is awaited, so that it only ever
     holds bytes not yet handed to the connection (what an error event follows)."""
@@ -411,8 +380,18 @@ def _take(pending: list[bytes]) -> bytes:
     return data
 
 
-def _refuse(status: int, message: str, code: str, request_id: str) -> web.Response:
-    return error_response(gateway_error(status, message, code), request_id)
+def _facts_headers(stream: RouterStream, request_id: str) -> dict[str, str]:
+    """How a whole answer was served, in headers (a stream says it in its last event)."""
+    facts = polyroute_facts(stream)
+    headers = {
+        "x-request-id": request_id,
+        "x-polyroute-provider": facts["provider"] or "",
+        "x-polyroute-model": facts["model"] or "",
+        "x-polyroute-attempts": str(facts["attempts"]),
+    }
+    if dropped := facts.get("dropped"):
+        headers["x-polyroute-dropped"] = ", ".join(dropped)
+    return headers
 
 
 def _model(name: str) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hmac
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from polyroute.core.errors import ConfigError
@@ -40,10 +40,13 @@ class KeyRing:
     def __bool__(self) -> bool:
         return bool(self.keys)
 
-    def find(self, authorization: str | None) -> ClientKey | None:
-        """The key an ``Authorization: Bearer ...`` header carries, or ``None``."""
-        scheme, _, given = (authorization or "").partition(" ")
+    def find(self, headers: Mapping[str, str]) -> ClientKey | None:
+        """The key in ``Authorization: Bearer ...`` or, as Anthropic's clients send it,
+        in ``x-api-key``; ``None`` when neither holds a configured key."""
+        scheme, _, given = headers.get("Authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not given:
+            given = headers.get("x-api-key", "")
+        if not given:
             return None
         presented = given.strip().encode()
         found = None

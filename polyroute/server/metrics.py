@@ -18,8 +18,8 @@ class GatewayMetrics:
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "polyroute_requests",
-            "Requests by model and outcome",
-            ["model", "status"],
+            "Requests by endpoint (chat, messages, responses), model and outcome",
+            ["endpoint", "model", "status"],
             registry=self.registry,
         )
         self.attempts = Counter(
@@ -60,9 +60,9 @@ class GatewayMetrics:
             registry=self.registry,
         )
 
-    def record(self, model: str, status: str, stream: RouterStream | None) -> None:
+    def record(self, endpoint: str, model: str, status: str, stream: RouterStream | None) -> None:
         """One finished request: its outcome, and what its stream went through."""
-        self.requests.labels(model=model, status=status).inc()
+        self.requests.labels(endpoint=endpoint, model=model, status=status).inc()
         if stream is None:
             return
         for attempt in stream.attempts:

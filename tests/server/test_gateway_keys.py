@@ -90,8 +90,8 @@ async def test_metrics_count_requests_attempts_and_time_to_first_token(served: s
             await team.chat.completions.create(model="nope", messages=HI)
     async with aiohttp.ClientSession() as session, session.get(f"{served}/metrics") as response:
         text = await response.text()
-    assert 'polyroute_requests_total{model="m",status="200"} 1.0' in text
-    assert 'polyroute_requests_total{model="(unknown)",status="404"} 1.0' in text
+    assert 'polyroute_requests_total{endpoint="chat",model="m",status="200"} 1.0' in text
+    assert 'polyroute_requests_total{endpoint="chat",model="(unknown)",status="404"} 1.0' in text
     assert 'polyroute_attempts_total{outcome="ok",provider="up"} 1.0' in text
     assert "polyroute_time_to_first_token_seconds_count 1.0" in text
     assert "polyroute_in_flight_requests 0.0" in text

@@ -1,5 +1,6 @@
-"""OpenAI's chat-completions wire format on the gateway's side: a request body in,
-chunks or a whole completion out, and errors as OpenAI error objects."""
+"""OpenAI's chat completions (``POST /v1/chat/completions``): a request body in,
+``chat.completion.chunk`` events or a whole ``chat.completion`` out, errors as OpenAI
+error objects. The chunks are written by the one OpenAI-format encoder (core/sse.py)."""
 
 from __future__ import annotations
 
@@ -8,39 +9,129 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from polyroute.core.deltas import AssistantMessage, Usage
-from polyroute.core.errors import (
-    AllProvidersFailed,
-    AuthenticationError,
-    CapabilityNotSupportedError,
-    InvalidRequestError,
-    ModelNotSupportedError,
-    PolyrouteError,
-    RateLimitedError,
-    UpstreamError,
-    UpstreamTimeout,
+from polyroute.core.deltas import (
+    AssistantMessage,
+    Delta,
+    FinishDelta,
+    ReasoningDelta,
+    RestartDelta,
+    TextDelta,
+    ToolCallDelta,
+    Usage,
+    UsageDelta,
 )
-from polyroute.core.request import RequestOptions
+from polyroute.core.errors import InvalidRequestError, PolyrouteError, UpstreamError
+from polyroute.core.request import NativeRequest, RequestOptions
+from polyroute.core.sse import DONE_EVENT, OpenAIChunkEncoder, encode_event
+from polyroute.router.stream import RouterStream
+from polyroute.server.dialects.errors import WireError, classify, openai_error, own_failure
 
 # The keys of a chat-completions body the gateway reads itself or hands to the router
 # by name; any other top-level key is a provider-specific one (the openai SDK's
 # `extra_body` puts them there) and travels on in extra_body.
 _OWN_KEYS = frozenset({"model", "messages", "stream", "stream_options"})
 _OPTION_KEYS = frozenset(RequestOptions.model_fields) - {"extra_body"}
+_PASSED_AS_THEY_ARE = frozenset({TextDelta, ToolCallDelta, ReasoningDelta})
 
 
-@dataclass(frozen=True, slots=True)
-class ChatCall:
-    """A parsed chat-completions request."""
+def polyroute_facts(stream: RouterStream) -> dict[str, Any]:
+    """What the gateway says of how an answer was served (headers, last event)."""
+    facts: dict[str, Any] = {
+        "provider": stream.provider,
+        "model": stream.model,
+        "attempts": len(stream.attempts),
+    }
+    if dropped := stream.dropped:
+        facts["dropped"] = dropped
+    return facts
+
+
+def restart_error(delta: RestartDelta) -> UpstreamError:
+    """A stream cannot take back what it sent: a restarted answer ends it."""
+    return UpstreamError(
+        "the answer broke off and restarted on another provider; send the request again",
+        provider=delta.provider,
+        retryable=True,
+    )
+
+
+@dataclass(slots=True)
+class ChatExchange:
+    """A parsed chat-completions request, and its answer's encoder."""
 
     model: str | None
     messages: Any
     stream: bool
     include_usage: bool
     options: dict[str, Any]
+    native: NativeRequest | None = None
+    _encoder: OpenAIChunkEncoder | None = None
+    _finish: str | None = None
+
+    def collect(self, batch: list[Delta]) -> None:
+        pass  # the whole answer is the stream's message
+
+    async def whole(self, stream: RouterStream, request_id: str) -> dict[str, Any]:
+        return completion(
+            f"chatcmpl-{request_id}",
+            stream.model or stream.requested_model,
+            stream.message,
+            stream.finish_reason,
+            stream.usage,
+        )
+
+    def opening(self, stream: RouterStream, request_id: str) -> list[bytes]:
+        self._encoder = OpenAIChunkEncoder(stream.model or "", id=f"chatcmpl-{request_id}")
+        return [encode_event(self._encoder.chunk({"role": "assistant", "content": ""}))]
+
+    def encode(self, batch: list[Delta], out: list[bytes]) -> None:
+        encoder = self._encoder
+        assert encoder is not None, "opening() comes first"
+        for delta in batch:
+            if type(delta) in _PASSED_AS_THEY_ARE:
+                out.append(encoder.encode(delta))
+            elif isinstance(delta, FinishDelta):
+                self._finish = delta.reason  # it goes out last, with the usage
+            elif isinstance(delta, RestartDelta):
+                raise restart_error(delta)
+            elif not isinstance(delta, UsageDelta):
+                out.append(encoder.encode(delta))
+
+    async def closing(self, stream: RouterStream) -> bytes:
+        encoder = self._encoder
+        assert encoder is not None, "opening() comes first"
+        facts = polyroute_facts(stream)
+        last: dict[str, Any] = {} if self.include_usage else {"polyroute": facts}
+        events = [encode_event(encoder.chunk(finish_reason=self._finish or "stop", **last))]
+        if self.include_usage:
+            usage = stream.usage
+            usage_chunk = encoder.chunk(usage=usage, polyroute=facts)
+            if usage is None:
+                usage_chunk["usage"] = None
+            events.append(encode_event(usage_chunk))
+        events.append(DONE_EVENT)
+        return b"".join(events)
+
+    def failure(self, error: WireError) -> bytes:
+        return encode_event(error.body)
 
 
-def read_chat_body(body: Any) -> ChatCall:
+class ChatDialect:
+    """``POST /v1/chat/completions``."""
+
+    name = "chat"
+
+    async def read(self, body: Any, headers: Mapping[str, str]) -> ChatExchange:
+        return read_chat_body(body)
+
+    def error(self, error: PolyrouteError) -> WireError:
+        return openai_error(classify(error))
+
+    def refusal(self, status: int, message: str, code: str | None = None) -> WireError:
+        return openai_error(own_failure(status, message, code))
+
+
+def read_chat_body(body: Any) -> ChatExchange:
     """The request in ``body`` (decoded JSON); raises :class:`InvalidRequestError`
     naming the key that is wrong. Messages and options are checked by the router."""
     if not isinstance(body, dict):
@@ -62,7 +153,7 @@ def read_chat_body(body: Any) -> ChatCall:
         extra = {**extra.pop("extra_body"), **extra}
     if extra:
         options["extra_body"] = extra
-    return ChatCall(
+    return ChatExchange(
         model=model,
         messages=body["messages"],
         stream=bool(stream),
@@ -104,54 +195,3 @@ def message_body(message: AssistantMessage) -> dict[str, Any]:
         body["reasoning_content"] = message.reasoning
     body.update({k: v for k, v in message.extra.items() if k != "logprobs"})
     return body
-
-
-@dataclass(frozen=True, slots=True)
-class WireError:
-    """An error as the gateway answers it: HTTP status and OpenAI error object."""
-
-    status: int
-    kind: str
-    code: str | None
-    message: str
-    retry_after: float | None = None
-
-    def body(self) -> dict[str, Any]:
-        return {"error": {"message": self.message, "type": self.kind, "code": self.code}}
-
-
-def wire_error(error: PolyrouteError) -> WireError:
-    """The status and error object the official clients map to the matching
-    exception class (400 BadRequest, 404 NotFound, 502/504 for upstream failures)."""
-    message = (
-        " ".join(str(error).split()) if not isinstance(error, AllProvidersFailed) else str(error)
-    )
-    if isinstance(error, CapabilityNotSupportedError):
-        return WireError(400, "invalid_request_error", "unsupported_capability", message)
-    if isinstance(error, InvalidRequestError):
-        return WireError(400, "invalid_request_error", None, message)
-    if isinstance(error, ModelNotSupportedError):
-        return WireError(404, "invalid_request_error", "model_not_found", message)
-    if isinstance(error, AllProvidersFailed):
-        causes = [attempt.error for attempt in error.attempts]
-        if causes and all(isinstance(cause, ModelNotSupportedError) for cause in causes):
-            return WireError(404, "invalid_request_error", "model_not_found", message)
-        if causes and all(isinstance(cause, UpstreamTimeout) for cause in causes):
-            return WireError(504, "timeout", "upstream_timeout", message)
-        return WireError(502, "upstream_error", "all_providers_failed", message)
-    if isinstance(error, UpstreamTimeout):
-        return WireError(504, "timeout", "upstream_timeout", message)
-    if isinstance(error, RateLimitedError | AuthenticationError | UpstreamError):
-        return WireError(502, "upstream_error", type(error).__name__, message)
-    return WireError(500, "server_error", None, message)
-
-
-def gateway_error(status: int, message: str, code: str | None = None) -> WireError:
-    """An error of the gateway's own (bad JSON, body too large, unknown route...)."""
-    kind = "invalid_request_error" if status < 500 else "server_error"
-    return WireError(status, kind, code, message)
-
-
-def polyroute_facts(provider: str | None, model: str | None, attempts: int) -> Mapping[str, Any]:
-    """What the gateway says of how an answer was served (headers, last chunk)."""
-    return {"provider": provider, "model": model, "attempts": attempts}

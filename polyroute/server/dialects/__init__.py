@@ -1,0 +1,88 @@
+"""The client dialects the gateway speaks, one module each: OpenAI's chat completions
+(``chat``), Anthropic's Messages (``messages``) and OpenAI's Responses (``responses``).
+
+A dialect is a translation, not a second router. Its :class:`Dialect` reads a request
+body into an :class:`Exchange`: what to ask the router (model, chat messages, options,
+and the request as written, for entries of the client's own format), and how to
+answer in the dialect: a whole body, or events written from the router's typed deltas.
+Relays, limits and accounting stay below, in the router and the gateway.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+from polyroute.core.deltas import Delta
+from polyroute.core.errors import PolyrouteError
+from polyroute.core.request import NativeRequest
+from polyroute.router.stream import RouterStream
+from polyroute.server.dialects.errors import WireError
+
+
+class Records(Protocol):
+    """Where a dialect keeps what must outlive a request (stored responses)."""
+
+    async def put_record(self, key: str, value: bytes, ttl_s: float) -> None: ...
+
+    async def get_record(self, key: str) -> bytes | None: ...
+
+
+class Exchange(Protocol):
+    """One request in a dialect: what the router is asked, and how the answer is written.
+
+    :meth:`opening` comes first, once the first deltas are there. A streamed answer
+    then gets :meth:`encode` for each upstream read, and :meth:`closing` (the answer is
+    complete) or :meth:`failure` (it cannot be completed); a whole one gets
+    :meth:`collect` for each read, then :meth:`whole`.
+    """
+
+    model: str | None
+    messages: Any
+    options: dict[str, Any]
+    native: NativeRequest | None
+    stream: bool
+
+    def opening(self, stream: RouterStream, request_id: str) -> list[bytes]:
+        """The events that begin a streamed answer."""
+        ...
+
+    def collect(self, batch: list[Delta]) -> None:
+        """Take ``batch`` into a whole (non-streamed) answer."""
+        ...
+
+    async def whole(self, stream: RouterStream, request_id: str) -> dict[str, Any]:
+        """The non-streamed answer's body, once ``stream`` is consumed."""
+        ...
+
+    def encode(self, batch: list[Delta], out: list[bytes]) -> None:
+        """Append the events for ``batch`` to ``out``."""
+        ...
+
+    async def closing(self, stream: RouterStream) -> bytes:
+        """The events that end a complete answer."""
+        ...
+
+    def failure(self, error: WireError) -> bytes:
+        """The event that ends an answer which cannot be completed."""
+        ...
+
+
+class Dialect(Protocol):
+    """One client wire format, as the gateway serves it on one endpoint."""
+
+    name: str
+    """The ``endpoint`` label of the access log and metrics."""
+
+    async def read(self, body: Any, headers: Mapping[str, str]) -> Exchange:
+        """The request in ``body`` (decoded JSON); raises :class:`InvalidRequestError`
+        (or another :class:`PolyrouteError`) naming what is wrong."""
+        ...
+
+    def error(self, error: PolyrouteError) -> WireError:
+        """``error`` as this dialect's clients expect it (status and body)."""
+        ...
+
+    def refusal(self, status: int, message: str, code: str | None = None) -> WireError:
+        """A refusal of the gateway's own (a bad key, bad JSON, a body too large)."""
+        ...

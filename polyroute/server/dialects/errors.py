@@ -1,0 +1,91 @@
+"""How a failure is told to a client: which HTTP status, and which facts; each dialect
+renders them as its own error object."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from polyroute.core.errors import (
+    AllProvidersFailed,
+    AuthenticationError,
+    CapabilityNotSupportedError,
+    InvalidRequestError,
+    ModelNotSupportedError,
+    PolyrouteError,
+    RateLimitedError,
+    UpstreamError,
+    UpstreamStatusError,
+    UpstreamTimeout,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class WireError:
+    """An error as the gateway answers it: the HTTP status and the dialect's body."""
+
+    status: int
+    body: dict[str, Any]
+    retry_after: float | None = None
+    code: str | None = None
+    """The error's code, for the access log."""
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """A failure classified: status, OpenAI's error ``kind`` and ``code``, the message."""
+
+    status: int
+    kind: str
+    code: str | None
+    message: str
+    retry_after: float | None = None
+    overloaded: bool = False
+    """Every candidate was rate-limited or overloaded (Anthropic's clients expect 529)."""
+
+
+def classify(error: PolyrouteError) -> Failure:
+    """The status the official clients map to the matching exception class (400
+    BadRequest, 404 NotFound, 502/504 for upstream failures)."""
+    message = (
+        " ".join(str(error).split()) if not isinstance(error, AllProvidersFailed) else str(error)
+    )
+    if isinstance(error, CapabilityNotSupportedError):
+        return Failure(400, "invalid_request_error", "unsupported_capability", message)
+    if isinstance(error, InvalidRequestError):
+        return Failure(400, "invalid_request_error", None, message)
+    if isinstance(error, ModelNotSupportedError):
+        return Failure(404, "invalid_request_error", "model_not_found", message)
+    if isinstance(error, AllProvidersFailed):
+        causes = [attempt.error for attempt in error.attempts]
+        if causes and all(isinstance(cause, ModelNotSupportedError) for cause in causes):
+            return Failure(404, "invalid_request_error", "model_not_found", message)
+        if causes and all(isinstance(cause, UpstreamTimeout) for cause in causes):
+            return Failure(504, "timeout", "upstream_timeout", message)
+        overloaded = bool(causes) and all(_is_overloaded(cause) for cause in causes)
+        return Failure(502, "upstream_error", "all_providers_failed", message, None, overloaded)
+    if isinstance(error, UpstreamTimeout):
+        return Failure(504, "timeout", "upstream_timeout", message)
+    if isinstance(error, RateLimitedError | AuthenticationError | UpstreamError):
+        return Failure(
+            502, "upstream_error", type(error).__name__, message, None, _is_overloaded(error)
+        )
+    return Failure(500, "server_error", None, message)
+
+
+def own_failure(status: int, message: str, code: str | None = None) -> Failure:
+    """A failure of the gateway's own (bad JSON, body too large, unknown route...)."""
+    kind = "invalid_request_error" if status < 500 else "server_error"
+    return Failure(status, kind, code, message)
+
+
+def _is_overloaded(error: BaseException | None) -> bool:
+    if isinstance(error, RateLimitedError):
+        return True
+    return isinstance(error, UpstreamStatusError) and error.status in (503, 529)
+
+
+def openai_error(failure: Failure) -> WireError:
+    """``failure`` as OpenAI's error object (chat completions and responses)."""
+    body = {"error": {"message": failure.message, "type": failure.kind, "code": failure.code}}
+    return WireError(failure.status, body, failure.retry_after, failure.code)
