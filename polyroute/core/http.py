@@ -316,11 +316,14 @@ async def fetch_json(
     headers: Mapping[str, str] | None = None,
     proxy: str | None = None,
     timeouts: Timeouts = Timeouts(),
+    body: Any = None,
 ) -> Any:
-    """GET ``url`` and return its JSON body; errors as for :func:`stream_event_batches`."""
+    """GET ``url`` (POST ``body`` as JSON, when given) and return its JSON body; errors
+    as for :func:`stream_event_batches`."""
+    method, data = ("GET", None) if body is None else ("POST", orjson.dumps(body))
     try:
-        async with session.get(
-            url, headers=headers, proxy=proxy, timeout=timeouts.for_aiohttp()
+        async with session.request(
+            method, url, data=data, headers=headers, proxy=proxy, timeout=timeouts.for_aiohttp()
         ) as response:
             await _raise_for_status(response, provider)
             try:

@@ -39,6 +39,7 @@ from polyroute.core.errors import (
     UpstreamProtocolError,
     UpstreamStatusError,
 )
+from polyroute.core.http import fetch_json
 from polyroute.core.jsoncodec import loads
 from polyroute.core.messages import Message, continuation_messages
 from polyroute.core.request import ChatRequest
@@ -63,6 +64,8 @@ FINISH_REASONS = {
 _SAMPLING = {"temperature": "temperature", "top_p": "top_p", "stop": "stop_sequences"}
 _TAKEN = {"tools", "tool_choice", "parallel_tool_calls", "max_tokens", "max_completion_tokens"}
 _TAKEN |= {*_SAMPLING, "user", "metadata"}
+_COUNTED = ("messages", "system", "tools", "tool_choice", "thinking", "mcp_servers")
+"""The keys of a Messages request that ``/v1/messages/count_tokens`` takes."""
 _NATIVE_HEADERS = ("anthropic-beta",)
 """A native request's headers sent on: the client's beta features (Claude Code's)."""
 _TOO_LONG = re.compile(r"prompt is too long|too many tokens|context (length|window)", re.I)
@@ -224,6 +227,32 @@ class Anthropic(AsyncGeneratorProvider):
         return UpstreamError(
             f"error inside the stream: {kind}: {message}", provider=provider, retryable=retryable
         )
+
+    # Token counts ------------------------------------------------------------------
+
+    async def count_tokens(self, model: str, request: ChatRequest) -> int | None:
+        """``POST /v1/messages/count_tokens``: exact, for the request as the client wrote
+        it (or as translated), with only the keys that endpoint takes."""
+        if request.native is not None and self.takes_native(request):
+            body = dict(request.native.body)
+        else:
+            body = self.build_request(model, request)
+        sent = {key: body[key] for key in _COUNTED if key in body}
+        answer = await fetch_json(
+            self._sessions.session,
+            f"{self.base_url}/v1/messages/count_tokens",
+            provider=self.entry_name,
+            headers={k: v for k, v in self.request_headers(request).items() if k != "accept"},
+            proxy=self.proxy,
+            timeouts=self.timeouts,
+            body={**sent, "model": model},
+        )
+        try:
+            return int(answer["input_tokens"])
+        except (KeyError, TypeError, ValueError):
+            raise UpstreamProtocolError(
+                f"malformed token count: {excerpt(str(answer))}", provider=self.entry_name
+            ) from None
 
     # Models ------------------------------------------------------------------------
 

@@ -276,6 +276,11 @@ class Provider:
         """
         return error
 
+    async def count_tokens(self, model: str, request: ChatRequest) -> int | None:
+        """The upstream's own count of ``request``'s input tokens for ``model``, or
+        ``None`` for types that cannot count (the caller estimates)."""
+        return None
+
     @property
     def models_url(self) -> str | None:
         """Where :meth:`discover_models` asks; ``None`` for types that cannot."""

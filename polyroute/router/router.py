@@ -7,7 +7,7 @@ import asyncio
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from polyroute.core.deltas import AssistantMessage
 from polyroute.core.errors import (
@@ -21,7 +21,7 @@ from polyroute.core.errors import (
 from polyroute.core.http import Timeouts
 from polyroute.core.logging import get_logger
 from polyroute.core.messages import Messages
-from polyroute.core.request import ChatRequest, NativeRequest
+from polyroute.core.request import ChatRequest, NativeRequest, estimated_input_tokens
 from polyroute.providers.base import Provider
 from polyroute.providers.registry import Registry, default_registry
 from polyroute.router.config import (
@@ -58,6 +58,15 @@ _ROUTER_KEYS = {
     "weight",
     "limits",
 }
+
+
+class TokenCount(NamedTuple):
+    """What :meth:`Router.count_tokens` found: ``input_tokens``, whether the upstream
+    counted them (``exact``) or they were estimated, and the entry asked (or ``None``)."""
+
+    input_tokens: int
+    exact: bool
+    provider: str | None
 
 
 class Router:
@@ -215,6 +224,41 @@ class Router:
         request = ChatRequest.build(messages, options, native)
         chain = self.policy.model_chain(model, request.needs)
         return RouterStream(self._context_for(chain[0]), request, model, chain, request_id)
+
+    async def count_tokens(
+        self,
+        model: str | None,
+        messages: Messages,
+        *,
+        native: NativeRequest | None = None,
+        **options: Any,
+    ) -> TokenCount:
+        """The input tokens of a request for ``model`` (arguments as :meth:`stream`).
+
+        The entry that would serve the request first counts them exactly when its type
+        can (Anthropic's own endpoint); otherwise, or when that count fails (logged as
+        ``tokens.count_failed``), they are estimated at four characters a token.
+        Raises as :meth:`stream` does for a bad request or an unknown model.
+        """
+        model = model or self.settings.default_model
+        if not model:
+            raise ModelNotSupportedError("", supported=self.policy.known_models())
+        request = ChatRequest.build(messages, options, native)
+        first = None
+        for name in self.policy.model_chain(model, request.needs):
+            candidates, _ = self.policy.candidates(name, self.state, needs=request.needs)
+            if candidates:
+                first = candidates[0]
+                break
+        if first is not None:
+            try:
+                exact = await first.entry.provider.count_tokens(first.upstream_model, request)
+            except PolyrouteError as error:
+                _log.warning("tokens.count_failed", provider=first.name, **describe_error(error))
+                exact = None
+            if exact is not None:
+                return TokenCount(exact, True, first.name)
+        return TokenCount(estimated_input_tokens(request), False, first.name if first else None)
 
     async def complete(
         self, model: str | None, messages: Messages, **options: Any

@@ -50,7 +50,7 @@ from polyroute.core.errors import (
     describe_error,
 )
 from polyroute.core.logging import EventLogger, get_logger, new_request_id
-from polyroute.core.request import ChatRequest
+from polyroute.core.request import ChatRequest, estimated_input_tokens
 from polyroute.router.context import Choice, Mode, RouteContext
 from polyroute.router.hedge import Hedge
 from polyroute.router.policy import Candidate
@@ -84,12 +84,11 @@ class _NotTriedError(PolyrouteError):
 
 
 def estimate_tokens(request: ChatRequest) -> int:
-    """Tokens a request may use, before its answer says: about four characters a
-    token, plus ``max_tokens`` (or a typical answer)."""
-    chars = sum(len(str(message.content or "")) for message in request.messages)
+    """Tokens a request may use, before its answer says: its input, estimated, plus
+    ``max_tokens`` (or a typical answer)."""
     options = request.options
     answer = options.get("max_completion_tokens") or options.get("max_tokens")
-    return chars // 4 + 1 + (answer or ASSUMED_ANSWER_TOKENS)
+    return estimated_input_tokens(request) + 1 + (answer or ASSUMED_ANSWER_TOKENS)
 
 
 def counts_against_health(error: BaseException) -> bool:

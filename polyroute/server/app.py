@@ -111,6 +111,7 @@ class Gateway:
         )
         app.router.add_post("/v1/chat/completions", self.handler(self.chat))
         app.router.add_post("/v1/messages", self.handler(self.messages))
+        app.router.add_post("/v1/messages/count_tokens", self.count_tokens)
         app.router.add_post("/v1/responses", self.handler(self.responses))
         app.router.add_get("/v1/responses/{id}", self.get_response)
         app.router.add_get("/v1/models", self.list_models)
@@ -326,6 +327,40 @@ class Gateway:
             refusal = self._dialect_of(request.path).refusal(401, _KEY_REQUIRED, "invalid_api_key")
             return error_response(refusal, _request_id(request))
         return None
+
+    async def count_tokens(self, request: web.Request) -> web.Response:
+        """``POST /v1/messages/count_tokens``: exact from an Anthropic-format entry,
+        estimated otherwise (``x-polyroute-token-count`` says which)."""
+        request_id = _request_id(request)
+        dialect = self.messages
+        key = self.keys.find(request.headers)
+        if self.keys and key is None:
+            return error_response(
+                dialect.refusal(401, _KEY_REQUIRED, "invalid_api_key"), request_id
+            )
+        try:
+            exchange = await dialect.read(orjson.loads(await request.read()), request.headers)
+            model = exchange.model or self.router.settings.default_model or ""
+            if key is not None and not key.allows(model, self.router.policy.resolve_alias(model)):
+                message = f"key {key.name!r} may not use model {model!r}"
+                return error_response(
+                    dialect.refusal(403, message, "model_not_allowed"), request_id
+                )
+            count = await self.router.count_tokens(
+                exchange.model, exchange.messages, native=exchange.native, **exchange.options
+            )
+        except orjson.JSONDecodeError as error:
+            return error_response(
+                dialect.refusal(400, f"the body is not JSON: {error}"), request_id
+            )
+        except PolyrouteError as error:
+            return error_response(dialect.error(error), request_id)
+        headers = {
+            "x-request-id": request_id,
+            "x-polyroute-token-count": "exact" if count.exact else "estimate",
+            "x-polyroute-provider": count.provider or "",
+        }
+        return json_response({"input_tokens": count.input_tokens}, headers=headers)
 
     async def get_response(self, request: web.Request) -> web.Response:
         """A stored ``/v1/responses`` answer, by id."""

@@ -375,3 +375,35 @@ async def _raw_events(url: str, body: dict[str, Any]) -> list[tuple[str, dict[st
         lines = dict(line.split(": ", 1) for line in block.split("\n"))
         events.append((lines["event"], json.loads(lines["data"])))
     return events
+
+
+async def test_count_tokens_is_exact_from_an_anthropic_entry(served: Served) -> None:
+    served.claude.token_count = 17
+    served.claude.counted.clear()
+    async with served.client() as client:
+        raw = await client.messages.with_raw_response.count_tokens(
+            model="claude-local-large", system="Be brief.", messages=HI, tools=[WEATHER]
+        )
+    count = await raw.parse()
+    assert count.input_tokens == 17
+    assert raw.headers["x-polyroute-token-count"] == "exact"
+    sent = served.claude.counted[0]
+    assert sent["model"] == "claude-local-large"
+    assert sent["system"] == "Be brief."
+    assert sent["tools"] == [WEATHER]
+    assert "max_tokens" not in sent
+
+
+async def test_count_tokens_is_estimated_for_other_entries(served: Served) -> None:
+    prose = (
+        "The lighthouse keeper climbed the spiral stairs every evening, lit the great "
+        "lamp, and watched the ships pass safely beyond the rocks until dawn."
+    )
+    async with served.client() as client:
+        raw = await client.messages.with_raw_response.count_tokens(
+            model="m", messages=[{"role": "user", "content": prose}]
+        )
+    count = await raw.parse()
+    assert raw.headers["x-polyroute-token-count"] == "estimate"
+    assert count.input_tokens == -(-len(prose) // 4)  # four characters a token, rounded up
+    assert served.openai.requests == []  # counting asks no chat upstream

@@ -40,6 +40,10 @@ class AnthropicUpstream(ScriptedUpstream):
         self._block = -1  # the open content block, for the answer being encoded
         self._block_type: str | None = None
         self._outputs = 0
+        self.token_count = 42
+        """What ``/v1/messages/count_tokens`` answers."""
+        self.counted: list[Any] = []
+        """The bodies ``/v1/messages/count_tokens`` was sent."""
 
     @property
     def base_url(self) -> str:
@@ -63,6 +67,10 @@ class AnthropicUpstream(ScriptedUpstream):
                     "last_id": data[-1]["id"],
                 }
             )
+        if request.method == "POST" and request.path == "/v1/messages/count_tokens":
+            body = await request.json()
+            self.counted.append(body)
+            return web.json_response({"input_tokens": self.token_count})
         return await super()._handle(request)
 
     def _event(self, payload: dict[str, Any], script: Script) -> bytes:
