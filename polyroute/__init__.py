@@ -55,7 +55,7 @@ from polyroute.router.config import (
 )
 from polyroute.router.health import HealthStore, InMemoryHealth
 from polyroute.router.relay import StreamRestarted
-from polyroute.router.router import Router
+from polyroute.router.router import Router, TokenCount
 from polyroute.router.stream import RouterStream
 from polyroute.router.sync import SyncRouter, SyncRouterStream
 
@@ -103,6 +103,7 @@ __all__ = [
     "TimeoutsConfig",
     "ToolCall",
     "ToolCallDelta",
+    "TokenCount",
     "ToolCallInterruptedError",
     "UpstreamConnectionError",
     "UpstreamError",

@@ -19,7 +19,7 @@ PUBLIC = {
     *("UpstreamConnectionError", "UpstreamError", "UpstreamProtocolError"),
     *("UpstreamStatusError", "UpstreamTimeout", "Usage", "UsageDelta", "__version__"),
     *("configure_logging", "format_prompt", "load_config"),
-    *("NativeRequest", "ReasoningSignatureDelta", "RedactedReasoningDelta"),
+    *("NativeRequest", "ReasoningSignatureDelta", "RedactedReasoningDelta", "TokenCount"),
 }
 PROVIDERS = {
     "Gemini",
