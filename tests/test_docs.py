@@ -345,3 +345,22 @@ async def test_shared_state_guide_config_routes_on_a_real_redis(
         answer = await router.complete_text("gpt-4o", [{"role": "user", "content": "Hi"}])
         assert answer == "Hello, world!"
         assert router.state.describe_backend().endswith("(shared)")
+
+
+def test_agents_guide_config_is_valid() -> None:
+    from polyroute import load_config
+
+    (block,) = blocks(ROOT / "docs" / "agents.md", "yaml")
+    config = load_config(yaml.safe_load(block))
+    assert [key.key_env for key in config.gateway.keys] == ["POLYROUTE_KEY"]
+    router = Router.from_config(config)
+    chains = {
+        name: router.policy.model_chain(name)
+        for name in ("claude-opus-5-5", "claude-sonnet-5-5", "claude-haiku-5-5", "gpt-5.5")
+    }
+    assert chains == {
+        "claude-opus-5-5": ["claude-sonnet-4-5"],
+        "claude-sonnet-5-5": ["claude-sonnet-4-5"],
+        "claude-haiku-5-5": ["gpt-4o-mini"],
+        "gpt-5.5": ["gpt-4o"],
+    }

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
+import anthropic
 import openai
 import pytest
 import yaml
@@ -113,3 +114,44 @@ async def test_a_missing_key_variable_is_a_config_error(config: Path, tmp_path: 
     result = await run_cli("serve", "-c", str(config), cwd=tmp_path)
     assert result.code == 2
     assert "environment variable GW_TEAM_KEY (key_env) is not set" in result.err
+
+
+async def test_keys_and_limits_hold_on_messages_and_responses_in_their_own_words(
+    served: str,
+) -> None:
+    """The same keys, models and rpm on /v1/messages (x-api-key or Bearer, Anthropic's
+    error objects) and /v1/responses (OpenAI's); both endpoints are labelled."""
+
+    def claude(key: str, **kwargs: str) -> anthropic.AsyncAnthropic:
+        return anthropic.AsyncAnthropic(base_url=served, max_retries=0, api_key=key, **kwargs)
+
+    async with claude("wrong-key") as stranger:
+        with pytest.raises(anthropic.AuthenticationError) as refused:
+            await stranger.messages.create(model="m", max_tokens=5, messages=HI)  # type: ignore[arg-type]
+    assert refused.value.body["error"]["type"] == "authentication_error"  # type: ignore[index]
+    async with claude(TEAM_KEY) as team:  # x-api-key
+        answer = await team.messages.create(model="m", max_tokens=5, messages=HI)  # type: ignore[arg-type]
+        assert answer.content[0].text == "Hello, world!"  # type: ignore[union-attr]
+    bearer = anthropic.AsyncAnthropic(base_url=served, max_retries=0, auth_token=TEAM_KEY)
+    async with bearer:
+        await bearer.messages.create(model="m", max_tokens=5, messages=HI)  # type: ignore[arg-type]
+    async with claude(LIMITED_KEY) as limited:
+        with pytest.raises(anthropic.PermissionDeniedError):
+            await limited.messages.create(model="other", max_tokens=5, messages=HI)  # type: ignore[arg-type]
+        for _ in range(2):
+            await limited.messages.create(model="fast", max_tokens=5, messages=HI)  # type: ignore[arg-type]
+        with pytest.raises(anthropic.RateLimitError) as over:
+            await limited.messages.create(model="fast", max_tokens=5, messages=HI)  # type: ignore[arg-type]
+    assert 1 <= int(over.value.response.headers["retry-after"]) <= 60
+    assert over.value.body["error"]["type"] == "rate_limit_error"  # type: ignore[index]
+    async with client(served, "wrong-key") as stranger:
+        with pytest.raises(openai.AuthenticationError):
+            await stranger.responses.create(model="m", input="Hi")
+    async with client(served, TEAM_KEY) as team:
+        response = await team.responses.create(model="m", input="Hi", store=False)
+        assert response.output_text == "Hello, world!"
+    async with aiohttp.ClientSession() as session, session.get(f"{served}/metrics") as metrics:
+        text = await metrics.text()
+    assert 'polyroute_requests_total{endpoint="messages",model="m",status="200"} 2.0' in text
+    assert 'polyroute_requests_total{endpoint="messages",model="fast",status="429"} 1.0' in text
+    assert 'polyroute_requests_total{endpoint="responses",model="m",status="200"} 1.0' in text

@@ -51,8 +51,13 @@ async def served(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Serv
     claude = await AnthropicUpstream().start()
     config = tmp_path_factory.mktemp("messages") / "gateway.yaml"
     entries = [
-        {"name": "up", "type": "openai", "base_url": upstream.base_url, "models": ["m"]},
-        {"name": "backup", "type": "openai", "base_url": backup.base_url, "models": ["m"]},
+        {"name": "up", "type": "openai", "base_url": upstream.base_url, "models": ["m", "atomic"]},
+        {
+            "name": "backup",
+            "type": "openai",
+            "base_url": backup.base_url,
+            "models": ["m", "atomic"],
+        },
         {
             "name": "claude",
             "type": "anthropic",
@@ -60,7 +65,11 @@ async def served(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Serv
             "models": ["claude-local-large"],
         },
     ]
-    settings = {"retry": {"attempts": 1}, "cooldown": {"failures": 1000}}
+    settings = {
+        "retry": {"attempts": 1},
+        "cooldown": {"failures": 1000},
+        "per_model": {"atomic": {"tool_calls": "atomic"}},
+    }
     data = {"providers": entries, **settings, "gateway": {"max_body_bytes": 262144}}
     config.write_text(yaml.safe_dump(data))
     try:
@@ -407,3 +416,47 @@ async def test_count_tokens_is_estimated_for_other_entries(served: Served) -> No
     assert raw.headers["x-polyroute-token-count"] == "estimate"
     assert count.input_tokens == -(-len(prose) // 4)  # four characters a token, rounded up
     assert served.openai.requests == []  # counting asks no chat upstream
+
+
+async def test_a_tool_call_cut_midway_is_relayed_whole_never_spliced(served: Served) -> None:
+    """With tool_calls: atomic, a call whose upstream dies inside its arguments is asked
+    again of the next entry: the client gets one whole tool_use block, from one upstream."""
+    first = {
+        "tool_calls": [
+            {
+                "index": 0,
+                "id": "call_a",
+                "type": "function",
+                "function": {"name": "get_weather", "arguments": '{"ci'},
+            }
+        ]
+    }
+    rest = {"tool_calls": [{"index": 0, "function": {"arguments": 'ty": "Rome"}'}}]}
+    whole = {
+        "tool_calls": [
+            {
+                "index": 0,
+                "id": "call_b",
+                "type": "function",
+                "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'},
+            }
+        ]
+    }
+    served.openai.then(Script(chunks=[first, rest], reset_after=1, finish_reason="tool_calls"))
+    served.backup.then(Script(chunks=[whole], finish_reason="tool_calls"))  # fmt: skip
+    async with (
+        served.client() as client,
+        client.messages.stream(model="atomic", max_tokens=50, messages=HI, tools=[WEATHER]) as s,
+    ):
+        message = await s.get_final_message()
+    uses = [block for block in message.content if block.type == "tool_use"]
+    assert [(use.id, use.input) for use in uses] == [("call_b", {"city": "Oslo"})]  # type: ignore[union-attr]
+
+
+async def test_a_body_over_the_limit_is_request_too_large(served: Served) -> None:
+    big = [{"role": "user", "content": "x" * 300_000}]
+    async with served.client() as client:
+        with pytest.raises(anthropic.APIStatusError) as caught:
+            await client.messages.create(model="m", max_tokens=5, messages=big)  # type: ignore[arg-type]
+    assert caught.value.status_code == 413
+    assert caught.value.body["error"]["type"] == "request_too_large"  # type: ignore[index]

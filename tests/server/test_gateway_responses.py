@@ -287,3 +287,35 @@ async def test_previous_response_id_works_across_gateways_on_one_redis(
             assert (await second.responses.retrieve(response.id)).id == response.id
     sent = served.openai.requests[0].body["messages"]
     assert [m["content"] for m in sent] == ["Hi", "Hello, world!", "And?"]
+
+
+async def test_upstream_reasoning_is_a_reasoning_item_with_a_summary(served: Served) -> None:
+    served.openai.then(Script(chunks=[{"reasoning_content": "Two and two. "}, "Four."]))
+    kinds: list[str] = []
+    async with (
+        served.client() as client,
+        client.responses.stream(model="m", input="2+2?", store=False) as stream,
+    ):
+        async for item in stream:
+            kinds.append(item.type)
+        response = await stream.get_final_response()
+    assert [item.type for item in response.output] == ["reasoning", "message"]
+    reasoning = response.output[0]
+    assert reasoning.summary[0].text == "Two and two. "  # type: ignore[union-attr]
+    assert response.output_text == "Four."
+    assert "response.reasoning_summary_text.delta" in kinds
+    assert "response.reasoning_summary_part.done" in kinds
+
+
+async def test_a_length_stop_is_an_incomplete_response(served: Served) -> None:
+    async with served.client() as client:
+        served.openai.then(Script(chunks=["Cut sh"], finish_reason="length"))
+        whole = await client.responses.create(model="m", input="Hi", store=False)
+        served.openai.then(Script(chunks=["Cut sh"], finish_reason="length"))
+        async with client.responses.stream(model="m", input="Hi", store=False) as stream:
+            kinds = [item.type async for item in stream]
+    assert whole.status == "incomplete"
+    assert whole.incomplete_details is not None
+    assert whole.incomplete_details.reason == "max_output_tokens"
+    assert kinds[-1] == "response.incomplete"
+    assert "response.completed" not in kinds
