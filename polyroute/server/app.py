@@ -24,7 +24,7 @@ import orjson
 from aiohttp import web
 
 from polyroute.core.deltas import Delta
-from polyroute.core.errors import ModelNotSupportedError, PolyrouteError
+from polyroute.core.errors import InvalidRequestError, ModelNotSupportedError, PolyrouteError
 from polyroute.core.logging import get_logger, new_request_id
 from polyroute.router.config import GatewayConfig
 from polyroute.router.health import describe as describe_health
@@ -183,12 +183,7 @@ class Gateway:
             )
         outcome.key = key.name if key else None
         try:
-            body = orjson.loads(await request.read())
-        except orjson.JSONDecodeError as error:
-            refusal = dialect.refusal(400, f"the body is not JSON: {error}")
-            return error_response(refusal, request_id)
-        try:
-            exchange = await dialect.read(body, request.headers)
+            exchange = await dialect.read(await _json_body(request), request.headers)
         except PolyrouteError as error:
             return error_response(dialect.error(error), request_id)
         outcome.model = exchange.model or self.router.settings.default_model or ""
@@ -339,19 +334,12 @@ class Gateway:
                 dialect.refusal(401, _KEY_REQUIRED, "invalid_api_key"), request_id
             )
         try:
-            exchange = await dialect.read(orjson.loads(await request.read()), request.headers)
+            exchange = await dialect.read(await _json_body(request), request.headers)
             model = exchange.model or self.router.settings.default_model or ""
-            if key is not None and not key.allows(model, self.router.policy.resolve_alias(model)):
-                message = f"key {key.name!r} may not use model {model!r}"
-                return error_response(
-                    dialect.refusal(403, message, "model_not_allowed"), request_id
-                )
+            if key is not None and (refused := await self._key_refuses(key, dialect, model)):
+                return error_response(refused, request_id)
             count = await self.router.count_tokens(
                 exchange.model, exchange.messages, native=exchange.native, **exchange.options
-            )
-        except orjson.JSONDecodeError as error:
-            return error_response(
-                dialect.refusal(400, f"the body is not JSON: {error}"), request_id
             )
         except PolyrouteError as error:
             return error_response(dialect.error(error), request_id)
@@ -413,6 +401,15 @@ def _take(pending: list[bytes]) -> bytes:
     data = b"".join(pending)
     pending.clear()
     return data
+
+
+async def _json_body(request: web.Request) -> Any:
+    """The request's body, decoded; raises :class:`InvalidRequestError` when it is not
+    JSON (and aiohttp's 413 when it is over ``max_body_bytes``)."""
+    try:
+        return orjson.loads(await request.read())
+    except orjson.JSONDecodeError as error:
+        raise InvalidRequestError(f"the body is not JSON: {error}") from None
 
 
 def _facts_headers(stream: RouterStream, request_id: str) -> dict[str, str]:

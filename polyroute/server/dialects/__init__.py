@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import Any, Protocol
 
 from polyroute.core.deltas import Delta
-from polyroute.core.errors import PolyrouteError
+from polyroute.core.errors import InvalidRequestError, PolyrouteError
 from polyroute.core.request import NativeRequest
 from polyroute.router.stream import RouterStream
 from polyroute.server.dialects.errors import WireError
@@ -86,3 +86,18 @@ class Dialect(Protocol):
     def refusal(self, status: int, message: str, code: str | None = None) -> WireError:
         """A refusal of the gateway's own (a bad key, bad JSON, a body too large)."""
         ...
+
+
+def model_and_stream(body: Any) -> tuple[str | None, bool]:
+    """What every dialect's body holds alike: the model asked for (``None``: the
+    default) and whether to stream; raises :class:`InvalidRequestError` when the body
+    is not an object or either is of the wrong type."""
+    if not isinstance(body, dict):
+        raise InvalidRequestError("the request body must be a JSON object")
+    model = body.get("model")
+    if model is not None and not isinstance(model, str):
+        raise InvalidRequestError("model: must be a string")
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool) and stream is not None:
+        raise InvalidRequestError("stream: must be true or false")
+    return model, bool(stream)

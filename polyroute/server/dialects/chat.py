@@ -24,6 +24,7 @@ from polyroute.core.errors import InvalidRequestError, PolyrouteError, UpstreamE
 from polyroute.core.request import NativeRequest, RequestOptions
 from polyroute.core.sse import DONE_EVENT, OpenAIChunkEncoder, encode_event
 from polyroute.router.stream import RouterStream
+from polyroute.server.dialects import model_and_stream
 from polyroute.server.dialects.errors import WireError, classify, openai_error, own_failure
 
 # The keys of a chat-completions body the gateway reads itself or hands to the router
@@ -134,16 +135,9 @@ class ChatDialect:
 def read_chat_body(body: Any) -> ChatExchange:
     """The request in ``body`` (decoded JSON); raises :class:`InvalidRequestError`
     naming the key that is wrong. Messages and options are checked by the router."""
-    if not isinstance(body, dict):
-        raise InvalidRequestError("the request body must be a JSON object")
-    model = body.get("model")
-    if model is not None and not isinstance(model, str):
-        raise InvalidRequestError("model must be a string")
+    model, stream = model_and_stream(body)
     if "messages" not in body:
         raise InvalidRequestError("messages: a list of messages is required")
-    stream = body.get("stream", False)
-    if not isinstance(stream, bool) and stream is not None:
-        raise InvalidRequestError("stream must be true or false")
     stream_options = body.get("stream_options") or {}
     if not isinstance(stream_options, dict):
         raise InvalidRequestError("stream_options must be an object")
@@ -156,7 +150,7 @@ def read_chat_body(body: Any) -> ChatExchange:
     return ChatExchange(
         model=model,
         messages=body["messages"],
-        stream=bool(stream),
+        stream=stream,
         include_usage=bool(stream_options.get("include_usage")),
         options=options,
     )

@@ -31,9 +31,10 @@ from polyroute.core.deltas import (
     Usage,
     UsageDelta,
 )
-from polyroute.core.errors import InvalidRequestError, PolyrouteError, UpstreamProtocolError
+from polyroute.core.errors import PolyrouteError, UpstreamProtocolError
 from polyroute.core.request import NativeRequest
 from polyroute.router.stream import RouterStream
+from polyroute.server.dialects import model_and_stream
 from polyroute.server.dialects.chat import polyroute_facts, restart_error
 from polyroute.server.dialects.errors import Failure, WireError, classify, own_failure
 from polyroute.server.dialects.messages_request import translate
@@ -296,20 +297,11 @@ class MessagesDialect:
     name = "messages"
 
     async def read(self, body: Any, headers: Mapping[str, str]) -> MessagesExchange:
-        if not isinstance(body, dict):
-            raise InvalidRequestError("the request body must be a JSON object")
-        model = body.get("model")
-        if model is not None and not isinstance(model, str):
-            raise InvalidRequestError("model: must be a string")
-        stream = body.get("stream", False)
-        if not isinstance(stream, bool) and stream is not None:
-            raise InvalidRequestError("stream: must be true or false")
+        model, stream = model_and_stream(body)
         translation = translate(body)
         passed = {name: value for name in PASSED_HEADERS if (value := headers.get(name))}
         native = NativeRequest("anthropic", body, passed, tuple(translation.lost))
-        return MessagesExchange(
-            model, translation.messages, translation.options, native, bool(stream)
-        )
+        return MessagesExchange(model, translation.messages, translation.options, native, stream)
 
     def error(self, error: PolyrouteError) -> WireError:
         failure = classify(error)

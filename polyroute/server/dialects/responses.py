@@ -38,7 +38,7 @@ from polyroute.core.deltas import (
 from polyroute.core.errors import InvalidRequestError, PolyrouteError, UpstreamProtocolError
 from polyroute.core.request import NativeRequest
 from polyroute.router.stream import RouterStream
-from polyroute.server.dialects import Records
+from polyroute.server.dialects import Records, model_and_stream
 from polyroute.server.dialects.chat import polyroute_facts, restart_error
 from polyroute.server.dialects.errors import WireError, classify, openai_error, own_failure
 from polyroute.server.dialects.responses_request import input_items, translate
@@ -340,14 +340,7 @@ class ResponsesDialect:
         self.ttl_s = ttl_s
 
     async def read(self, body: Any, headers: Mapping[str, str]) -> ResponsesExchange:
-        if not isinstance(body, dict):
-            raise InvalidRequestError("the request body must be a JSON object")
-        model = body.get("model")
-        if model is not None and not isinstance(model, str):
-            raise InvalidRequestError("model: must be a string")
-        stream = body.get("stream", False)
-        if not isinstance(stream, bool) and stream is not None:
-            raise InvalidRequestError("stream: must be true or false")
+        model, stream = model_and_stream(body)
         store = body.get("store", True) is not False
         if body.get("store") is True and not self.store:
             raise InvalidRequestError(
@@ -363,7 +356,7 @@ class ResponsesDialect:
             translation.messages,
             translation.options,
             native,
-            bool(stream),
+            stream,
             body,
             items,
             translation.custom_tools,
