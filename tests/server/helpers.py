@@ -11,6 +11,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tests.upstreams.anthropic import AnthropicUpstream
+from tests.upstreams.openai import OpenAIUpstream
+from tests.upstreams.scripted import Script
 
 
 def free_port() -> int:
@@ -63,3 +70,51 @@ async def gateway(
         rest = await asyncio.wait_for(process.stderr.read(), 30)
         served.stderr = rest.decode().splitlines()
         served.code = await asyncio.wait_for(process.wait(), 30)
+
+
+@dataclass
+class Upstreams:
+    """Two OpenAI-format upstreams serving ``m`` (and ``atomic``), then an
+    Anthropic-format one serving ``claude-local-large``: the dialect tests' stage."""
+
+    openai: OpenAIUpstream
+    backup: OpenAIUpstream
+    claude: AnthropicUpstream
+
+    def entries(self) -> list[dict[str, Any]]:
+        def entry(name: str, kind: str, base_url: str, models: list[str]) -> dict[str, Any]:
+            return {"name": name, "type": kind, "base_url": base_url, "models": models}
+
+        return [
+            entry("up", "openai", self.openai.base_url, ["m", "atomic"]),
+            entry("backup", "openai", self.backup.base_url, ["m", "atomic"]),
+            entry("claude", "anthropic", self.claude.base_url, ["claude-local-large"]),
+        ]
+
+    def reset(self) -> None:
+        """Healthy answers, nothing queued, nothing recorded."""
+        for server in (self.openai, self.backup, self.claude):
+            server.default = Script()
+            server.queue.clear()
+            server.requests.clear()
+
+
+@asynccontextmanager
+async def dialect_gateway(folder: Path, **settings: Any) -> AsyncIterator[tuple[str, Upstreams]]:
+    """A gateway (its URL) in front of fresh :class:`Upstreams`, with ``settings`` and one
+    attempt per entry; checks it exits 0."""
+    upstreams = Upstreams(
+        await OpenAIUpstream(models=["m", "atomic"]).start(),
+        await OpenAIUpstream(models=["m", "atomic"]).start(),
+        await AnthropicUpstream().start(),
+    )
+    config = folder / "gateway.yaml"
+    data = {"providers": upstreams.entries(), "retry": {"attempts": 1}, **settings}
+    config.write_text(yaml.safe_dump(data))
+    try:
+        async with gateway(config) as process:
+            yield process.url, upstreams
+    finally:
+        for server in (upstreams.openai, upstreams.backup, upstreams.claude):
+            await server.stop()
+    assert process.code == 0

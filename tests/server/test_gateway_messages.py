@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,9 +15,8 @@ import aiohttp
 import anthropic
 import pytest
 import pytest_asyncio
-import yaml
 
-from tests.server.helpers import gateway
+from tests.server.helpers import Upstreams, dialect_gateway
 from tests.upstreams.anthropic import AnthropicUpstream, anthropic_error
 from tests.upstreams.openai import OpenAIUpstream
 from tests.upstreams.scripted import Script
@@ -37,6 +37,7 @@ class Served:
     openai: OpenAIUpstream
     backup: OpenAIUpstream
     claude: AnthropicUpstream
+    upstreams: Upstreams
 
     def client(self, **kwargs: Any) -> anthropic.AsyncAnthropic:
         return anthropic.AsyncAnthropic(
@@ -46,47 +47,18 @@ class Served:
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def served(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Served]:
-    upstream = await OpenAIUpstream(models=["m"]).start()
-    backup = await OpenAIUpstream(models=["m"]).start()
-    claude = await AnthropicUpstream().start()
-    config = tmp_path_factory.mktemp("messages") / "gateway.yaml"
-    entries = [
-        {"name": "up", "type": "openai", "base_url": upstream.base_url, "models": ["m", "atomic"]},
-        {
-            "name": "backup",
-            "type": "openai",
-            "base_url": backup.base_url,
-            "models": ["m", "atomic"],
-        },
-        {
-            "name": "claude",
-            "type": "anthropic",
-            "base_url": claude.base_url,
-            "models": ["claude-local-large"],
-        },
-    ]
     settings = {
-        "retry": {"attempts": 1},
         "cooldown": {"failures": 1000},
         "per_model": {"atomic": {"tool_calls": "atomic"}},
+        "gateway": {"max_body_bytes": 262144},
     }
-    data = {"providers": entries, **settings, "gateway": {"max_body_bytes": 262144}}
-    config.write_text(yaml.safe_dump(data))
-    try:
-        async with gateway(config) as process:
-            yield Served(process.url, upstream, backup, claude)
-    finally:
-        for server in (upstream, backup, claude):
-            await server.stop()
-    assert process.code == 0
+    async with dialect_gateway(tmp_path_factory.mktemp("messages"), **settings) as (url, up):
+        yield Served(url, up.openai, up.backup, up.claude, up)
 
 
 @pytest.fixture(autouse=True)
 def fresh_scripts(served: Served) -> None:
-    for server in (served.openai, served.backup, served.claude):
-        server.default = Script()
-        server.queue.clear()
-        server.requests.clear()
+    served.upstreams.reset()
 
 
 async def test_a_whole_message_from_an_openai_format_upstream(served: Served) -> None:
@@ -414,7 +386,7 @@ async def test_count_tokens_is_estimated_for_other_entries(served: Served) -> No
         )
     count = await raw.parse()
     assert raw.headers["x-polyroute-token-count"] == "estimate"
-    assert count.input_tokens == -(-len(prose) // 4)  # four characters a token, rounded up
+    assert count.input_tokens == math.ceil(len(prose) / 4.5)  # the documented estimate
     assert served.openai.requests == []  # counting asks no chat upstream
 
 

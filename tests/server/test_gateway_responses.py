@@ -16,7 +16,7 @@ import pytest
 import pytest_asyncio
 import yaml
 
-from tests.server.helpers import gateway
+from tests.server.helpers import Upstreams, dialect_gateway, gateway
 from tests.upstreams.anthropic import AnthropicUpstream
 from tests.upstreams.openai import OpenAIUpstream
 from tests.upstreams.scripted import Script
@@ -42,47 +42,22 @@ class Served:
     openai: OpenAIUpstream
     backup: OpenAIUpstream
     claude: AnthropicUpstream
+    upstreams: Upstreams
 
     def client(self) -> openai.AsyncOpenAI:
         return openai.AsyncOpenAI(base_url=f"{self.url}/v1", api_key="unused", max_retries=0)
 
 
-def _entries(upstream: OpenAIUpstream, backup: OpenAIUpstream, claude: AnthropicUpstream) -> Any:
-    return [
-        {"name": "up", "type": "openai", "base_url": upstream.base_url, "models": ["m"]},
-        {"name": "backup", "type": "openai", "base_url": backup.base_url, "models": ["m"]},
-        {
-            "name": "claude",
-            "type": "anthropic",
-            "base_url": claude.base_url,
-            "models": ["claude-local-large"],
-        },
-    ]
-
-
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def served(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Served]:
-    upstream = await OpenAIUpstream(models=["m"]).start()
-    backup = await OpenAIUpstream(models=["m"]).start()
-    claude = await AnthropicUpstream().start()
-    config = tmp_path_factory.mktemp("responses") / "gateway.yaml"
-    settings = {"retry": {"attempts": 1}, "cooldown": {"failures": 1000}}
-    config.write_text(yaml.safe_dump({"providers": _entries(upstream, backup, claude), **settings}))
-    try:
-        async with gateway(config) as process:
-            yield Served(process.url, upstream, backup, claude)
-    finally:
-        for server in (upstream, backup, claude):
-            await server.stop()
-    assert process.code == 0
+    folder = tmp_path_factory.mktemp("responses")
+    async with dialect_gateway(folder, cooldown={"failures": 1000}) as (url, upstreams):
+        yield Served(url, upstreams.openai, upstreams.backup, upstreams.claude, upstreams)
 
 
 @pytest.fixture(autouse=True)
 def fresh_scripts(served: Served) -> None:
-    for server in (served.openai, served.backup, served.claude):
-        server.default = Script()
-        server.queue.clear()
-        server.requests.clear()
+    served.upstreams.reset()
 
 
 async def test_a_whole_response_from_an_openai_format_upstream(served: Served) -> None:
@@ -267,7 +242,7 @@ async def test_previous_response_id_works_across_gateways_on_one_redis(
 ) -> None:
     config = tmp_path / "gateway.yaml"
     data = {
-        "providers": _entries(served.openai, served.backup, served.claude),
+        "providers": served.upstreams.entries(),
         "state": {"backend": "redis", "url": redis_url},
     }
     config.write_text(yaml.safe_dump(data))
