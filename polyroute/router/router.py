@@ -237,7 +237,7 @@ class Router:
 
         The entry that would serve the request first counts them exactly when its type
         can (Anthropic's own endpoint); otherwise, or when that count fails (logged as
-        ``tokens.count_failed``), they are estimated at four characters a token.
+        ``tokens.count_failed``), they are estimated at 4.5 characters a token.
         Raises as :meth:`stream` does for a bad request or an unknown model.
         """
         model = model or self.settings.default_model
