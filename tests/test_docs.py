@@ -364,3 +364,19 @@ def test_agents_guide_config_is_valid() -> None:
         "claude-haiku-5-5": ["gpt-4o-mini"],
         "gpt-5.5": ["gpt-4o"],
     }
+
+
+async def test_agents_guide_sdk_examples_run_against_a_default_gateway() -> None:
+    """docs/agents.md's anthropic and openai SDK blocks, as written, against `polyroute
+    serve` with no config (on a free port instead of 8000)."""
+    examples = blocks(ROOT / "docs" / "agents.md", "python")
+    assert len(examples) == 2
+    async with gateway(None) as served:
+        outputs = [
+            await run_python(code.replace("http://127.0.0.1:8000", served.url)) for code in examples
+        ]
+    messages, responses = (output.splitlines() for output in outputs)
+    assert messages[-1].endswith(" end_turn")
+    assert "[simulated" in messages[0]
+    assert responses[-1] == "completed"
+    assert "[simulated" in responses[0]

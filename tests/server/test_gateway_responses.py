@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import openai
 import pytest
 import pytest_asyncio
@@ -139,23 +138,21 @@ async def test_a_function_calling_loop(served: Served) -> None:
 async def test_json_schema_output_and_dropped_options(served: Served) -> None:
     schema = {"type": "object", "properties": {"a": {"type": "string"}}, "required": ["a"]}
     text = {"format": {"type": "json_schema", "name": "out", "schema": schema, "strict": True}}
-    async with aiohttp.ClientSession() as session:
-        body = {
-            "model": "m",
-            "input": "Give JSON",
-            "text": text,
-            "tools": [WEATHER, {"type": "web_search"}],
-            "client_metadata": {"x": "y"},
-        }
-        async with session.post(f"{served.url}/v1/responses", json=body) as response:
-            assert response.status == 200
-            dropped = response.headers["x-polyroute-dropped"]
+    async with served.client() as client:
+        raw = await client.responses.with_raw_response.create(
+            model="m",
+            input="Give JSON",
+            text=text,  # type: ignore[arg-type]
+            tools=[WEATHER, {"type": "web_search"}],  # type: ignore[list-item]
+            extra_body={"client_metadata": {"x": "y"}},
+        )
+    assert raw.parse().output_text == "Hello, world!"
     sent = served.openai.requests[0].body
     assert sent["response_format"] == {
         "type": "json_schema",
         "json_schema": {"name": "out", "schema": schema, "strict": True},
     }
-    assert dropped.split(", ") == ["client_metadata", "web_search tools"]
+    assert raw.headers["x-polyroute-dropped"].split(", ") == ["client_metadata", "web_search tools"]
 
 
 async def test_a_custom_tool_call_comes_back_as_one_from_either_format(served: Served) -> None:
