@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import openai
 import pytest
 import pytest_asyncio
@@ -291,3 +292,26 @@ async def test_a_length_stop_is_an_incomplete_response(served: Served) -> None:
     assert whole.incomplete_details.reason == "max_output_tokens"
     assert kinds[-1] == "response.incomplete"
     assert "response.completed" not in kinds
+
+
+async def test_text_delta_events_carry_every_field(served: Served) -> None:
+    body = {"model": "m", "input": "Hi", "stream": True, "store": False}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{served.url}/v1/responses", json=body) as response,
+    ):
+        text = (await response.read()).decode()
+    events = [json.loads(block.split("\ndata: ", 1)[1]) for block in text.strip().split("\n\n")]
+    deltas = [event for event in events if event["type"] == "response.output_text.delta"]
+    item_id = deltas[0]["item_id"]
+    assert [event["delta"] for event in deltas] == ["Hello", ", ", "world", "!"]
+    assert deltas[0] == {
+        "type": "response.output_text.delta",
+        "item_id": item_id,
+        "output_index": 0,
+        "content_index": 0,
+        "logprobs": [],
+        "delta": "Hello",
+        "sequence_number": 4,
+    }
+    assert [event["sequence_number"] for event in events] == list(range(len(events)))

@@ -162,7 +162,9 @@ class RecordStore:
         self.delete(key)
         self._prune(now)
         expires = now + ttl_s
-        self._records[key] = (expires, value)
+        # A copy at its own size: orjson's bytes may hold several times their length
+        # in allocated memory (measured: 8 KB for a 1.6 KB response), kept for hours.
+        self._records[key] = (expires, bytes(memoryview(value)))
         self.size += len(key) + len(value)
         heapq.heappush(self._expiries, (expires, key))
         while len(self._records) > self.max_records or self.size > self.max_bytes:
