@@ -213,8 +213,8 @@ def _needs(messages: list[Message], options: dict[str, Any]) -> frozenset[Capabi
         type(message.content) is str and message.tool_calls is None and message.role != "tool"
         for message in messages
     )
-    if plain and not options:
-        return _NO_NEEDS  # the common case, decided without a set
+    if plain and not options.get("tools") and not options.get("response_format"):
+        return _NO_NEEDS  # the common case (max_tokens alone too), decided without a set
     needs: set[Capability] = set()
     if options.get("tools") or any(message.uses_tools for message in messages):
         needs.add("tools")
