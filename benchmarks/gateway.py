@@ -8,10 +8,17 @@ figures differ only by the gateway in between:
   floor-proxy   the least an aiohttp server can do to relay a stream (benchmarks/
                 floor_proxy.py): the floor for any Python gateway, polyroute's included
   polyroute     polyroute serve, 1 worker
+  polyroute-messages   the same, spoken to in Anthropic's Messages (POST /v1/messages)
+  polyroute-responses  the same, spoken to in OpenAI's Responses (POST /v1/responses)
   polyroute-2w  polyroute serve --workers 2
   litellm       LiteLLM proxy (litellm[proxy], pinned below, in its own venv)
   portkey       the Portkey gateway (npm @portkey-ai/gateway, pinned, with
                 @hono/node-server 1.13.5, which its streaming needs, bound to 127.0.0.1)
+
+The two dialect rows send their dialect's streamed request to the same OpenAI-format
+upstreams (the gateway translates it, and writes the answer in the dialect's events),
+each through a polyroute serve process of its own, so that each row's RSS is its own;
+their CPU per stream is also given against the chat row's, within each repeat.
 
 Each gateway runs in its own process pinned to its own core; the upstreams and the
 load client share the other core. Workloads: concurrency 1, 50 and 200 with no delay
@@ -23,7 +30,7 @@ added over direct, the gateway's CPU per stream (user + system time of its
 processes), and its peak RSS.
 
   python -m benchmarks.gateway --setup   # install the peers into benchmarks/.peers (once)
-  python -m benchmarks.gateway           # the full run (about 15 minutes)
+  python -m benchmarks.gateway           # the full run (about 12 minutes)
   python -m benchmarks.gateway --quick   # a smoke run
 """
 
@@ -40,7 +47,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,10 +70,65 @@ PORTKEY_PACKAGE = {
 # The pinned build binds every interface; the benchmark serves on loopback only.
 PORTKEY_LISTEN = ("e({fetch:Lu.fetch,port:Ku})", 'e({fetch:Lu.fetch,port:Ku,hostname:"127.0.0.1"})')
 MASTER_KEY = "sk-bench-0123456789abcdef0123456789"
-GATEWAYS = ["direct", "floor-proxy", "polyroute", "polyroute-2w", "litellm", "portkey"]
+GATEWAYS = [
+    "direct",
+    "floor-proxy",
+    "polyroute",
+    "polyroute-messages",
+    "polyroute-responses",
+    "polyroute-2w",
+    "litellm",
+    "portkey",
+]
 WORKLOADS = [("saturated", 1), ("saturated", 50), ("saturated", 200), ("paced", 100)]
-MESSAGES = [{"role": "user", "content": "Say something."}]
-TEXT = re.compile(rb'"content":\s*"token')
+PROMPT = "Say something."
+MESSAGES = [{"role": "user", "content": PROMPT}]
+
+
+@dataclass(frozen=True)
+class Wire:
+    """A client dialect as the load client speaks it: where it posts, what, and how it
+    finds the first chunk with text and the end of a complete answer in the bytes."""
+
+    path: str
+    body: Callable[[str], dict[str, Any]]
+    first_text: re.Pattern[bytes]
+    end: bytes
+
+
+WIRES = {
+    "chat": Wire(
+        "/v1/chat/completions",
+        lambda model: {"model": model, "stream": True, "messages": MESSAGES},
+        re.compile(rb'"content":\s*"token'),
+        b"data: [DONE]",
+    ),
+    "messages": Wire(
+        "/v1/messages",
+        lambda model: {"model": model, "max_tokens": 1024, "stream": True, "messages": MESSAGES},
+        re.compile(rb'event: content_block_delta\ndata: [^\n]*"text_delta",\s*"text":\s*"token'),
+        b"event: message_stop\n",
+    ),
+    "responses": Wire(
+        "/v1/responses",
+        lambda model: {"model": model, "input": PROMPT, "stream": True},
+        re.compile(rb'event: response\.output_text\.delta\ndata: [^\n]*"delta":\s*"token'),
+        b"event: response.completed\n",
+    ),
+}
+SERVED = {
+    "polyroute": ("chat", 1),
+    "polyroute-messages": ("messages", 1),
+    "polyroute-responses": ("responses", 1),
+    "polyroute-2w": ("chat", 2),
+}
+"""polyroute serve's rows: the dialect the load client speaks, and the workers."""
+CHAT_ROW = "polyroute"
+"""The row the dialect rows are measured against, in the same repeat."""
+CPU_TARGET = ("saturated", 50, 1.15)
+"""A dialect's CPU per stream at most this many times chat completions' (the issue's)."""
+TTFT_TARGET = ("saturated", 1, 1.0)
+"""A dialect's added TTFT p50 at most this many ms over direct (the issue's)."""
 
 
 # Setup ------------------------------------------------------------------------------
@@ -110,6 +172,7 @@ class Target:
     headers: dict[str, dict[str, str]] = field(default_factory=dict)
     pid: int | None = None
     cores: str = "-"
+    dialect: str = "chat"
 
 
 def wait_until_ready(url: str, process: subprocess.Popen[bytes], seconds: float = 120) -> None:
@@ -164,9 +227,10 @@ def gateway(name: str, ups: dict[str, str], core: int, both: set[int], stack: Ex
         process = stack.enter_context(started(command, f"{root}/healthz", cores))
         urls = {w: f"{root}/{w}/v1/chat/completions" for w in ups}
         return Target(name, urls, {}, process.pid, str(core))
-    if name.startswith("polyroute"):
-        workers = 2 if name.endswith("2w") else 1
+    if name in SERVED:
+        dialect, workers = SERVED[name]
         cores = both if workers == 2 else {core}
+        urls = {w: root + WIRES[dialect].path for w in ups}
         entries = [
             {"name": w, "type": "openai", "base_url": f"{base}/v1", "models": [w]}
             for w, base in ups.items()
@@ -211,7 +275,8 @@ def gateway(name: str, ups: dict[str, str], core: int, both: set[int], stack: Ex
     if name == "portkey":
         for w, base in ups.items():
             headers[w] |= {"x-portkey-provider": "openai", "x-portkey-custom-host": f"{base}/v1"}
-    return Target(name, urls, headers, process.pid, ",".join(map(str, sorted(cores))))
+    dialect = SERVED[name][0] if name in SERVED else "chat"
+    return Target(name, urls, headers, process.pid, ",".join(map(str, sorted(cores))), dialect)
 
 
 # Measuring the gateway's processes --------------------------------------------------
@@ -261,7 +326,7 @@ def peak_rss_mb(pids: list[int]) -> float:
 
 
 async def load(
-    url: str, headers: dict[str, str], model: str, concurrency: int, seconds: float
+    url: str, headers: dict[str, str], model: str, concurrency: int, seconds: float, wire: Wire
 ) -> dict[str, Any]:
     """``concurrency`` workers, each sending one streamed request after another.
 
@@ -272,10 +337,12 @@ async def load(
     figures are then those of a thundering herd of 100 requests every 0.7 s, not of
     100 independent clients. Measured: the streams started in the ``seconds`` after
     the warm-up (the parent reads the gateway's CPU time at "measure" and "end").
+    A stream counts when its answer reached ``wire``'s end (which follows no error).
     """
     import aiohttp
 
-    body = json.dumps({"model": model, "stream": True, "messages": MESSAGES}).encode()
+    body = json.dumps(wire.body(model)).encode()
+    first_text, end = wire.first_text, wire.end
     headers = {**headers, "Content-Type": "application/json"}
     ttfts: list[float] = []
     errors = 0
@@ -288,17 +355,20 @@ async def load(
         nonlocal errors
         started = time.perf_counter()
         first: float | None = None
-        seen, tail = b"", b""
+        seen, tail, ended = b"", b"", False
         async with session.post(url, data=body, headers=headers) as response:
             async for piece in response.content.iter_any():
                 if first is None:
                     seen += piece
-                    if TEXT.search(seen):
+                    if first_text.search(seen):
                         first = time.perf_counter() - started
-                tail = (tail + piece)[-64:]
+                if not ended:  # the end may be split across two reads
+                    window = tail + piece
+                    ended = end in window
+                    tail = window[-len(end) :]
         if not measure_from <= started < until:
             return
-        if response.status != 200 or first is None or b"[DONE]" not in tail:
+        if response.status != 200 or first is None or not ended:
             errors += 1
         else:
             ttfts.append(first)
@@ -337,6 +407,7 @@ def measure(
         workload,
         str(concurrency),
         str(seconds),
+        target.dialect,
     ]
     client = subprocess.Popen(
         command,
@@ -394,11 +465,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         flush=True,
                     )
         cores = {target.name: target.cores for target in targets}
+        dialects = {target.name: target.dialect for target in targets}
     rows = []
     for (name, workload, concurrency), runs in results.items():
         direct = results.get(("direct", workload, concurrency))
+        chat = results.get((CHAT_ROW, workload, concurrency))
         row = {
             "gateway": name,
+            "dialect": dialects[name],
             "cores": cores[name],
             "workload": workload,
             "concurrency": concurrency,
@@ -422,6 +496,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     if r[f"ttft_{p}_ms"] and d[f"ttft_{p}_ms"]
                 ]
                 row[f"added_ttft_{p}_ms"] = statistics.median(added) if added else None
+        if chat and name in SERVED and dialects[name] != "chat":
+            row |= against_chat(runs, chat)
         rows.append(row)
     order = {workload: index for index, workload in enumerate(args.workloads)}
     rows.sort(
@@ -432,26 +508,78 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return {"machine": machine(), "settings": settings, "rows": rows}
 
 
+def against_chat(runs: list[dict[str, Any]], chat: list[dict[str, Any]]) -> dict[str, Any]:
+    """A dialect row against the chat row: per repeat (the two ran moments apart on a
+    machine that drifts), then the median. ``ttft_p50_over_chat_ms`` is the dialect's
+    time to the first text minus chat's."""
+    pairs = list(zip(runs, chat, strict=True))
+
+    def ratios(key: str) -> float | None:
+        found = [r[key] / c[key] for r, c in pairs if r.get(key) and c.get(key)]
+        return statistics.median(found) if found else None
+
+    over = [
+        r["ttft_p50_ms"] - c["ttft_p50_ms"]
+        for r, c in pairs
+        if r["ttft_p50_ms"] and c["ttft_p50_ms"]
+    ]
+    return {
+        "cpu_vs_chat": ratios("cpu_ms_per_stream"),
+        "streams_vs_chat": ratios("streams_per_s"),
+        "ttft_p50_over_chat_ms": statistics.median(over) if over else None,
+    }
+
+
 def cell(value: float | None, fmt: str) -> str:
     return "-" if value is None else format(value, fmt)
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
     header = (
-        f"{'workload':<10} {'conc':>4} {'gateway':<13} {'cores':<5} {'streams/s':>9} "
+        f"{'workload':<10} {'conc':>4} {'gateway':<19} {'cores':<5} {'streams/s':>9} "
         f"{'+TTFT p50':>9} {'+p99':>8} {'CPU ms/stream':>13} {'RSS MB':>7} {'errors':>6}"
     )
     print(header)
     print("-" * len(header))
     for r in rows:
         print(
-            f"{r['workload']:<10} {r['concurrency']:>4} {r['gateway']:<13} {r['cores']:<5} "
+            f"{r['workload']:<10} {r['concurrency']:>4} {r['gateway']:<19} {r['cores']:<5} "
             f"{cell(r['streams_per_s'], '.0f'):>9} "
             f"{cell(r.get('added_ttft_p50_ms'), '.2f'):>9} "
             f"{cell(r.get('added_ttft_p99_ms'), '.2f'):>8} "
             f"{cell(r['cpu_ms_per_stream'], '.2f'):>13} "
             f"{cell(r['peak_rss_mb'], '.0f'):>7} {r['errors']:>6}"
         )
+
+
+def print_dialects(rows: list[dict[str, Any]]) -> None:
+    """The dialect rows against chat completions, and the targets, from this run."""
+    found = [r for r in rows if r.get("cpu_vs_chat") is not None]
+    if not found:
+        return
+    print("\npolyroute's dialects against chat completions (median of per-repeat figures):")
+    for r in found:
+        print(
+            f"  {r['workload']} c={r['concurrency']} {r['dialect']}: "
+            f"CPU/stream {cell(r['cpu_vs_chat'], '.2f')}x chat, "
+            f"streams/s {cell(r['streams_vs_chat'], '.2f')}x, "
+            f"TTFT p50 {cell(r['ttft_p50_over_chat_ms'], '+.2f')} ms over chat, "
+            f"added TTFT p50 {cell(r.get('added_ttft_p50_ms'), '.2f')} ms"
+        )
+    for r in found:
+        if (r["workload"], r["concurrency"]) == CPU_TARGET[:2]:
+            held = "met" if r["cpu_vs_chat"] <= CPU_TARGET[2] else "NOT met"
+            print(
+                f"  target: {r['dialect']} CPU/stream <= {CPU_TARGET[2]}x chat at "
+                f"c={CPU_TARGET[1]}: {r['cpu_vs_chat']:.2f}x, {held}"
+            )
+        if (r["workload"], r["concurrency"]) == TTFT_TARGET[:2]:
+            added = r.get("added_ttft_p50_ms")
+            held = "met" if added is not None and added <= TTFT_TARGET[2] else "NOT met"
+            print(
+                f"  target: {r['dialect']} added TTFT p50 <= {TTFT_TARGET[2]:g} ms at "
+                f"c={TTFT_TARGET[1]}: {cell(added, '.2f')} ms, {held}"
+            )
 
 
 def main() -> None:
@@ -464,14 +592,14 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/gateway-results.json"))
-    parser.add_argument("--load", nargs=5, help=argparse.SUPPRESS)
+    parser.add_argument("--load", nargs=6, help=argparse.SUPPRESS)
     if "--quick" in sys.argv:  # smaller defaults; options given explicitly still win
         parser.set_defaults(seconds=1.0, repeats=1)
     args = parser.parse_args()
     if args.load:
-        url, headers, model, concurrency, seconds = args.load
+        url, headers, model, concurrency, seconds, dialect = args.load
         outcome = asyncio.run(
-            load(url, json.loads(headers), model, int(concurrency), float(seconds))
+            load(url, json.loads(headers), model, int(concurrency), float(seconds), WIRES[dialect])
         )
         print(json.dumps(outcome), flush=True)
         return
@@ -484,6 +612,7 @@ def main() -> None:
         args.workloads = [("saturated", 1), ("paced", 10)]
     results = run(args)
     print_table(results["rows"])
+    print_dialects(results["rows"])
     args.out.write_text(json.dumps(results, indent=2))
     print(f"\nwrote {args.out}")
 

@@ -56,12 +56,15 @@ def test_benchmark_suite_runs_on_a_tiny_workload(tmp_path: Path) -> None:
 
 
 def test_gateway_benchmark_runs_against_polyroute_serve(tmp_path: Path) -> None:
-    """The gateway benchmark's own parts (no peer installed): direct and polyroute."""
+    """The gateway benchmark's own parts (no peer installed): direct and polyroute,
+    spoken to in each of its dialects (a dialect's stream counts only when the load
+    client found its first text and its end)."""
     out = tmp_path / "gateway.json"
+    gateways = ("direct", "polyroute", "polyroute-messages", "polyroute-responses")
     done = subprocess.run(
         [
             *(sys.executable, "-m", "benchmarks.gateway", "--quick"),
-            *("--gateways", "direct,polyroute", "--seconds", "1", "--out", str(out)),
+            *("--gateways", ",".join(gateways), "--seconds", "1", "--out", str(out)),
         ],
         cwd=ROOT,
         capture_output=True,
@@ -72,11 +75,13 @@ def test_gateway_benchmark_runs_against_polyroute_serve(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     rows = json.loads(out.read_text())["rows"]
     assert {(r["gateway"], r["workload"]) for r in rows} == {
-        (gateway, workload)
-        for gateway in ("direct", "polyroute")
-        for workload in ("saturated", "paced")
+        (gateway, workload) for gateway in gateways for workload in ("saturated", "paced")
     }
     assert all(r["errors"] == 0 and r["streams_per_s"] > 0 for r in rows)
-    served = [r for r in rows if r["gateway"] == "polyroute"]
+    served = [r for r in rows if r["gateway"] != "direct"]
     assert all(r["cpu_ms_per_stream"] > 0 and r["peak_rss_mb"] > 10 for r in served)
     assert all(r["added_ttft_p50_ms"] is not None for r in served)
+    dialects = [r for r in served if r["gateway"] != "polyroute"]
+    assert {r["dialect"] for r in dialects} == {"messages", "responses"}
+    assert all(r["cpu_vs_chat"] > 0 and r["ttft_p50_over_chat_ms"] is not None for r in dialects)
+    assert "against chat completions" in done.stdout
