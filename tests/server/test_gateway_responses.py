@@ -315,3 +315,16 @@ async def test_text_delta_events_carry_every_field(served: Served) -> None:
         "sequence_number": 4,
     }
     assert [event["sequence_number"] for event in events] == list(range(len(events)))
+
+
+async def test_a_gateway_that_stores_nothing_refuses_store_true(tmp_path: Path) -> None:
+    settings = {"responses_store": False}
+    async with dialect_gateway(tmp_path, gateway=settings) as (url, _):  # noqa: SIM117 - needs url
+        async with openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0) as client:
+            with pytest.raises(openai.BadRequestError, match="responses_store is false"):
+                await client.responses.create(model="m", input="Hi", store=True)
+            kept = await client.responses.create(model="m", input="Hi")  # store left out
+            assert kept.output_text == "Hello, world!"
+            assert kept.store is False
+            with pytest.raises(openai.NotFoundError):
+                await client.responses.retrieve(kept.id)
