@@ -55,7 +55,7 @@ from polyroute.router.config import (
 )
 from polyroute.router.health import HealthStore, InMemoryHealth
 from polyroute.router.relay import StreamRestarted
-from polyroute.router.router import Router, TokenCount
+from polyroute.router.router import EntryStatus, Router, TokenCount
 from polyroute.router.stream import RouterStream
 from polyroute.router.sync import SyncRouter, SyncRouterStream
 
@@ -71,6 +71,7 @@ __all__ = [
     "ContextLengthExceededError",
     "CooldownConfig",
     "Delta",
+    "EntryStatus",
     "ExtraDelta",
     "FinishDelta",
     "HealthStore",

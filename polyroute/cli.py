@@ -36,9 +36,8 @@ from polyroute.core.logging import configure_logging
 from polyroute.core.request import RequestOptions
 from polyroute.providers.base import Provider
 from polyroute.router.config import RouterConfig, load_config, validate
-from polyroute.router.health import describe as describe_health
 from polyroute.router.policy import Entry
-from polyroute.router.router import Router
+from polyroute.router.router import EntryStatus, Router
 from polyroute.router.stats import EntryStats
 from polyroute.router.stream import RouterStream
 from polyroute.simulator.profile import Latency, SimulatedUpstream, SimulatorConfig
@@ -313,25 +312,24 @@ async def models(args: argparse.Namespace) -> int:
 async def providers(args: argparse.Namespace) -> int:
     config, origin = find_config(args.config)
     async with Router.from_config(config) as router:
-        entries = router.policy.entries
+        entries = router.entry_status()
         checks: list[str] = []
         if args.check:
             checks = list(await asyncio.gather(*(check(router, entry) for entry in entries)))
         rows = []
         for index, entry in enumerate(entries):
-            provider, stats = entry.provider, router.stats[entry.name]
-            state = f"no key: {entry.missing_key}" if entry.missing_key else None
+            stats = entry.stats
             rows.append(
                 (
                     entry.name,
-                    provider.type_name or type(provider).__name__,
-                    yes(provider.working),
-                    yes(provider.supports_stream),
-                    state or describe_health(router.health, entry.name),
+                    entry.type,
+                    yes(entry.working),
+                    yes(entry.supports_stream),
+                    f"no key: {entry.missing_key}" if entry.missing_key else entry.health,
                     figure(stats.ttft_ms, "ms"),
                     figure(stats.chars_per_s, "/s"),
                     f"{stats.error_rate:.0%}" if stats.attempts else "-",
-                    provider.api_endpoint or "-",
+                    entry.endpoint or "-",
                     *([checks[index]] if checks else []),
                 )
             )
@@ -342,12 +340,12 @@ async def providers(args: argparse.Namespace) -> int:
     return EXIT_FAILED if any(check.startswith("failed") for check in checks) else EXIT_OK
 
 
-async def check(router: Router, entry: Entry) -> str:
+async def check(router: Router, entry: EntryStatus) -> str:
     """``providers --check`` for one entry."""
     if entry.missing_key:
         return f"skipped (no key: {entry.missing_key})"
-    name = entry.name
-    return await probe(entry.provider, router.stats[name], router.discovery_errors.get(name))
+    provider = next(p for p in router.providers if p.entry_name == entry.name)
+    return await probe(provider, entry.stats, entry.discovery_error)
 
 
 async def probe(provider: Provider, stats: EntryStats, discovery: str | None) -> str:

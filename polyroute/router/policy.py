@@ -206,9 +206,7 @@ class RoutingPolicy:
         chosen: list[Candidate] = []
         excluded: list[str] = []
         for entry, upstream_model in self.serving(model):
-            reason = _unusable(entry, needs)
-            if reason is None and state.state(entry.name) == "open":
-                reason = describe(state, entry.name)
+            reason = unusable(entry, state, needs)
             if reason is None:
                 chosen.append(Candidate(entry, model, upstream_model, entry.name))
             else:
@@ -261,7 +259,12 @@ def _balance_key(balance: Balance, state: RoutingState) -> Callable[[Candidate],
     return lambda c: (c.entry.priority, state.load(c.name).latency_ms)
 
 
-def _unusable(entry: Entry, needs: frozenset[Capability]) -> str | None:
+def unusable(
+    entry: Entry, state: RoutingState, needs: frozenset[Capability] = frozenset()
+) -> str | None:
+    """Why ``entry`` cannot serve a request that ``needs`` these capabilities now, or
+    ``None`` when it can: the one rule candidates, the gateway's readiness and the
+    CLI's tables share."""
     provider = entry.provider
     if entry.missing_key:
         return f"no key: {entry.missing_key} is not set"
@@ -271,4 +274,6 @@ def _unusable(entry: Entry, needs: frozenset[Capability]) -> str | None:
         return "cannot stream"
     if needs and (missing := provider.lacks(needs)):
         return "; ".join(CAPABILITY_LABELS[need] for need in missing)
+    if state.state(entry.name) == "open":
+        return describe(state, entry.name)
     return None

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -35,10 +36,11 @@ from polyroute.router.config import (
 )
 from polyroute.router.context import RouteContext
 from polyroute.router.health import HealthStore
-from polyroute.router.policy import Entry, RoutingPolicy
+from polyroute.router.health import describe as describe_health
+from polyroute.router.policy import Entry, RoutingPolicy, unusable
 from polyroute.router.retry import RetryPolicy, Sleep
 from polyroute.router.state import RoutingState, build_state
-from polyroute.router.stats import StatsBook
+from polyroute.router.stats import EntryStats, StatsBook
 from polyroute.router.stream import RouterStream
 
 _log = get_logger()
@@ -58,6 +60,30 @@ _ROUTER_KEYS = {
     "weight",
     "limits",
 }
+
+
+@dataclass(frozen=True, slots=True)
+class EntryStatus:
+    """One provider entry as the router sees it now (:meth:`Router.entry_status`)."""
+
+    name: str
+    type: str
+    working: bool
+    supports_stream: bool
+    health: str
+    """The circuit in words: ``healthy``, ``cooling down (12 s left)``, ``on trial ...``."""
+    unusable: str | None
+    """Why it cannot serve a request now (``no key: X is not set``, ``not working``,
+    ``cooling down (12 s left)``...), or ``None``: the rule routing itself applies."""
+    endpoint: str | None
+    stats: EntryStats
+    """This process's figures (time to first chunk, speed, error rate)."""
+    missing_key: str | None
+    discovery_error: str | None
+
+    @property
+    def usable(self) -> bool:
+        return self.unusable is None
 
 
 class TokenCount(NamedTuple):
@@ -167,6 +193,40 @@ class Router:
     def health(self) -> HealthStore:
         """The entries' circuits (part of :attr:`state`)."""
         return self.state
+
+    def entry_status(self) -> list[EntryStatus]:
+        """Every entry in priority order, with whether it can serve now and why not:
+        what ``/readyz`` and ``polyroute providers`` report, by the rule routing uses."""
+        return [
+            EntryStatus(
+                name=entry.name,
+                type=entry.provider.type_name or type(entry.provider).__name__,
+                working=entry.provider.working,
+                supports_stream=entry.provider.supports_stream,
+                health=describe_health(self.state, entry.name),
+                unusable=unusable(entry, self.state),
+                endpoint=entry.provider.api_endpoint,
+                stats=self.state.stats[entry.name],
+                missing_key=entry.missing_key,
+                discovery_error=self.discovery_errors.get(entry.name),
+            )
+            for entry in self.policy.entries
+        ]
+
+    def known_models(self, allowed: Callable[[str], bool] | None = None) -> list[str]:
+        """The names the router can route (models, aliases but patterns, fallback
+        chains), only those ``allowed`` says yes to when given (a gateway key's)."""
+        names = self.policy.known_models()
+        return names if allowed is None else [name for name in names if allowed(name)]
+
+    def resolve_model(self, name: str) -> str:
+        """``name`` through the router's aliases (exact names, then patterns)."""
+        return self.policy.resolve_alias(name)
+
+    async def admit_key(self, key: str, rpm: int) -> float | None:
+        """Count one request of gateway key ``key`` under its ``rpm`` (across every
+        process sharing the state): ``None`` when admitted, else the seconds to wait."""
+        return await self.state.admit_key(key, rpm)
 
     @property
     def providers(self) -> list[Provider]:

@@ -27,7 +27,6 @@ from polyroute.core.deltas import Delta
 from polyroute.core.errors import InvalidRequestError, ModelNotSupportedError, PolyrouteError
 from polyroute.core.logging import get_logger, new_request_id
 from polyroute.router.config import GatewayConfig
-from polyroute.router.health import describe as describe_health
 from polyroute.router.router import Router
 from polyroute.router.stream import RouterStream
 from polyroute.server.dialects import Dialect, Exchange
@@ -220,10 +219,10 @@ class Gateway:
 
     async def _key_refuses(self, key: ClientKey, dialect: Dialect, model: str) -> WireError | None:
         """403 for a model the key may not use, 429 over its requests per minute."""
-        if not key.allows(model, self.router.policy.resolve_alias(model)):
+        if not key.allows(model, self.router.resolve_model(model)):
             message = f"key {key.name!r} may not use model {model!r}"
             return dialect.refusal(403, message, "model_not_allowed")
-        wait = await self.router.state.admit_key(key.name, key.rpm) if key.rpm else None
+        wait = await self.router.admit_key(key.name, key.rpm) if key.rpm else None
         if wait is not None:
             message = f"key {key.name!r} is over its {key.rpm} requests per minute"
             refusal = dialect.refusal(429, message, "rate_limit_exceeded")
@@ -302,20 +301,33 @@ class Gateway:
     # Models and health --------------------------------------------------------------
 
     async def list_models(self, request: web.Request) -> web.Response:
-        if refused := self._unauthorized(request):
-            return refused
-        names = self.router.policy.known_models()
+        """The models the request's key may use (every one without keys)."""
+        names = self._models_for(request)
+        if isinstance(names, web.Response):
+            return names
         return json_response({"object": "list", "data": [_model(name) for name in names]})
 
     async def get_model(self, request: web.Request) -> web.Response:
-        if refused := self._unauthorized(request):
-            return refused
+        names = self._models_for(request)
+        if isinstance(names, web.Response):
+            return names
         name = request.match_info["model"]
-        if name not in self.router.policy.known_models():
+        if name not in names:
             message = f"model {name!r} is not served here"
             refusal = self.chat.refusal(404, message, "model_not_found")
             return error_response(refusal, _request_id(request))
         return json_response(_model(name))
+
+    def _models_for(self, request: web.Request) -> list[str] | web.Response:
+        """The names the request's key may use, or its refusal (no valid key)."""
+        if refused := self._unauthorized(request):
+            return refused
+        key = self.keys.find(request.headers)
+        if key is None or key.models is None:
+            return self.router.known_models()
+        return self.router.known_models(
+            lambda name: key.allows(name, self.router.resolve_model(name))
+        )
 
     def _unauthorized(self, request: web.Request) -> web.Response | None:
         if self.keys and self.keys.find(request.headers) is None:
@@ -369,16 +381,11 @@ class Gateway:
         return json_response({"status": "ok", "pid": os.getpid()})
 
     async def readyz(self, request: web.Request) -> web.Response:
-        """Ready while at least one entry would admit a request (working, not cooling
-        down); otherwise 503 with each entry's reason."""
-        reasons = {}
-        for provider in self.router.providers:
-            name = provider.entry_name
-            if not provider.working:
-                reasons[name] = "not working"
-            elif self.router.health.state(name) == "open":
-                reasons[name] = describe_health(self.router.health, name)
-        ready = len(reasons) < len(self.router.providers)
+        """Ready while at least one entry can serve a request now (by the router's own
+        rule: a key set, working, not cooling down); otherwise 503 with each reason."""
+        entries = self.router.entry_status()
+        reasons = {entry.name: entry.unusable for entry in entries if entry.unusable}
+        ready = len(reasons) < len(entries)
         body = {
             "status": "ready" if ready else "not ready",
             "unavailable": reasons,

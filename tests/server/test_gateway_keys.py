@@ -155,3 +155,13 @@ async def test_keys_and_limits_hold_on_messages_and_responses_in_their_own_words
     assert 'polyroute_requests_total{endpoint="messages",model="m",status="200"} 2.0' in text
     assert 'polyroute_requests_total{endpoint="messages",model="fast",status="429"} 1.0' in text
     assert 'polyroute_requests_total{endpoint="responses",model="m",status="200"} 1.0' in text
+
+
+async def test_a_key_lists_only_the_models_it_may_use(served: str) -> None:
+    async with client(served, LIMITED_KEY) as limited:
+        assert [model.id async for model in limited.models.list()] == ["fast"]
+        with pytest.raises(openai.NotFoundError):
+            await limited.models.retrieve("other")
+    async with client(served, TEAM_KEY) as team:
+        assert [model.id async for model in team.models.list()] == ["fast", "m", "other"]
+        await team.chat.completions.create(model="m", messages=HI)  # the fixture checks its log

@@ -108,3 +108,28 @@ async def test_sigterm_repeated_until_it_exits_still_exits_0(
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(process.wait(), 0.002)
     assert served.code == 0
+
+
+async def test_readyz_and_the_router_agree_on_a_missing_key(tmp_path: Path) -> None:
+    """An entry whose key variable is not set cannot serve: /readyz says not ready (503)
+    with that reason, by the rule routing itself applies, and a request fails alike."""
+    entry = {
+        "name": "paid",
+        "type": "openai",
+        "base_url": "http://127.0.0.1:9/v1",
+        "api_key_env": "POLYROUTE_TEST_UNSET_KEY",
+        "models": ["m"],
+    }
+    config = tmp_path / "gateway.yaml"
+    config.write_text(yaml.safe_dump({"providers": [entry]}))
+    env = {"POLYROUTE_TEST_UNSET_KEY": ""}
+    async with gateway(config, env=env) as served, aiohttp.ClientSession() as session:
+        async with session.get(f"{served.url}/readyz") as ready:
+            assert ready.status == 503
+            body = await ready.json()
+        chat = {"model": "m", "messages": [{"role": "user", "content": "Hi"}]}
+        async with session.post(f"{served.url}/v1/chat/completions", json=chat) as answer:
+            assert answer.status == 502
+            error = await answer.json()
+    assert body["unavailable"] == {"paid": "no key: POLYROUTE_TEST_UNSET_KEY is not set"}
+    assert "no key: POLYROUTE_TEST_UNSET_KEY is not set" in error["error"]["message"]
