@@ -1,8 +1,9 @@
 """RouterStream: one routed answer, from the first candidate to the last relay.
 
-One request walks the model chain (the resolved model, then its fallbacks) and, for
-each model, the candidate entries in order, retrying retryable errors on an entry
-before moving on. Until the first chunk, failures are invisible to the caller. After
+The walk over candidates (the model chain, circuits, limits, retries, health,
+statistics and the routing events) is the attempt engine's (router/attempts.py), as
+for every operation; what is particular to a stream is here. Until the first chunk,
+failures are invisible to the caller. After
 it, a failure hands the answer to the next candidate (``on_midstream_failure``):
 ``continue`` asks it to carry on from the partial text, dropping what it repeats at
 the seam; ``restart`` sends a restart marker and its whole answer; ``raise`` raises
@@ -19,12 +20,9 @@ from __future__ import annotations
 import asyncio
 import time
 import weakref
-from collections import deque
-from collections.abc import AsyncGenerator, Iterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any, Literal
-
-from tenacity import RetryCallState
 
 from polyroute.core.attempts import Attempt
 from polyroute.core.deltas import (
@@ -39,25 +37,18 @@ from polyroute.core.deltas import (
     UsageDelta,
 )
 from polyroute.core.errors import (
-    AllProvidersFailed,
-    AuthenticationError,
-    InvalidRequestError,
     PolyrouteError,
     ToolCallInterruptedError,
     UpstreamError,
     UpstreamProtocolError,
-    UpstreamStatusError,
-    describe_error,
 )
-from polyroute.core.logging import EventLogger, get_logger, new_request_id
+from polyroute.core.logging import EventLogger, new_request_id
 from polyroute.core.request import ChatRequest, estimated_input_tokens
+from polyroute.router.attempts import AttemptEngine, elapsed_ms
 from polyroute.router.context import Choice, Mode, RouteContext
 from polyroute.router.hedge import Hedge
-from polyroute.router.policy import Candidate
 from polyroute.router.relay import Seam, StreamRestarted
-from polyroute.router.state import Denied, Lease
-
-_log = get_logger()
+from polyroute.router.state import Lease
 
 Status = Literal[
     "pending", "streaming", "complete", "switched", "restarted", "truncated", "failed", "cancelled"
@@ -66,21 +57,8 @@ Upstream = AsyncGenerator[list[Delta], None]
 _Mode = Literal["text", "deltas", "batches"]
 
 
-def _ms(since: float) -> float:
-    return round((time.perf_counter() - since) * 1000, 3)
-
-
 ASSUMED_ANSWER_TOKENS = 256
 """Answer length assumed for a ``tpm`` limit when the request sets no ``max_tokens``."""
-
-
-class _NotTriedError(PolyrouteError):
-    """Not an upstream's answer: no attempt is made (no headroom, or the retry budget
-    is spent); the router moves on, or stops, with this as the reason."""
-
-    def __init__(self, reason: str, *, stop: bool = False) -> None:
-        super().__init__(reason)
-        self.stop = stop
 
 
 def estimate_tokens(request: ChatRequest) -> int:
@@ -89,19 +67,6 @@ def estimate_tokens(request: ChatRequest) -> int:
     options = request.options
     answer = options.get("max_completion_tokens") or options.get("max_tokens")
     return estimated_input_tokens(request) + 1 + (answer or ASSUMED_ANSWER_TOKENS)
-
-
-def counts_against_health(error: BaseException) -> bool:
-    """Whether a failure says something about the provider rather than the request.
-
-    A 400 or 413 answer would come from any provider for the same request, so it
-    must not cool the entry down for everybody else; refused credentials do.
-    """
-    if isinstance(error, AuthenticationError):
-        return True
-    if isinstance(error, UpstreamStatusError):
-        return error.retryable
-    return isinstance(error, UpstreamError)
 
 
 @dataclass(slots=True)
@@ -149,44 +114,16 @@ class _Hold:
         return released + self.later
 
 
-class _CandidateQueue:
-    """Candidates in order; those skipped because they cannot continue an answer are
-    kept aside, for a restart if no candidate that can continue remains."""
-
-    def __init__(self, walk: Iterator[Candidate]) -> None:
-        self._walk = walk
-        self._aside: deque[Candidate] = deque()
-
-    def next_any(self) -> Candidate | None:
-        if self._aside:
-            return self._aside.popleft()
-        return next(self._walk, None)
-
-    def next_continuing(self, reasons: list[str]) -> Candidate | None:
-        for candidate in self._walk:
-            if candidate.entry.provider.supports_continuation:
-                return candidate
-            reasons.append(f"{candidate.name} ({candidate.model}): cannot continue an answer")
-            self._aside.append(candidate)
-        return None
-
-
 @dataclass(slots=True)
 class _Run:
-    """The state of one routing loop."""
+    """The state of one routing loop: the attempt engine's walk, and the relay."""
 
-    log: EventLogger
-    queue: _CandidateQueue
-    reasons: list[str]
-    started: float = field(default_factory=time.perf_counter)
+    engine: AttemptEngine
     failure: UpstreamError | None = None
     """The mid-stream failure being relayed (text had been delivered)."""
     failed_at: float = 0.0
     failed_provider: str = ""
     relay_mode: Mode = "fresh"
-    previous: Candidate | None = None
-    stopped: bool = False
-    """The retry budget is spent: no further attempt."""
 
 
 class RouterStream:
@@ -425,39 +362,19 @@ class RouterStream:
         self._give_up(run)
 
     def _begin(self) -> _Run:
-        log = _log.bind(request_id=self.request_id)
-        reasons: list[str] = []
-        candidates, excluded = self._candidates(self._chain[0])
-        self._context.state.count_request()
-        log.info(
-            "route.start",
+        request = self._request
+        engine = AttemptEngine(
+            self._context,
+            request_id=self.request_id,
             requested_model=self.requested_model,
-            model=self._chain[0],
-            fallbacks=self._chain[1:],
-            candidates=[candidate.name for candidate in candidates],
+            chain=self._chain,
+            needs=request.needs,
+            estimate=lambda: estimate_tokens(request),
+            attempts=self.attempts,
         )
-        queue = _CandidateQueue(self._walk(candidates, excluded, reasons))
+        engine.begin()
         self.status = "streaming"
-        return _Run(log, queue, reasons)
-
-    def _candidates(self, model: str) -> tuple[list[Candidate], list[str]]:
-        context = self._context
-        settings = context.settings
-        return context.policy.candidates(
-            model, context.state, settings.order, self._request.needs, settings.balance
-        )
-
-    def _walk(
-        self, candidates: list[Candidate], excluded: list[str], reasons: list[str]
-    ) -> Iterator[Candidate]:
-        """Candidates across the model chain, in order; the first model's ``candidates``
-        and ``excluded`` are given, the rest computed when reached. Appends to ``reasons``
-        why each excluded entry was excluded."""
-        for index, model in enumerate(self._chain):
-            if index:
-                candidates, excluded = self._candidates(model)
-            reasons += excluded
-            yield from candidates
+        return _Run(engine)
 
     # Deliver: what is not plain text ------------------------------------------------
 
@@ -514,37 +431,23 @@ class RouterStream:
     async def _next_choice(self, run: _Run) -> Choice | None:
         """The next candidate to try and how; ``continue`` falls back to ``restart``
         when no candidate that can continue remains, if configured so."""
-        settings, state = self._context.settings, self._context.state
-        if run.stopped:
-            return None
+        settings, engine = self._context.settings, run.engine
         mode: Mode = "fresh"
         if run.failure is not None:
             mode = "continue" if settings.on_midstream_failure == "continue" else "restart"
-        while True:
+        while not engine.stopped:
             if mode == "continue":
-                candidate = run.queue.next_continuing(run.reasons)
+                candidate = engine.queue.next_continuing(engine.reasons)
                 if candidate is None and settings.continuation_fallback == "restart":
                     mode = "restart"
                     continue
             else:
-                candidate = run.queue.next_any()
+                candidate = engine.queue.next_any()
             if candidate is None:
                 return None
-            if not await state.admit(candidate.name):
-                run.reasons.append(f"{candidate.name} ({candidate.model}): cooling down")
-                continue
-            if run.previous is not None:
-                # Another entry for the same model, or the next model of the fallback chain.
-                same_model = candidate.model == run.previous.model
-                run.log.info(
-                    "route.next_provider" if same_model else "route.fallback",
-                    from_provider=run.previous.name,
-                    from_model=run.previous.model,
-                    to_provider=candidate.name,
-                    to_model=candidate.model,
-                )
-            run.previous = candidate
-            return Choice(candidate, mode)
+            if await engine.admit(candidate):
+                return Choice(candidate, mode)
+        return None
 
     async def _open_next(self, run: _Run) -> _Opened | None:
         """Open the next candidate that gets to a first chunk, hedging when configured;
@@ -554,14 +457,14 @@ class RouterStream:
             hedge: Hedge[_Opened] = Hedge(
                 context.settings.hedge,
                 context.state.stats,
-                run.log,
+                run.engine.log,
                 next_choice=lambda: self._next_choice(run),
                 open_one=lambda choice: self._open(choice, run),
                 close=self._close_loser,
             )
             opened = await hedge.open()
             if opened is not None:
-                self._drop_hedge_losers(opened.attempt, run.log)
+                self._drop_hedge_losers(opened.attempt, run.engine.log)
             return opened
         while (choice := await self._next_choice(run)) is not None:
             if (opened := await self._open(choice, run)) is not None:
@@ -582,93 +485,25 @@ class RouterStream:
 
     async def _open(self, choice: Choice, run: _Run) -> _Opened | None:
         """Try ``choice`` (with retries) up to its first chunk; None when it failed or
-        was not tried (the reason is added to ``run.reasons``)."""
-        context = self._context
-        candidate = choice.candidate
-        log = run.log
+        was not tried (the reason is kept by the engine)."""
 
-        def before_sleep(state: RetryCallState) -> None:
-            error = state.outcome.exception() if state.outcome else None
-            log.info(
-                "attempt.retry",
-                provider=candidate.name,
-                model=candidate.upstream_model,
-                delay_s=round(state.upcoming_sleep, 3),
-                retry=state.attempt_number,
-                retries=context.retry.config.attempts - 1,
-                **(describe_error(error) if error else {}),
-            )
+        async def first_chunk(attempt: Attempt, lease: Lease) -> _Opened:
+            return await self._open_upstream(choice, attempt, lease)
 
-        try:
-            return await context.retry.call(
-                self._try_once,
-                choice,
-                log,
-                give_up=lambda: context.state.state(candidate.name) != "closed",
-                before_sleep=before_sleep,
-            )
-        except InvalidRequestError:
-            raise  # the caller's mistake: no other provider would take it either
-        except _NotTriedError as error:
-            run.reasons.append(f"{candidate.name} ({candidate.model}): {error}")
-            run.stopped = run.stopped or error.stop
-            return None
-        except PolyrouteError:
-            return None  # recorded in self.attempts and logged by _try_once
+        return await run.engine.attempt(choice.candidate, first_chunk)
 
-    async def _claim(self, candidate: Candidate, log: EventLogger) -> Lease:
-        """A place on the entry and, past a request's first attempt, one attempt out of
-        the retry budget; raises :class:`_NotTriedError` (with an event) when there is none."""
-        state = self._context.state
-        lease = await state.acquire(candidate.name, lambda: estimate_tokens(self._request))
-        if isinstance(lease, Denied):
-            log.info(
-                "route.skip",
-                provider=candidate.name,
-                model=candidate.upstream_model,
-                reason=lease.reason,
-                retry_in_s=round(lease.retry_in, 3),
-            )
-            raise _NotTriedError(f"skipped: {lease.reason}")
-        if self.attempts and not await state.spend_attempt():
-            lease.end()
-            log.warning(
-                "retry.budget_exhausted",
-                provider=candidate.name,
-                model=candidate.upstream_model,
-                attempts=len(self.attempts),
-            )
-            raise _NotTriedError("retry budget exhausted", stop=True)
-        return lease
-
-    async def _try_once(self, choice: Choice, log: EventLogger) -> _Opened:
-        candidate = choice.candidate
-        lease = await self._claim(candidate, log)
-        attempt = Attempt(candidate.name, candidate.upstream_model)
-        request = self._request
+    async def _open_upstream(self, choice: Choice, attempt: Attempt, lease: Lease) -> _Opened:
+        """The upstream's answer to this attempt, up to its first chunk."""
+        candidate, request = choice.candidate, self._request
+        provider = candidate.entry.provider
         if request.options or request.native:
-            attempt.dropped = candidate.entry.provider.dropped(request)
-        self.attempts.append(attempt)
-        log.info(
-            "attempt.start",
-            provider=candidate.name,
-            model=candidate.upstream_model,
-            attempt=len(self.attempts),
-        )
-        upstream = candidate.entry.provider.stream_batches(
+            attempt.dropped = provider.dropped(request)
+        upstream = provider.stream_batches(
             candidate.upstream_model,
-            self._request,
+            request,
             continue_from=self.text if choice.mode == "continue" else None,
         )
-        try:
-            first = await anext(upstream, None)
-        except PolyrouteError as error:
-            lease.end()
-            await self._fail(attempt, candidate, error, log)
-            raise
-        except BaseException:
-            lease.end()  # cancelled (a hedge that lost, a consumer that left)
-            raise
+        first = await anext(upstream, None)
         attempt.ttft_ms = attempt.elapsed_ms()
         self._context.state.stats[candidate.name].record_first_chunk(attempt.ttft_ms)
         return _Opened(upstream, first, attempt, choice, lease)
@@ -683,7 +518,7 @@ class RouterStream:
         opened.chars_before = sum(map(len, self._builder.text_parts))
         if run.failure is None:
             if opened.first is not None:
-                run.log.info(
+                run.engine.log.info(
                     "stream.first_chunk",
                     provider=candidate.name,
                     model=candidate.upstream_model,
@@ -692,13 +527,13 @@ class RouterStream:
             return None
         run.relay_mode = opened.choice.mode
         self.switches.append(opened.chars_before)
-        run.log.info(
+        run.engine.log.info(
             "route.relay",
             from_provider=run.failed_provider,
             to_provider=candidate.name,
             mode=opened.choice.mode,
             chars=opened.chars_before,
-            gap_ms=_ms(run.failed_at),
+            gap_ms=elapsed_ms(run.failed_at),
         )
         return Seam(self.text) if opened.choice.mode == "continue" else None
 
@@ -706,7 +541,7 @@ class RouterStream:
         """A failure after the first chunk: note it for a relay, or give up (raise)."""
         attempt, candidate = opened.attempt, opened.choice.candidate
         attempt.chars = sum(map(len, self._builder.text_parts)) - opened.chars_before
-        await self._fail(attempt, candidate, error, run.log)
+        await run.engine.fail(attempt, candidate, error)
         if not isinstance(error, UpstreamError):
             self._end_failed(run, error)
             raise error
@@ -726,31 +561,21 @@ class RouterStream:
     # Outcomes ----------------------------------------------------------------------
 
     def _succeed(self, run: _Run, opened: _Opened) -> None:
-        attempt, candidate = opened.attempt, opened.choice.candidate
-        context = self._context
-        attempt.outcome = "ok"
-        attempt.duration_ms = attempt.elapsed_ms()
         chars = sum(map(len, self._builder.text_parts))
-        attempt.chars = chars - opened.chars_before
-        context.state.record_success(candidate.name)
-        context.state.stats[candidate.name].record_success(
-            attempt.chars, attempt.duration_ms - (attempt.ttft_ms or 0.0)
-        )
         self.status = "complete"
         if run.failure is not None:
             self.status = "switched" if run.relay_mode == "continue" else "restarted"
-        run.log.info(
-            "route.done",
-            provider=candidate.name,
-            model=candidate.upstream_model,
+        usage = self.usage
+        run.engine.succeed(
+            opened.attempt,
+            opened.choice.candidate,
+            attempt_chars=chars - opened.chars_before,
             chunks=len(self._builder.text_parts),
             chars=chars,
             relays=len(self.switches),
-            attempts=len(self.attempts),
             finish_reason=self._builder.finish_reason,
-            prompt_tokens=usage.prompt_tokens if (usage := self.usage) else None,
+            prompt_tokens=usage.prompt_tokens if usage else None,
             completion_tokens=usage.completion_tokens if usage else None,
-            duration_ms=_ms(run.started),
         )
 
     def _give_up(self, run: _Run) -> None:
@@ -759,58 +584,14 @@ class RouterStream:
             self._end_failed(run, run.failure)
             raise run.failure
         self.status = "failed"
-        error = AllProvidersFailed(self.requested_model, self.attempts, run.reasons)
-        run.log.warning(
-            "route.failed",
-            model=self.requested_model,
-            attempts=len(self.attempts),
-            reasons=error.by_entry() + run.reasons,
-            duration_ms=_ms(run.started),
-            error_type="AllProvidersFailed",
-        )
-        raise error
+        run.engine.give_up()
 
     def _end_failed(self, run: _Run, error: PolyrouteError) -> None:
         delivered = bool(self._builder.text_parts) or self._tool_call_delivered
         self.status = "truncated" if delivered else "failed"
-        run.log.warning(
-            "route.failed",
-            model=self.requested_model,
-            attempts=len(self.attempts),
-            chars=sum(map(len, self._builder.text_parts)),
-            duration_ms=_ms(run.started),
-            **describe_error(error),
-        )
-
-    async def _fail(
-        self, attempt: Attempt, candidate: Candidate, error: PolyrouteError, log: EventLogger
-    ) -> None:
-        attempt.outcome = "failed"
-        attempt.error = error
-        attempt.duration_ms = attempt.elapsed_ms()
-        log.warning(
-            "attempt.failed",
-            provider=candidate.name,
-            model=candidate.upstream_model,
-            **describe_error(error),
-        )
-        context = self._context
-        if counts_against_health(error):
-            context.state.stats[candidate.name].record_failure()
-            if await context.state.record_failure(candidate.name):
-                log.warning(
-                    "provider.cooldown", provider=candidate.name, seconds=context.cooldown_seconds
-                )
+        run.engine.failed(error, chars=sum(map(len, self._builder.text_parts)))
 
     def _cancel(self, run: _Run) -> None:
         self.status = "cancelled"
-        for attempt in self.attempts:
-            if attempt.outcome == "running":
-                attempt.outcome = "cancelled"
-                self._context.state.release(attempt.provider)
-        run.log.info(
-            "route.cancelled",
-            provider=self.provider,
-            chars=sum(map(len, self._builder.text_parts)),
-            duration_ms=_ms(run.started),
-        )
+        chars = sum(map(len, self._builder.text_parts))
+        run.engine.cancel(provider=self.provider, chars=chars)
