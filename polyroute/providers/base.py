@@ -19,6 +19,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 from urllib.parse import urlsplit
 
 from polyroute.core.deltas import CONTENT_DELTAS, Delta
+from polyroute.core.embeddings import Embedded
 from polyroute.core.errors import (
     CapabilityNotSupportedError,
     ConfigError,
@@ -44,6 +45,7 @@ from polyroute.core.request import CAPABILITY_FLAGS, Capability, ChatRequest
 from polyroute.core.sse import Framing, SSEEvent
 
 _log = get_logger()
+_JSON_HEADERS = {"accept": "application/json", "content-type": "application/json"}
 _R = TypeVar("_R")
 EventParser = Callable[[SSEEvent, list[Delta]], bool]
 """Turns one event into deltas (appended to the list); True when the answer ended."""
@@ -89,6 +91,8 @@ class Provider:
     """Takes ``response_format: {type: json_schema}``."""
     supports_prefill: bool = False
     """Continues a final assistant message (so a cut answer is handed over as one)."""
+    supports_embeddings: bool = False
+    """Turns texts into vectors (:meth:`embed`)."""
     default_model: str | None = None
     models: list[str] = []
     model_aliases: dict[str, str] = {}
@@ -125,6 +129,7 @@ class Provider:
         supports_vision: bool | None = None,
         supports_json_schema: bool | None = None,
         supports_prefill: bool | None = None,
+        supports_embeddings: bool | None = None,
     ) -> None:
         self.entry_name = name or type(self).type_name or type(self).__name__
         self.on_rate_limit: Callable[[str, float], None] | None = None
@@ -148,6 +153,7 @@ class Provider:
             "supports_vision": supports_vision,
             "supports_json_schema": supports_json_schema,
             "supports_prefill": supports_prefill,
+            "supports_embeddings": supports_embeddings,
         }
         for attribute, value in overrides.items():
             if value is not None:
@@ -315,6 +321,75 @@ class Provider:
         """The model names in the body of ``GET models_url``: ``data[].id`` (OpenAI's
         and Anthropic's shape) unless overridden."""
         return (str(item["id"]) for item in listing["data"])
+
+    # Embeddings --------------------------------------------------------------------
+
+    async def embed(
+        self, model: str, inputs: list[str], *, dimensions: int | None = None
+    ) -> Embedded:
+        """One vector per text of ``inputs``, in their order, from ``model`` (the
+        upstream's name: resolve a user's name with :meth:`get_model` first), of
+        ``dimensions`` numbers each when given (models that can shorten their vectors).
+
+        Raises :class:`CapabilityNotSupportedError` (before anything is sent) for a
+        provider without ``supports_embeddings``, :class:`InvalidRequestError` for no
+        inputs or a ``dimensions`` below 1, the typed :class:`UpstreamError` subclasses
+        that :meth:`stream` raises for the same upstream answers (a missing model, 429,
+        401...), and :class:`UpstreamProtocolError` for an answer it cannot read.
+        """
+        if not self.supports_embeddings:
+            raise CapabilityNotSupportedError(["embeddings"], provider=self.entry_name, model=model)
+        if not inputs or not all(isinstance(text, str) for text in inputs):
+            raise InvalidRequestError("embeddings need a non-empty list of strings as inputs")
+        if dimensions is not None and (isinstance(dimensions, bool) or dimensions < 1):
+            raise InvalidRequestError(f"dimensions must be a positive integer, not {dimensions!r}")
+        url, body = self.embeddings_request(model, inputs, dimensions)
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in _JSON_HEADERS}
+        try:
+            answer = await fetch_json(
+                self._sessions.session,
+                url,
+                provider=self.entry_name,
+                headers={**headers, **_JSON_HEADERS},
+                proxy=self.proxy,
+                timeouts=self.timeouts,
+                body=body,
+            )
+        except UpstreamStatusError as error:
+            refined = self.classify_status_error(error, model)
+            if refined is error:
+                raise
+            raise refined from error
+        try:
+            embedded = self.read_embeddings(answer)
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as error:
+            detail = f"missing key {error}" if isinstance(error, KeyError) else str(error)
+            raise UpstreamProtocolError(
+                f"malformed embeddings answer ({detail})", provider=self.entry_name
+            ) from None
+        if len(embedded.vectors) != len(inputs):
+            raise UpstreamProtocolError(
+                f"{len(embedded.vectors)} embeddings for {len(inputs)} inputs",
+                provider=self.entry_name,
+            )
+        return embedded
+
+    def embeddings_request(
+        self, model: str, inputs: list[str], dimensions: int | None
+    ) -> tuple[str, dict[str, Any]]:
+        """Where an embeddings request goes and its JSON body. The default: this type
+        has no embeddings wire format (:class:`CapabilityNotSupportedError`), which
+        also covers an entry that turned ``supports_embeddings`` on for such a type."""
+        raise CapabilityNotSupportedError(["embeddings"], provider=self.entry_name, model=model)
+
+    def read_embeddings(self, answer: Any) -> Embedded:
+        """The vectors (in the order of the inputs) and usage in an embeddings answer.
+
+        Raise ``KeyError``, ``TypeError`` or ``ValueError`` (with a message naming the
+        field) for an answer that breaks the format; :meth:`embed` reports it as an
+        :class:`UpstreamProtocolError`.
+        """
+        raise NotImplementedError
 
     # Streaming ---------------------------------------------------------------------
 

@@ -28,6 +28,7 @@ from polyroute.core.deltas import (
     Usage,
     UsageDelta,
 )
+from polyroute.core.embeddings import Embedded, read_vector
 from polyroute.core.errors import (
     AuthenticationError,
     ContextLengthExceededError,
@@ -84,6 +85,7 @@ class Gemini(AsyncGeneratorProvider):
     supports_tools = True
     supports_vision = True
     supports_json_schema = True
+    supports_embeddings = True
     default_model = "gemini-2.5-flash"
     headers = {"accept": "text/event-stream", "content-type": "application/json"}
     end_event_name = "a chunk with a finishReason"
@@ -202,6 +204,41 @@ class Gemini(AsyncGeneratorProvider):
     @property
     def models_url(self) -> str:
         return f"{self.base_url}/v1beta/models?pageSize=1000"
+
+    # Embeddings --------------------------------------------------------------------
+
+    def embeddings_request(
+        self, model: str, inputs: list[str], dimensions: int | None
+    ) -> tuple[str, dict[str, Any]]:
+        """``POST {base_url}/v1beta/models/{model}:batchEmbedContents``, one request per
+        input, as google-genai's ``embed_content`` sends several contents."""
+        extra = {} if dimensions is None else {"outputDimensionality": dimensions}
+        requests = [
+            {
+                "model": f"models/{model}",
+                "content": {"role": "user", "parts": [{"text": text}]},
+                **extra,
+            }
+            for text in inputs
+        ]
+        url = f"{self.base_url}/v1beta/models/{model}:batchEmbedContents"
+        return url, {"requests": requests}
+
+    def read_embeddings(self, answer: Any) -> Embedded:
+        """``embeddings[].values``, in the order of the requests (the API's promise),
+        and ``usageMetadata`` when the answer has it."""
+        embeddings = answer["embeddings"]
+        if not isinstance(embeddings, list):
+            raise TypeError("embeddings is not a list")
+        vectors = [
+            read_vector(item.get("values"), f"embeddings[{position}].values")
+            for position, item in enumerate(embeddings)
+        ]
+        usage = None
+        if isinstance(metadata := answer.get("usageMetadata"), dict):
+            prompt = int(metadata.get("promptTokenCount") or 0)
+            usage = Usage(prompt, 0, int(metadata.get("totalTokenCount") or prompt))
+        return Embedded(vectors, usage)
 
     def model_ids(self, listing: Any) -> Iterator[str]:
         """The models that can ``generateContent``, without the ``models/`` prefix."""

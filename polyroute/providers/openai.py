@@ -32,6 +32,7 @@ from polyroute.core.deltas import (
     Usage,
     UsageDelta,
 )
+from polyroute.core.embeddings import Embedded, read_vector
 from polyroute.core.errors import (
     AuthenticationError,
     ContextLengthExceededError,
@@ -75,6 +76,7 @@ class OpenAI(AsyncGeneratorProvider):
     supports_tools = True
     supports_vision = True
     supports_json_schema = True
+    supports_embeddings = True
     default_model = "gpt-4o-mini"
     headers = {"accept": "text/event-stream", "content-type": "application/json"}
     end_event_name = "data: [DONE]"
@@ -185,6 +187,36 @@ class OpenAI(AsyncGeneratorProvider):
     @property
     def models_url(self) -> str:
         return f"{self.base_url}/models"
+
+    def embeddings_request(
+        self, model: str, inputs: list[str], dimensions: int | None
+    ) -> tuple[str, dict[str, Any]]:
+        """``POST {base_url}/embeddings``, floats asked for (the SDK's default, base64,
+        saves bytes but needs decoding, and not every compatible server has it)."""
+        body: dict[str, Any] = {"model": model, "input": inputs, "encoding_format": "float"}
+        if dimensions is not None:
+            body["dimensions"] = dimensions
+        return f"{self.base_url}/embeddings", body
+
+    def read_embeddings(self, answer: Any) -> Embedded:
+        """``data[].embedding``, put in order by ``data[].index`` (a server may answer a
+        batch out of order), and ``usage``."""
+        data = answer["data"]
+        if not isinstance(data, list):
+            raise TypeError("data is not a list")
+        by_index: dict[int, list[float]] = {}
+        for position, item in enumerate(data):
+            index = item.get("index", position)
+            if type(index) is not int or index in by_index:
+                raise ValueError(f"data[{position}].index {index!r} is not a new integer")
+            by_index[index] = read_vector(item.get("embedding"), f"data[{position}].embedding")
+        if sorted(by_index) != list(range(len(by_index))):
+            raise ValueError(f"data[].index runs {sorted(by_index)}, not 0 to {len(data) - 1}")
+        usage = answer.get("usage")
+        return Embedded(
+            [by_index[index] for index in range(len(by_index))],
+            Usage.from_openai(usage) if isinstance(usage, dict) else None,
+        )
 
 
 def _code(value: Any) -> str:

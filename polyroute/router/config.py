@@ -133,6 +133,7 @@ class ProviderEntry(_Strict):
     supports_vision: bool | None = Field(None, description="overrides the class's flag")
     supports_json_schema: bool | None = Field(None, description="overrides the class's flag")
     supports_prefill: bool | None = Field(None, description="overrides the class's flag")
+    supports_embeddings: bool | None = Field(None, description="overrides the class's flag")
     tool_calls: ToolCallMode | None = Field(
         None, description="overrides the route's tool_calls for this entry"
     )

@@ -1,16 +1,22 @@
-"""A local server speaking OpenAI's streaming chat-completions format."""
+"""A local server speaking OpenAI's streaming chat-completions format, and its
+embeddings endpoint."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
+import struct
 from typing import Any
 
 from aiohttp import web
+from openai.types import CreateEmbeddingResponse
 from openai.types.chat import ChatCompletionChunk
 
 from polyroute.core.deltas import Usage
 from polyroute.core.sse import OpenAIChunkEncoder
 from tests.upstreams.scripted import Chunk, Script, ScriptedUpstream
+from tests.upstreams.server import RecordedRequest
 
 
 def encoder_for(request: Any) -> OpenAIChunkEncoder:
@@ -26,13 +32,20 @@ class OpenAIUpstream(ScriptedUpstream):
     A script's chunk is a text, or a whole ``delta`` object (tool-call fragments,
     reasoning...) sent as it is. A custom tool's call fragment is a ``tool_calls`` entry
     ``{"index", "id", "type": "custom", "custom": {"name", "input"}}``, later ones
-    ``{"index", "custom": {"input"}}``, as servers stream them."""
+    ``{"index", "custom": {"input"}}``, as servers stream them.
+
+    ``POST /v1/embeddings`` answers with :func:`embedding_for` each input (floats, or
+    base64 as the SDK asks by default) and a usage of one token per word; the next
+    queued script applies to it too: its ``status`` (with ``error_body`` and
+    ``headers``) or its ``raw`` body replace the answer. ``reverse_embeddings`` sends
+    ``data`` last input first (each item's ``index`` still says where it belongs)."""
 
     def __init__(self, default: Script | None = None, models: list[str] | None = None) -> None:
         super().__init__("/v1/chat/completions", default)
         self.models = models or ["local-large", "local-small"]
         self.sent: list[dict[str, Any]] = []
         """Every JSON chunk sent, for validation against the official types."""
+        self.reverse_embeddings = False
 
     @property
     def base_url(self) -> str:
@@ -49,6 +62,52 @@ class OpenAIUpstream(ScriptedUpstream):
             ]
             return web.json_response({"object": "list", "data": data})
         return await super()._handle(request)
+
+    async def _answer(self, request: web.Request, record: RecordedRequest) -> web.StreamResponse:
+        if request.path != "/v1/embeddings":
+            return await super()._answer(request, record)
+        script = self.queue.pop(0) if self.queue else self.default
+        if script.status >= 300:
+            return web.Response(
+                status=script.status, text=script.error_body, headers=script.headers
+            )
+        if script.raw is not None:
+            return web.Response(body=script.raw, content_type="application/json")
+        return self._embeddings(record.body)
+
+    def _embeddings(self, body: Any) -> web.Response:
+        texts = body.get("input") if isinstance(body, dict) else None
+        if isinstance(texts, str):
+            texts = [texts]
+        if not texts or not all(isinstance(text, str) for text in texts):
+            return _invalid("'input' must be a string or a non-empty list of strings")
+        dimensions = body.get("dimensions", 8)
+        if type(dimensions) is not int or dimensions < 1:
+            return _invalid("'dimensions' must be a positive integer")
+        encoding = body.get("encoding_format", "float")
+        if encoding not in ("float", "base64"):
+            return _invalid("'encoding_format' must be 'float' or 'base64'")
+        data = [
+            {"object": "embedding", "index": i, "embedding": embedding_for(text, dimensions)}
+            for i, text in enumerate(texts)
+        ]
+        if self.reverse_embeddings:
+            data.reverse()
+        tokens = sum(len(text.split()) or 1 for text in texts)
+        payload = {
+            "object": "list",
+            "data": data,
+            "model": str(body.get("model")),
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
+        # As for the chunks: the answer must be the official client's own type.
+        CreateEmbeddingResponse.model_validate(payload)
+        if encoding == "base64":
+            for item in data:
+                vector = item["embedding"]
+                packed = struct.pack(f"<{len(vector)}f", *vector)  # little-endian float32
+                item["embedding"] = base64.b64encode(packed).decode()
+        return web.json_response(payload)
 
     def _emit(self, payload: dict[str, Any], script: Script) -> bytes:
         # Every chunk this fixture sends must parse as the official client's own type:
@@ -75,6 +134,18 @@ class OpenAIUpstream(ScriptedUpstream):
             usage = script.usage or {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}
             body += self._emit(encoder.chunk(usage=Usage.from_openai(usage)), script)
         return body + self.frame(b"[DONE]", script.line_end)
+
+
+def embedding_for(text: str, dimensions: int = 8) -> list[float]:
+    """The fixture's vector for ``text``: ``dimensions`` numbers derived from its hash,
+    each a multiple of 1/128 in [-1, 1), so float32 (base64) carries it exactly."""
+    digest = hashlib.shake_256(b"openai:" + text.encode()).digest(dimensions)
+    return [byte / 128 - 1 for byte in digest]
+
+
+def _invalid(message: str) -> web.Response:
+    error = {"message": message, "type": "invalid_request_error", "param": None, "code": None}
+    return web.json_response({"error": error}, status=400)
 
 
 def _without_custom_calls(payload: dict[str, Any]) -> dict[str, Any]:
