@@ -20,6 +20,7 @@ from polyroute.core.deltas import (
     Usage,
     UsageDelta,
 )
+from polyroute.core.embeddings import Embedded, Embeddings
 from polyroute.core.errors import (
     AllProvidersFailed,
     AuthenticationError,
@@ -71,6 +72,8 @@ __all__ = [
     "ContextLengthExceededError",
     "CooldownConfig",
     "Delta",
+    "Embedded",
+    "Embeddings",
     "EntryStatus",
     "ExtraDelta",
     "FinishDelta",

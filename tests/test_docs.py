@@ -380,3 +380,20 @@ async def test_agents_guide_sdk_examples_run_against_a_default_gateway() -> None
     assert "[simulated" in messages[0]
     assert responses[-1] == "completed"
     assert "[simulated" in responses[0]
+
+
+async def test_embeddings_guide_example_runs_against_a_local_openai_server(
+    openai_upstream: OpenAIUpstream,
+) -> None:
+    (example,) = blocks(ROOT / "docs" / "embeddings.md", "python")
+    key = '"api_key_env": "OPENAI_API_KEY"'
+    assert key in example
+    out = await run_python(example.replace(key, f'"base_url": "{openai_upstream.base_url}"'))
+    assert out.startswith("2 256 openai Usage(prompt_tokens=4")
+    (snippet,) = blocks(ROOT / "docs" / "embeddings.md", "yaml")
+    from polyroute.router.config import RouterSettings
+
+    settings = RouterSettings.model_validate(yaml.safe_load(snippet))
+    assert settings.embedding_fallbacks == {
+        "text-embedding-3-large": ["text-embedding-3-large-azure"]
+    }

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from polyroute.core.attempts import Attempt
 from polyroute.core.deltas import Usage
 
 
@@ -21,6 +22,19 @@ class Embedded:
 
     vectors: list[list[float]]
     usage: Usage | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Embeddings:
+    """What ``Router.embed`` gives: ``vectors[i]`` for input ``i``, from ``model`` (the
+    upstream's name) on the entry ``provider``; ``usage`` as the upstream counted it
+    (``None`` when it did not say); ``attempts``, every try in order."""
+
+    vectors: list[list[float]]
+    model: str
+    provider: str
+    usage: Usage | None
+    attempts: list[Attempt]
 
 
 def read_vector(values: Any, where: str) -> list[float]:

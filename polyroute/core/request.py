@@ -21,17 +21,19 @@ from polyroute.core.errors import InvalidRequestError, describe_validation_error
 from polyroute.core.messages import Message, Messages, normalize_messages
 from polyroute.core.schema import StrictModel
 
-Capability: TypeAlias = Literal["tools", "vision", "json_schema"]
+Capability: TypeAlias = Literal["tools", "vision", "json_schema", "embeddings"]
 CAPABILITY_FLAGS: dict[Capability, str] = {
     "tools": "supports_tools",
     "vision": "supports_vision",
     "json_schema": "supports_json_schema",
+    "embeddings": "supports_embeddings",
 }
 """Each capability a request may need, and the provider flag that says it is there."""
 CAPABILITY_LABELS: dict[Capability, str] = {
     "tools": "no tool support",
     "vision": "no support for image, audio or file parts",
     "json_schema": "no JSON-schema answers",
+    "embeddings": "no embeddings",
 }
 
 

@@ -220,6 +220,11 @@ class RouterSettings(RouteSettings):
         "longest pattern; docs/router.md",
     )
     fallbacks: dict[str, list[str]] = Field(default_factory=dict)
+    embedding_fallbacks: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="embedding models whose vectors may stand in for a model's, in order "
+        "(chat fallbacks are never used for embeddings: vectors of two models do not mix)",
+    )
     retry: RetryConfig = RetryConfig()
     timeouts: TimeoutsConfig = TimeoutsConfig()
     cooldown: CooldownConfig = CooldownConfig()

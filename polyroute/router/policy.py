@@ -146,9 +146,11 @@ class RoutingPolicy:
         """:meth:`chain_of` for a configured alias key, whether a name or a pattern."""
         return self._chain_from(self.alias_target(alias))
 
-    def _chain_from(self, model: str) -> list[str]:
+    def _chain_from(
+        self, model: str, fallbacks: Mapping[str, Sequence[str]] | None = None
+    ) -> list[str]:
         chain: list[str] = []
-        for name in [model, *self.fallbacks.get(model, [])]:
+        for name in [model, *(self.fallbacks if fallbacks is None else fallbacks).get(model, [])]:
             resolved = self.resolve_alias(name)
             if resolved not in chain:
                 chain.append(resolved)
@@ -173,16 +175,26 @@ class RoutingPolicy:
         chain = self._chains.get(requested)
         if chain is not None and not needs:
             return chain  # known to be served: the common case costs one lookup
-        chain = self.chain_of(requested)
+        chain = self._checked(requested, self.chain_of(requested), needs)
+        if len(self._chains) >= _CHAIN_CACHE_SIZE:
+            self._chains.clear()  # bounded: callers choose the names
+        self._chains[requested] = chain
+        return chain
+
+    def embedding_chain(self, requested: str, fallbacks: Mapping[str, Sequence[str]]) -> list[str]:
+        """The resolved model, then its ``embedding_fallbacks`` (never the chat
+        fallbacks: vectors of different models do not mix unless a user says so),
+        checked as :meth:`model_chain` checks, for the ``embeddings`` capability."""
+        chain = self._chain_from(self.resolve_alias(requested), fallbacks)
+        return self._checked(requested, chain, frozenset({"embeddings"}))
+
+    def _checked(self, requested: str, chain: list[str], needs: frozenset[Capability]) -> list[str]:
         serving = [entry.provider for name in chain for entry, _ in self.serving(name)]
         if not serving:
             raise ModelNotSupportedError(requested, supported=self.known_models())
         if needs and all(provider.lacks(needs) for provider in serving):
             missing = sorted({need for provider in serving for need in provider.lacks(needs)})
             raise CapabilityNotSupportedError(missing, model=requested)
-        if len(self._chains) >= _CHAIN_CACHE_SIZE:
-            self._chains.clear()  # bounded: callers choose the names
-        self._chains[requested] = chain
         return chain
 
     def candidates(
@@ -270,7 +282,7 @@ def unusable(
         return f"no key: {entry.missing_key} is not set"
     if not provider.working:
         return "not working"
-    if not provider.supports_stream:
+    if not provider.supports_stream and "embeddings" not in needs:
         return "cannot stream"
     if needs and (missing := provider.lacks(needs)):
         return "; ".join(CAPABILITY_LABELS[need] for need in missing)

@@ -4,13 +4,16 @@ retry policy, health and statistics; each request is a :class:`RouterStream`."""
 from __future__ import annotations
 
 import asyncio
+import math
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from polyroute.core.attempts import Attempt
 from polyroute.core.deltas import AssistantMessage
+from polyroute.core.embeddings import Embedded, Embeddings
 from polyroute.core.errors import (
     ConfigError,
     InvalidRequestError,
@@ -20,11 +23,17 @@ from polyroute.core.errors import (
     describe_error,
 )
 from polyroute.core.http import Timeouts
-from polyroute.core.logging import get_logger
+from polyroute.core.logging import get_logger, new_request_id
 from polyroute.core.messages import Messages
-from polyroute.core.request import ChatRequest, NativeRequest, estimated_input_tokens
+from polyroute.core.request import (
+    CHARS_PER_TOKEN,
+    ChatRequest,
+    NativeRequest,
+    estimated_input_tokens,
+)
 from polyroute.providers.base import Provider
 from polyroute.providers.registry import Registry, default_registry
+from polyroute.router.attempts import AttemptEngine
 from polyroute.router.config import (
     ProviderEntry,
     RouterConfig,
@@ -37,9 +46,9 @@ from polyroute.router.config import (
 from polyroute.router.context import RouteContext
 from polyroute.router.health import HealthStore
 from polyroute.router.health import describe as describe_health
-from polyroute.router.policy import Entry, RoutingPolicy, unusable
+from polyroute.router.policy import Candidate, Entry, RoutingPolicy, unusable
 from polyroute.router.retry import RetryPolicy, Sleep
-from polyroute.router.state import RoutingState, build_state
+from polyroute.router.state import Lease, RoutingState, build_state
 from polyroute.router.stats import EntryStats, StatsBook
 from polyroute.router.stream import RouterStream
 
@@ -320,6 +329,63 @@ class Router:
                 return TokenCount(exact, True, first.name)
         return TokenCount(estimated_input_tokens(request), False, first.name if first else None)
 
+    async def embed(
+        self,
+        model: str | None,
+        input: str | Sequence[str],
+        *,
+        dimensions: int | None = None,
+        request_id: str | None = None,
+    ) -> Embeddings:
+        """One vector per text of ``input`` (a string is one), from ``model``, routed on
+        the attempt engine like a chat request: aliases, priority, limits, retries,
+        health, the same events. Only entries of that model take over from one another,
+        then the models of its ``embedding_fallbacks``: vectors of two models do not mix.
+
+        Raises at once :class:`InvalidRequestError` for bad input,
+        :class:`ModelNotSupportedError` for a model no entry serves and
+        :class:`CapabilityNotSupportedError` when none of its entries embeds; then
+        :class:`AllProvidersFailed` when every candidate failed.
+        """
+        inputs = [input] if isinstance(input, str) else list(input)
+        if not inputs or not all(isinstance(text, str) for text in inputs):
+            raise InvalidRequestError("input must be a string or a non-empty list of strings")
+        model = model or self.settings.default_model
+        if not model:
+            raise ModelNotSupportedError("", supported=self.policy.known_models())
+        chain = self.policy.embedding_chain(model, self.settings.embedding_fallbacks)
+        chars = sum(map(len, inputs))
+        engine = AttemptEngine(
+            self._context_for(chain[0]),
+            request_id=request_id or new_request_id(),
+            requested_model=model,
+            chain=chain,
+            needs=frozenset({"embeddings"}),
+            estimate=lambda: math.ceil(chars / CHARS_PER_TOKEN),
+            attempts=[],
+        )
+        engine.begin()
+        while (candidate := await engine.next_candidate()) is not None:
+            embedded = await engine.attempt(
+                candidate, _embedding_call(candidate, inputs, dimensions)
+            )
+            if embedded is not None:
+                usage = embedded.usage
+                engine.succeed(
+                    engine.attempts[-1],
+                    candidate,
+                    inputs=len(inputs),
+                    prompt_tokens=usage.prompt_tokens if usage else None,
+                )
+                return Embeddings(
+                    embedded.vectors,
+                    candidate.upstream_model,
+                    candidate.name,
+                    usage,
+                    engine.attempts,
+                )
+        engine.give_up()
+
     async def complete(
         self, model: str | None, messages: Messages, **options: Any
     ) -> AssistantMessage:
@@ -377,6 +443,24 @@ class Router:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
+
+
+def _embedding_call(
+    candidate: Candidate, inputs: list[str], dimensions: int | None
+) -> Callable[[Attempt, Lease], Awaitable[Embedded]]:
+    """The attempt engine's call for one entry: its vectors, the place given back with
+    the tokens the upstream counted."""
+
+    async def call(attempt: Attempt, lease: Lease) -> Embedded:
+        embedded = await candidate.entry.provider.embed(
+            candidate.upstream_model, inputs, dimensions=dimensions
+        )
+        attempt.ttft_ms = attempt.elapsed_ms()  # a whole answer: its first byte is its last
+        attempt.usage = embedded.usage
+        lease.end(embedded.usage.total_tokens if embedded.usage else None)
+        return embedded
+
+    return call
 
 
 def _build_entry(

@@ -16,14 +16,16 @@ import asyncio
 import contextlib
 import os
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 from aiohttp import web
 
-from polyroute.core.deltas import Delta
+from polyroute.core.attempts import Attempt
+from polyroute.core.deltas import Delta, Usage
+from polyroute.core.embeddings import Embeddings
 from polyroute.core.errors import InvalidRequestError, ModelNotSupportedError, PolyrouteError
 from polyroute.core.logging import get_logger, new_request_id
 from polyroute.router.config import GatewayConfig
@@ -31,6 +33,7 @@ from polyroute.router.router import Router
 from polyroute.router.stream import RouterStream
 from polyroute.server.dialects import Dialect, Exchange
 from polyroute.server.dialects.chat import ChatDialect, polyroute_facts
+from polyroute.server.dialects.embeddings import embeddings_body, read_embeddings_body
 from polyroute.server.dialects.errors import WireError
 from polyroute.server.dialects.messages import MessagesDialect
 from polyroute.server.dialects.responses import ResponsesDialect
@@ -38,6 +41,7 @@ from polyroute.server.keys import ClientKey, KeyRing
 from polyroute.server.metrics import GatewayMetrics
 
 _log = get_logger()
+_Answer = Callable[[web.Request, Dialect, str, "_Outcome"], Awaitable[web.StreamResponse]]
 _Batches = AsyncGenerator[list[Delta], None]
 _SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
 _KEY_REQUIRED = "a valid gateway key is required (Authorization: Bearer ..., or x-api-key)"
@@ -69,7 +73,27 @@ class _Outcome:
     """The HTTP status; ``stream_error`` for a stream that ended with an error event;
     ``cancelled`` when the client went away first."""
     stream: RouterStream | None = None
+    embeddings: Embeddings | None = None
     messages: Any = None
+
+    @property
+    def attempts(self) -> list[Attempt]:
+        served = self.stream or self.embeddings
+        return served.attempts if served is not None else []
+
+    @property
+    def provider(self) -> str | None:
+        served = self.stream or self.embeddings
+        return served.provider if served is not None else None
+
+    @property
+    def usage(self) -> Usage | None:
+        served = self.stream or self.embeddings
+        return served.usage if served is not None else None
+
+    @property
+    def ttft_ms(self) -> float | None:
+        return next((a.ttft_ms for a in self.attempts if a.ttft_ms is not None), None)
 
 
 class Gateway:
@@ -111,6 +135,7 @@ class Gateway:
         app.router.add_post("/v1/chat/completions", self.handler(self.chat))
         app.router.add_post("/v1/messages", self.handler(self.messages))
         app.router.add_post("/v1/messages/count_tokens", self.count_tokens)
+        app.router.add_post("/v1/embeddings", self.embeddings)
         app.router.add_post("/v1/responses", self.handler(self.responses))
         app.router.add_get("/v1/responses/{id}", self.get_response)
         app.router.add_get("/v1/models", self.list_models)
@@ -144,21 +169,28 @@ class Gateway:
         """The request handler of ``dialect``'s endpoint."""
 
         async def handle(request: web.Request) -> web.StreamResponse:
-            return await self._serve(request, dialect)
+            return await self._serve(request, dialect.name, self._answer, dialect)
 
         return handle
 
-    async def _serve(self, request: web.Request, dialect: Dialect) -> web.StreamResponse:
+    async def embeddings(self, request: web.Request) -> web.StreamResponse:
+        """``POST /v1/embeddings``: OpenAI's shape, routed by ``Router.embed``."""
+        return await self._serve(request, "embeddings", self._embed, self.chat)
+
+    async def _serve(
+        self, request: web.Request, endpoint: str, answer: _Answer, dialect: Dialect
+    ) -> web.StreamResponse:
+        """``answer`` the request, counted in flight (for the drain), then accounted."""
         started = time.perf_counter()
         request_id = _request_id(request)
-        outcome = _Outcome(dialect.name)
+        outcome = _Outcome(endpoint)
         task = asyncio.current_task()
         if task is not None:
             self._in_flight.add(task)
             self._idle.clear()
         self.metrics.in_flight.inc()
         try:
-            response = await self._answer(request, dialect, request_id, outcome)
+            response = await answer(request, dialect, request_id, outcome)
             if outcome.status == "cancelled":
                 outcome.status = str(response.status)
             return response
@@ -217,6 +249,38 @@ class Gateway:
                 return error_response(dialect.error(error), request_id)
             return await self._stream(request, dialect, exchange, stream, batches, first, outcome)
 
+    async def _embed(
+        self, request: web.Request, dialect: Dialect, request_id: str, outcome: _Outcome
+    ) -> web.StreamResponse:
+        key = self.keys.find(request.headers)
+        if self.keys and key is None:
+            return error_response(
+                dialect.refusal(401, _KEY_REQUIRED, "invalid_api_key"), request_id
+            )
+        outcome.key = key.name if key else None
+        try:
+            call = read_embeddings_body(await _json_body(request))
+            outcome.model = call.model or self.router.settings.default_model or ""
+            if key is not None and (
+                refused := await self._key_refuses(key, dialect, outcome.model)
+            ):
+                return error_response(refused, request_id)
+            embedded = await self.router.embed(
+                call.model, call.inputs, dimensions=call.dimensions, request_id=request_id
+            )
+        except PolyrouteError as error:
+            if isinstance(error, ModelNotSupportedError):
+                outcome.model = "(unknown)"  # callers choose the names: no label per typo
+            return error_response(dialect.error(error), request_id)
+        outcome.embeddings = embedded
+        headers = {
+            "x-request-id": request_id,
+            "x-polyroute-provider": embedded.provider,
+            "x-polyroute-model": embedded.model,
+            "x-polyroute-attempts": str(len(embedded.attempts)),
+        }
+        return json_response(embeddings_body(embedded, call), headers=headers)
+
     async def _key_refuses(self, key: ClientKey, dialect: Dialect, model: str) -> WireError | None:
         """403 for a model the key may not use, 429 over its requests per minute."""
         if not key.allows(model, self.router.resolve_model(model)):
@@ -231,17 +295,24 @@ class Gateway:
 
     def _account(self, outcome: _Outcome, request_id: str, started: float) -> None:
         """One metrics update and one access-log event per request."""
-        self.metrics.record(outcome.endpoint, outcome.model, outcome.status, outcome.stream)
         stream = outcome.stream
-        usage = stream.usage if stream is not None else None
+        self.metrics.record(
+            outcome.endpoint,
+            outcome.model,
+            outcome.status,
+            outcome.attempts,
+            ttft_ms=stream.ttft_ms if stream is not None else None,
+            relays=len(stream.switches) if stream is not None else 0,
+        )
+        usage = outcome.usage
         fields: dict[str, Any] = {
             "request_id": request_id,
             "endpoint": outcome.endpoint,
             "key": outcome.key,
             "model": outcome.model,
-            "provider": stream.provider if stream is not None else None,
+            "provider": outcome.provider,
             "status": outcome.status,
-            "ttft_ms": stream.ttft_ms if stream is not None else None,
+            "ttft_ms": outcome.ttft_ms,
             "duration_ms": round((time.perf_counter() - started) * 1000, 3),
             "prompt_tokens": usage.prompt_tokens if usage else None,
             "completion_tokens": usage.completion_tokens if usage else None,

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from polyroute.core.attempts import Attempt
 from polyroute.router.state import RoutingState
-from polyroute.router.stream import RouterStream
 
 TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
@@ -60,17 +60,25 @@ class GatewayMetrics:
             registry=self.registry,
         )
 
-    def record(self, endpoint: str, model: str, status: str, stream: RouterStream | None) -> None:
-        """One finished request: its outcome, and what its stream went through."""
+    def record(
+        self,
+        endpoint: str,
+        model: str,
+        status: str,
+        attempts: list[Attempt],
+        *,
+        ttft_ms: float | None = None,
+        relays: int = 0,
+    ) -> None:
+        """One finished request: its outcome, its attempts, the time to its first chunk
+        (streams only) and its relays."""
         self.requests.labels(endpoint=endpoint, model=model, status=status).inc()
-        if stream is None:
-            return
-        for attempt in stream.attempts:
+        for attempt in attempts:
             self.attempts.labels(provider=attempt.provider, outcome=attempt.outcome).inc()
-        if (ttft_ms := stream.ttft_ms) is not None:
+        if ttft_ms is not None:
             self.ttft.observe(ttft_ms / 1000)
-        if stream.switches:
-            self.relays.inc(len(stream.switches))
+        if relays:
+            self.relays.inc(relays)
 
     def exposition(self, entries: list[str], state: RoutingState) -> bytes:
         """The text exposition, circuits and state read as of now."""
