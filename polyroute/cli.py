@@ -14,7 +14,6 @@ import logging
 import os
 import signal
 import sys
-import time
 import traceback
 from collections.abc import Sequence
 from importlib import resources
@@ -23,7 +22,6 @@ from typing import Any, TextIO, cast
 
 from polyroute import __version__
 from polyroute.core.config_file import read_config_of_kind
-from polyroute.core.deltas import TextDelta
 from polyroute.core.errors import (
     AllProvidersFailed,
     ConfigError,
@@ -34,11 +32,9 @@ from polyroute.core.errors import (
 )
 from polyroute.core.logging import configure_logging
 from polyroute.core.request import RequestOptions
-from polyroute.providers.base import Provider
 from polyroute.router.config import RouterConfig, load_config, validate
 from polyroute.router.policy import Entry
 from polyroute.router.router import EntryStatus, Router
-from polyroute.router.stats import EntryStats
 from polyroute.router.stream import RouterStream
 from polyroute.simulator.profile import Latency, SimulatedUpstream, SimulatorConfig
 from polyroute.simulator.server import SimulatorServer
@@ -341,39 +337,20 @@ async def providers(args: argparse.Namespace) -> int:
 
 
 async def check(router: Router, entry: EntryStatus) -> str:
-    """``providers --check`` for one entry."""
+    """``providers --check`` for one entry: a tiny request through the router's attempt
+    engine, so its figures and health count like a routed request's."""
     if entry.missing_key:
         return f"skipped (no key: {entry.missing_key})"
-    provider = next(p for p in router.providers if p.entry_name == entry.name)
-    return await probe(provider, entry.stats, entry.discovery_error)
-
-
-async def probe(provider: Provider, stats: EntryStats, discovery: str | None) -> str:
-    """One tiny request, for a model the entry serves: the time to its first chunk and
-    to its whole (short) answer, or why it failed; the figures go into ``stats`` like
-    a routed request's. ``discovery`` is why the entry's model discovery failed."""
-    if not provider.working:
+    if not entry.working:
         return "skipped (not working)"
-    if discovery is not None:
-        return f"failed: model discovery: {discovery}"
-    model = provider.models[0] if provider.models else provider.default_model
-    started = time.perf_counter()
-    first_ms: float | None = None
-    chars = 0
-    try:
-        async for delta in provider.stream(model, [{"role": "user", "content": "ping"}]):
-            if first_ms is None:
-                first_ms = (time.perf_counter() - started) * 1000
-                stats.record_first_chunk(first_ms)
-            if isinstance(delta, TextDelta):
-                chars += len(delta.text)
-    except PolyrouteError as error:
-        stats.record_failure()
-        cause = " ".join(str(error).removeprefix(f"{provider.entry_name}: ").split())
-        return f"failed: {type(error).__name__}: {cause[:120]}"
-    elapsed_ms = (time.perf_counter() - started) * 1000
-    stats.record_success(chars, elapsed_ms - (first_ms or 0.0))
-    return f"ok {model}: first chunk {first_ms or elapsed_ms:.0f} ms, total {elapsed_ms:.0f} ms"
+    if entry.discovery_error is not None:
+        return f"failed: model discovery: {entry.discovery_error}"
+    result = await router.check_entry(entry.name)
+    if result.error is not None:
+        cause = " ".join(str(result.error).removeprefix(f"{entry.name}: ").split())
+        return f"failed: {type(result.error).__name__}: {cause[:120]}"
+    first, total = result.first_chunk_ms or result.total_ms or 0.0, result.total_ms or 0.0
+    return f"ok {result.model}: first chunk {first:.0f} ms, total {total:.0f} ms"
 
 
 def label(entry: Entry) -> str:

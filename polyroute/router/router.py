@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from polyroute.core.attempts import Attempt
-from polyroute.core.deltas import AssistantMessage
+from polyroute.core.deltas import AssistantMessage, TextDelta
 from polyroute.core.embeddings import Embedded, Embeddings
 from polyroute.core.errors import (
     ConfigError,
@@ -50,7 +50,7 @@ from polyroute.router.policy import Candidate, Entry, RoutingPolicy, unusable
 from polyroute.router.retry import RetryPolicy, Sleep
 from polyroute.router.state import Lease, RoutingState, build_state
 from polyroute.router.stats import EntryStats, StatsBook
-from polyroute.router.stream import RouterStream
+from polyroute.router.stream import RouterStream, estimate_tokens
 
 _log = get_logger()
 
@@ -93,6 +93,17 @@ class EntryStatus:
     @property
     def usable(self) -> bool:
         return self.unusable is None
+
+
+@dataclass(frozen=True, slots=True)
+class EntryCheck:
+    """What :meth:`Router.check_entry` found: the ``model`` asked, and the times to the
+    first chunk and to the whole answer, or the ``error`` of the last attempt."""
+
+    model: str
+    first_chunk_ms: float | None = None
+    total_ms: float | None = None
+    error: PolyrouteError | None = None
 
 
 class TokenCount(NamedTuple):
@@ -221,6 +232,47 @@ class Router:
             )
             for entry in self.policy.entries
         ]
+
+    async def check_entry(self, name: str) -> EntryCheck:
+        """One tiny request (``ping``) to entry ``name``, for the first model it lists
+        (or its default), through the attempt engine like a routed request: retries,
+        health, statistics and events alike (``polyroute providers --check``)."""
+        entry = next(entry for entry in self.policy.entries if entry.name == name)
+        provider = entry.provider
+        model = (provider.models[0] if provider.models else provider.default_model) or ""
+        candidate = Candidate(entry, model, provider.get_model(model), name)
+        request = ChatRequest.build([{"role": "user", "content": "ping"}], {})
+        engine = AttemptEngine(
+            self._context_for(model),
+            request_id=new_request_id(),
+            requested_model=model,
+            chain=[model],
+            needs=frozenset(),
+            estimate=lambda: estimate_tokens(request),
+            attempts=[],
+        )
+
+        async def whole_answer(attempt: Attempt, lease: Lease) -> int:
+            chars = 0
+            try:
+                async for batch in provider.stream_batches(candidate.upstream_model, request):
+                    if attempt.ttft_ms is None:
+                        attempt.ttft_ms = attempt.elapsed_ms()
+                        self.state.stats[name].record_first_chunk(attempt.ttft_ms)
+                    chars += sum(len(d.text) for d in batch if isinstance(d, TextDelta))
+            finally:
+                lease.end()
+            return chars
+
+        chars = await engine.attempt(candidate, whole_answer)
+        attempt = engine.attempts[-1] if engine.attempts else None
+        if chars is None or attempt is None:
+            error = attempt.error if attempt is not None else None
+            reason = engine.reasons[-1] if engine.reasons else "not tried"
+            failure = error if isinstance(error, PolyrouteError) else PolyrouteError(reason)
+            return EntryCheck(candidate.upstream_model, error=failure)
+        engine.succeed(attempt, candidate, attempt_chars=chars, chars=chars)
+        return EntryCheck(candidate.upstream_model, attempt.ttft_ms, attempt.duration_ms)
 
     def known_models(self, allowed: Callable[[str], bool] | None = None) -> list[str]:
         """The names the router can route (models, aliases but patterns, fallback

@@ -377,3 +377,15 @@ async def test_models_shows_a_failed_discovery(
     row = result.out.splitlines()[-1].split(None, 1)
     assert row == ["oa", f"discovery failed: oa: HTTP 404: no such route (GET {base}/models)"]
     assert "(any other name)  oa" in result.out
+
+
+async def test_providers_check_goes_through_the_attempt_engine(tmp_path: Path) -> None:
+    """--check is a routed request for one entry: retried per `retry`, and logged in
+    the routing events (-v), like any other."""
+    config = write_config(
+        tmp_path / "r.yaml", simulated("bad", ["m"], failures={"status": {500: 1.0}})
+    )
+    result = await run_cli("-v", "providers", "-c", str(config), "--check", cwd=tmp_path)
+    assert result.code == 1
+    assert result.err.count("attempt.start") == 2  # the default two tries per entry
+    assert "attempt.retry" in result.err
