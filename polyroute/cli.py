@@ -33,7 +33,6 @@ from polyroute.core.errors import (
 from polyroute.core.logging import configure_logging
 from polyroute.core.request import RequestOptions
 from polyroute.router.config import RouterConfig, load_config, validate
-from polyroute.router.policy import Entry
 from polyroute.router.router import EntryStatus, Router
 from polyroute.router.stream import RouterStream
 from polyroute.simulator.profile import Latency, SimulatedUpstream, SimulatorConfig
@@ -273,34 +272,31 @@ async def models(args: argparse.Namespace) -> int:
     config, origin = find_config(args.config)
     router = Router.from_config(config)
     async with router:
+        entries = {entry.name: entry for entry in router.entry_status()}
+        aliases, fallbacks = router.settings.aliases, router.settings.fallbacks
         rows: list[tuple[str, ...]] = []
-        for model in router.policy.known_models():
-            served = [
-                label(entry)
-                for entry in router.policy.entries
-                if entry.provider.serves(model) and model not in router.policy.aliases
-            ]
-            if served:
+        for model in router.known_models():
+            served = [label(entries[name]) for name in router.serving(model)]
+            if served and model not in aliases:
                 rows.append((model, ", ".join(served)))
-        anything = [label(e) for e in router.policy.entries if not e.provider.models]
+        anything = [label(entry) for entry in entries.values() if not entry.models]
         if anything:
             rows.append(("(any other name)", ", ".join(anything)))
         print(f"# config: {origin}")
         table(["MODEL", "PROVIDERS (in priority order)"], rows)
-        if router.policy.aliases:
+        if aliases:
             print()
-            table(["ALIAS", "TARGET"], sorted(router.policy.aliases.items()))
-        if router.policy.fallbacks:
+            table(["ALIAS", "TARGET"], sorted(aliases.items()))
+        if fallbacks:
             print()
             table(
                 ["MODEL", "FALLBACK CHAIN"],
-                [(m, " -> ".join(chain)) for m, chain in sorted(router.policy.fallbacks.items())],
+                [(m, " -> ".join(chain)) for m, chain in sorted(fallbacks.items())],
             )
-        if router.discovery_errors:  # such entries take any model name meanwhile
+        failed = [(e.name, f"discovery failed: {e.discovery_error}") for e in entries.values()
+                  if e.discovery_error]  # fmt: skip
+        if failed:  # such entries take any model name meanwhile
             print()
-            failed = [
-                (name, f"discovery failed: {why}") for name, why in router.discovery_errors.items()
-            ]
             table(["ENTRY", "MODEL LIST"], failed)
     return EXIT_OK
 
@@ -353,7 +349,7 @@ async def check(router: Router, entry: EntryStatus) -> str:
     return f"ok {result.model}: first chunk {first:.0f} ms, total {total:.0f} ms"
 
 
-def label(entry: Entry) -> str:
+def label(entry: EntryStatus) -> str:
     """An entry's name, and why it cannot serve when that is for lack of a key."""
     return f"{entry.name} (no key: {entry.missing_key})" if entry.missing_key else entry.name
 

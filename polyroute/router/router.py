@@ -89,6 +89,10 @@ class EntryStatus:
     """This process's figures (time to first chunk, speed, error rate)."""
     missing_key: str | None
     discovery_error: str | None
+    models: list[str]
+    """The models it lists (empty: it takes any name)."""
+    cooling_down: bool
+    """Its circuit is open (across every process sharing the state)."""
 
     @property
     def usable(self) -> bool:
@@ -229,9 +233,35 @@ class Router:
                 stats=self.state.stats[entry.name],
                 missing_key=entry.missing_key,
                 discovery_error=self.discovery_errors.get(entry.name),
+                models=list(entry.provider.models),
+                cooling_down=self.state.state(entry.name) == "open",
             )
             for entry in self.policy.entries
         ]
+
+    def serving(self, model: str) -> list[str]:
+        """The entries that serve ``model`` (a model name, not an alias), in order."""
+        return [entry.name for entry, _ in self.policy.serving(model)]
+
+    @property
+    def default_model(self) -> str | None:
+        """The model of a request that names none (``default_model``)."""
+        return self.settings.default_model
+
+    @property
+    def records(self) -> RoutingState:
+        """Where what outlives a request is kept (stored responses): the routing
+        state's records, shared by every process when the state is."""
+        return self.state
+
+    def describe_state(self) -> str:
+        """For people: the state backend, and whether it is reachable."""
+        return self.state.describe_backend()
+
+    def state_figures(self) -> tuple[bool, dict[str, int]]:
+        """Whether the shared state is unreachable (this process deciding alone), and
+        the decisions that needed it, by where they were taken."""
+        return self.state.degraded, dict(self.state.decisions)
 
     async def check_entry(self, name: str) -> EntryCheck:
         """One tiny request (``ping``) to entry ``name``, for the first model it lists

@@ -110,7 +110,7 @@ class Gateway:
         self.chat: Dialect = ChatDialect()
         self.messages: Dialect = MessagesDialect()
         self.responses = ResponsesDialect(
-            router.state, store=self.config.responses_store, ttl_s=self.config.responses_ttl_s
+            router.records, store=self.config.responses_store, ttl_s=self.config.responses_ttl_s
         )
         self._in_flight: set[asyncio.Task[Any]] = set()
         self._idle = asyncio.Event()
@@ -217,7 +217,7 @@ class Gateway:
             exchange = await dialect.read(await _json_body(request), request.headers)
         except PolyrouteError as error:
             return error_response(dialect.error(error), request_id)
-        outcome.model = exchange.model or self.router.settings.default_model or ""
+        outcome.model = exchange.model or self.router.default_model or ""
         outcome.messages = exchange.messages
         if key is not None and (refused := await self._key_refuses(key, dialect, outcome.model)):
             return error_response(refused, request_id)
@@ -260,7 +260,7 @@ class Gateway:
         outcome.key = key.name if key else None
         try:
             call = read_embeddings_body(await _json_body(request))
-            outcome.model = call.model or self.router.settings.default_model or ""
+            outcome.model = call.model or self.router.default_model or ""
             if key is not None and (
                 refused := await self._key_refuses(key, dialect, outcome.model)
             ):
@@ -418,7 +418,7 @@ class Gateway:
             )
         try:
             exchange = await dialect.read(await _json_body(request), request.headers)
-            model = exchange.model or self.router.settings.default_model or ""
+            model = exchange.model or self.router.default_model or ""
             if key is not None and (refused := await self._key_refuses(key, dialect, model)):
                 return error_response(refused, request_id)
             count = await self.router.count_tokens(
@@ -444,8 +444,8 @@ class Gateway:
         return json_response(record["response"])
 
     async def metrics_text(self, request: web.Request) -> web.Response:
-        names = [provider.entry_name for provider in self.router.providers]
-        body = self.metrics.exposition(names, self.router.state)
+        circuits = {entry.name: entry.cooling_down for entry in self.router.entry_status()}
+        body = self.metrics.exposition(circuits, *self.router.state_figures())
         return web.Response(body=body, content_type="text/plain", charset="utf-8")
 
     async def healthz(self, request: web.Request) -> web.Response:
@@ -460,7 +460,7 @@ class Gateway:
         body = {
             "status": "ready" if ready else "not ready",
             "unavailable": reasons,
-            "state": self.router.state.describe_backend(),
+            "state": self.router.describe_state(),
         }
         return json_response(body, status=200 if ready else 503)
 

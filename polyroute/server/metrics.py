@@ -6,7 +6,6 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from polyroute.core.attempts import Attempt
-from polyroute.router.state import RoutingState
 
 TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
@@ -80,11 +79,14 @@ class GatewayMetrics:
         if relays:
             self.relays.inc(relays)
 
-    def exposition(self, entries: list[str], state: RoutingState) -> bytes:
-        """The text exposition, circuits and state read as of now."""
-        for name in entries:
-            self.circuit_open.labels(provider=name).set(1 if state.state(name) == "open" else 0)
-        self.state_degraded.set(1 if state.degraded else 0)
-        for where, count in state.decisions.items():
+    def exposition(
+        self, circuits: dict[str, bool], degraded: bool, decisions: dict[str, int]
+    ) -> bytes:
+        """The text exposition, with the entries' circuits (open or not) and the shared
+        state's figures as of now."""
+        for name, cooling_down in circuits.items():
+            self.circuit_open.labels(provider=name).set(1 if cooling_down else 0)
+        self.state_degraded.set(1 if degraded else 0)
+        for where, count in decisions.items():
             self.state_decisions.labels(where=where).set(count)
         return generate_latest(self.registry)
