@@ -42,6 +42,8 @@ def read_vector(values: Any, where: str) -> list[float]:
     ``data[2].embedding``) when it is not a non-empty list of numbers."""
     if not isinstance(values, list) or not values:
         raise TypeError(f"{where} is not a non-empty list of numbers")
+    if all(type(value) is float for value in values):
+        return values  # the usual case: checked in one pass, not copied
     for value in values:
         if type(value) is not float and type(value) is not int:
             raise TypeError(f"{where} holds {type(value).__name__} {value!r}, not a number")

