@@ -4,7 +4,8 @@ bytes back as they come). No parsing, no routing, no checks: what polyroute serv
 on top of this is its own cost.
 
   python -m benchmarks.floor_proxy '{"NAME": "UPSTREAM_BASE", ...}' PORT
-      # POST /NAME/v1/chat/completions is relayed to UPSTREAM_BASE/v1/chat/completions
+      # POST /NAME/v1/chat/completions is relayed to UPSTREAM_BASE/v1/chat/completions,
+      # POST /NAME/v1/embeddings to UPSTREAM_BASE/v1/embeddings
 """
 
 from __future__ import annotations
@@ -26,9 +27,11 @@ def make_app(upstreams: dict[str, str]) -> web.Application:
             sessions.append(aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)))
         body = await request.read()
         headers = {"Content-Type": "application/json"}
-        url = upstreams[request.match_info["name"]] + "/v1/chat/completions"
+        name = request.match_info["name"]
+        url = upstreams[name] + request.path.removeprefix(f"/{name}")
         async with sessions[0].post(url, data=body, headers=headers) as answer:
-            response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+            kind = answer.headers.get("Content-Type", "text/event-stream")
+            response = web.StreamResponse(headers={"Content-Type": kind})
             await response.prepare(request)
             with contextlib.suppress(ConnectionResetError):  # the client went away
                 async for data in answer.content.iter_any():
@@ -44,6 +47,7 @@ def make_app(upstreams: dict[str, str]) -> web.Application:
             await session.close()
 
     app.router.add_post("/{name}/v1/chat/completions", relay)
+    app.router.add_post("/{name}/v1/embeddings", relay)
     app.router.add_get("/healthz", healthz)
     app.on_cleanup.append(close)
     return app

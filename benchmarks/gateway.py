@@ -83,6 +83,7 @@ GATEWAYS = [
 WORKLOADS = [("saturated", 1), ("saturated", 50), ("saturated", 200), ("paced", 100)]
 PROMPT = "Say something."
 MESSAGES = [{"role": "user", "content": PROMPT}]
+EMBED_INPUTS = [f"a short passage to embed, number {index}" for index in range(16)]
 
 
 @dataclass(frozen=True)
@@ -115,12 +116,21 @@ WIRES = {
         re.compile(rb'event: response\.output_text\.delta\ndata: [^\n]*"delta":\s*"token'),
         b"event: response.completed\n",
     ),
+    # Not streamed: one JSON answer (benchmarks/embeddings.py); "first text" is the
+    # first vector, the end the usage, which both the upstream and polyroute put last.
+    "embeddings": Wire(
+        "/v1/embeddings",
+        lambda model: {"model": model, "input": EMBED_INPUTS, "encoding_format": "float"},
+        re.compile(rb'"embedding":\s*\['),
+        b'"total_tokens"',
+    ),
 }
 SERVED = {
     "polyroute": ("chat", 1),
     "polyroute-messages": ("messages", 1),
     "polyroute-responses": ("responses", 1),
     "polyroute-2w": ("chat", 2),
+    "polyroute-embeddings": ("embeddings", 1),  # benchmarks/embeddings.py's row
 }
 """polyroute serve's rows: the dialect the load client speaks, and the workers."""
 CHAT_ROW = "polyroute"
@@ -337,7 +347,8 @@ async def load(
     figures are then those of a thundering herd of 100 requests every 0.7 s, not of
     100 independent clients. Measured: the streams started in the ``seconds`` after
     the warm-up (the parent reads the gateway's CPU time at "measure" and "end").
-    A stream counts when its answer reached ``wire``'s end (which follows no error).
+    A stream counts when its answer reached ``wire``'s end (which follows no error);
+    its latency is the time to the whole answer.
     """
     import aiohttp
 
@@ -345,6 +356,7 @@ async def load(
     first_text, end = wire.first_text, wire.end
     headers = {**headers, "Content-Type": "application/json"}
     ttfts: list[float] = []
+    latencies: list[float] = []
     errors = 0
     warm = min(1.0, seconds / 3)
     begin = time.perf_counter()
@@ -366,12 +378,14 @@ async def load(
                     window = tail + piece
                     ended = end in window
                     tail = window[-len(end) :]
+        latency = time.perf_counter() - started
         if not measure_from <= started < until:
             return
         if response.status != 200 or first is None or not ended:
             errors += 1
         else:
             ttfts.append(first)
+            latencies.append(latency)
 
     async def worker(session: aiohttp.ClientSession, index: int) -> None:
         await asyncio.sleep(warm * index / concurrency)
@@ -388,14 +402,20 @@ async def load(
     async with aiohttp.ClientSession(connector=connector) as session:
         workers = [worker(session, index) for index in range(concurrency)]
         await asyncio.gather(announce(), *workers)
-    ttfts.sort()
     return {
         "streams": len(ttfts),
         "errors": errors,
         "seconds": seconds,
-        "ttft_p50_ms": 1000 * ttfts[len(ttfts) // 2] if ttfts else None,
-        "ttft_p99_ms": 1000 * ttfts[min(len(ttfts) - 1, int(len(ttfts) * 0.99))] if ttfts else None,
+        "ttft_p50_ms": percentile_ms(ttfts, 0.5),
+        "ttft_p99_ms": percentile_ms(ttfts, 0.99),
+        "latency_p50_ms": percentile_ms(latencies, 0.5),
+        "latency_p99_ms": percentile_ms(latencies, 0.99),
     }
+
+
+def percentile_ms(seconds: list[float], q: float) -> float | None:
+    ordered = sorted(seconds)
+    return 1000 * ordered[min(len(ordered) - 1, int(len(ordered) * q))] if ordered else None
 
 
 def measure(

@@ -3,8 +3,10 @@
 Routes: ``POST /v1/chat/completions`` (openai chunks), ``POST /chat`` (darkai events),
 ``POST /tools/v1/chat/completions`` (one tool call streamed in as many fragments as a
 text answer has chunks),
-``POST /fail/v1/chat/completions`` (an instant 503, for the failover figure) and
-``POST /idle/v1/chat/completions`` (one chunk, then the stream is held open).
+``POST /fail/v1/chat/completions`` (an instant 503, for the failover figure),
+``POST /idle/v1/chat/completions`` (one chunk, then the stream is held open) and
+``POST /v1/embeddings`` (a fixed answer in OpenAI's shape: 16 vectors of 256 floats,
+whatever was asked, encoded once).
 With no delay the whole answer is written at once, so that the client is what is
 measured; with a delay each chunk is written on its own, on a schedule ``delay``
 apart, and so arrives in its own socket read, as from a real upstream. (A schedule,
@@ -19,6 +21,7 @@ import argparse
 import asyncio
 import json
 import os
+import random
 
 from aiohttp import web
 
@@ -52,6 +55,22 @@ def darkai_body(chunks: int) -> list[bytes]:
     return [b"data: " + event + b"\n\n"] * chunks + [b"data: " + end + b"\n\n"]
 
 
+def embeddings_body(inputs: int = 16, dimensions: int = 256) -> bytes:
+    """OpenAI's embeddings answer: floats of OpenAI's length (about 9 digits)."""
+    rng = random.Random(24)
+    data = [
+        {
+            "object": "embedding",
+            "index": index,
+            "embedding": [round(rng.uniform(-0.1, 0.1), 9) for _ in range(dimensions)],
+        }
+        for index in range(inputs)
+    ]
+    usage = {"prompt_tokens": 4 * inputs, "total_tokens": 4 * inputs}
+    answer = {"object": "list", "data": data, "model": "bench-embedding", "usage": usage}
+    return json.dumps(answer).encode()
+
+
 def make_app(chunks: int, delay: float) -> web.Application:
     bodies = {
         "openai": openai_body(chunks),
@@ -59,6 +78,7 @@ def make_app(chunks: int, delay: float) -> web.Application:
         "darkai": darkai_body(chunks),
     }
     whole = {name: b"".join(parts) for name, parts in bodies.items()}
+    embedded = embeddings_body()
 
     async def answer(request: web.Request, wire: str) -> web.StreamResponse:
         await request.read()
@@ -88,12 +108,17 @@ def make_app(chunks: int, delay: float) -> web.Application:
         await asyncio.Event().wait()  # held open until the client goes away
         return response
 
+    async def embeddings(request: web.Request) -> web.Response:
+        await request.read()
+        return web.Response(body=embedded, content_type="application/json")
+
     app = web.Application()
     app.router.add_post("/v1/chat/completions", lambda r: answer(r, "openai"))
     app.router.add_post("/tools/v1/chat/completions", lambda r: answer(r, "tools"))
     app.router.add_post("/chat", lambda r: answer(r, "darkai"))
     app.router.add_post("/fail/v1/chat/completions", fail)
     app.router.add_post("/idle/v1/chat/completions", idle)
+    app.router.add_post("/v1/embeddings", embeddings)
     return app
 
 

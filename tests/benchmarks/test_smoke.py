@@ -85,3 +85,31 @@ def test_gateway_benchmark_runs_against_polyroute_serve(tmp_path: Path) -> None:
     assert {r["dialect"] for r in dialects} == {"messages", "responses"}
     assert all(r["cpu_vs_chat"] > 0 and r["ttft_p50_over_chat_ms"] is not None for r in dialects)
     assert "against chat completions" in done.stdout
+
+
+def test_embeddings_benchmark_runs_against_polyroute_serve(tmp_path: Path) -> None:
+    """benchmarks/embeddings.py: direct, the floor proxy and polyroute, each answering
+    every request whole (its first vector and its usage seen), and the target printed."""
+    out = tmp_path / "embeddings.json"
+    done = subprocess.run(
+        [
+            *(sys.executable, "-m", "benchmarks.embeddings", "--quick"),
+            *("--seconds", "0.5", "--out", str(out)),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert {(r["gateway"], r["concurrency"]) for r in rows} == {
+        (gateway, concurrency)
+        for gateway in ("direct", "floor-proxy", "polyroute")
+        for concurrency in (1, 50)
+    }
+    assert all(r["errors"] == 0 and r["requests_per_s"] > 0 for r in rows)
+    assert all(r["latency_p50_ms"] > 0 and r["vs_direct"] > 0 for r in rows)
+    assert all(r["cpu_ms_per_request"] > 0 for r in rows if r["gateway"] != "direct")
+    assert "target: polyroute embeddings" in done.stdout
