@@ -110,6 +110,34 @@ class StateConfig(_Strict):
             yield key, "***" if key == "url" else value
 
 
+CacheMode = Literal["use", "refresh", "off"]
+
+
+class CacheConfig(_Strict):
+    """The exact response cache (docs/cache.md): an answer stored under a hash of the
+    request, replayed for the same request while it lasts. A request uses it only
+    when asked (``x-polyroute-cache``, a gateway key's or a model's ``cache``)."""
+
+    backend: Literal["memory", "redis"] = Field(
+        "memory", description="this process (memory) or a Redis shared by every process"
+    )
+    url: str | None = Field(
+        None, description="redis:// or rediss://; null: the routing state's state.url"
+    )
+    prefix: str = Field("polyroute-cache", min_length=1, description="Redis key prefix")
+    ttl_s: float = Field(3600.0, gt=0, description="how long a stored answer is replayed")
+    max_entry_bytes: int = Field(
+        1024 * 1024, ge=1, description="a larger answer is not stored (counted)"
+    )
+    max_bytes: int = Field(
+        256 * 1024 * 1024, ge=1, description="memory backend: least recently used go past it"
+    )
+
+    def __repr_args__(self) -> Any:
+        for key, value in super().__repr_args__():  # the URL may hold a password
+            yield key, "***" if key == "url" and value else value
+
+
 class ProviderEntry(_Strict):
     """One configured provider: a registry ``type`` plus overrides of its class attributes."""
 
@@ -196,10 +224,18 @@ class RouteSettings(_Strict):
     )
 
 
+class PerModelSettings(RouteSettings):
+    """One model's settings under ``per_model``: route settings, and its cache mode."""
+
+    cache: CacheMode | None = Field(
+        None, description="use, refresh or off: the response cache for this model's requests"
+    )
+
+
 class RouterSettings(RouteSettings):
     """Everything but the providers: shared by config files and ``Router(...)`` in code."""
 
-    per_model: dict[str, RouteSettings] = Field(
+    per_model: dict[str, PerModelSettings] = Field(
         default_factory=dict, description="route settings for one model, over the defaults"
     )
 
@@ -209,9 +245,8 @@ class RouterSettings(RouteSettings):
         defaults = {name: getattr(self, name) for name in RouteSettings.model_fields}
         if override is None:
             return RouteSettings(**defaults)
-        return RouteSettings(
-            **{**defaults, **{k: getattr(override, k) for k in override.model_fields_set}}
-        )
+        given = override.model_fields_set & RouteSettings.model_fields.keys()
+        return RouteSettings(**{**defaults, **{k: getattr(override, k) for k in given}})
 
     default_model: str | None = Field(None, description="used when a request names no model")
     aliases: dict[str, str] = Field(
@@ -229,6 +264,9 @@ class RouterSettings(RouteSettings):
     timeouts: TimeoutsConfig = TimeoutsConfig()
     cooldown: CooldownConfig = CooldownConfig()
     state: StateConfig = StateConfig()
+    cache: CacheConfig | None = Field(
+        None, description="off unless set: the exact response cache (docs/cache.md)"
+    )
 
     @model_validator(mode="after")
     def _aliases_terminate(self) -> RouterSettings:
@@ -259,6 +297,9 @@ class GatewayKey(_Strict):
     key_env: str = Field(min_length=1, description="environment variable holding the key")
     models: list[str] | None = Field(None, description="models it may ask for; null: any")
     rpm: int | None = Field(None, ge=1, description="requests per minute; null: no limit")
+    cache: CacheMode | None = Field(
+        None, description="the response cache mode of its requests, unless they say"
+    )
 
 
 class GatewayConfig(_Strict):

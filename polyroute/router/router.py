@@ -34,6 +34,7 @@ from polyroute.core.request import (
 from polyroute.providers.base import Provider
 from polyroute.providers.registry import Registry, default_registry
 from polyroute.router.attempts import AttemptEngine
+from polyroute.router.cache import CachePlan, ResponseCache, build_cache, cache_key
 from polyroute.router.config import (
     ProviderEntry,
     RouterConfig,
@@ -170,6 +171,8 @@ class Router:
         self.discovery_errors: dict[str, str] = {}
         """Why an entry's ``models: discover`` failed, by entry name."""
         self._contexts: dict[str, RouteContext] = {}
+        self.cache: ResponseCache | None = build_cache(settings.cache, settings.state.url)
+        """The response cache (``cache:`` in the settings), or ``None``."""
 
     @classmethod
     def from_config(
@@ -338,6 +341,7 @@ class Router:
         extra_body: dict[str, Any] | None = None,
         request_id: str | None = None,
         native: NativeRequest | None = None,
+        cache: str | None = None,
         **options: Any,
     ) -> RouterStream:
         """Start routing ``messages`` to ``model``; iterate the result for text, or
@@ -349,7 +353,10 @@ class Router:
         ``extra_body``. ``request_id`` (generated when not given) is carried by every
         event of the request. ``native`` is the client's own request in an upstream's
         format, of which ``messages`` and ``options`` are the translation: entries of
-        that format send it as it was written (the gateway's ``/v1/messages``). Raises
+        that format send it as it was written (the gateway's ``/v1/messages``).
+        ``cache`` (``use``, ``refresh``, ``off``; else the model's ``per_model`` cache,
+        else ``off``) is how the request uses the response cache (docs/cache.md); with
+        no ``cache`` configured, it is off. Raises
         at once (before any I/O) :class:`InvalidRequestError` for a bad argument
         (:class:`InvalidMessagesError` for bad messages), :class:`ModelNotSupportedError`
         for a model no entry serves and
@@ -374,7 +381,21 @@ class Router:
         options.update({key: value for key, value in given.items() if value is not None})
         request = ChatRequest.build(messages, options, native)
         chain = self.policy.model_chain(model, request.needs)
-        return RouterStream(self._context_for(chain[0]), request, model, chain, request_id)
+        plan = self._cache_plan(cache, chain[0], request)
+        return RouterStream(
+            self._context_for(chain[0]), request, model, chain, request_id, caching=plan
+        )
+
+    def _cache_plan(self, mode: str | None, model: str, request: ChatRequest) -> CachePlan | None:
+        if mode is not None and mode not in ("use", "refresh", "off"):
+            raise InvalidRequestError(f"cache must be use, refresh or off, got {mode!r}")
+        if mode is None and (per_model := self.settings.per_model.get(model)) is not None:
+            mode = per_model.cache
+        if self.cache is None or mode is None or mode == "off":
+            return None
+        return CachePlan(
+            self.cache, "use" if mode == "use" else "refresh", cache_key(model, request)
+        )
 
     async def count_tokens(
         self,
@@ -517,6 +538,8 @@ class Router:
     async def aclose(self) -> None:
         """Close every provider's connection pool and the shared state's connections."""
         await asyncio.gather(*(provider.aclose() for provider in self.providers))
+        if self.cache is not None:
+            await self.cache.aclose()
         await self.state.aclose()
 
     async def __aenter__(self) -> Router:

@@ -42,9 +42,10 @@ from polyroute.core.errors import (
     UpstreamError,
     UpstreamProtocolError,
 )
-from polyroute.core.logging import EventLogger, new_request_id
+from polyroute.core.logging import EventLogger, get_logger, new_request_id
 from polyroute.core.request import ChatRequest, estimated_input_tokens
 from polyroute.router.attempts import AttemptEngine, elapsed_ms
+from polyroute.router.cache import CachePlan, StoredAnswer, decode_answer, encode_answer
 from polyroute.router.context import Choice, Mode, RouteContext
 from polyroute.router.hedge import Hedge
 from polyroute.router.relay import Seam, StreamRestarted
@@ -54,6 +55,7 @@ Status = Literal[
     "pending", "streaming", "complete", "switched", "restarted", "truncated", "failed", "cancelled"
 ]
 Upstream = AsyncGenerator[list[Delta], None]
+CacheState = Literal["hit", "miss", "refresh"]
 _Mode = Literal["text", "deltas", "batches"]
 
 
@@ -140,7 +142,10 @@ class RouterStream:
       of the answer was delivered was raised); ``failed`` (nothing delivered);
       ``cancelled``;
     - ``finish_reason`` (``stop``, ``length``, ``tool_calls``...) and ``usage``
-      (summed over attempts), as upstreams reported them, or ``None``.
+      (summed over attempts), as upstreams reported them, or ``None``;
+    - ``cache``: ``hit`` (a stored answer was replayed: no attempts, usage details say
+      ``cached``), ``miss``, ``refresh``, or ``None`` when the request does not use the
+      response cache.
 
     Iterate it once. ``async with router.stream(...) as stream:`` closes the upstream
     response on exit, however the block is left; ``await stream.aclose()`` does too.
@@ -153,6 +158,7 @@ class RouterStream:
         requested_model: str,
         chain: list[str],
         request_id: str | None = None,
+        caching: CachePlan | None = None,
     ) -> None:
         self.request_id = request_id or new_request_id()
         self.requested_model = requested_model
@@ -161,6 +167,9 @@ class RouterStream:
         self.attempts: list[Attempt] = []
         self.status: Status = "pending"
         self.switches: list[int] = []
+        self.cache: CacheState | None = None
+        self._caching = caching
+        self._cached_usage: Usage | None = None
         self._context = context
         self._request = request
         self._chain = chain
@@ -199,8 +208,9 @@ class RouterStream:
 
     @property
     def usage(self) -> Usage | None:
-        """Token usage summed over every attempt that reported some."""
-        total: Usage | None = None
+        """Token usage summed over every attempt that reported some (a replayed
+        answer's: the stored usage)."""
+        total: Usage | None = self._cached_usage
         for attempt in self.attempts:
             if attempt.usage is not None:
                 total = attempt.usage if total is None else total + attempt.usage
@@ -275,6 +285,10 @@ class RouterStream:
         # read is awaited, so that what came before a failure is delivered first).
         text_only, batched = mode == "text", mode == "batches"
         self._context.state.ensure_started()
+        if self._caching is not None and (stored := await self._lookup(self._caching)):
+            for item in self._replay(stored, mode):
+                yield item
+            return
         run = self._begin()
         builder = self._builder
         try:
@@ -355,11 +369,49 @@ class RouterStream:
                     opened.end()
                     await upstream.aclose()
                 self._succeed(run, opened)
+                if self._caching is not None and self.status in ("complete", "switched"):
+                    self._store(self._caching)
                 return
         except (GeneratorExit, asyncio.CancelledError):
             self._cancel(run)
             raise
         self._give_up(run)
+
+    # The response cache ------------------------------------------------------------
+
+    async def _lookup(self, plan: CachePlan) -> StoredAnswer | None:
+        """The stored answer to replay (mode ``use``), else ``None``; sets ``cache``."""
+        if plan.mode == "refresh":
+            self.cache = "refresh"
+            return None
+        value = await plan.cache.get(plan.key)
+        stored = decode_answer(value) if value is not None else None
+        self.cache = "hit" if stored is not None else "miss"
+        return stored
+
+    def _replay(self, stored: StoredAnswer, mode: _Mode) -> list[Any]:
+        """A stored answer, as a live one in ``mode`` would be delivered."""
+        self.provider, self.model = stored.provider, stored.model
+        self._cached_usage = stored.usage
+        for delta in stored.deltas:
+            self._builder.add(delta)
+        self.status = "complete"
+        log = get_logger().bind(request_id=self.request_id)
+        log.info("cache.hit", model=self.requested_model, provider=stored.provider)
+        if mode == "batches":
+            return [stored.deltas] if stored.deltas else []
+        if mode == "text":
+            return [d.text for d in stored.deltas if isinstance(d, TextDelta)]
+        return list(stored.deltas)
+
+    def _store(self, plan: CachePlan) -> None:
+        """Store the answer just delivered, in the background."""
+        value = encode_answer(
+            self.provider, self.model, self._builder.message(), self.finish_reason, self.usage
+        )
+        plan.cache.put_later(plan.key, value)
+        log = get_logger().bind(request_id=self.request_id)
+        log.info("cache.store", provider=self.provider, bytes=len(value))
 
     def _begin(self) -> _Run:
         request = self._request

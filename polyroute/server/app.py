@@ -44,6 +44,7 @@ _log = get_logger()
 _Answer = Callable[[web.Request, Dialect, str, "_Outcome"], Awaitable[web.StreamResponse]]
 _Batches = AsyncGenerator[list[Delta], None]
 _SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+_CACHE_MODES = ("use", "refresh", "off")
 _KEY_REQUIRED = "a valid gateway key is required (Authorization: Bearer ..., or x-api-key)"
 
 
@@ -221,12 +222,17 @@ class Gateway:
         outcome.messages = exchange.messages
         if key is not None and (refused := await self._key_refuses(key, dialect, outcome.model)):
             return error_response(refused, request_id)
+        cache = request.headers.get("x-polyroute-cache")
+        if cache is not None and cache not in _CACHE_MODES:
+            message = f"x-polyroute-cache must be use, refresh or off, got {cache!r}"
+            return error_response(dialect.refusal(400, message, "invalid_request"), request_id)
         try:
             stream = self.router.stream(
                 exchange.model,
                 exchange.messages,
                 request_id=request_id,
                 native=exchange.native,
+                cache=cache or (key.cache if key is not None else None),
                 **exchange.options,
             )
         except PolyrouteError as error:
@@ -337,6 +343,8 @@ class Gateway:
         headers = {**_SSE_HEADERS, "x-request-id": request_id}
         if dropped := stream.dropped:
             headers["x-polyroute-dropped"] = ", ".join(dropped)
+        if stream.cache is not None:
+            headers["x-polyroute-cache"] = stream.cache
         response = _EventStream(headers=headers)
         await response.prepare(request)
         # One send per upstream read, the first with the headers and the opening
@@ -501,6 +509,8 @@ def _facts_headers(stream: RouterStream, request_id: str) -> dict[str, str]:
     }
     if dropped := facts.get("dropped"):
         headers["x-polyroute-dropped"] = ", ".join(dropped)
+    if cache := facts.get("cache"):
+        headers["x-polyroute-cache"] = cache
     return headers
 
 

@@ -26,6 +26,8 @@ class ClientKey:
     secret: bytes
     models: frozenset[str] | None
     rpm: int | None
+    cache: str | None = None
+    """The response cache mode of its requests, unless they say (``x-polyroute-cache``)."""
 
     def allows(self, *models: str) -> bool:
         return self.models is None or any(model in self.models for model in models)
@@ -64,4 +66,4 @@ def _resolve(key: GatewayKey) -> ClientKey:
         )
     register_secret(secret)
     models = frozenset(key.models) if key.models is not None else None
-    return ClientKey(key.name, secret.encode(), models, key.rpm)
+    return ClientKey(key.name, secret.encode(), models, key.rpm, key.cache)

@@ -44,6 +44,8 @@ def polyroute_facts(stream: RouterStream) -> dict[str, Any]:
     }
     if dropped := stream.dropped:
         facts["dropped"] = dropped
+    if stream.cache is not None:
+        facts["cache"] = stream.cache
     return facts
 
 
