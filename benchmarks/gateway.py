@@ -358,6 +358,7 @@ async def load(
     ttfts: list[float] = []
     latencies: list[float] = []
     errors = 0
+    cache: dict[str, int] = {}  # the x-polyroute-cache answers of the measured streams
     warm = min(1.0, seconds / 3)
     begin = time.perf_counter()
     measure_from = begin + warm
@@ -386,6 +387,8 @@ async def load(
         else:
             ttfts.append(first)
             latencies.append(latency)
+            said = response.headers.get("x-polyroute-cache", "none")
+            cache[said] = cache.get(said, 0) + 1
 
     async def worker(session: aiohttp.ClientSession, index: int) -> None:
         await asyncio.sleep(warm * index / concurrency)
@@ -405,6 +408,7 @@ async def load(
     return {
         "streams": len(ttfts),
         "errors": errors,
+        "cache": cache,
         "seconds": seconds,
         "ttft_p50_ms": percentile_ms(ttfts, 0.5),
         "ttft_p99_ms": percentile_ms(ttfts, 0.99),

@@ -113,3 +113,34 @@ def test_embeddings_benchmark_runs_against_polyroute_serve(tmp_path: Path) -> No
     assert all(r["latency_p50_ms"] > 0 and r["vs_direct"] > 0 for r in rows)
     assert all(r["cpu_ms_per_request"] > 0 for r in rows if r["gateway"] != "direct")
     assert "target: polyroute embeddings" in done.stdout
+
+
+def test_cache_benchmark_counts_only_hits_on_the_hit_row(tmp_path: Path) -> None:
+    """benchmarks.cache: the hit row's measured streams all said x-polyroute-cache: hit
+    (the run fails otherwise), the refresh row's all said refresh."""
+    out = tmp_path / "cache.json"
+    done = subprocess.run(
+        [
+            *(sys.executable, "-m", "benchmarks.cache", "--quick"),
+            *("--concurrency", "1,4", "--seconds", "0.6", "--out", str(out)),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = {(r["gateway"], r["concurrency"]): r for r in json.loads(out.read_text())["rows"]}
+    assert set(rows) == {
+        (gateway, concurrency)
+        for gateway in ("direct", "polyroute", "polyroute-cache-hit", "polyroute-cache-refresh")
+        for concurrency in (1, 4)
+    }
+    for concurrency in (1, 4):
+        hit = rows[("polyroute-cache-hit", concurrency)]
+        refresh = rows[("polyroute-cache-refresh", concurrency)]
+        assert hit["cache"]["hit"] == sum(run["streams"] for run in hit["runs"]) > 0
+        assert refresh["cache"]["refresh"] == sum(run["streams"] for run in refresh["runs"]) > 0
+        assert rows[("polyroute", concurrency)]["cache"] == {"hit": 0, "miss": 0, "refresh": 0}
+    assert "target: a hit's added TTFT p50" in done.stdout
