@@ -208,12 +208,9 @@ class Gateway:
     async def _answer(
         self, request: web.Request, dialect: Dialect, request_id: str, outcome: _Outcome
     ) -> web.StreamResponse:
-        key = self.keys.find(request.headers)
-        if self.keys and key is None:
-            return error_response(
-                dialect.refusal(401, _KEY_REQUIRED, "invalid_api_key"), request_id
-            )
-        outcome.key = key.name if key else None
+        key = self._caller(request, dialect, request_id, outcome)
+        if isinstance(key, web.Response):
+            return key
         try:
             exchange = await dialect.read(await _json_body(request), request.headers)
         except PolyrouteError as error:
@@ -258,12 +255,9 @@ class Gateway:
     async def _embed(
         self, request: web.Request, dialect: Dialect, request_id: str, outcome: _Outcome
     ) -> web.StreamResponse:
-        key = self.keys.find(request.headers)
-        if self.keys and key is None:
-            return error_response(
-                dialect.refusal(401, _KEY_REQUIRED, "invalid_api_key"), request_id
-            )
-        outcome.key = key.name if key else None
+        key = self._caller(request, dialect, request_id, outcome)
+        if isinstance(key, web.Response):
+            return key
         try:
             call = read_embeddings_body(await _json_body(request))
             outcome.model = call.model or self.router.default_model or ""
@@ -286,6 +280,20 @@ class Gateway:
             "x-polyroute-attempts": str(len(embedded.attempts)),
         }
         return json_response(embeddings_body(embedded, call), headers=headers)
+
+    def _caller(
+        self, request: web.Request, dialect: Dialect, request_id: str, outcome: _Outcome | None
+    ) -> ClientKey | web.Response | None:
+        """The request's gateway key (``None`` without keys), or the 401 when keys are
+        configured and the request carries none of them."""
+        key = self.keys.find(request.headers)
+        if self.keys and key is None:
+            return error_response(
+                dialect.refusal(401, _KEY_REQUIRED, "invalid_api_key"), request_id
+            )
+        if outcome is not None:
+            outcome.key = key.name if key else None
+        return key
 
     async def _key_refuses(self, key: ClientKey, dialect: Dialect, model: str) -> WireError | None:
         """403 for a model the key may not use, 429 over its requests per minute."""
@@ -399,31 +407,23 @@ class Gateway:
 
     def _models_for(self, request: web.Request) -> list[str] | web.Response:
         """The names the request's key may use, or its refusal (no valid key)."""
-        if refused := self._unauthorized(request):
-            return refused
-        key = self.keys.find(request.headers)
+        key = self._caller(request, self.chat, _request_id(request), None)
+        if isinstance(key, web.Response):
+            return key
         if key is None or key.models is None:
             return self.router.known_models()
         return self.router.known_models(
             lambda name: key.allows(name, self.router.resolve_model(name))
         )
 
-    def _unauthorized(self, request: web.Request) -> web.Response | None:
-        if self.keys and self.keys.find(request.headers) is None:
-            refusal = self._dialect_of(request.path).refusal(401, _KEY_REQUIRED, "invalid_api_key")
-            return error_response(refusal, _request_id(request))
-        return None
-
     async def count_tokens(self, request: web.Request) -> web.Response:
         """``POST /v1/messages/count_tokens``: exact from an Anthropic-format entry,
         estimated otherwise (``x-polyroute-token-count`` says which)."""
         request_id = _request_id(request)
         dialect = self.messages
-        key = self.keys.find(request.headers)
-        if self.keys and key is None:
-            return error_response(
-                dialect.refusal(401, _KEY_REQUIRED, "invalid_api_key"), request_id
-            )
+        key = self._caller(request, dialect, request_id, None)
+        if isinstance(key, web.Response):
+            return key
         try:
             exchange = await dialect.read(await _json_body(request), request.headers)
             model = exchange.model or self.router.default_model or ""
@@ -443,7 +443,8 @@ class Gateway:
 
     async def get_response(self, request: web.Request) -> web.Response:
         """A stored ``/v1/responses`` answer, by id."""
-        if refused := self._unauthorized(request):
+        refused = self._caller(request, self.responses, _request_id(request), None)
+        if isinstance(refused, web.Response):
             return refused
         try:
             record = await self.responses.stored(request.match_info["id"])
