@@ -32,7 +32,6 @@ import os
 import statistics
 import sys
 from contextlib import ExitStack
-from pathlib import Path
 from typing import Any
 
 from benchmarks.__main__ import machine, upstream
@@ -41,6 +40,7 @@ from benchmarks.gateway import (
     WIRES,
     Target,
     cell,
+    focused_main,
     free_port,
     gateway,
     measure,
@@ -201,22 +201,7 @@ def print_table(rows: list[dict[str, Any]]) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
-    )
-    parser.add_argument("--concurrency", default=",".join(map(str, CONCURRENCY)))
-    parser.add_argument("--seconds", type=float, default=5.0)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/cache-results.json"))
-    if "--quick" in sys.argv:  # smaller defaults; options given explicitly still win
-        parser.set_defaults(seconds=1.0, repeats=1)
-    args = parser.parse_args()
-    args.concurrency = [int(c) for c in args.concurrency.split(",")]
-    results = run(args)
-    print_table(results["rows"])
-    args.out.write_text(json.dumps(results, indent=2))
-    print(f"\nwrote {args.out}")
+    focused_main(__doc__, "benchmarks/cache-results.json", CONCURRENCY, run, print_table)
 
 
 if __name__ == "__main__":

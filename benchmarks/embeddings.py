@@ -24,16 +24,14 @@ requests/s over direct's (the median of per-repeat ratios), with the target.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
 from contextlib import ExitStack
-from pathlib import Path
 from typing import Any
 
 from benchmarks.__main__ import machine, upstream
-from benchmarks.gateway import PEERS, WIRES, Target, cell, gateway, measure, median
+from benchmarks.gateway import PEERS, WIRES, Target, cell, focused_main, gateway, measure, median
 
 WORKLOAD = "embeddings"  # also the model asked for, and the polyroute entry's name
 CONCURRENCY = [1, 50]
@@ -123,22 +121,7 @@ def print_table(rows: list[dict[str, Any]]) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
-    )
-    parser.add_argument("--concurrency", default=",".join(map(str, CONCURRENCY)))
-    parser.add_argument("--seconds", type=float, default=5.0)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/embeddings-results.json"))
-    if "--quick" in sys.argv:  # smaller defaults; options given explicitly still win
-        parser.set_defaults(seconds=1.0, repeats=1)
-    args = parser.parse_args()
-    args.concurrency = [int(c) for c in args.concurrency.split(",")]
-    results = run(args)
-    print_table(results["rows"])
-    args.out.write_text(json.dumps(results, indent=2))
-    print(f"\nwrote {args.out}")
+    focused_main(__doc__, "benchmarks/embeddings-results.json", CONCURRENCY, run, print_table)
 
 
 if __name__ == "__main__":

@@ -606,6 +606,32 @@ def print_dialects(rows: list[dict[str, Any]]) -> None:
             )
 
 
+def focused_main(
+    doc: str | None,
+    results: str,
+    concurrency: list[int],
+    run: Callable[[argparse.Namespace], dict[str, Any]],
+    show: Callable[[list[dict[str, Any]]], None],
+) -> None:
+    """The command line of a focused run (benchmarks.embeddings, benchmarks.cache):
+    ``--concurrency``, ``--seconds``, ``--repeats``, ``--quick``, ``--out`` (``results``);
+    runs, shows the rows and writes the JSON."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("--concurrency", default=",".join(map(str, concurrency)))
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--out", type=Path, default=Path(results))
+    if "--quick" in sys.argv:  # smaller defaults; options given explicitly still win
+        parser.set_defaults(seconds=1.0, repeats=1)
+    args = parser.parse_args()
+    args.concurrency = [int(c) for c in args.concurrency.split(",")]
+    outcome = run(args)
+    show(outcome["rows"])
+    args.out.write_text(json.dumps(outcome, indent=2))
+    print(f"\nwrote {args.out}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
