@@ -232,10 +232,28 @@ def encode_event(payload: Any) -> bytes:
     return b"data: " + orjson.dumps(payload) + b"\n\n"
 
 
+def named_event(kind: str, payload: Any) -> bytes:
+    """One SSE event of type ``kind`` carrying ``payload`` as JSON (Anthropic's and the
+    Responses API's events): ``event: kind``, ``data: {...}`` and a blank line."""
+    return b"event: " + kind.encode() + b"\ndata: " + orjson.dumps(payload) + b"\n\n"
+
+
 DONE_EVENT = b"data: [DONE]\n\n"
 """What ends an OpenAI-format stream."""
 
-_MARKER = "\ue000"  # a private-use character, which model names and ids do not hold
+TEXT_MARKER = "\ue000"
+"""A private-use character, which no fixed part of an event holds. An event encoded
+with it in place of its text is cut around it once (:func:`cut_at_marker`); each
+text's event is then those bytes joined around the text's JSON string: a fifth of the
+cost of building and dumping the dict, and the bytes cannot differ from the dict's."""
+_MARKER_JSON = orjson.dumps(TEXT_MARKER)
+
+
+def cut_at_marker(encoded: bytes) -> tuple[bytes, bytes]:
+    """The bytes of ``encoded`` before and after the JSON string of :data:`TEXT_MARKER`
+    (its last one: the text comes after any name or id that might hold it)."""
+    before, _, after = encoded.rpartition(_MARKER_JSON)
+    return before, after
 
 
 def openai_delta(delta: Delta) -> dict[str, Any] | None:
@@ -270,11 +288,8 @@ class OpenAIChunkEncoder:
             "created": int(time.time()) if created is None else created,
             "model": model,
         }
-        # A text chunk's bytes around its text, cut from one encoded with a marker:
-        # joining them costs a fifth of building and dumping the dict, and the bytes
-        # cannot differ from the dict's.
-        parts = encode_event(self.chunk({"content": _MARKER})).split(orjson.dumps(_MARKER))
-        self._text_frame = (parts[0], parts[1]) if len(parts) == 2 else None
+        # A text chunk's bytes around its text (see TEXT_MARKER).
+        self._text_frame = cut_at_marker(encode_event(self.chunk({"content": TEXT_MARKER})))
 
     def chunk(
         self,
@@ -300,7 +315,8 @@ class OpenAIChunkEncoder:
 
     def encode(self, delta: Delta) -> bytes:
         """``delta`` as one event (empty for a delta with no place in the format)."""
-        if type(delta) is TextDelta and (frame := self._text_frame) is not None:
+        if type(delta) is TextDelta:
+            frame = self._text_frame
             return frame[0] + orjson.dumps(delta.text) + frame[1]
         if isinstance(delta, FinishDelta):
             return encode_event(self.chunk(finish_reason=delta.reason))

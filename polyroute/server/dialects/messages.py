@@ -33,6 +33,7 @@ from polyroute.core.deltas import (
 )
 from polyroute.core.errors import PolyrouteError, UpstreamProtocolError
 from polyroute.core.request import NativeRequest
+from polyroute.core.sse import TEXT_MARKER, cut_at_marker, named_event
 from polyroute.router.stream import RouterStream
 from polyroute.server.dialects import model_and_stream
 from polyroute.server.dialects.chat import polyroute_facts, restart_error
@@ -60,11 +61,6 @@ ERROR_TYPES = {
 PASSED_HEADERS = ("anthropic-beta",)
 
 
-def event(kind: str, payload: dict[str, Any]) -> bytes:
-    """One named event: ``event: kind`` and its JSON."""
-    return b"event: " + kind.encode() + b"\ndata: " + orjson.dumps(payload) + b"\n\n"
-
-
 def usage_body(usage: Usage | None) -> dict[str, int]:
     """A :class:`Usage` as Anthropic reports it: input tokens apart from cache reads
     and writes."""
@@ -77,9 +73,6 @@ def usage_body(usage: Usage | None) -> dict[str, int]:
         "cache_creation_input_tokens": written,
         "cache_read_input_tokens": read,
     }
-
-
-_MARKER = "\ue000"  # a private-use character, which no event's fixed parts hold
 
 
 class _Blocks:
@@ -101,9 +94,8 @@ class _Blocks:
             if self._open != "text":
                 self._start({"type": "text", "text": ""}, out)
                 # The bytes around a text delta's JSON string, cut once per block.
-                marked = self._event({"type": "text_delta", "text": _MARKER})
-                before, after = marked.split(orjson.dumps(_MARKER))
-                self._text_frame = (before, after)
+                marked = self._event({"type": "text_delta", "text": TEXT_MARKER})
+                self._text_frame = cut_at_marker(marked)
             self._pieces.append(delta.text)
             out.append(self._text_frame[0] + orjson.dumps(delta.text) + self._text_frame[1])
         elif isinstance(delta, ToolCallDelta):
@@ -136,7 +128,7 @@ class _Blocks:
         self._open = None
         self._pieces = []
         out.append(
-            event("content_block_stop", {"type": "content_block_stop", "index": self._index})
+            named_event("content_block_stop", {"type": "content_block_stop", "index": self._index})
         )
 
     @property
@@ -148,11 +140,11 @@ class _Blocks:
         self.content.append(block)
         self._open = block["type"]
         start = {"type": "content_block_start", "index": self._index, "content_block": block}
-        out.append(event("content_block_start", start))
+        out.append(named_event("content_block_start", start))
 
     def _event(self, delta: dict[str, Any]) -> bytes:
         payload = {"type": "content_block_delta", "index": self._index, "delta": delta}
-        return event("content_block_delta", payload)
+        return named_event("content_block_delta", payload)
 
     def _thinking(self, out: list[bytes]) -> None:
         if self._open != "thinking":
@@ -242,8 +234,8 @@ class MessagesExchange:
                 usage = delta.usage if usage is None else usage + delta.usage
         message = {**self._message(), "content": [], "stop_reason": None}
         message["usage"] = usage_body(usage)
-        out.append(event("message_start", {"type": "message_start", "message": message}))
-        out.append(event("ping", {"type": "ping"}))
+        out.append(named_event("message_start", {"type": "message_start", "message": message}))
+        out.append(named_event("ping", {"type": "ping"}))
 
     def _message(self) -> dict[str, Any]:
         return {
@@ -274,12 +266,12 @@ class MessagesExchange:
             "usage": usage_body(stream.usage),
             "polyroute": polyroute_facts(stream),
         }
-        out.append(event("message_delta", delta))
-        out.append(event("message_stop", {"type": "message_stop"}))
+        out.append(named_event("message_delta", delta))
+        out.append(named_event("message_stop", {"type": "message_stop"}))
         return b"".join(out)
 
     def failure(self, error: WireError) -> bytes:
-        return event("error", error.body)
+        return named_event("error", error.body)
 
     async def whole(self, stream: RouterStream, request_id: str) -> dict[str, Any]:
         self._blocks.close([])

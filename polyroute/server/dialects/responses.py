@@ -38,13 +38,13 @@ from polyroute.core.deltas import (
 )
 from polyroute.core.errors import InvalidRequestError, PolyrouteError, UpstreamProtocolError
 from polyroute.core.request import NativeRequest
+from polyroute.core.sse import TEXT_MARKER, cut_at_marker, named_event
 from polyroute.router.stream import RouterStream
 from polyroute.server.dialects import Records, model_and_stream
 from polyroute.server.dialects.chat import polyroute_facts, restart_error
 from polyroute.server.dialects.errors import WireError, classify, openai_error, own_failure
 from polyroute.server.dialects.responses_request import input_items, translate
 
-_MARKER = "\ue000"  # a private-use character, which no event's fixed parts hold
 INCOMPLETE = {"length": "max_output_tokens", "content_filter": "content_filter"}
 """Finish reasons that leave a response incomplete, and the reason it then gives."""
 
@@ -54,9 +54,8 @@ class ResponseNotFoundError(InvalidRequestError):
 
 
 def event(payload: dict[str, Any]) -> bytes:
-    """One event: ``event: <type>`` and its JSON."""
-    kind: str = payload["type"]
-    return b"event: " + kind.encode() + b"\ndata: " + orjson.dumps(payload) + b"\n\n"
+    """One event, named by its ``type``."""
+    return named_event(str(payload["type"]), payload)
 
 
 def usage_body(usage: Usage | None) -> dict[str, Any] | None:
@@ -144,8 +143,8 @@ class _Items:
         self.emit(self._at({"type": "response.content_part.added", "content_index": 0,
                             "part": part}), out)  # fmt: skip
         head = self._at({"type": "response.output_text.delta", "content_index": 0})
-        head |= {"logprobs": [], "delta": _MARKER}  # the text last: the cut ends before it
-        self._text_head = event(head).split(dumps(_MARKER))[0]
+        head |= {"logprobs": [], "delta": TEXT_MARKER}  # the text last: the cut ends before it
+        self._text_head = cut_at_marker(event(head))[0]
 
     def _start_reasoning(self, out: list[bytes]) -> None:
         item = {"id": f"rs_{self._base}_{len(self.output)}", "type": "reasoning", "summary": []}
