@@ -169,9 +169,9 @@ class Usage:
     @classmethod
     def from_openai(cls, usage: dict[str, Any]) -> Usage:
         """From an OpenAI-style ``usage`` object; a missing total is the sum of the two."""
-        prompt = _count(usage.get("prompt_tokens"))
-        completion = _count(usage.get("completion_tokens"))
-        total = _count(usage.get("total_tokens")) or prompt + completion
+        prompt = token_count(usage.get("prompt_tokens"))
+        completion = token_count(usage.get("completion_tokens"))
+        total = token_count(usage.get("total_tokens")) or prompt + completion
         details = {
             key: value
             for key, value in usage.items()
@@ -187,24 +187,24 @@ class Usage:
         Anthropic's ``cache_read_input_tokens``, Gemini's ``cachedContentTokenCount``."""
         details = self.details
         return (
-            _count(_nested(details, "prompt_tokens_details", "cached_tokens"))
-            or _count(details.get("cache_read_input_tokens"))
-            or _count(details.get("cachedContentTokenCount"))
+            token_count(_nested(details, "prompt_tokens_details", "cached_tokens"))
+            or token_count(details.get("cache_read_input_tokens"))
+            or token_count(details.get("cachedContentTokenCount"))
         )
 
     @property
     def cache_write_tokens(self) -> int:
         """Input tokens written to the prompt cache (counted in ``prompt_tokens``):
         Anthropic's ``cache_creation_input_tokens``."""
-        return _count(self.details.get("cache_creation_input_tokens"))
+        return token_count(self.details.get("cache_creation_input_tokens"))
 
     @property
     def reasoning_tokens(self) -> int:
         """Output tokens spent reasoning (counted in ``completion_tokens``)."""
         details = self.details
-        return _count(_nested(details, "completion_tokens_details", "reasoning_tokens")) or _count(
-            details.get("thoughtsTokenCount")
-        )
+        return token_count(
+            _nested(details, "completion_tokens_details", "reasoning_tokens")
+        ) or token_count(details.get("thoughtsTokenCount"))
 
     def __add__(self, other: Usage) -> Usage:
         details = dict(self.details)
@@ -231,7 +231,8 @@ def _nested(details: dict[str, Any], outer: str, inner: str) -> Any:
     return found.get(inner) if isinstance(found, dict) else None
 
 
-def _count(value: Any) -> int:
+def token_count(value: Any) -> int:
+    """``value`` as a token count: an int (not a bool) as it is, anything else 0."""
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 

@@ -27,6 +27,7 @@ from polyroute.core.deltas import (
     ToolCallDelta,
     Usage,
     UsageDelta,
+    token_count,
 )
 from polyroute.core.errors import (
     AuthenticationError,
@@ -354,10 +355,10 @@ def usage_of(fields: dict[str, Any]) -> Usage:
     """Anthropic's ``usage`` object as a :class:`Usage`: ``prompt_tokens`` counts every
     input token, cache reads and writes included (OpenAI's meaning), and the original
     figures stay in ``details``."""
-    read = _tokens(fields.get("cache_read_input_tokens"))
-    written = _tokens(fields.get("cache_creation_input_tokens"))
-    prompt = _tokens(fields.get("input_tokens")) + read + written
-    completion = _tokens(fields.get("output_tokens"))
+    read = token_count(fields.get("cache_read_input_tokens"))
+    written = token_count(fields.get("cache_creation_input_tokens"))
+    prompt = token_count(fields.get("input_tokens")) + read + written
+    completion = token_count(fields.get("output_tokens"))
     details = {k: v for k, v in fields.items() if k not in ("input_tokens", "output_tokens") and v}
     return Usage(prompt, completion, prompt + completion, details)
 
@@ -385,10 +386,6 @@ def _difference(total: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
         else:
             changed[key] = value
     return changed
-
-
-def _tokens(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 def _text(value: Any) -> str:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import types
 from collections.abc import AsyncGenerator, Callable, Iterator, Mapping
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, NoReturn, TypeVar
 from urllib.parse import urlsplit
 
 from polyroute.core.deltas import CONTENT_DELTAS, Delta
@@ -225,9 +225,9 @@ class Provider:
         """What of ``request`` this entry does not send on: what a client's request
         lost in its translation to the chat shape, then the options this type does
         not take. Empty for a request in this type's own format."""
-        native = request.native
-        if native is not None and native.format == self.native_format:
+        if self.takes_native(request):
             return []
+        native = request.native
         dropped = list(native.lost) if native is not None else []
         accepted = self.accepted_options
         if accepted is not None and request.options:
@@ -356,10 +356,7 @@ class Provider:
                 body=body,
             )
         except UpstreamStatusError as error:
-            refined = self.classify_status_error(error, model)
-            if refined is error:
-                raise
-            raise refined from error
+            self._raise_classified(error, model)
         try:
             embedded = self.read_embeddings(answer)
         except (KeyError, TypeError, ValueError, AttributeError, IndexError) as error:
@@ -475,12 +472,17 @@ class Provider:
                             f"stream ended before {self.end_event_name}", provider=self.entry_name
                         )
             except UpstreamStatusError as error:
-                refined = self.classify_status_error(error, model)
-                if refined is error:
-                    raise
-                raise refined from error
+                self._raise_classified(error, model)
         finally:
             await events.aclose()
+
+    def _raise_classified(self, error: UpstreamStatusError, model: str) -> NoReturn:
+        """Raise :meth:`classify_status_error`'s refinement of ``error`` (chained to
+        it), or ``error`` itself when there is none."""
+        refined = self.classify_status_error(error, model)
+        if refined is error:
+            raise error
+        raise refined from error
 
     def _post(
         self,

@@ -57,11 +57,10 @@ def cache_key(model: str, request: ChatRequest) -> str:
     if request.native is not None:
         body = {k: v for k, v in request.native.body.items() if k not in ("stream", "model")}
         native = {"format": request.native.format, "body": body}
-    options = {k: v for k, v in request.options.items() if k != "stream"}
     identity = {
         "model": model,
         "messages": [message.model_dump(exclude_none=True) for message in request.messages],
-        "options": options,
+        "options": request.options,  # never holds `stream`: no request option is named so
         "extra_body": request.extra_body,
         "native": native,
     }

@@ -365,13 +365,7 @@ class Router:
         :class:`AllProvidersFailed` when every candidate failed before its first chunk,
         or the upstream's typed error after part of the answer was delivered.
         """
-        if model is not None and not isinstance(model, str):
-            raise InvalidRequestError(
-                f"model must be a string (a model name or alias), got {type(model).__name__}"
-            )
-        model = model or self.settings.default_model
-        if not model:
-            raise ModelNotSupportedError("", supported=self.policy.known_models())
+        model = self._requested(model)
         given = {
             "tools": tools,
             "tool_choice": tool_choice,
@@ -385,6 +379,19 @@ class Router:
         return RouterStream(
             self._context_for(chain[0]), request, model, chain, request_id, caching=plan
         )
+
+    def _requested(self, model: str | None) -> str:
+        """The model a request names, or ``default_model``; raises
+        :class:`InvalidRequestError` for a name that is not a string and
+        :class:`ModelNotSupportedError` when there is none."""
+        if model is not None and not isinstance(model, str):
+            raise InvalidRequestError(
+                f"model must be a string (a model name or alias), got {type(model).__name__}"
+            )
+        model = model or self.settings.default_model
+        if not model:
+            raise ModelNotSupportedError("", supported=self.policy.known_models())
+        return model
 
     def _cache_plan(self, mode: str | None, model: str, request: ChatRequest) -> CachePlan | None:
         if mode is not None and mode not in ("use", "refresh", "off"):
@@ -412,9 +419,7 @@ class Router:
         ``tokens.count_failed``), they are estimated at 4.5 characters a token.
         Raises as :meth:`stream` does for a bad request or an unknown model.
         """
-        model = model or self.settings.default_model
-        if not model:
-            raise ModelNotSupportedError("", supported=self.policy.known_models())
+        model = self._requested(model)
         request = ChatRequest.build(messages, options, native)
         first = None
         for name in self.policy.model_chain(model, request.needs):
@@ -453,9 +458,7 @@ class Router:
         inputs = [input] if isinstance(input, str) else list(input)
         if not inputs or not all(isinstance(text, str) for text in inputs):
             raise InvalidRequestError("input must be a string or a non-empty list of strings")
-        model = model or self.settings.default_model
-        if not model:
-            raise ModelNotSupportedError("", supported=self.policy.known_models())
+        model = self._requested(model)
         chain = self.policy.embedding_chain(model, self.settings.embedding_fallbacks)
         chars = sum(map(len, inputs))
         engine = AttemptEngine(
