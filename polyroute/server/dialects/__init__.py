@@ -11,6 +11,7 @@ Relays, limits and accounting stay below, in the router and the gateway.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from polyroute.core.deltas import Delta
@@ -101,3 +102,17 @@ def model_and_stream(body: Any) -> tuple[str | None, bool]:
     if not isinstance(stream, bool) and stream is not None:
         raise InvalidRequestError("stream: must be true or false")
     return model, bool(stream)
+
+
+@dataclass
+class Translation:
+    """A client's request in the router's chat shape: messages (as dicts, validated by
+    the router), options, and what could not be carried (``lost``, without repeats)."""
+
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    options: dict[str, Any] = field(default_factory=dict)
+    lost: list[str] = field(default_factory=list)
+
+    def lose(self, what: str) -> None:
+        if what not in self.lost:
+            self.lost.append(what)

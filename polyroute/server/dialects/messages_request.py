@@ -12,31 +12,18 @@ the request as it was written instead (see ``NativeRequest``), and loses nothing
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
 from polyroute.core.errors import InvalidRequestError
+from polyroute.server.dialects import Translation
 
 _READ_KEYS = frozenset(
     {"model", "messages", "system", "max_tokens", "stream", "tools", "tool_choice"}
     | {"stop_sequences", "temperature", "top_p", "metadata", "thinking"}
 )
 _CHOICES = {"auto": "auto", "any": "required", "none": "none"}
-
-
-@dataclass
-class Translation:
-    """The chat-shaped request: messages, options, and what could not be carried."""
-
-    messages: list[dict[str, Any]] = field(default_factory=list)
-    options: dict[str, Any] = field(default_factory=dict)
-    lost: list[str] = field(default_factory=list)
-
-    def lose(self, what: str) -> None:
-        if what not in self.lost:
-            self.lost.append(what)
 
 
 def translate(body: dict[str, Any]) -> Translation:

@@ -12,12 +12,13 @@ forces a hosted tool is, since the request cannot be served without it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
 from polyroute.core.errors import InvalidRequestError
+from polyroute.server import dialects
 
 # Keys read here, or by the exchange itself (stream, store, include, ids).
 _READ_KEYS = frozenset(
@@ -40,17 +41,11 @@ _MESSAGE_ROLES = frozenset({"user", "assistant", "system", "developer"})
 
 
 @dataclass
-class Translation:
-    """The chat-shaped request, the custom tools' names, and what could not be carried."""
+class Translation(dialects.Translation):
+    """The chat-shaped request, with the names of its custom tools (whose calls go
+    back to the client as ``custom_tool_call`` items)."""
 
-    messages: list[dict[str, Any]] = field(default_factory=list)
-    options: dict[str, Any] = field(default_factory=dict)
     custom_tools: frozenset[str] = frozenset()
-    lost: list[str] = field(default_factory=list)
-
-    def lose(self, what: str) -> None:
-        if what not in self.lost:
-            self.lost.append(what)
 
 
 def input_items(body: dict[str, Any]) -> list[dict[str, Any]]:
