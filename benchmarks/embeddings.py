@@ -2,10 +2,11 @@
 against the upstream itself (issue 24), with benchmarks/gateway.py's parts.
 
 The upstream (``benchmarks.upstream``) answers every embeddings request with the same
-16 vectors of 256 floats (56 KB of JSON, encoded once). Each of ``conc`` workers posts
-``{"model", "input": [16 short strings], "encoding_format": "float"}`` one request
-after another, at concurrency 1 and 50; the load client, its workers, the measured
-window and the gateway's CPU and RSS are gateway.py's. Rows:
+16 vectors of 256 floats (56 KB of JSON as floats, 22 KB as base64, encoded once).
+Each of ``conc`` workers posts ``{"model", "input": [16 short strings],
+"encoding_format"}`` one request after another, at concurrency 1 and 50, in each
+form: ``base64`` (what OpenAI's SDKs ask by default) and ``float``. The load client,
+its workers, the measured window and the gateway's CPU and RSS are gateway.py's. Rows:
 
   direct       the client posts to the upstream's /v1/embeddings
   floor-proxy  benchmarks/floor_proxy.py on the gateway's core: the answer's bytes
@@ -13,7 +14,7 @@ window and the gateway's CPU and RSS are gateway.py's. Rows:
   polyroute    polyroute serve (1 worker, its own core) in front of it, as a
                ``type: openai`` entry (Router.embed, then ``{base_url}/embeddings``)
 
-Figures (medians of the repeats, the two rows' order alternating): requests/s,
+Figures (medians of the repeats, the rows' order rotating): requests/s,
 latency p50/p99 (to the whole answer), the gateway's CPU per request, and its
 requests/s over direct's (the median of per-repeat ratios), with the target.
 
@@ -35,6 +36,8 @@ from benchmarks.gateway import PEERS, WIRES, Target, cell, focused_main, gateway
 
 WORKLOAD = "embeddings"  # also the model asked for, and the polyroute entry's name
 CONCURRENCY = [1, 50]
+FORMS = {"base64": "embeddings-base64", "float": "embeddings"}
+"""encoding_format -> the load client's wire (benchmarks/gateway.py's WIRES)."""
 TARGET = (50, 0.8)
 """polyroute's requests/s at least this many times direct's at this concurrency."""
 
@@ -42,7 +45,7 @@ TARGET = (50, 0.8)
 def run(args: argparse.Namespace) -> dict[str, Any]:
     available = sorted(os.sched_getaffinity(0))
     shared, own = available[0], available[-1]  # upstream + client | the gateway
-    results: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    results: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
     PEERS.mkdir(exist_ok=True)  # polyroute serve's config goes there
     with ExitStack() as stack:
         base = stack.enter_context(upstream(1, 0.0, shared))
@@ -56,29 +59,35 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         served.name = "polyroute"
         targets = [direct, floor, served]
         for repeat in range(args.repeats):
-            for concurrency in args.concurrency:
-                shift = repeat % len(targets)
-                for target in targets[shift:] + targets[:shift]:
-                    outcome = measure(target, WORKLOAD, concurrency, args.seconds, shared)
-                    results.setdefault((target.name, concurrency), []).append(outcome)
-                    print(
-                        f"  c={concurrency} {target.name} repeat {repeat + 1}: "
-                        f"{outcome['streams_per_s']:.0f} requests/s, errors {outcome['errors']}",
-                        file=sys.stderr,
-                        flush=True,
-                    )
+            for form, wire in FORMS.items():
+                for concurrency in args.concurrency:
+                    shift = repeat % len(targets)
+                    for target in targets[shift:] + targets[:shift]:
+                        target.dialect = wire
+                        outcome = measure(target, WORKLOAD, concurrency, args.seconds, shared)
+                        results.setdefault((form, target.name, concurrency), []).append(outcome)
+                        print(
+                            f"  {form} c={concurrency} {target.name} repeat {repeat + 1}: "
+                            f"{outcome['streams_per_s']:.0f} requests/s, "
+                            f"errors {outcome['errors']}",
+                            file=sys.stderr,
+                            flush=True,
+                        )
         cores = {target.name: target.cores for target in targets}
     rows = []
     order = [target.name for target in targets]
-    for (name, concurrency), runs in sorted(
-        results.items(), key=lambda item: (item[0][1], order.index(item[0][0]))
+    forms = list(FORMS)
+    for (form, name, concurrency), runs in sorted(
+        results.items(),
+        key=lambda item: (forms.index(item[0][0]), item[0][2], order.index(item[0][1])),
     ):
-        baseline = results[("direct", concurrency)]
+        baseline = results[(form, "direct", concurrency)]
         ratios = [
             r["streams_per_s"] / d["streams_per_s"] for r, d in zip(runs, baseline, strict=True)
         ]
         rows.append(
             {
+                "form": form,
                 "gateway": name,
                 "cores": cores[name],
                 "concurrency": concurrency,
@@ -98,25 +107,26 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def print_table(rows: list[dict[str, Any]]) -> None:
     header = (
-        f"{'conc':>4} {'gateway':<11} {'cores':<5} {'requests/s':>10} {'vs direct':>9} "
+        f"{'form':<6} {'conc':>4} {'gateway':<11} {'cores':<5} {'requests/s':>10} {'vs direct':>9} "
         f"{'p50 ms':>7} {'p99 ms':>7} {'CPU ms/req':>10} {'RSS MB':>7} {'errors':>6}"
     )
     print(header)
     print("-" * len(header))
     for r in rows:
         print(
-            f"{r['concurrency']:>4} {r['gateway']:<11} {r['cores']:<5} "
+            f"{r['form']:<6} {r['concurrency']:>4} {r['gateway']:<11} {r['cores']:<5} "
             f"{cell(r['requests_per_s'], '.0f'):>10} {r['vs_direct']:>8.2f}x "
             f"{cell(r['latency_p50_ms'], '.2f'):>7} {cell(r['latency_p99_ms'], '.2f'):>7} "
             f"{cell(r['cpu_ms_per_request'], '.3f'):>10} "
             f"{cell(r['peak_rss_mb'], '.0f'):>7} {r['errors']:>6}"
         )
+    print()
     for r in rows:
         if r["gateway"] == "polyroute" and r["concurrency"] == TARGET[0]:
             held = "met" if r["vs_direct"] >= TARGET[1] else "NOT met"
             print(
-                f"\ntarget: polyroute embeddings >= {TARGET[1]}x direct's requests/s at "
-                f"c={TARGET[0]}: {r['vs_direct']:.2f}x, {held}"
+                f"target: polyroute embeddings ({r['form']}) >= {TARGET[1]}x direct's "
+                f"requests/s at c={TARGET[0]}: {r['vs_direct']:.2f}x, {held}"
             )
 
 

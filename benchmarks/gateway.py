@@ -124,6 +124,13 @@ WIRES = {
         re.compile(rb'"embedding":\s*\['),
         b'"total_tokens"',
     ),
+    # The same in base64, as OpenAI's SDKs ask by default.
+    "embeddings-base64": Wire(
+        "/v1/embeddings",
+        lambda model: {"model": model, "input": EMBED_INPUTS, "encoding_format": "base64"},
+        re.compile(rb'"embedding":\s*"'),
+        b'"total_tokens"',
+    ),
 }
 SERVED = {
     "polyroute": ("chat", 1),

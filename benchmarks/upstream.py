@@ -6,7 +6,7 @@ text answer has chunks),
 ``POST /fail/v1/chat/completions`` (an instant 503, for the failover figure),
 ``POST /idle/v1/chat/completions`` (one chunk, then the stream is held open) and
 ``POST /v1/embeddings`` (a fixed answer in OpenAI's shape: 16 vectors of 256 floats,
-whatever was asked, encoded once).
+whatever the input, encoded once per ``encoding_format``, naming the model asked).
 With no delay the whole answer is written at once, so that the client is what is
 measured; with a delay each chunk is written on its own, on a schedule ``delay``
 apart, and so arrives in its own socket read, as from a real upstream. (A schedule,
@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import json
 import os
 import random
+import struct
 
 from aiohttp import web
 
@@ -55,20 +57,24 @@ def darkai_body(chunks: int) -> list[bytes]:
     return [b"data: " + event + b"\n\n"] * chunks + [b"data: " + end + b"\n\n"]
 
 
-def embeddings_body(inputs: int = 16, dimensions: int = 256) -> bytes:
-    """OpenAI's embeddings answer: floats of OpenAI's length (about 9 digits)."""
+def embeddings_bodies(inputs: int = 16, dimensions: int = 256) -> dict[str, tuple[bytes, bytes]]:
+    """OpenAI's embeddings answer in each ``encoding_format``, as the bytes before and
+    after the model's name (the answer names the model asked, as OpenAI's does):
+    floats of OpenAI's length (about 9 digits), or their float32 bytes in base64."""
     rng = random.Random(24)
-    data = [
-        {
-            "object": "embedding",
-            "index": index,
-            "embedding": [round(rng.uniform(-0.1, 0.1), 9) for _ in range(dimensions)],
-        }
-        for index in range(inputs)
-    ]
+    vectors = [[round(rng.uniform(-0.1, 0.1), 9) for _ in range(dimensions)] for _ in range(inputs)]
     usage = {"prompt_tokens": 4 * inputs, "total_tokens": 4 * inputs}
-    answer = {"object": "list", "data": data, "model": "bench-embedding", "usage": usage}
-    return json.dumps(answer).encode()
+    packed = [base64.b64encode(struct.pack(f"<{dimensions}f", *v)).decode() for v in vectors]
+    bodies = {}
+    for form, encoded in (("float", vectors), ("base64", packed)):
+        data = [
+            {"object": "embedding", "index": index, "embedding": vector}
+            for index, vector in enumerate(encoded)
+        ]
+        answer = {"object": "list", "data": data, "model": "MODEL", "usage": usage}
+        before, after = json.dumps(answer).encode().split(b'"MODEL"')
+        bodies[form] = (before, after)
+    return bodies
 
 
 def make_app(chunks: int, delay: float) -> web.Application:
@@ -78,7 +84,7 @@ def make_app(chunks: int, delay: float) -> web.Application:
         "darkai": darkai_body(chunks),
     }
     whole = {name: b"".join(parts) for name, parts in bodies.items()}
-    embedded = embeddings_body()
+    embedded = embeddings_bodies()
 
     async def answer(request: web.Request, wire: str) -> web.StreamResponse:
         await request.read()
@@ -109,8 +115,10 @@ def make_app(chunks: int, delay: float) -> web.Application:
         return response
 
     async def embeddings(request: web.Request) -> web.Response:
-        await request.read()
-        return web.Response(body=embedded, content_type="application/json")
+        asked = json.loads(await request.read())
+        before, after = embedded[asked.get("encoding_format", "float")]
+        body = before + json.dumps(asked["model"]).encode() + after
+        return web.Response(body=body, content_type="application/json")
 
     app = web.Application()
     app.router.add_post("/v1/chat/completions", lambda r: answer(r, "openai"))

@@ -19,7 +19,7 @@ from typing import Any, ClassVar, Generic, NoReturn, TypeVar
 from urllib.parse import urlsplit
 
 from polyroute.core.deltas import CONTENT_DELTAS, Delta
-from polyroute.core.embeddings import Embedded
+from polyroute.core.embeddings import Embedded, EncodingFormat
 from polyroute.core.errors import (
     CapabilityNotSupportedError,
     ConfigError,
@@ -34,6 +34,7 @@ from polyroute.core.http import (
     AnswerEnd,
     SessionOwner,
     Timeouts,
+    fetch_answer,
     fetch_json,
     stream_event_batches,
 )
@@ -325,11 +326,18 @@ class Provider:
     # Embeddings --------------------------------------------------------------------
 
     async def embed(
-        self, model: str, inputs: list[str], *, dimensions: int | None = None
+        self,
+        model: str,
+        inputs: list[str],
+        *,
+        dimensions: int | None = None,
+        encoding_format: EncodingFormat = "float",
     ) -> Embedded:
         """One vector per text of ``inputs``, in their order, from ``model`` (the
         upstream's name: resolve a user's name with :meth:`get_model` first), of
         ``dimensions`` numbers each when given (models that can shorten their vectors).
+        ``encoding_format`` is the form asked of an upstream that has a choice (see
+        :mod:`polyroute.core.embeddings`); the vectors read in either form.
 
         Raises :class:`CapabilityNotSupportedError` (before anything is sent) for a
         provider without ``supports_embeddings``, :class:`InvalidRequestError` for no
@@ -343,10 +351,10 @@ class Provider:
             raise InvalidRequestError("embeddings need a non-empty list of strings as inputs")
         if dimensions is not None and (isinstance(dimensions, bool) or dimensions < 1):
             raise InvalidRequestError(f"dimensions must be a positive integer, not {dimensions!r}")
-        url, body = self.embeddings_request(model, inputs, dimensions)
+        url, body = self.embeddings_request(model, inputs, dimensions, encoding_format)
         headers = {k: v for k, v in self.headers.items() if k.lower() not in _JSON_HEADERS}
         try:
-            answer = await fetch_json(
+            raw, answer = await fetch_answer(
                 self._sessions.session,
                 url,
                 provider=self.entry_name,
@@ -364,15 +372,16 @@ class Provider:
             raise UpstreamProtocolError(
                 f"malformed embeddings answer ({detail})", provider=self.entry_name
             ) from None
-        if len(embedded.vectors) != len(inputs):
+        if len(embedded) != len(inputs):
             raise UpstreamProtocolError(
-                f"{len(embedded.vectors)} embeddings for {len(inputs)} inputs",
-                provider=self.entry_name,
+                f"{len(embedded)} embeddings for {len(inputs)} inputs", provider=self.entry_name
             )
+        if self.relayable(answer, model, encoding_format):
+            embedded.body = raw
         return embedded
 
     def embeddings_request(
-        self, model: str, inputs: list[str], dimensions: int | None
+        self, model: str, inputs: list[str], dimensions: int | None, encoding_format: EncodingFormat
     ) -> tuple[str, dict[str, Any]]:
         """Where an embeddings request goes and its JSON body. The default: this type
         has no embeddings wire format (:class:`CapabilityNotSupportedError`), which
@@ -387,6 +396,12 @@ class Provider:
         :class:`UpstreamProtocolError`.
         """
         raise NotImplementedError
+
+    def relayable(self, answer: Any, model: str, encoding_format: EncodingFormat) -> bool:
+        """Whether ``answer`` (already read by :meth:`read_embeddings`) may go to a client
+        of OpenAI's embeddings API as it came (:attr:`Embedded.body`): only OpenAI's own
+        format can, so no by default."""
+        return False
 
     # Streaming ---------------------------------------------------------------------
 

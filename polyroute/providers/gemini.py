@@ -28,7 +28,7 @@ from polyroute.core.deltas import (
     Usage,
     UsageDelta,
 )
-from polyroute.core.embeddings import Embedded, read_vector
+from polyroute.core.embeddings import Embedded, EncodingFormat, read_vector
 from polyroute.core.errors import (
     AuthenticationError,
     ContextLengthExceededError,
@@ -208,10 +208,11 @@ class Gemini(AsyncGeneratorProvider):
     # Embeddings --------------------------------------------------------------------
 
     def embeddings_request(
-        self, model: str, inputs: list[str], dimensions: int | None
+        self, model: str, inputs: list[str], dimensions: int | None, encoding_format: EncodingFormat
     ) -> tuple[str, dict[str, Any]]:
         """``POST {base_url}/v1beta/models/{model}:batchEmbedContents``, one request per
-        input, as google-genai's ``embed_content`` sends several contents."""
+        input, as google-genai's ``embed_content`` sends several contents; Gemini
+        answers floats whatever the form asked."""
         extra = {} if dimensions is None else {"outputDimensionality": dimensions}
         requests = [
             {

@@ -32,7 +32,12 @@ from polyroute.core.deltas import (
     Usage,
     UsageDelta,
 )
-from polyroute.core.embeddings import Embedded, read_vector
+from polyroute.core.embeddings import (
+    Embedded,
+    EncodingFormat,
+    read_base64_vector,
+    read_vector,
+)
 from polyroute.core.errors import (
     AuthenticationError,
     ContextLengthExceededError,
@@ -189,33 +194,43 @@ class OpenAI(AsyncGeneratorProvider):
         return f"{self.base_url}/models"
 
     def embeddings_request(
-        self, model: str, inputs: list[str], dimensions: int | None
+        self, model: str, inputs: list[str], dimensions: int | None, encoding_format: EncodingFormat
     ) -> tuple[str, dict[str, Any]]:
-        """``POST {base_url}/embeddings``, floats asked for (the SDK's default, base64,
-        saves bytes but needs decoding, and not every compatible server has it)."""
-        body: dict[str, Any] = {"model": model, "input": inputs, "encoding_format": "float"}
+        """``POST {base_url}/embeddings`` in the form asked: base64 (the SDK's default)
+        saves bytes; a server without it that sends floats is read all the same."""
+        body: dict[str, Any] = {"model": model, "input": inputs, "encoding_format": encoding_format}
         if dimensions is not None:
             body["dimensions"] = dimensions
         return f"{self.base_url}/embeddings", body
 
     def read_embeddings(self, answer: Any) -> Embedded:
-        """``data[].embedding``, put in order by ``data[].index`` (a server may answer a
-        batch out of order), and ``usage``."""
+        """``data[].embedding`` (all floats or all base64), put in order by
+        ``data[].index`` (a server may answer a batch out of order), and ``usage``."""
         data = answer["data"]
-        if not isinstance(data, list):
-            raise TypeError("data is not a list")
-        by_index: dict[int, list[float]] = {}
+        if not isinstance(data, list) or not data:
+            raise TypeError("data is not a non-empty list")
+        encoded = isinstance(data[0].get("embedding"), str)
+        read = read_base64_vector if encoded else read_vector
+        by_index: dict[int, Any] = {}
         for position, item in enumerate(data):
             index = item.get("index", position)
             if type(index) is not int or index in by_index:
                 raise ValueError(f"data[{position}].index {index!r} is not a new integer")
-            by_index[index] = read_vector(item.get("embedding"), f"data[{position}].embedding")
+            by_index[index] = read(item.get("embedding"), f"data[{position}].embedding")
         if sorted(by_index) != list(range(len(by_index))):
             raise ValueError(f"data[].index runs {sorted(by_index)}, not 0 to {len(data) - 1}")
-        usage = answer.get("usage")
-        return Embedded(
-            [by_index[index] for index in range(len(by_index))],
-            Usage.from_openai(usage) if isinstance(usage, dict) else None,
+        vectors = [by_index[index] for index in range(len(by_index))]
+        counted = answer.get("usage")
+        usage = Usage.from_openai(counted) if isinstance(counted, dict) else None
+        return Embedded(base64=vectors, usage=usage) if encoded else Embedded(vectors, usage)
+
+    def relayable(self, answer: Any, model: str, encoding_format: EncodingFormat) -> bool:
+        """In the inputs' order, in the form asked and naming the model asked."""
+        data = answer["data"]
+        return (
+            answer.get("model") == model
+            and isinstance(data[0]["embedding"], str) == (encoding_format == "base64")
+            and all(item.get("index", position) == position for position, item in enumerate(data))
         )
 
 

@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 
 from polyroute.core.attempts import Attempt
 from polyroute.core.deltas import AssistantMessage, TextDelta
-from polyroute.core.embeddings import Embedded, Embeddings
+from polyroute.core.embeddings import Embedded, Embeddings, EncodingFormat
 from polyroute.core.errors import (
     ConfigError,
     InvalidRequestError,
@@ -443,12 +443,15 @@ class Router:
         input: str | Sequence[str],
         *,
         dimensions: int | None = None,
+        encoding_format: EncodingFormat | None = None,
         request_id: str | None = None,
     ) -> Embeddings:
         """One vector per text of ``input`` (a string is one), from ``model``, routed on
         the attempt engine like a chat request: aliases, priority, limits, retries,
         health, the same events. Only entries of that model take over from one another,
         then the models of its ``embedding_fallbacks``: vectors of two models do not mix.
+        ``encoding_format="base64"`` asks upstreams that have it for OpenAI's base64 form
+        (read it from ``.base64``; ``.vectors`` decodes it); floats by default.
 
         Raises at once :class:`InvalidRequestError` for bad input,
         :class:`ModelNotSupportedError` for a model no entry serves and
@@ -458,6 +461,10 @@ class Router:
         inputs = [input] if isinstance(input, str) else list(input)
         if not inputs or not all(isinstance(text, str) for text in inputs):
             raise InvalidRequestError("input must be a string or a non-empty list of strings")
+        if encoding_format not in (None, "float", "base64"):
+            raise InvalidRequestError(
+                f"encoding_format must be 'float' or 'base64', not {encoding_format!r}"
+            )
         model = self._requested(model)
         chain = self.policy.embedding_chain(model, self.settings.embedding_fallbacks)
         chars = sum(map(len, inputs))
@@ -473,7 +480,8 @@ class Router:
         engine.begin()
         while (candidate := await engine.next_candidate()) is not None:
             embedded = await engine.attempt(
-                candidate, _embedding_call(candidate, inputs, dimensions)
+                candidate,
+                _embedding_call(candidate, inputs, dimensions, encoding_format or "float"),
             )
             if embedded is not None:
                 usage = embedded.usage
@@ -484,11 +492,7 @@ class Router:
                     prompt_tokens=usage.prompt_tokens if usage else None,
                 )
                 return Embeddings(
-                    embedded.vectors,
-                    candidate.upstream_model,
-                    candidate.name,
-                    usage,
-                    engine.attempts,
+                    candidate.upstream_model, candidate.name, usage, engine.attempts, embedded
                 )
         engine.give_up()
 
@@ -554,14 +558,14 @@ class Router:
 
 
 def _embedding_call(
-    candidate: Candidate, inputs: list[str], dimensions: int | None
+    candidate: Candidate, inputs: list[str], dimensions: int | None, encoding: EncodingFormat
 ) -> Callable[[Attempt, Lease], Awaitable[Embedded]]:
     """The attempt engine's call for one entry: its vectors, the place given back with
     the tokens the upstream counted."""
 
     async def call(attempt: Attempt, lease: Lease) -> Embedded:
         embedded = await candidate.entry.provider.embed(
-            candidate.upstream_model, inputs, dimensions=dimensions
+            candidate.upstream_model, inputs, dimensions=dimensions, encoding_format=encoding
         )
         attempt.ttft_ms = attempt.elapsed_ms()  # a whole answer: its first byte is its last
         attempt.usage = embedded.usage

@@ -266,20 +266,25 @@ class Gateway:
             ):
                 return error_response(refused, request_id)
             embedded = await self.router.embed(
-                call.model, call.inputs, dimensions=call.dimensions, request_id=request_id
+                call.model,
+                call.inputs,
+                dimensions=call.dimensions,
+                encoding_format=call.encoding_format,
+                request_id=request_id,
             )
+            outcome.embeddings = embedded
+            body = embeddings_body(embedded, call)  # base64 that does not decode raises
         except PolyrouteError as error:
             if isinstance(error, ModelNotSupportedError):
                 outcome.model = "(unknown)"  # callers choose the names: no label per typo
             return error_response(dialect.error(error), request_id)
-        outcome.embeddings = embedded
         headers = {
             "x-request-id": request_id,
             "x-polyroute-provider": embedded.provider,
             "x-polyroute-model": embedded.model,
             "x-polyroute-attempts": str(len(embedded.attempts)),
         }
-        return json_response(embeddings_body(embedded, call), headers=headers)
+        return web.Response(body=body, content_type="application/json", headers=headers)
 
     def _caller(
         self, request: web.Request, dialect: Dialect, request_id: str, outcome: _Outcome | None

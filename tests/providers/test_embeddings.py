@@ -3,7 +3,9 @@ their embeddings formats, which the official SDKs read first to prove they are r
 
 from __future__ import annotations
 
+import base64
 import json
+import struct
 from typing import Any
 
 import pytest
@@ -135,6 +137,78 @@ async def test_openai_embed_posts_floats_and_reads_vectors_by_index(
     assert request.headers["Authorization"] == f"Bearer {OPENAI_KEY}"
     assert request.headers["Content-Type"] == "application/json"
     assert request.headers["Accept"] == "application/json"
+
+
+async def test_openai_embed_in_base64_keeps_the_upstreams_form_and_bytes(
+    openai_upstream: OpenAIUpstream,
+) -> None:
+    async with openai_for(openai_upstream) as provider:
+        embedded = await provider.embed("local-embed", TEXTS, encoding_format="base64")
+    assert openai_upstream.requests[0].body["encoding_format"] == "base64"
+    assert embedded.body is not None  # OpenAI's list, in order, as asked: relayable as is
+    sent = json.loads(embedded.body)
+    assert embedded.base64 == [item["embedding"] for item in sent["data"]]  # not re-encoded
+    assert embedded.vectors == [openai_wire.embedding_for(text) for text in TEXTS]
+
+
+def _packed(vector: list[float]) -> str:
+    return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+
+
+def _answer(form: str, model: str = "local-embed", order: list[int] | None = None) -> bytes:
+    """An OpenAI embeddings answer for TEXTS in ``form``, its ``data`` in ``order``."""
+    vectors = [openai_wire.embedding_for(text) for text in TEXTS]
+    data = [
+        {"object": "embedding", "index": i, "embedding": _packed(v) if form == "base64" else v}
+        for i, v in enumerate(vectors)
+    ]
+    data = [data[i] for i in order or range(len(data))]
+    usage = {"prompt_tokens": 4, "total_tokens": 4}
+    return json.dumps({"object": "list", "data": data, "model": model, "usage": usage}).encode()
+
+
+@pytest.mark.parametrize(
+    ("asked", "raw"),
+    [
+        ("float", _answer("float", order=[2, 0, 1])),
+        ("base64", _answer("base64", order=[1, 0, 2])),
+        ("float", _answer("float", model="other")),
+        ("base64", _answer("float")),  # a server without base64
+        ("float", _answer("base64")),
+    ],
+    ids=["out of order", "base64 out of order", "another model", "floats", "base64"],
+)
+async def test_an_answer_not_as_asked_is_read_but_not_relayable(
+    openai_upstream: OpenAIUpstream, asked: Any, raw: bytes
+) -> None:
+    openai_upstream.then(Script(raw=raw))
+    async with openai_for(openai_upstream) as provider:
+        embedded = await provider.embed("local-embed", TEXTS, encoding_format=asked)
+    assert embedded.body is None
+    expected = [openai_wire.embedding_for(text) for text in TEXTS]
+    assert embedded.vectors == expected
+    assert embedded.base64 == [_packed(vector) for vector in expected]
+
+
+async def test_base64_letters_are_checked_when_decoded(openai_upstream: OpenAIUpstream) -> None:
+    """Shape at once (a malformed answer hands over); letters on decoding, which a
+    relayed answer never needs."""
+    openai_upstream.then(Script(raw=b'{"data": [{"index": 0, "embedding": "AAC!Pw=="}]}'))
+    async with openai_for(openai_upstream) as provider:
+        embedded = await provider.embed("local-embed", ["one"], encoding_format="base64")
+    assert embedded.base64 == ["AAC!Pw=="]
+    with pytest.raises(UpstreamProtocolError, match="does not decode"):
+        _ = embedded.vectors
+
+
+@pytest.mark.parametrize("form", ["float", "base64"])
+async def test_an_answer_as_asked_is_relayable_as_it_came(
+    openai_upstream: OpenAIUpstream, form: Any
+) -> None:
+    openai_upstream.then(Script(raw=_answer(form)))
+    async with openai_for(openai_upstream) as provider:
+        embedded = await provider.embed("local-embed", TEXTS, encoding_format=form)
+    assert embedded.body == _answer(form)
 
 
 async def test_openai_embed_asks_for_dimensions(openai_upstream: OpenAIUpstream) -> None:
@@ -299,6 +373,14 @@ async def test_error_statuses_become_the_typed_errors_of_chat(
         ),
         ("openai", b'{"data": [{"index": 0, "embedding": [1]}]}', "1 embeddings for 2 inputs"),
         ("openai", b"not json", "invalid JSON"),
+        ("openai", b'{"data": []}', "data is not a non-empty list"),
+        ("openai", b'{"data": [{"index": 0, "embedding": "\xc3\xa9AAA"}]}', "is not base64"),
+        ("openai", b'{"data": [{"index": 0, "embedding": "AA==AAAA"}]}', "is not base64"),
+        (  # one form for the whole answer: floats after base64 are not base64
+            "openai",
+            b'{"data": [{"index": 0, "embedding": "AACAPw=="}, {"index": 1, "embedding": [1]}]}',
+            r"data\[1\]\.embedding is not base64",
+        ),
         ("gemini", b'{"embedding": {"values": [1]}}', "missing key 'embeddings'"),
         ("gemini", b'{"embeddings": [{"values": [1]}, {"values": []}]}', r"embeddings\[1\]"),
         ("gemini", b'{"embeddings": [{"values": [1, "2"]}, {"values": [2]}]}', "str '2'"),

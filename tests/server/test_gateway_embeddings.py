@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import base64
+import struct
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +17,7 @@ import pytest_asyncio
 import yaml
 from structlog.testing import capture_logs
 
-from polyroute import AllProvidersFailed, CapabilityNotSupportedError, Router
+from polyroute import AllProvidersFailed, CapabilityNotSupportedError, InvalidRequestError, Router
 from tests.server.helpers import gateway
 from tests.upstreams.gemini import GeminiUpstream
 from tests.upstreams.gemini import embedding_for as gemini_vector
@@ -75,6 +77,7 @@ def fresh(served: Served) -> None:
     for server in (served.first, served.second, served.other, served.gemini):
         server.queue.clear()
         server.requests.clear()
+    served.first.reverse_embeddings = False
 
 
 async def test_vectors_through_the_sdk_in_base64_and_floats(served: Served) -> None:
@@ -90,6 +93,27 @@ async def test_vectors_through_the_sdk_in_base64_and_floats(served: Served) -> N
     assert packed.usage.prompt_tokens == 2
     assert floats.data[0].embedding == embedding_for("a", 4)
     assert served.first.requests[-1].body["dimensions"] == 4
+    # Each asked of the upstream in the client's form, and its answer relayed as it came
+    # (the test server writes JSON with spaces, the gateway's own encoder without).
+    assert [r.body["encoding_format"] for r in served.first.requests] == ["base64", "float"]
+    assert raw.content.startswith(b'{"object": "list", "data": [{"object": "embedding"')
+
+
+@pytest.mark.parametrize("form", ["base64", "float"])
+async def test_an_answer_out_of_order_is_put_in_order(served: Served, form: Any) -> None:
+    served.first.reverse_embeddings = True
+    async with served.client() as client:
+        raw = await client.embeddings.with_raw_response.create(
+            model="emb", input=["a", "bc", "d"], encoding_format=form
+        )
+    answer = raw.parse()
+    assert raw.content.startswith(b'{"object":"list"')  # encoded by the gateway
+    assert [item.index for item in answer.data] == [0, 1, 2]
+    if form == "base64":  # the SDK leaves a base64 it was asked for to the caller
+        floats = [list(struct.unpack("<8f", base64.b64decode(i.embedding))) for i in answer.data]
+    else:
+        floats = [item.embedding for item in answer.data]
+    assert floats == [embedding_for("a"), embedding_for("bc"), embedding_for("d")]
 
 
 async def test_a_failed_entry_hands_over_to_another_of_the_same_model(served: Served) -> None:
@@ -178,3 +202,28 @@ async def test_the_engine_logs_the_same_events_for_embeddings_and_chat(
             "route.done",
         ]
     )
+
+
+async def test_router_embed_gives_either_form_and_refuses_a_third(served: Served) -> None:
+    config = _config(served.first, served.second, served.other, served.gemini)
+    async with Router.from_config(config) as router:
+        packed = await router.embed("vectors", ["a", "bc"], encoding_format="base64")
+        floats = await router.embed("emb", "a")
+        with pytest.raises(InvalidRequestError, match="encoding_format"):
+            await router.embed("emb", "a", encoding_format="hex")  # type: ignore[arg-type]
+    sent = [r.body["encoding_format"] for r in served.first.requests]
+    assert sent == ["base64", "float"]
+    assert packed.vectors == [embedding_for("a"), embedding_for("bc")]
+    assert packed.base64[0] == base64.b64encode(struct.pack("<8f", *embedding_for("a"))).decode()
+    assert (floats.vectors, floats.model, floats.provider) == ([embedding_for("a")], "emb", "first")
+
+
+async def test_base64_that_does_not_decode_is_a_502_for_a_float_client(served: Served) -> None:
+    """The upstream sent base64 unasked, with a letter outside the alphabet: found
+    only when decoding it for a client that wants floats."""
+    bad = b'{"object": "list", "data": [{"index": 0, "embedding": "AAC!Pw=="}], "model": "emb"}'
+    served.first.then(Script(raw=bad))
+    async with served.client() as client:
+        with pytest.raises(openai.InternalServerError, match="does not decode") as caught:
+            await client.embeddings.create(model="emb", input="a", encoding_format="float")
+    assert caught.value.status_code == 502

@@ -4,12 +4,12 @@ OpenAI encodes them and its SDK asks by default)."""
 
 from __future__ import annotations
 
-import base64
-import struct
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
-from polyroute.core.embeddings import Embeddings
+import orjson
+
+from polyroute.core.embeddings import Embeddings, EncodingFormat
 from polyroute.core.errors import InvalidRequestError
 from polyroute.server.dialects import model_and_stream
 
@@ -21,7 +21,7 @@ class EmbeddingsCall:
     model: str | None
     inputs: list[str]
     dimensions: int | None
-    encoding_format: Literal["float", "base64"]
+    encoding_format: EncodingFormat
 
 
 def read_embeddings_body(body: Any) -> EmbeddingsCall:
@@ -44,21 +44,19 @@ def read_embeddings_body(body: Any) -> EmbeddingsCall:
     return EmbeddingsCall(model, inputs, dimensions, encoding)
 
 
-def embeddings_body(embedded: Embeddings, call: EmbeddingsCall) -> dict[str, Any]:
-    """The ``list`` of ``embedding`` objects, in the inputs' order, with the usage."""
+def embeddings_body(embedded: Embeddings, call: EmbeddingsCall) -> bytes:
+    """The ``list`` of ``embedding`` objects, in the inputs' order, with the usage: the
+    upstream's bytes when it answered in OpenAI's format as asked, else encoded."""
+    if embedded.embedded.body is not None:
+        return embedded.embedded.body
+    vectors = embedded.base64 if call.encoding_format == "base64" else embedded.vectors
     data = [
-        {"object": "embedding", "index": index, "embedding": _encoded(vector, call)}
-        for index, vector in enumerate(embedded.vectors)
+        {"object": "embedding", "index": index, "embedding": vector}
+        for index, vector in enumerate(vectors)
     ]
     usage = embedded.usage
     tokens = {
         "prompt_tokens": usage.prompt_tokens if usage else 0,
         "total_tokens": usage.total_tokens if usage else 0,
     }
-    return {"object": "list", "data": data, "model": embedded.model, "usage": tokens}
-
-
-def _encoded(vector: list[float], call: EmbeddingsCall) -> list[float] | str:
-    if call.encoding_format == "float":
-        return vector
-    return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+    return orjson.dumps({"object": "list", "data": data, "model": embedded.model, "usage": tokens})
