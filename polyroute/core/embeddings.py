@@ -129,12 +129,13 @@ def read_base64_vector(text: Any, where: str) -> str:
     ``TypeError`` naming ``where`` otherwise. Its letters are checked when it is
     decoded (:attr:`Embedded.vectors`), not here: a check costs as much as decoding
     (3 us a vector of 256), and a relayed vector is never decoded."""
-    if not isinstance(text, str) or not text.isascii() or len(text) % 4 or "=" in text[:-2]:
+    length = len(text) if isinstance(text, str) else 0
+    if not length or length % 4 or not text.isascii() or text.find("=", 0, length - 2) >= 0:
         raise TypeError(f"{where} is not base64")
-    size = len(text) // 4 * 3 - (len(text) - len(text.rstrip("=")))
+    size = length // 4 * 3 - (2 if text.endswith("==") else text.endswith("="))
     if not size or size % 4:
         raise TypeError(f"{where} holds {size} bytes, not a whole number of float32s")
-    return text
+    return str(text)
 
 
 def _floats_of(text: str) -> list[float]:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import time
 import weakref
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -57,6 +57,24 @@ Status = Literal[
 Upstream = AsyncGenerator[list[Delta], None]
 CacheState = Literal["hit", "miss", "refresh"]
 _Mode = Literal["text", "deltas", "batches"]
+
+
+def _texts(out: list[Delta]) -> Iterator[str]:
+    """Mode ``text``: each text, and a marker where the answer starts over."""
+    for delta in out:
+        if type(delta) is TextDelta:
+            yield delta.text
+        elif type(delta) is RestartDelta:
+            yield StreamRestarted.of(delta)
+
+
+_DELIVERABLE: dict[_Mode, Callable[[list[Delta]], Iterable[Any]]] = {
+    "text": _texts,
+    "deltas": lambda out: out,
+    "batches": lambda out: (out,),
+}
+"""How one upstream read's deltas are handed on, per mode: one by one, as texts only,
+or as the list itself (:meth:`RouterStream.delta_batches`)."""
 
 
 ASSUMED_ANSWER_TOKENS = 256
@@ -278,16 +296,16 @@ class RouterStream:
     # The routing loop -----------------------------------------------------------
 
     async def _run(self, mode: _Mode) -> AsyncGenerator[Any, None]:
-        # Longer than the other steps on purpose: deliver is inline (see below), and
-        # `mode` picks what is yielded without a second generator over this one: each
-        # text (a StreamRestarted marker where the answer starts over), each delta,
-        # or each upstream read's deltas as a list (`out`, yielded before the next
-        # read is awaited, so that what came before a failure is delivered first).
-        text_only, batched = mode == "text", mode == "batches"
+        # Longer than the other steps on purpose: deliver is inline (see below). Every
+        # delta of one upstream read goes to `out`, which is handed on in the mode's
+        # form (`deliverable`, chosen once) before the next read is awaited, so that
+        # what came before a failure is delivered first.
+        deliverable = _DELIVERABLE[mode]
         self._context.state.ensure_started()
         if self._caching is not None and (stored := await self._lookup(self._caching)):
-            for item in self._replay(stored, mode):
-                yield item
+            if replayed := self._replay(stored):
+                for item in deliverable(replayed):
+                    yield item
             return
         run = self._begin()
         builder = self._builder
@@ -297,11 +315,7 @@ class RouterStream:
                 seam = self._hand_over(run, opened)
                 out: list[Delta] = []
                 if opened.choice.mode == "restart":
-                    restart = self._restart(opened)
-                    if batched:
-                        out.append(restart)
-                    else:
-                        yield StreamRestarted.of(restart) if text_only else restart
+                    out.append(self._restart(opened))
                 hold = self._hold_for(opened)
                 parts, fragments = builder.text_parts, builder.tool_fragments
                 try:
@@ -320,48 +334,30 @@ class RouterStream:
                                         continue
                                     delta = TextDelta(text)
                                 parts.append(text)
-                                if batched:
-                                    out.append(delta)
-                                else:
-                                    yield text if text_only else delta
+                                out.append(delta)
                                 continue
                             if type(delta) is ToolCallDelta and hold is None and seam is None:
                                 # The tool-call hot path: a fragment passed on as it is.
                                 self._tool_call_delivered = True
                                 fragments.append(delta)
-                                if batched:
-                                    out.append(delta)
-                                elif not text_only:
-                                    yield delta
+                                out.append(delta)
                                 continue
                             if seam is not None:
-                                for flushed in self._flush(seam):
-                                    if batched:
-                                        out.append(flushed)
-                                    else:
-                                        yield flushed.text if text_only else flushed
+                                out += self._flush(seam)
                                 seam = None
-                            for other in self._other(delta, attempt, hold):
-                                if batched:
-                                    out.append(other)
-                                elif not text_only:
-                                    yield other
+                            out += self._other(delta, attempt, hold)
                         if out:
-                            yield out
+                            for item in deliverable(out):
+                                yield item
                             out = []
                         try:  # not anext(upstream, None): see Provider.stream_batches
                             batch = await upstream.__anext__()
                         except StopAsyncIteration:
                             batch = None
-                    for last in self._end_of_answer(seam, hold, attempt):
-                        if batched:
-                            out.append(last)
-                        elif not text_only:
-                            yield last
-                        elif isinstance(last, TextDelta):
-                            yield last.text
+                    out += self._end_of_answer(seam, hold, attempt)
                     if out:
-                        yield out
+                        for item in deliverable(out):
+                            yield item
                 except PolyrouteError as error:
                     await self._on_failure(run, opened, error)
                     continue
@@ -389,8 +385,8 @@ class RouterStream:
         self.cache = "hit" if stored is not None else "miss"
         return stored
 
-    def _replay(self, stored: StoredAnswer, mode: _Mode) -> list[Any]:
-        """A stored answer, as a live one in ``mode`` would be delivered."""
+    def _replay(self, stored: StoredAnswer) -> list[Delta]:
+        """A stored answer's deltas, delivered as a live answer's are."""
         self.provider, self.model = stored.provider, stored.model
         self._cached_usage = stored.usage
         for delta in stored.deltas:
@@ -398,10 +394,6 @@ class RouterStream:
         self.status = "complete"
         log = get_logger().bind(request_id=self.request_id)
         log.info("cache.hit", model=self.requested_model, provider=stored.provider)
-        if mode == "batches":
-            return [stored.deltas] if stored.deltas else []
-        if mode == "text":
-            return [d.text for d in stored.deltas if isinstance(d, TextDelta)]
         return list(stored.deltas)
 
     def _store(self, plan: CachePlan) -> None:
