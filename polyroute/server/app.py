@@ -189,7 +189,6 @@ class Gateway:
         if task is not None:
             self._in_flight.add(task)
             self._idle.clear()
-        self.metrics.in_flight.inc()
         try:
             response = await answer(request, dialect, request_id, outcome)
             if outcome.status == "cancelled":
@@ -199,7 +198,6 @@ class Gateway:
             outcome.status = str(refused.status)
             raise
         finally:
-            self.metrics.in_flight.dec()
             self._in_flight.discard(task)
             if not self._in_flight:
                 self._idle.set()
@@ -459,7 +457,8 @@ class Gateway:
 
     async def metrics_text(self, request: web.Request) -> web.Response:
         circuits = {entry.name: entry.cooling_down for entry in self.router.entry_status()}
-        body = self.metrics.exposition(circuits, *self.router.state_figures())
+        in_flight = len(self._in_flight)
+        body = self.metrics.exposition(in_flight, circuits, *self.router.state_figures())
         return web.Response(body=body, content_type="text/plain", charset="utf-8")
 
     async def healthz(self, request: web.Request) -> web.Response:
