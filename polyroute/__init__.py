@@ -45,6 +45,7 @@ from polyroute.core.errors import (
 from polyroute.core.http import Timeouts
 from polyroute.core.logging import configure_logging
 from polyroute.core.messages import Message, Messages, format_prompt
+from polyroute.core.pricing import Cost, Price
 from polyroute.core.request import NativeRequest
 from polyroute.router.config import (
     CooldownConfig,
@@ -71,6 +72,7 @@ __all__ = [
     "ConfigError",
     "ContextLengthExceededError",
     "CooldownConfig",
+    "Cost",
     "Delta",
     "Embedded",
     "Embeddings",
@@ -86,6 +88,7 @@ __all__ = [
     "ModelNotSupportedError",
     "NativeRequest",
     "PolyrouteError",
+    "Price",
     "ProviderEntry",
     "ProviderNotFoundError",
     "ProviderNotWorkingError",

@@ -397,3 +397,22 @@ async def test_embeddings_guide_example_runs_against_a_local_openai_server(
     assert settings.embedding_fallbacks == {
         "text-embedding-3-large": ["text-embedding-3-large-azure"]
     }
+
+
+async def test_governance_guide_cost_example_runs_against_a_local_openai_server(
+    openai_upstream: OpenAIUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (example,) = blocks(ROOT / "docs" / "governance.md", "python")
+    key = '"api_key_env": "OPENAI_API_KEY"'
+    assert key in example
+    out = await run_python(example.replace(key, f'"base_url": "{openai_upstream.base_url}"'))
+    assert out.startswith("Hello, world!\nexact: $0.00000")  # gpt-4o-mini's catalogue price
+    (snippet,) = blocks(ROOT / "docs" / "governance.md", "yaml")
+    config = yaml.safe_load(snippet)
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "unused")
+    router = Router.from_config(config)
+    entries = router.policy.by_name
+    assert entries["local-vllm"].price_for("qwen3-32b") is not None
+    claude = entries["claude"].price_for("claude-sonnet-4-5")
+    assert claude is not None
+    assert (claude.input, claude.cache_write) == (3, 3.75)

@@ -23,6 +23,7 @@ from typing import Any, Literal
 from polyroute.core.attempts import Attempt
 from polyroute.core.deltas import Usage
 from polyroute.core.errors import UpstreamProtocolError
+from polyroute.core.pricing import FREE, Cost, CostStatus
 
 EncodingFormat = Literal["float", "base64"]
 
@@ -89,13 +90,23 @@ class Embeddings:
     """What ``Router.embed`` gives: ``vectors[i]`` for input ``i`` (or ``base64[i]``,
     the same vector in OpenAI's base64 form), from ``model`` (the upstream's name) on
     the entry ``provider``; ``usage`` as the upstream counted it (``None`` when it did
-    not say); ``attempts``, every try in order; ``embedded``, the provider's answer."""
+    not say); ``attempts``, every try in order; ``embedded``, the provider's answer;
+    ``cost``, what the attempts cost (``cost_usd`` and ``cost_status`` as a stream's)."""
 
     model: str
     provider: str
     usage: Usage | None
     attempts: list[Attempt]
     embedded: Embedded
+    cost: Cost = FREE
+
+    @property
+    def cost_usd(self) -> float | None:
+        return self.cost.usd
+
+    @property
+    def cost_status(self) -> CostStatus:
+        return self.cost.status
 
     @property
     def vectors(self) -> list[list[float]]:

@@ -78,6 +78,7 @@ class Anthropic(AsyncGeneratorProvider):
     type_name = "anthropic"
     url = "https://www.anthropic.com"
     base_url = "https://api.anthropic.com"
+    prices_from = "anthropic"
     api_endpoint = "https://api.anthropic.com/v1/messages"
     working = True
     needs_auth = True

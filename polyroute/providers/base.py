@@ -94,6 +94,13 @@ class Provider:
     """Continues a final assistant message (so a cut answer is handed over as one)."""
     supports_embeddings: bool = False
     """Turns texts into vectors (:meth:`embed`)."""
+    prices_from: ClassVar[str | None] = None
+    """The provider of this type's own API in genai-prices' catalogue (``"openai"``),
+    where a model is looked up after the provider its ``base_url`` points at and the one
+    its name suggests (polyroute.core.pricing); ``None``: no catalogue price (free
+    upstreams; an entry's ``price`` gives one)."""
+    base_url: str | None = None
+    """The root of the upstream's API, for the types that are configured by one."""
     default_model: str | None = None
     models: list[str] = []
     model_aliases: dict[str, str] = {}

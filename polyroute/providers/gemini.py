@@ -77,6 +77,7 @@ class Gemini(AsyncGeneratorProvider):
     type_name = "gemini"
     url = "https://ai.google.dev"
     base_url = "https://generativelanguage.googleapis.com"
+    prices_from = "google"
     working = True
     needs_auth = True
     supports_system_message = True

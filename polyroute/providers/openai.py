@@ -72,6 +72,7 @@ class OpenAI(AsyncGeneratorProvider):
     type_name = "openai"
     url = "https://platform.openai.com"
     base_url = "https://api.openai.com/v1"
+    prices_from = "openai"
     api_endpoint = "https://api.openai.com/v1/chat/completions"
     working = True
     needs_auth = True

@@ -89,6 +89,18 @@ class Limits(_Strict):
     concurrent: int | None = Field(None, ge=1, description="requests in flight at once")
 
 
+class PriceConfig(_Strict):
+    """An entry's price in USD per million tokens, over genai-prices' catalogue
+    (docs/governance.md): cache reads and writes default to ``input``, reasoning to
+    ``output``."""
+
+    input: float = Field(ge=0, description="uncached input")
+    output: float = Field(0.0, ge=0)
+    cache_read: float | None = Field(None, ge=0)
+    cache_write: float | None = Field(None, ge=0)
+    reasoning: float | None = Field(None, ge=0, description="the output's reasoning share")
+
+
 class StateConfig(_Strict):
     """Where routing state lives: this process (``memory``) or a Redis shared by every
     process and host that routes to the same upstreams (docs/shared-state.md)."""
@@ -146,6 +158,9 @@ class ProviderEntry(_Strict):
     priority: int = Field(0, description="lower is tried first; ties keep list order")
     weight: float = Field(1.0, gt=0, description="share among equal priorities (balance)")
     limits: Limits | None = Field(None, description="rpm, tpm, concurrent; shared with state")
+    price: PriceConfig | None = Field(
+        None, description="USD per million tokens, over the catalogue"
+    )
     working: bool | None = Field(None, description="overrides the class's working flag")
     api_endpoint: str | None = None
     base_url: str | None = None

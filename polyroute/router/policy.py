@@ -15,6 +15,7 @@ from fnmatch import fnmatchcase
 from typing import NamedTuple
 
 from polyroute.core.errors import CapabilityNotSupportedError, ModelNotSupportedError
+from polyroute.core.pricing import Price, catalogue_price
 from polyroute.core.request import CAPABILITY_LABELS, Capability
 from polyroute.providers.base import Provider
 from polyroute.router.config import Balance, Limits, Order, ToolCallMode, is_alias_pattern
@@ -40,10 +41,23 @@ class Entry:
     missing_key: str | None = None
     """The environment variable (``api_key_env``) that should hold this entry's key and
     does not: the entry is skipped, not the whole configuration."""
+    price: Price | None = None
+    """The configured ``price``, over the catalogue's."""
 
     @property
     def name(self) -> str:
         return self.provider.entry_name
+
+    def price_for(self, model: str) -> Price | None:
+        """What ``model`` (the upstream's name) costs on this entry: its configured
+        price, else genai-prices' (:func:`catalogue_price`) for types with a catalogue
+        (``prices_from``), else ``None`` (unpriced)."""
+        if self.price is not None:
+            return self.price
+        source = self.provider.prices_from
+        if source is None:
+            return None
+        return catalogue_price(model, base_url=self.provider.base_url, provider=source)
 
 
 class Candidate(NamedTuple):
@@ -86,6 +100,7 @@ class RoutingPolicy:
         self._listed: frozenset[str] | None = None
         self._chains: dict[str, list[str]] = {}
         self._serving: dict[str, list[tuple[Entry, str]]] = {}
+        self.by_name = {entry.name: entry for entry in self.entries}
 
     def resolve_alias(self, name: str) -> str:
         """The model router aliases make of ``name``.

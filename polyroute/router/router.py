@@ -25,6 +25,7 @@ from polyroute.core.errors import (
 from polyroute.core.http import Timeouts
 from polyroute.core.logging import get_logger, new_request_id
 from polyroute.core.messages import Messages
+from polyroute.core.pricing import Price, load_catalogue
 from polyroute.core.request import (
     CHARS_PER_TOKEN,
     ChatRequest,
@@ -69,6 +70,7 @@ _ROUTER_KEYS = {
     "tool_calls",
     "weight",
     "limits",
+    "price",
 }
 
 
@@ -468,13 +470,17 @@ class Router:
         model = self._requested(model)
         chain = self.policy.embedding_chain(model, self.settings.embedding_fallbacks)
         chars = sum(map(len, inputs))
+
+        def estimate() -> int:
+            return math.ceil(chars / CHARS_PER_TOKEN)
+
         engine = AttemptEngine(
             self._context_for(chain[0]),
             request_id=request_id or new_request_id(),
             requested_model=model,
             chain=chain,
             needs=frozenset({"embeddings"}),
-            estimate=lambda: math.ceil(chars / CHARS_PER_TOKEN),
+            estimate=estimate,
             attempts=[],
         )
         engine.begin()
@@ -491,8 +497,14 @@ class Router:
                     inputs=len(inputs),
                     prompt_tokens=usage.prompt_tokens if usage else None,
                 )
+                cost = engine.context.cost_of(engine.attempts, estimate)
                 return Embeddings(
-                    candidate.upstream_model, candidate.name, usage, engine.attempts, embedded
+                    candidate.upstream_model,
+                    candidate.name,
+                    usage,
+                    engine.attempts,
+                    embedded,
+                    cost,
                 )
         engine.give_up()
 
@@ -536,11 +548,15 @@ class Router:
                 _log.info("provider.models_discovered", provider=entry.name, models=len(result))
 
     async def start(self) -> None:
-        """Connect the shared state (``state: redis``) and discover model lists; done by
-        ``async with``. Without it, a shared state connects on the first request and
-        decides alone until connected."""
+        """Connect the shared state (``state: redis``), discover model lists and load the
+        price catalogue; done by ``async with``. Without it, a shared state connects on
+        the first request and decides alone until connected, and the first cost read
+        loads the catalogue."""
         await self.state.start()
         await self.discover_models()
+        entries = self.policy.entries
+        if any(entry.price is None and entry.provider.prices_from for entry in entries):
+            await asyncio.to_thread(load_catalogue)
 
     async def aclose(self) -> None:
         """Close every provider's connection pool and the shared state's connections."""
@@ -615,6 +631,7 @@ def _build_entry(
         discover=entry.models == "discover" and missing_key is None,
         tool_calls=entry.tool_calls,
         missing_key=missing_key,
+        price=Price(**entry.price.model_dump()) if entry.price is not None else None,
     )
 
 

@@ -43,6 +43,7 @@ from polyroute.core.errors import (
     UpstreamProtocolError,
 )
 from polyroute.core.logging import EventLogger, get_logger, new_request_id
+from polyroute.core.pricing import Cost, CostStatus
 from polyroute.core.request import ChatRequest, estimated_input_tokens
 from polyroute.router.attempts import AttemptEngine, elapsed_ms
 from polyroute.router.cache import CachePlan, StoredAnswer, decode_answer, encode_answer
@@ -144,6 +145,8 @@ class _Run:
     failed_at: float = 0.0
     failed_provider: str = ""
     relay_mode: Mode = "fresh"
+    serving: _Opened | None = None
+    """The candidate delivering the answer now."""
 
 
 class RouterStream:
@@ -233,6 +236,23 @@ class RouterStream:
             if attempt.usage is not None:
                 total = attempt.usage if total is None else total + attempt.usage
         return total
+
+    @property
+    def cost(self) -> Cost:
+        """What the answer cost: the sum of its attempts' costs, each at its own
+        entry's price (docs/governance.md); a replayed answer costs nothing."""
+        return self._context.cost_of(self.attempts, lambda: estimated_input_tokens(self._request))
+
+    @property
+    def cost_usd(self) -> float | None:
+        """:attr:`cost` in USD, ``None`` when a model it used has no known price."""
+        return self.cost.usd
+
+    @property
+    def cost_status(self) -> CostStatus:
+        """``exact`` (every attempt's usage as its upstream reported it), ``estimated``
+        (an attempt cut before its upstream counted) or ``unpriced``."""
+        return self.cost.status
 
     @property
     def dropped(self) -> list[str]:
@@ -560,6 +580,7 @@ class RouterStream:
         candidate = opened.choice.candidate
         self.provider, self.model = candidate.name, candidate.upstream_model
         opened.chars_before = sum(map(len, self._builder.text_parts))
+        run.serving = opened
         if run.failure is None:
             if opened.first is not None:
                 run.engine.log.info(
@@ -638,4 +659,6 @@ class RouterStream:
     def _cancel(self, run: _Run) -> None:
         self.status = "cancelled"
         chars = sum(map(len, self._builder.text_parts))
+        if (serving := run.serving) is not None and serving.attempt.outcome == "running":
+            serving.attempt.chars = chars - serving.chars_before  # what it cost: estimated
         run.engine.cancel(provider=self.provider, chars=chars)

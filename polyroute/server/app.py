@@ -281,6 +281,7 @@ class Gateway:
             "x-polyroute-provider": embedded.provider,
             "x-polyroute-model": embedded.model,
             "x-polyroute-attempts": str(len(embedded.attempts)),
+            "x-polyroute-cost-usd": cost_header(embedded.cost_usd),
         }
         return web.Response(body=body, content_type="application/json", headers=headers)
 
@@ -503,6 +504,12 @@ async def _json_body(request: web.Request) -> Any:
         raise InvalidRequestError(f"the body is not JSON: {error}") from None
 
 
+def cost_header(usd: float | None) -> str:
+    """``x-polyroute-cost-usd``: the cost in plain decimals (no exponent), or
+    ``unpriced``."""
+    return "unpriced" if usd is None else f"{usd:.10f}".rstrip("0").rstrip(".")
+
+
 def _facts_headers(stream: RouterStream, request_id: str) -> dict[str, str]:
     """How a whole answer was served, in headers (a stream says it in its last event)."""
     facts = polyroute_facts(stream)
@@ -511,6 +518,7 @@ def _facts_headers(stream: RouterStream, request_id: str) -> dict[str, str]:
         "x-polyroute-provider": facts["provider"] or "",
         "x-polyroute-model": facts["model"] or "",
         "x-polyroute-attempts": str(facts["attempts"]),
+        "x-polyroute-cost-usd": cost_header(facts["cost_usd"]),
     }
     if dropped := facts.get("dropped"):
         headers["x-polyroute-dropped"] = ", ".join(dropped)

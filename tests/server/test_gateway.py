@@ -100,7 +100,11 @@ async def test_a_stream_through_the_async_client_ends_with_the_facts(served: Ser
     assert finish == ["stop"]
     assert chunks[-1].usage is not None
     assert chunks[-1].usage.total_tokens == 7
-    assert chunks[-1].model_extra == {"polyroute": {"provider": "up", "model": "m", "attempts": 1}}
+    facts = {"provider": "up", "model": "m", "attempts": 1}
+    # "m" on a loopback server is in no price catalogue: unpriced, never a silent 0.
+    assert chunks[-1].model_extra == {
+        "polyroute": {**facts, "cost_usd": None, "cost_status": "unpriced"}
+    }
 
 
 async def test_tool_calls_and_extra_body_pass_through(served: Served) -> None:

@@ -85,5 +85,12 @@ async def test_the_javascript_client_streams_and_gets_typed_errors(
     assert result["whole"] == "Hello, world!"
     assert result["text"] == "Hello, world!"
     assert result["last"]["usage"]["total_tokens"] == 7
-    assert result["last"]["polyroute"] == {"provider": "up", "model": "m", "attempts": 1}
+    facts = {
+        "provider": "up",
+        "model": "m",
+        "attempts": 1,
+        "cost_usd": None,
+        "cost_status": "unpriced",
+    }
+    assert result["last"]["polyroute"] == facts
     assert result["error"] == [404, "NotFoundError", "model_not_found"]

@@ -108,7 +108,14 @@ async def test_the_event_grammar_is_exactly_anthropics(served: Served) -> None:
     assert {data.get("index") for _, data in events[2:8]} == {0}
     last = events[-2][1]
     assert last["delta"] == {"stop_reason": "end_turn", "stop_sequence": None}
-    assert last["polyroute"] == {"provider": "up", "model": "m", "attempts": 1}
+    facts = {
+        "provider": "up",
+        "model": "m",
+        "attempts": 1,
+        "cost_usd": None,
+        "cost_status": "unpriced",
+    }
+    assert last["polyroute"] == facts
 
 
 async def test_a_tool_use_loop_through_an_openai_format_upstream(served: Served) -> None:

@@ -101,7 +101,11 @@ class GeminiUpstream(ScriptedUpstream):
 
     def encode_end(self, script: Script, request: Any) -> bytes:
         reason = FINISH.get(script.finish_reason, script.finish_reason)
-        usage = {"promptTokenCount": 3, "candidatesTokenCount": 4, "totalTokenCount": 7}
+        usage = script.usage or {
+            "promptTokenCount": 3,
+            "candidatesTokenCount": 4,
+            "totalTokenCount": 7,
+        }
         content = {"role": "model", "parts": [{"text": ""}]}
         candidate = {"content": content, "finishReason": reason, "index": 0}
         payload = {

@@ -43,7 +43,7 @@ class Script:
     reset_after: int | None = None
     """Abort the TCP connection after this many chunks."""
     finish_reason: str = "stop"
-    usage: dict[str, int] | None = None
+    usage: dict[str, Any] | None = None
 
 
 class ScriptedUpstream(LocalServer):

@@ -42,6 +42,8 @@ def polyroute_facts(stream: RouterStream) -> dict[str, Any]:
         "model": stream.model,
         "attempts": len(stream.attempts),
     }
+    cost = stream.cost
+    facts["cost_usd"], facts["cost_status"] = cost.usd, cost.status
     if dropped := stream.dropped:
         facts["dropped"] = dropped
     if stream.cache is not None:
