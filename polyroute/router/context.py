@@ -51,14 +51,18 @@ class RouteContext:
         return candidate.entry.tool_calls or self.settings.tool_calls
 
     def cost_of(self, attempts: Iterable[Attempt], estimate_input: Callable[[], int]) -> Cost:
-        """What ``attempts`` cost together, each at its own entry's price for its model
-        (see polyroute.core.pricing; ``estimate_input``: the prompt's tokens, asked
-        only for an attempt cut before its upstream counted them)."""
-        entries = self.policy.by_name
-        costs = (
-            attempt_cost(
-                attempt, entries[attempt.provider].price_for(attempt.model), estimate_input
-            )
-            for attempt in attempts
-        )
+        """What ``attempts`` cost together (see :meth:`attempt_costs`)."""
+        costs = self.attempt_costs(attempts, estimate_input)
         return Cost.of_attempts(cost for cost in costs if cost is not None)
+
+    def attempt_costs(
+        self, attempts: Iterable[Attempt], estimate_input: Callable[[], int]
+    ) -> list[Cost | None]:
+        """Each attempt's cost at its own entry's price for its model, ``None`` for one
+        that produced nothing (see polyroute.core.pricing; ``estimate_input``: the
+        prompt's tokens, asked only for an attempt cut before its upstream counted)."""
+        entries = self.policy.by_name
+        return [
+            attempt_cost(a, entries[a.provider].price_for(a.model), estimate_input)
+            for a in attempts
+        ]

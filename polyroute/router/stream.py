@@ -241,7 +241,14 @@ class RouterStream:
     def cost(self) -> Cost:
         """What the answer cost: the sum of its attempts' costs, each at its own
         entry's price (docs/governance.md); a replayed answer costs nothing."""
-        return self._context.cost_of(self.attempts, lambda: estimated_input_tokens(self._request))
+        return self._context.cost_of(self.attempts, self._input_tokens)
+
+    def attempt_costs(self) -> list[Cost | None]:
+        """Each of :attr:`attempts`' costs, ``None`` for one that produced nothing."""
+        return self._context.attempt_costs(self.attempts, self._input_tokens)
+
+    def _input_tokens(self) -> int:
+        return estimated_input_tokens(self._request)
 
     @property
     def cost_usd(self) -> float | None:

@@ -28,6 +28,7 @@ from polyroute.core.deltas import Delta, Usage
 from polyroute.core.embeddings import Embeddings
 from polyroute.core.errors import InvalidRequestError, ModelNotSupportedError, PolyrouteError
 from polyroute.core.logging import get_logger, new_request_id
+from polyroute.core.pricing import Cost
 from polyroute.router.config import GatewayConfig
 from polyroute.router.router import Router
 from polyroute.router.stream import RouterStream
@@ -95,6 +96,16 @@ class _Outcome:
     @property
     def ttft_ms(self) -> float | None:
         return next((a.ttft_ms for a in self.attempts if a.ttft_ms is not None), None)
+
+    def spent(self) -> list[tuple[Attempt, Cost | None]]:
+        """Each attempt, and what it cost (embeddings: the serving attempt is the one
+        that produced anything)."""
+        if self.stream is not None:
+            return list(zip(self.stream.attempts, self.stream.attempt_costs(), strict=True))
+        if self.embeddings is not None and self.embeddings.attempts:
+            served = self.embeddings.attempts[-1]
+            return [(served, self.embeddings.cost)]
+        return []
 
 
 class Gateway:
@@ -322,6 +333,9 @@ class Gateway:
             ttft_ms=stream.ttft_ms if stream is not None else None,
             relays=len(stream.switches) if stream is not None else 0,
         )
+        spent = outcome.spent()
+        self.metrics.record_spend(outcome.key, spent)
+        cost = Cost.of_attempts(cost for _, cost in spent if cost is not None)
         usage = outcome.usage
         fields: dict[str, Any] = {
             "request_id": request_id,
@@ -334,6 +348,8 @@ class Gateway:
             "duration_ms": round((time.perf_counter() - started) * 1000, 3),
             "prompt_tokens": usage.prompt_tokens if usage else None,
             "completion_tokens": usage.completion_tokens if usage else None,
+            "cost_usd": cost.usd,
+            "cost_status": cost.status,
         }
         if stream is not None and (dropped := stream.dropped):
             fields["dropped"] = dropped

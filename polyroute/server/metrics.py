@@ -6,6 +6,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from polyroute.core.attempts import Attempt
+from polyroute.core.pricing import Cost
 
 TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
@@ -58,6 +59,18 @@ class GatewayMetrics:
             "Answers handed to another provider mid-stream",
             registry=self.registry,
         )
+        self.tokens = Counter(
+            "polyroute_tokens",
+            "Tokens upstreams reported, by kind (input, cached_input, output, reasoning)",
+            ["kind", "model", "provider", "key"],
+            registry=self.registry,
+        )
+        self.cost = Counter(
+            "polyroute_cost_usd",
+            "What answers cost, in USD, by the attempt's model and entry (priced ones)",
+            ["model", "provider", "key"],
+            registry=self.registry,
+        )
         # Each label set's child, kept: labels() takes a lock and checks its arguments
         # on every call, a measurable share of a short request's CPU.
         self._requests: dict[tuple[str, str, str], Counter] = {}
@@ -88,6 +101,24 @@ class GatewayMetrics:
             self.ttft.observe(ttft_ms / 1000)
         if relays:
             self.relays.inc(relays)
+
+    def record_spend(self, key: str | None, spent: list[tuple[Attempt, Cost | None]]) -> None:
+        """What one request's attempts used and cost (``key``: the key's name)."""
+        named = key or ""
+        for attempt, cost in spent:
+            labels = (attempt.model, attempt.provider, named)
+            if (usage := attempt.usage) is not None:
+                cached, reasoning = usage.cache_read_tokens, usage.reasoning_tokens
+                for kind, count in (
+                    ("input", usage.prompt_tokens - cached),
+                    ("cached_input", cached),
+                    ("output", usage.completion_tokens - reasoning),
+                    ("reasoning", reasoning),
+                ):
+                    if count > 0:
+                        self.tokens.labels(kind, *labels).inc(count)
+            if cost is not None and cost.usd:
+                self.cost.labels(*labels).inc(cost.usd)
 
     def exposition(
         self, in_flight: int, circuits: dict[str, bool], degraded: bool, decisions: dict[str, int]

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
 import anthropic
 import openai
 import pytest
@@ -123,3 +124,39 @@ async def test_embeddings_say_their_cost(served: Served) -> None:
         CatalogueUsage(input_tokens=tokens), "text-embedding-3-small", provider_id="openai"
     )
     assert float(raw.headers["x-polyroute-cost-usd"]) == pytest.approx(float(reference.total_price))
+
+
+def _metric(text: str, name: str, **labels: str) -> float:
+    """A sample's value in a Prometheus exposition (0 when absent)."""
+    wanted = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    for line in text.splitlines():
+        sample, _, value = line.rpartition(" ")
+        if sample == f"{name}{{{wanted}}}":
+            return float(value)
+    return 0.0
+
+
+async def test_metrics_count_tokens_and_cost_per_model_entry_and_key(served: Served) -> None:
+    async def scrape() -> str:
+        async with aiohttp.ClientSession() as session, session.get(f"{served.url}/metrics") as r:
+            return await r.text()
+
+    usage = {**USAGE, "prompt_tokens_details": {"cached_tokens": 100}}
+    served.upstream.then(Script(usage=usage), Script(usage=USAGE))
+    before = await scrape()
+    async with served.openai() as client:
+        await client.chat.completions.create(model="m", messages=HI)
+        await client.chat.completions.create(model="u", messages=HI)
+    after = await scrape()
+
+    def grew(name: str, **labels: str) -> float:
+        return _metric(after, name, **labels) - _metric(before, name, **labels)
+
+    priced = {"model": "m", "provider": "priced", "key": ""}
+    assert grew("polyroute_tokens_total", kind="input", **priced) == 900
+    assert grew("polyroute_tokens_total", kind="cached_input", **priced) == 100
+    assert grew("polyroute_tokens_total", kind="output", **priced) == 200
+    assert grew("polyroute_cost_usd_total", **priced) == pytest.approx(PRICED)
+    free = {"model": "u", "provider": "free", "key": ""}
+    assert grew("polyroute_tokens_total", kind="input", **free) == 1000
+    assert 'polyroute_cost_usd_total{key="",model="u"' not in after  # unpriced: not 0
