@@ -1,4 +1,5 @@
-"""Routing state: circuits, provider limits, the retry budget and load figures.
+"""Routing state: circuits, provider limits, the retry budget, load figures, and spend
+budgets (:mod:`.budgets`).
 
 One contract (:mod:`.contract`), two backends: :class:`MemoryState` keeps it in this
 process, :class:`RedisState` shares it with every process and host using the same
@@ -12,11 +13,32 @@ from collections.abc import Mapping
 from polyroute.core.errors import ConfigError
 from polyroute.router.config import Limits, RetryBudget, StateConfig
 from polyroute.router.health import HealthStore, InMemoryHealth
+from polyroute.router.state.budgets import (
+    BudgetDenied,
+    BudgetLimit,
+    Period,
+    PeriodWindow,
+    Reservation,
+    period_window,
+)
 from polyroute.router.state.contract import Denied, Lease, Load, RoutingState
 from polyroute.router.state.memory import MemoryState
 from polyroute.router.stats import StatsBook
 
-__all__ = ["Denied", "Lease", "Load", "MemoryState", "RoutingState", "build_state"]
+__all__ = [
+    "BudgetDenied",
+    "BudgetLimit",
+    "Denied",
+    "Lease",
+    "Load",
+    "MemoryState",
+    "Period",
+    "PeriodWindow",
+    "Reservation",
+    "RoutingState",
+    "build_state",
+    "period_window",
+]
 
 
 def build_state(

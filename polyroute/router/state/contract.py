@@ -2,18 +2,20 @@
 
 Reads are synchronous and never wait on I/O (a shared backend answers them from a
 local mirror); the decisions that must be atomic across processes (the half-open
-probe, a slot under an entry's limits, an attempt out of the retry budget) are
-coroutines that a shared backend bounds by its timeout. Records (stored responses)
-are kept with a TTL where every process finds them, and read from the shared store.
+probe, a slot under an entry's limits, an attempt out of the retry budget, a spend
+reservation under budgets) are coroutines that a shared backend bounds by its timeout.
+Records (stored responses) are kept with a TTL where every process finds them, and read
+from the shared store.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
 from polyroute.router.health import HealthStore
+from polyroute.router.state.budgets import BudgetDenied, BudgetLimit, Reservation
 from polyroute.router.stats import StatsBook
 
 
@@ -60,7 +62,8 @@ TokenEstimate = Callable[[], int]
 
 class RoutingState(HealthStore, Protocol):
     """Circuits (:class:`HealthStore`), limits, retry budget and load, for the router;
-    records with a TTL, for the gateway's stored responses."""
+    records with a TTL, for the gateway's stored responses; spend budgets, for the
+    gateway's keys and teams."""
 
     stats: StatsBook
     """This process's own figures per entry (the shared ones: :meth:`load`)."""
@@ -130,6 +133,44 @@ class RoutingState(HealthStore, Protocol):
     async def delete_record(self, key: str) -> bool:
         """Drop the record under ``key``; whether there was one. A shared backend that
         cannot reach its store drops only this process's copy."""
+        ...
+
+    async def reserve(
+        self, scopes: Mapping[str, BudgetLimit], amount_usd: float, ttl_s: float
+    ) -> Reservation | BudgetDenied:
+        """Hold ``amount_usd`` on every scope of ``scopes`` at once, in each one's current
+        period window, or on none: a scope has room when ``settled + reserved + amount <=
+        usd``. The first scope without room is named in :class:`BudgetDenied`. A
+        reservation neither settled nor released stops counting after ``ttl_s`` seconds.
+
+        Never raises for the shared store: a shared backend that cannot ask it decides
+        from this process's figures (docs/shared-state.md says what that costs in
+        exactness). Raises ``ValueError`` for an amount that is negative or not finite,
+        or a ``ttl_s`` that is not positive and finite."""
+        ...
+
+    async def settle(self, reservation: Reservation, actual_usd: float) -> None:
+        """Count ``actual_usd`` (below or above the amount reserved: it is the truth) as
+        settled spend on the reservation's scopes, in the windows it was reserved in, and
+        stop holding the reservation. Once: a reservation settled or released already is
+        left as it is. Raises ``ValueError`` for an amount negative or not finite."""
+        ...
+
+    async def release_reservation(self, reservation: Reservation) -> None:
+        """Stop holding ``reservation`` and count nothing (a request that produced
+        nothing); once, like :meth:`settle`. (Not ``release``: that name gives back a
+        half-open probe, from :class:`HealthStore`.)"""
+        ...
+
+    def spent(self, scope: str, limit: BudgetLimit) -> float:
+        """USD settled on ``scope`` in its current window, as this process knows it: a
+        shared backend answers from what its store last said about the scope (best
+        effort, no I/O)."""
+        ...
+
+    async def remaining(self, scope: str, limit: BudgetLimit) -> float:
+        """USD left on ``scope`` in its current window (reservations counted, never below
+        0); a shared backend asks its store, or answers from this process's figures."""
         ...
 
     def describe_backend(self) -> str:

@@ -4,13 +4,27 @@ backend falls back to while its Redis is unreachable."""
 from __future__ import annotations
 
 import heapq
+import itertools
 import math
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
+from datetime import datetime
 
 from polyroute.router.config import Limits, RetryBudget
 from polyroute.router.health import CircuitState, HealthStore
+from polyroute.router.state.budgets import (
+    BudgetDenied,
+    BudgetLimit,
+    Reservation,
+    ScopeWindow,
+    SpendLedger,
+    check_ttl,
+    check_usd,
+    to_micros,
+    to_usd,
+    utc_now,
+)
 from polyroute.router.state.contract import Denied, Lease, Load, TokenEstimate
 from polyroute.router.stats import StatsBook
 
@@ -205,8 +219,9 @@ class RecordStore:
 
 class MemoryState:
     """:class:`RoutingState` of this process alone. ``share``: how many processes split
-    the limits (a shared backend sets it while it decides alone). ``max_records`` and
-    ``max_record_bytes`` bound its :class:`RecordStore`."""
+    the limits and budgets (a shared backend sets it while it decides alone).
+    ``max_records`` and ``max_record_bytes`` bound its :class:`RecordStore`; ``utc_now``
+    tells budgets which period it is (injectable for tests, like ``clock``)."""
 
     def __init__(
         self,
@@ -218,6 +233,7 @@ class MemoryState:
         clock: Clock = time.monotonic,
         max_records: int = MAX_RECORDS,
         max_record_bytes: int = MAX_RECORD_BYTES,
+        utc_now: Callable[[], datetime] = utc_now,
     ) -> None:
         self.circuits = circuits
         self.stats = stats
@@ -232,6 +248,8 @@ class MemoryState:
         self._blocked: dict[str, tuple[float, str]] = {}
         """Entries an upstream said are out of requests or tokens: until when, and why."""
         self.records = RecordStore(clock, max_records=max_records, max_bytes=max_record_bytes)
+        self.spend = SpendLedger(clock, utc_now)
+        self._reservation_ids = itertools.count()
 
     @property
     def degraded(self) -> bool:
@@ -352,6 +370,45 @@ class MemoryState:
 
     async def delete_record(self, key: str) -> bool:
         return self.records.delete(key)
+
+    # Spend budgets -----------------------------------------------------------------
+
+    async def reserve(
+        self, scopes: Mapping[str, BudgetLimit], amount_usd: float, ttl_s: float
+    ) -> Reservation | BudgetDenied:
+        check_usd("a reservation's amount", amount_usd)
+        check_ttl(ttl_s)
+        return self.reserve_now(self.spend.windows(scopes), to_micros(amount_usd), ttl_s)
+
+    def reserve_now(
+        self, windows: tuple[ScopeWindow, ...], micros: int, ttl_s: float
+    ) -> Reservation | BudgetDenied:
+        """:meth:`reserve` of checked arguments, without a coroutine."""
+        rid = f"local:{next(self._reservation_ids)}"
+        return self.spend.reserve(windows, micros, ttl_s, rid, self.share)
+
+    async def settle(self, reservation: Reservation, actual_usd: float) -> None:
+        check_usd("a settled amount", actual_usd)
+        self.finish_now(reservation, to_micros(actual_usd))
+
+    async def release_reservation(self, reservation: Reservation) -> None:
+        self.finish_now(reservation, 0)
+
+    def finish_now(self, reservation: Reservation, micros: int) -> bool:
+        """Settle ``reservation`` at ``micros`` (0: release it) unless it was already;
+        whether it was not."""
+        if reservation.is_done:
+            return False
+        reservation.is_done = True
+        self.spend.finish(reservation, micros)
+        return True
+
+    def spent(self, scope: str, limit: BudgetLimit) -> float:
+        return to_usd(self.spend.spent(scope, limit))
+
+    async def remaining(self, scope: str, limit: BudgetLimit) -> float:
+        (window,) = self.spend.windows({scope: limit})
+        return to_usd(max(0, self.spend.left(window)))
 
     # Lifecycle ---------------------------------------------------------------------
 

@@ -19,6 +19,12 @@ Design (docs/shared-state.md says why):
   that fails too), the process decides alone from the same mirror (limits split by
   the processes last seen), logs ``state.degraded`` once, reconnects with backoff,
   pushes what it learned alone and logs ``state.restored``.
+- Spend budgets are held and settled by one script each (all of a request's scopes
+  at once), in integer micro-dollars, with Redis's clock for reservations' deadlines
+  and this process's UTC date for the period (part of the keys). A settle Redis has
+  not confirmed (late, or Redis down) is kept and replayed, idempotently by its id,
+  at the next sync or on reconnecting; while Redis is down, budgets are decided from
+  this process's ledger, each process taking its share of what it last saw left.
 - Records (stored responses) are plain strings with a TTL, written and read by one
   command each on a pooled connection of their own, not in the scripts' pipeline: a
   value of hundreds of KB must not hold up the small decisions queued behind it. A
@@ -35,6 +41,8 @@ import os
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -46,6 +54,17 @@ from polyroute.core.redaction import redact, register_secret
 from polyroute.router.config import Limits, RetryBudget, StateConfig
 from polyroute.router.health import CircuitState, InMemoryHealth
 from polyroute.router.state import scripts
+from polyroute.router.state.budgets import (
+    BudgetDenied,
+    BudgetLimit,
+    Reservation,
+    ScopeWindow,
+    check_ttl,
+    check_usd,
+    to_micros,
+    to_usd,
+    utc_now,
+)
 from polyroute.router.state.contract import Denied, Lease, Load, TokenEstimate
 from polyroute.router.state.memory import MemoryState
 from polyroute.router.stats import StatsBook
@@ -74,6 +93,12 @@ RECORD_MARGIN_S = 0.25
 """Added to ``timeout_ms`` for a record's command: its value may take a few ms on the
 wire, and a gateway about to hand out a response's id can wait that long (a request's
 decisions cannot)."""
+SETTLED_IDS_MIN_MS = 60_000
+"""Redis remembers a settled id for the reservation's ``ttl_s``, and at least this long:
+a replay of a settle whose answer was lost counts nothing within that time."""
+MAX_UNSENT = 10_000
+"""Settles kept for Redis at most, one per request; past it (a long outage), they are
+folded into one settle of their sums per scope."""
 _FAILED = object()
 """What a call returns when Redis did not answer in time, or failed (decide locally)."""
 _REDIS_ERRORS: tuple[type[BaseException], ...] = (OSError, TimeoutError)
@@ -81,8 +106,21 @@ if aioredis is not None:
     _REDIS_ERRORS = (RedisError, OSError, TimeoutError)
 
 
+@dataclass(slots=True)
+class _Settle:
+    """Spend to count in Redis, once (by ``id``), and the hold to give back with it."""
+
+    id: str
+    hold: str
+    """The reservation's member in its scopes' holds; empty when Redis holds nothing."""
+    remember_ms: int
+    amounts: dict[ScopeWindow, int]
+    """Window -> micro-dollars to count there."""
+
+
 class RedisState:
-    """:class:`RoutingState` shared by every process using the same Redis and prefix."""
+    """:class:`RoutingState` shared by every process using the same Redis and prefix.
+    ``utc_now`` tells budgets which period it is (injectable for tests)."""
 
     def __init__(
         self,
@@ -94,6 +132,7 @@ class RedisState:
         cooldown_seconds: float,
         limits: Mapping[str, Limits],
         budget: RetryBudget | None,
+        utc_now: Callable[[], datetime] = utc_now,
     ) -> None:
         if aioredis is None:
             raise ConfigError(
@@ -102,7 +141,7 @@ class RedisState:
         register_secret(urlsplit(config.url).password)
         self.stats = stats
         self.mirror = InMemoryHealth(failures=failures, seconds=cooldown_seconds)
-        self.local = MemoryState(self.mirror, stats, limits=limits, budget=budget)
+        self.local = MemoryState(self.mirror, stats, limits=limits, budget=budget, utc_now=utc_now)
         self.url = redact(config.url)
         """The URL as logs and tables show it: credentials masked."""
         self._config = config
@@ -125,7 +164,12 @@ class RedisState:
         """Requests since the last sync (for the retry budget)."""
         tag = "{" + config.prefix + "}"
         self.channel = f"{tag}:events"
-        self._key = {kind: f"{tag}:{kind}" for kind in ("processes", "reports", "budget")}
+        self._key = {
+            kind: f"{tag}:{kind}" for kind in ("processes", "reports", "budget", "settled")
+        }
+        self._unsent: dict[str, _Settle] = {}
+        """Settle id -> a settle Redis has not confirmed, replayed until it has."""
+        self._replaying = False
         self._entry_keys = {
             name: {kind: f"{tag}:{kind}:{name}" for kind in _ENTRY_KINDS} for name in names
         }
@@ -196,6 +240,11 @@ class RedisState:
         # closing still reaches the others.
         if self._sender is not None:
             await asyncio.wait([self._sender], timeout=CONNECT_TIMEOUT_S)
+        if self._unsent and self._started and not self.degraded:
+            # Spend counted alone would be lost with this process: one last try.
+            with contextlib.suppress(*_REDIS_ERRORS):
+                async with asyncio.timeout(CONNECT_TIMEOUT_S):
+                    await self._replay_unsent()
         # The loops also stop on this flag: on Python 3.11, a cancellation that lands as
         # an asyncio.timeout inside them expires can be swallowed (fixed in 3.12).
         self._closing = True
@@ -352,6 +401,140 @@ class RedisState:
                 return bool(result)
         return self.local.spend_attempt_now()
 
+    # Spend budgets -----------------------------------------------------------------
+
+    async def reserve(
+        self, scopes: Mapping[str, BudgetLimit], amount_usd: float, ttl_s: float
+    ) -> Reservation | BudgetDenied:
+        check_usd("a reservation's amount", amount_usd)
+        check_ttl(ttl_s)
+        windows = self.local.spend.windows(scopes)
+        micros = to_micros(amount_usd)
+        if not windows or self.degraded:
+            return self.local.reserve_now(windows, micros, ttl_s)
+        rid = f"{self._process}:{next(self._lease_ids)}"
+        limits = [(to_micros(window.limit.usd), window.expire_at_ms) for window in windows]
+        result = await self._call_keys(
+            "RESERVE",
+            self._spend_keys(windows),
+            rid,
+            micros,
+            math.ceil(ttl_s * 1000),
+            *itertools.chain.from_iterable(limits),
+        )
+        if result is _FAILED:
+            # The script may have run and held the amount: given back (else it expires).
+            hold = _Settle(
+                rid, f"{rid}={micros}", self._remember_ms(ttl_s), dict.fromkeys(windows, 0)
+            )
+            self._write("SETTLE", self._settle_keys(hold), *self._settle_args(hold))
+            return self.local.reserve_now(windows, micros, ttl_s)
+        spend = self.local.spend
+        if not result[0]:
+            index, settled, held = (int(figure) for figure in result[1:])
+            window = windows[index - 1]
+            spend.observe(window, settled)
+            return BudgetDenied(window.scope, to_usd(max(0, spend.left(window, held))))
+        remaining = {}
+        for window, settled, held in zip(windows, result[1::2], result[2::2], strict=True):
+            spend.observe(window, int(settled))
+            remaining[window.scope] = to_usd(max(0, spend.left(window, int(held))))
+        return Reservation(rid, windows, to_usd(micros), remaining, ttl_s, is_shared=True)
+
+    async def settle(self, reservation: Reservation, actual_usd: float) -> None:
+        check_usd("a settled amount", actual_usd)
+        await self._finish(reservation, to_micros(actual_usd))
+
+    async def release_reservation(self, reservation: Reservation) -> None:
+        await self._finish(reservation, 0)
+
+    def spent(self, scope: str, limit: BudgetLimit) -> float:
+        return self.local.spent(scope, limit)
+
+    async def remaining(self, scope: str, limit: BudgetLimit) -> float:
+        spend = self.local.spend
+        windows = spend.windows({scope: limit})
+        result = await self._ask_if_up("SPENT", self._spend_keys(windows), ())
+        if result is _FAILED:
+            return await self.local.remaining(scope, limit)
+        settled, held = int(result[0]), int(result[1])
+        spend.observe(windows[0], settled)
+        return to_usd(max(0, spend.left(windows[0], held)))
+
+    async def _finish(self, reservation: Reservation, micros: int) -> None:
+        """Settle at ``micros`` (0: release) here, then in Redis, or keep it for Redis."""
+        if not self.local.finish_now(reservation, micros):
+            return
+        if reservation.is_shared:
+            settle_id, hold = reservation.id, f"{reservation.id}={reservation.micros}"
+        elif micros and reservation.windows:
+            # Decided alone: Redis holds nothing, but the spend counts there too. Local
+            # ids are only this process's: the id Redis remembers names the process.
+            settle_id, hold = f"{self._process}:{reservation.id}", ""
+        else:
+            return
+        amounts = dict.fromkeys(reservation.windows, micros)
+        settle = _Settle(settle_id, hold, self._remember_ms(reservation.ttl_s), amounts)
+        result = await self._ask_if_up(
+            "SETTLE", self._settle_keys(settle), self._settle_args(settle)
+        )
+        if result is _FAILED:
+            self._keep_unsent(settle)
+        else:
+            self._confirm(settle, result)
+
+    def _keep_unsent(self, settle: _Settle) -> None:
+        self._unsent[settle.id] = settle
+        if len(self._unsent) <= MAX_UNSENT or self._replaying:
+            return
+        # A long outage: one settle of the sums. The holds of the settles folded in are
+        # not given back (they expire), and a folded one Redis had taken after all
+        # (answer lost) counts twice: over, never under.
+        amounts: dict[ScopeWindow, int] = {}
+        for unsent in self._unsent.values():
+            for window, micros in unsent.amounts.items():
+                amounts[window] = amounts.get(window, 0) + micros
+        folded_id = f"{self._process}:folded:{next(self._lease_ids)}"
+        self._unsent = {folded_id: _Settle(folded_id, "", SETTLED_IDS_MIN_MS, amounts)}
+
+    async def _replay_unsent(self) -> None:
+        """Send every settle Redis has not confirmed, in one round trip (raises what
+        Redis raises). Each counts once, even if an earlier try reached Redis."""
+        unsent = list(self._unsent.values())
+        if not unsent or self._replaying:
+            return  # nothing to send, or a replay on its way sends these already
+        self._replaying = True
+        try:
+            calls = [("SETTLE", self._settle_keys(s), self._settle_args(s)) for s in unsent]
+            results = await self._pipeline(calls)
+        finally:
+            self._replaying = False
+        for settle, result in zip(unsent, results, strict=True):
+            if result is not _FAILED and self._unsent.pop(settle.id, None) is settle:
+                self._confirm(settle, result)
+
+    def _confirm(self, settle: _Settle, result: list[int]) -> None:
+        """Redis counted ``settle`` (now or before) and says what is settled now."""
+        for (window, micros), settled in zip(settle.amounts.items(), result[1:], strict=True):
+            self.local.spend.confirm(window, micros, int(settled))
+
+    def _spend_keys(self, windows: tuple[ScopeWindow, ...] | list[ScopeWindow]) -> list[str]:
+        tag = "{" + self._config.prefix + "}"
+        spend = [f"{tag}:spend:{window.name}" for window in windows]
+        return spend + [f"{tag}:holds:{window.name}" for window in windows]
+
+    def _settle_keys(self, settle: _Settle) -> list[str]:
+        return [*self._spend_keys(list(settle.amounts)), self._key["settled"]]
+
+    @staticmethod
+    def _settle_args(settle: _Settle) -> tuple[Any, ...]:
+        amounts = [(micros, window.expire_at_ms) for window, micros in settle.amounts.items()]
+        return (settle.id, settle.hold, settle.remember_ms, *itertools.chain.from_iterable(amounts))
+
+    @staticmethod
+    def _remember_ms(ttl_s: float) -> int:
+        return max(SETTLED_IDS_MIN_MS, math.ceil(ttl_s * 1000))
+
     # Load --------------------------------------------------------------------------
 
     def load(self, name: str) -> Load:
@@ -450,6 +633,13 @@ class RedisState:
         result = await self._ask(script, keys, args)
         self.decisions["local" if result is _FAILED else "shared"] += 1
         return result
+
+    async def _ask_if_up(self, script: str, keys: list[str], args: tuple[Any, ...]) -> Any:
+        """:meth:`_ask`, or ``_FAILED`` at once while Redis is down (not a decision: not
+        counted in ``decisions``)."""
+        if self.degraded or not self._started:
+            return _FAILED
+        return await self._ask(script, keys, args)
 
     async def _ask(self, script: str, keys: list[str], args: tuple[Any, ...]) -> Any:
         try:
@@ -590,6 +780,7 @@ class RedisState:
                                 self._cooldown_ms + 3_600_000,
                             ],
                         )
+                await self._replay_unsent()  # spend counted alone, before others decide
                 reports = await self._read_all()
         except _REDIS_ERRORS:
             await self._close_pubsub()
@@ -642,7 +833,14 @@ class RedisState:
                 await self._renew()
 
     async def sync(self) -> None:
-        """Report this process's load, count its requests, read everyone else's load."""
+        """Report this process's load, count its requests, read everyone else's load;
+        replay the settles Redis has not confirmed."""
+        if self._unsent and self._started and not self.degraded:
+            try:
+                async with asyncio.timeout(CHECK_TIMEOUT_S):  # in the background: patient
+                    await self._replay_unsent()
+            except _REDIS_ERRORS as error:
+                self._degrade(error)
         report = {}
         for name in self._names:
             stats, own = self.stats[name], self.local.load(name)

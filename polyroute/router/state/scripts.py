@@ -272,3 +272,108 @@ end
 return redis.call('HGETALL', KEYS[2])
 """
 )
+
+_HOLDS = """
+-- A scope's window: a hash ('s': micro-dollars settled, 'h': micro-dollars held) and a
+-- zset of its open reservations ('<id>=<micro-dollars>', scored by deadline in ms).
+local function purge(spend, holds, now)
+  local expired = redis.call('ZRANGEBYSCORE', holds, '-inf', now)
+  if #expired == 0 then return end
+  local freed = 0
+  for _, member in ipairs(expired) do
+    freed = freed + tonumber(string.match(member, '=(%d+)$'))
+  end
+  redis.call('ZREMRANGEBYSCORE', holds, '-inf', now)
+  redis.call('HINCRBY', spend, 'h', string.format('%d', -freed))
+end
+local function expire(spend, holds, at)
+  if at ~= '0' then
+    redis.call('PEXPIREAT', spend, at)
+    redis.call('PEXPIREAT', holds, at)
+  end
+end
+"""
+
+RESERVE = (
+    _PRELUDE
+    + _HOLDS
+    + """
+-- KEYS: n spend hashes, then their n holds. ARGV: reservation id, micro-dollars,
+-- ttl ms, then per scope: its limit in micro-dollars, its keys' expiry (Unix ms, 0:
+-- never). Holds the amount on every scope, or on none: {1, settled, held, ...} after
+-- it, or {0, index of the first scope without room, its settled, its held}.
+local now = now_ms()
+local n = #KEYS / 2
+local amount = tonumber(ARGV[2])
+local figures = {1}
+for i = 1, n do
+  purge(KEYS[i], KEYS[n + i], now)
+  local h = redis.call('HMGET', KEYS[i], 's', 'h')
+  local settled, held = tonumber(h[1]) or 0, tonumber(h[2]) or 0
+  if settled + held + amount > tonumber(ARGV[2 + 2 * i]) then
+    return {0, i, settled, held}
+  end
+  figures[#figures + 1] = settled
+  figures[#figures + 1] = held + amount
+end
+local member = ARGV[1] .. '=' .. ARGV[2]
+local deadline = now + tonumber(ARGV[3])
+for i = 1, n do
+  redis.call('HINCRBY', KEYS[i], 'h', ARGV[2])
+  redis.call('ZADD', KEYS[n + i], deadline, member)
+  expire(KEYS[i], KEYS[n + i], ARGV[3 + 2 * i])
+end
+return figures
+"""
+)
+
+SETTLE = (
+    _PRELUDE
+    + _HOLDS
+    + """
+-- KEYS: n spend hashes, their n holds, the settled ids (zset by when they are forgotten).
+-- ARGV: settle id, the reservation's hold member ('': nothing held), ms to remember the
+-- id, then per scope: micro-dollars to count, its keys' expiry (Unix ms, 0: never).
+-- Once per id: {1 (counted now) or 0 (counted before), settled, ...}.
+local now = now_ms()
+local settled_ids = KEYS[#KEYS]
+local n = (#KEYS - 1) / 2
+redis.call('ZREMRANGEBYSCORE', settled_ids, '-inf', now)
+local counted = 1
+if redis.call('ZSCORE', settled_ids, ARGV[1]) then counted = 0 end
+local figures = {counted}
+for i = 1, n do
+  purge(KEYS[i], KEYS[n + i], now)
+  if counted == 1 then
+    if ARGV[2] ~= '' and redis.call('ZREM', KEYS[n + i], ARGV[2]) == 1 then
+      local held = tonumber(string.match(ARGV[2], '=(%d+)$'))
+      redis.call('HINCRBY', KEYS[i], 'h', string.format('%d', -held))
+    end
+    if ARGV[2 + 2 * i] ~= '0' then
+      redis.call('HINCRBY', KEYS[i], 's', ARGV[2 + 2 * i])
+      expire(KEYS[i], KEYS[n + i], ARGV[3 + 2 * i])
+    end
+  end
+  figures[#figures + 1] = tonumber(redis.call('HGET', KEYS[i], 's')) or 0
+end
+if counted == 1 then
+  local remember = tonumber(ARGV[3])
+  redis.call('ZADD', settled_ids, now + remember, ARGV[1])
+  if redis.call('PTTL', settled_ids) < remember then
+    redis.call('PEXPIRE', settled_ids, remember)
+  end
+end
+return figures
+"""
+)
+
+SPENT = (
+    _PRELUDE
+    + _HOLDS
+    + """
+-- KEYS: a spend hash, its holds. {settled, held} in micro-dollars, expired holds purged.
+purge(KEYS[1], KEYS[2], now_ms())
+local h = redis.call('HMGET', KEYS[1], 's', 'h')
+return {tonumber(h[1]) or 0, tonumber(h[2]) or 0}
+"""
+)

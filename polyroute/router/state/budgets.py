@@ -1,0 +1,278 @@
+"""Spend budgets (USD) for gateway keys and teams: limits per UTC period, reservations
+held until they are settled, and the arithmetic of one process (docs/shared-state.md).
+
+A scope (``key:<id>``, ``team:<id>``) has a :class:`BudgetLimit`. A request reserves its
+expected cost on all its scopes at once, then settles at its actual cost (settled spend
+is the truth) or releases the reservation. A scope has room for an amount when
+``settled + reserved + amount <= usd``, all in the scope's current period window.
+
+Amounts are counted in whole micro-dollars (rounded to the nearest), here and in Redis:
+integer sums are exact and the same in Python and Lua, where float sums would drift
+with every reservation added and taken away again.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Literal, NamedTuple, get_args
+
+Period = Literal["day", "week", "month", "total"]
+PERIODS: tuple[Period, ...] = get_args(Period)
+MICROS_PER_USD = 1_000_000
+KEPT_AFTER_PERIOD = timedelta(days=1)
+"""A period's keys outlive its end by this much: hosts' clocks may disagree a little on
+when it ended, and a request reserved just before the end settles just after it."""
+
+Clock = Callable[[], float]
+UtcClock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def to_micros(usd: float) -> int:
+    return round(usd * MICROS_PER_USD)
+
+
+def to_usd(micros: int) -> float:
+    return micros / MICROS_PER_USD
+
+
+def check_usd(what: str, usd: float) -> None:
+    """Raise ``ValueError`` unless ``usd`` is a finite amount of at least 0."""
+    if not (math.isfinite(usd) and usd >= 0):
+        raise ValueError(f"{what} must be a finite amount of USD of at least 0, not {usd!r}")
+
+
+def check_ttl(ttl_s: float) -> None:
+    if not (math.isfinite(ttl_s) and ttl_s > 0):
+        raise ValueError(f"a reservation's ttl_s must be positive and finite, not {ttl_s!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetLimit:
+    """At most ``usd`` of settled spend per ``period``: a UTC ``day`` (from midnight),
+    ``week`` (from Monday 00:00), ``month`` (from the 1st, 00:00), or in ``total``."""
+
+    usd: float
+    period: Period
+
+    def __post_init__(self) -> None:
+        check_usd("a budget's usd", self.usd)
+        if self.period not in PERIODS:
+            raise ValueError(f"a budget's period is one of {PERIODS}, not {self.period!r}")
+
+
+class PeriodWindow(NamedTuple):
+    """One period's window: its id (part of its keys, so a new period starts from
+    zero with no reset job) and when it ends (``None``: never)."""
+
+    id: str
+    ends_at: datetime | None
+
+
+def period_window(period: Period, now: datetime) -> PeriodWindow:
+    """The window of ``period`` that holds ``now`` (timezone-aware): ids are
+    ``2026-12-05`` (day), ``2026-W49`` (ISO week, from Monday), ``2026-12`` (month) and
+    ``total``. Raises ``ValueError`` for a naive ``now``: which day it is depends on it."""
+    if now.tzinfo is None:
+        raise ValueError("period windows need a timezone-aware time (UTC)")
+    now = now.astimezone(UTC)
+    midnight = datetime(now.year, now.month, now.day, tzinfo=UTC)
+    if period == "day":
+        return PeriodWindow(midnight.strftime("%Y-%m-%d"), midnight + timedelta(days=1))
+    if period == "week":
+        year, week, weekday = midnight.isocalendar()
+        monday = midnight - timedelta(days=weekday - 1)
+        return PeriodWindow(f"{year}-W{week:02d}", monday + timedelta(days=7))
+    if period == "month":
+        first = midnight.replace(day=1)
+        return PeriodWindow(first.strftime("%Y-%m"), (first + timedelta(days=32)).replace(day=1))
+    return PeriodWindow("total", None)
+
+
+class ScopeWindow(NamedTuple):
+    """One scope under its limit, in the period window current when it was asked."""
+
+    scope: str
+    limit: BudgetLimit
+    window: str
+    ends_at: datetime | None
+
+    @property
+    def name(self) -> str:
+        """``<scope>:<window id>``: what this window's keys end with."""
+        return f"{self.scope}:{self.window}"
+
+    @property
+    def expire_at_ms(self) -> int:
+        """When its keys may go (Unix ms), or 0: never (``total``)."""
+        if self.ends_at is None:
+            return 0
+        return int((self.ends_at + KEPT_AFTER_PERIOD).timestamp() * 1000)
+
+
+def scope_windows(limits: Mapping[str, BudgetLimit], now: datetime) -> tuple[ScopeWindow, ...]:
+    """Every scope of ``limits`` in its window current at ``now``, in the mapping's order."""
+    windows = []
+    for scope, limit in limits.items():
+        window = period_window(limit.period, now)
+        windows.append(ScopeWindow(scope, limit, window.id, window.ends_at))
+    return tuple(windows)
+
+
+class BudgetDenied(NamedTuple):
+    """No room on ``scope`` for the amount asked (the first such scope), and what is left
+    there (never below 0)."""
+
+    scope: str
+    remaining_usd: float
+
+
+@dataclass(slots=True, eq=False)
+class Reservation:
+    """An amount held on every scope of a request until :meth:`RoutingState.settle` or
+    :meth:`RoutingState.release_reservation` (at most once: later calls do nothing), or
+    until ``ttl_s`` passes (its process died, say)."""
+
+    id: str
+    windows: tuple[ScopeWindow, ...]
+    amount_usd: float
+    remaining_usd: dict[str, float]
+    """Scope -> what is left there with this reservation counted (for a response header)."""
+    ttl_s: float
+    is_shared: bool = False
+    """Held in the shared store (not decided by this process alone)."""
+    is_done: bool = False
+    """Settled or released already."""
+
+    @property
+    def scopes(self) -> tuple[str, ...]:
+        return tuple(window.scope for window in self.windows)
+
+    @property
+    def micros(self) -> int:
+        return to_micros(self.amount_usd)
+
+
+@dataclass(slots=True)
+class _Tally:
+    """One scope's figures in one period window, as this process knows them."""
+
+    window: str
+    seen: int = 0
+    """Settled, as the shared store last said (always 0 for a process alone)."""
+    own: int = 0
+    """Settled here and not yet in ``seen``."""
+    held: int = 0
+    """The sum of ``holds``."""
+    holds: dict[str, tuple[int, float]] = field(default_factory=dict)
+    """Reservation id -> (micro-dollars, deadline on the monotonic clock)."""
+    next_deadline: float = math.inf
+
+    def purge(self, now: float) -> None:
+        """Stop counting the reservations whose deadline has passed."""
+        if now < self.next_deadline:
+            return
+        for expired in [rid for rid, (_, deadline) in self.holds.items() if deadline <= now]:
+            self.held -= self.holds.pop(expired)[0]
+        self.next_deadline = min(
+            (deadline for _, deadline in self.holds.values()), default=math.inf
+        )
+
+    def left(self, limit: BudgetLimit, now: float, shared_held: int = 0) -> int:
+        """Micro-dollars left under ``limit``, with ``shared_held`` held elsewhere."""
+        self.purge(now)
+        return to_micros(limit.usd) - self.seen - self.own - self.held - shared_held
+
+    def room(self, limit: BudgetLimit, now: float, share: int) -> int:
+        """What this process may still reserve: of what the shared store's figures leave,
+        its ``share``-th part (all of it for a process alone)."""
+        self.purge(now)
+        return (to_micros(limit.usd) - self.seen) // share - self.own - self.held
+
+    def hold(self, rid: str, micros: int, deadline: float) -> None:
+        self.holds[rid] = (micros, deadline)
+        self.held += micros
+        self.next_deadline = min(self.next_deadline, deadline)
+
+
+class SpendLedger:
+    """Budgets as this process alone knows them: the whole truth of the memory backend,
+    and the mirror a shared backend decides from while its store is unreachable.
+    ``clock`` (monotonic: reservations' deadlines) and ``utc_now`` (period windows) are
+    injectable for tests."""
+
+    def __init__(self, clock: Clock = time.monotonic, utc_now: UtcClock = utc_now) -> None:
+        self.clock = clock
+        self.utc_now = utc_now
+        self._tallies: dict[tuple[str, Period], _Tally] = {}
+        """One per scope and period: a new window replaces the last one's figures."""
+
+    def windows(self, limits: Mapping[str, BudgetLimit]) -> tuple[ScopeWindow, ...]:
+        return scope_windows(limits, self.utc_now())
+
+    def reserve(
+        self, windows: tuple[ScopeWindow, ...], micros: int, ttl_s: float, rid: str, share: int = 1
+    ) -> Reservation | BudgetDenied:
+        """Hold ``micros`` on every window, or on none (the first without room is named)."""
+        now = self.clock()
+        tallies = [self._tally(window) for window in windows]
+        for window, tally in zip(windows, tallies, strict=True):
+            if micros > tally.room(window.limit, now, max(1, share)):
+                return BudgetDenied(window.scope, to_usd(max(0, tally.left(window.limit, now))))
+        remaining = {}
+        for window, tally in zip(windows, tallies, strict=True):
+            tally.hold(rid, micros, now + ttl_s)
+            remaining[window.scope] = to_usd(max(0, tally.left(window.limit, now)))
+        return Reservation(rid, windows, to_usd(micros), remaining, ttl_s)
+
+    def finish(self, reservation: Reservation, micros: int) -> None:
+        """Stop holding ``reservation`` here and count ``micros`` of settled spend, in the
+        windows it was reserved in (a window since replaced by a new period: nothing)."""
+        for window in reservation.windows:
+            tally = self._current(window)
+            if tally is not None:
+                held = tally.holds.pop(reservation.id, None)
+                if held is not None:
+                    tally.held -= held[0]
+                tally.own += micros
+
+    def observe(self, window: ScopeWindow, settled: int) -> None:
+        """The shared store says ``settled`` micro-dollars are settled in ``window``."""
+        tally = self._tally(window)
+        if tally.window == window.window:
+            tally.seen = settled
+
+    def confirm(self, window: ScopeWindow, micros: int, settled: int) -> None:
+        """``micros`` counted here reached the shared store, which now says ``settled``."""
+        tally = self._current(window)
+        if tally is not None:
+            tally.own -= micros
+            tally.seen = settled
+
+    def spent(self, scope: str, limit: BudgetLimit) -> int:
+        """Settled in the current window, as far as this process knows."""
+        (window,) = self.windows({scope: limit})
+        tally = self._current(window)
+        return 0 if tally is None else tally.seen + tally.own
+
+    def left(self, window: ScopeWindow, shared_held: int = 0) -> int:
+        """Micro-dollars left in ``window`` (may be below 0 after an overshoot)."""
+        return self._tally(window).left(window.limit, self.clock(), shared_held)
+
+    def _current(self, window: ScopeWindow) -> _Tally | None:
+        tally = self._tallies.get((window.scope, window.limit.period))
+        return tally if tally is not None and tally.window == window.window else None
+
+    def _tally(self, window: ScopeWindow) -> _Tally:
+        key = (window.scope, window.limit.period)
+        tally = self._tallies.get(key)
+        if tally is None or tally.window < window.window:
+            tally = self._tallies[key] = _Tally(window.window)
+        return tally
