@@ -25,7 +25,6 @@ from polyroute.router.state import (
     BudgetLimit,
     MemoryState,
     Period,
-    PeriodWindow,
     Reservation,
     RoutingState,
     period_window,
@@ -131,7 +130,8 @@ def at(text: str) -> datetime:
 def test_period_windows_roll_at_utc_boundaries(
     period: Period, now: str, window: tuple[str, str]
 ) -> None:
-    assert period_window(period, at(now)) == PeriodWindow(window[0], at(window[1]))
+    found = period_window(period, at(now))
+    assert (found.id, found.ends_at) == (window[0], at(window[1]))
 
 
 def test_the_window_is_the_utc_one_whatever_the_timezone_of_the_time_given() -> None:
@@ -149,16 +149,19 @@ def test_a_window_holds_every_instant_until_it_ends_and_the_next_one_follows(
 ) -> None:
     window = period_window(period, now)
     assert window.ends_at is not None
+    assert window.starts_at <= now < window.ends_at
     assert timedelta(0) < window.ends_at - now <= timedelta(days=31)
     assert period_window(period, window.ends_at - timedelta(microseconds=1)) == window
     following = period_window(period, window.ends_at)
+    assert following.starts_at == window.ends_at
     assert following.id > window.id  # ids of one period sort in time order
     assert following.ends_at is not None
     assert following.ends_at > window.ends_at
 
 
 def test_total_never_rolls_and_a_naive_time_is_refused() -> None:
-    assert period_window("total", at("2026-12-05T12:00")) == PeriodWindow("total", None)
+    total = period_window("total", at("2026-12-05T12:00"))
+    assert (total.id, total.ends_at) == ("total", None)
     with pytest.raises(ValueError, match="timezone-aware"):
         period_window("day", datetime(2026, 12, 5))
 

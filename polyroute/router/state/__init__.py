@@ -11,16 +11,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from polyroute.core.errors import ConfigError
+from polyroute.core.periods import Period, PeriodWindow, period_window
 from polyroute.router.config import Limits, RetryBudget, StateConfig
 from polyroute.router.health import HealthStore, InMemoryHealth
-from polyroute.router.state.budgets import (
-    BudgetDenied,
-    BudgetLimit,
-    Period,
-    PeriodWindow,
-    Reservation,
-    period_window,
-)
+from polyroute.router.state.budgets import BudgetDenied, BudgetLimit, Reservation
 from polyroute.router.state.contract import Denied, Lease, Load, RoutingState
 from polyroute.router.state.memory import MemoryState
 from polyroute.router.stats import StatsBook

@@ -17,11 +17,11 @@ import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from typing import Literal, NamedTuple, get_args
+from datetime import datetime, timedelta
+from typing import NamedTuple
 
-Period = Literal["day", "week", "month", "total"]
-PERIODS: tuple[Period, ...] = get_args(Period)
+from polyroute.core.periods import PERIODS, Period, period_window, utc_now
+
 MICROS_PER_USD = 1_000_000
 KEPT_AFTER_PERIOD = timedelta(days=1)
 """A period's keys outlive its end by this much: hosts' clocks may disagree a little on
@@ -29,10 +29,6 @@ when it ended, and a request reserved just before the end settles just after it.
 
 Clock = Callable[[], float]
 UtcClock = Callable[[], datetime]
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 def to_micros(usd: float) -> int:
@@ -66,34 +62,6 @@ class BudgetLimit:
         check_usd("a budget's usd", self.usd)
         if self.period not in PERIODS:
             raise ValueError(f"a budget's period is one of {PERIODS}, not {self.period!r}")
-
-
-class PeriodWindow(NamedTuple):
-    """One period's window: its id (part of its keys, so a new period starts from
-    zero with no reset job) and when it ends (``None``: never)."""
-
-    id: str
-    ends_at: datetime | None
-
-
-def period_window(period: Period, now: datetime) -> PeriodWindow:
-    """The window of ``period`` that holds ``now`` (timezone-aware): ids are
-    ``2026-12-05`` (day), ``2026-W49`` (ISO week, from Monday), ``2026-12`` (month) and
-    ``total``. Raises ``ValueError`` for a naive ``now``: which day it is depends on it."""
-    if now.tzinfo is None:
-        raise ValueError("period windows need a timezone-aware time (UTC)")
-    now = now.astimezone(UTC)
-    midnight = datetime(now.year, now.month, now.day, tzinfo=UTC)
-    if period == "day":
-        return PeriodWindow(midnight.strftime("%Y-%m-%d"), midnight + timedelta(days=1))
-    if period == "week":
-        year, week, weekday = midnight.isocalendar()
-        monday = midnight - timedelta(days=weekday - 1)
-        return PeriodWindow(f"{year}-W{week:02d}", monday + timedelta(days=7))
-    if period == "month":
-        first = midnight.replace(day=1)
-        return PeriodWindow(first.strftime("%Y-%m"), (first + timedelta(days=32)).replace(day=1))
-    return PeriodWindow("total", None)
 
 
 class ScopeWindow(NamedTuple):

@@ -11,6 +11,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
 from datetime import datetime
 
+from polyroute.core.periods import utc_now
 from polyroute.router.config import Limits, RetryBudget
 from polyroute.router.health import CircuitState, HealthStore
 from polyroute.router.state.budgets import (
@@ -23,7 +24,6 @@ from polyroute.router.state.budgets import (
     check_usd,
     to_micros,
     to_usd,
-    utc_now,
 )
 from polyroute.router.state.contract import Denied, Lease, Load, TokenEstimate
 from polyroute.router.stats import StatsBook

@@ -50,6 +50,7 @@ import orjson
 
 from polyroute.core.errors import ConfigError
 from polyroute.core.logging import get_logger
+from polyroute.core.periods import utc_now
 from polyroute.core.redaction import redact, register_secret
 from polyroute.router.config import Limits, RetryBudget, StateConfig
 from polyroute.router.health import CircuitState, InMemoryHealth
@@ -63,7 +64,6 @@ from polyroute.router.state.budgets import (
     check_usd,
     to_micros,
     to_usd,
-    utc_now,
 )
 from polyroute.router.state.contract import Denied, Lease, Load, TokenEstimate
 from polyroute.router.state.memory import MemoryState
