@@ -24,6 +24,7 @@ from polyroute.core.embeddings import Embedded, Embeddings
 from polyroute.core.errors import (
     AllProvidersFailed,
     AuthenticationError,
+    BudgetExceededError,
     CapabilityNotSupportedError,
     ConfigError,
     ContextLengthExceededError,
@@ -68,6 +69,7 @@ __all__ = [
     "AssistantMessage",
     "Attempt",
     "AuthenticationError",
+    "BudgetExceededError",
     "CapabilityNotSupportedError",
     "ConfigError",
     "ContextLengthExceededError",

@@ -407,7 +407,7 @@ async def test_governance_guide_cost_example_runs_against_a_local_openai_server(
     assert key in example
     out = await run_python(example.replace(key, f'"base_url": "{openai_upstream.base_url}"'))
     assert out.startswith("Hello, world!\nexact: $0.00000")  # gpt-4o-mini's catalogue price
-    (snippet,) = blocks(ROOT / "docs" / "governance.md", "yaml")
+    snippet = blocks(ROOT / "docs" / "governance.md", "yaml")[0]
     config = yaml.safe_load(snippet)
     monkeypatch.setenv("ANTHROPIC_API_KEY", "unused")
     router = Router.from_config(config)
@@ -416,3 +416,20 @@ async def test_governance_guide_cost_example_runs_against_a_local_openai_server(
     claude = entries["claude"].price_for("claude-sonnet-4-5")
     assert claude is not None
     assert (claude.input, claude.cache_write) == (3, 3.75)
+
+
+def test_governance_guide_budget_config_is_valid(monkeypatch: pytest.MonkeyPatch) -> None:
+    from polyroute.router.config import GatewayConfig
+    from polyroute.server.keys import KeyRing
+
+    (_, snippet) = blocks(ROOT / "docs" / "governance.md", "yaml")
+    config = GatewayConfig.model_validate(yaml.safe_load(snippet)["gateway"])
+    monkeypatch.setenv("CI_GATEWAY_KEY", "pr-ci-0123456789")
+    monkeypatch.setenv("SEARCH_GATEWAY_KEY", "pr-search-0123456789")
+    ring = KeyRing(config.keys, config.teams, config.budget_hold_s)
+    ci, search = ring.keys
+    assert ci.budget is not None
+    assert ci.budget.default_max_tokens == 2048
+    assert search.budget is not None
+    assert set(search.budget.limits) == {"team:search"}
+    assert search.team_rpm == 600

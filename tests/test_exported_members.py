@@ -20,7 +20,7 @@ PUBLIC = {
     *("UpstreamStatusError", "UpstreamTimeout", "Usage", "UsageDelta", "__version__"),
     *("configure_logging", "format_prompt", "load_config"),
     *("NativeRequest", "ReasoningSignatureDelta", "RedactedReasoningDelta", "TokenCount"),
-    *("EntryStatus", "Embedded", "Embeddings", "Cost", "Price"),
+    *("EntryStatus", "Embedded", "Embeddings", "Cost", "Price", "BudgetExceededError"),
 }
 PROVIDERS = {
     "Gemini",

@@ -99,6 +99,9 @@ class Embeddings:
     attempts: list[Attempt]
     embedded: Embedded
     cost: Cost = FREE
+    budget_remaining_usd: float | None = None
+    """With ``budget=``: what is left on the tightest budget, this request's reservation
+    counted."""
 
     @property
     def cost_usd(self) -> float | None:

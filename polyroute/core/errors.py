@@ -45,6 +45,21 @@ class InvalidMessagesError(InvalidRequestError):
     """The chat messages given to a provider or router are malformed."""
 
 
+class BudgetExceededError(PolyrouteError):
+    """A budget (a gateway key's or team's) has no room for what the request may cost:
+    ``scope`` names it (``key:ci``, ``team:search``), ``remaining_usd`` is what is left
+    in its period. Nothing was sent upstream."""
+
+    def __init__(self, scope: str, remaining_usd: float, needed_usd: float) -> None:
+        self.scope = scope
+        self.remaining_usd = remaining_usd
+        self.needed_usd = needed_usd
+        super().__init__(
+            f"budget exceeded: {scope} has ${remaining_usd:.6f} left this period, and this "
+            f"request may cost up to ${needed_usd:.6f}"
+        )
+
+
 class ModelNotSupportedError(PolyrouteError, ValueError):
     """A provider (or the whole router) cannot serve the requested model.
 

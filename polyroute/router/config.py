@@ -305,6 +305,25 @@ class RouterSettings(RouteSettings):
         return self
 
 
+class BudgetConfig(_Strict):
+    """At most ``usd`` of spend per ``period`` (UTC), held exactly across the gateways
+    sharing the routing state (docs/governance.md)."""
+
+    usd: float = Field(ge=0, description="USD per period")
+    period: Literal["day", "week", "month", "total"]
+    default_max_tokens: int = Field(
+        4096, ge=1, description="the answer assumed (worst case) when a request sets none"
+    )
+
+
+class GatewayTeam(_Strict):
+    """Keys that share a budget and limits."""
+
+    name: str = Field(min_length=1, description="shown in the access log and metrics")
+    rpm: int | None = Field(None, ge=1, description="requests per minute of all its keys")
+    budget: BudgetConfig | None = None
+
+
 class GatewayKey(_Strict):
     """One client key of the gateway; the key itself is read from ``key_env``."""
 
@@ -315,6 +334,8 @@ class GatewayKey(_Strict):
     cache: CacheMode | None = Field(
         None, description="the response cache mode of its requests, unless they say"
     )
+    team: str | None = Field(None, description="the name of its team (gateway.teams)")
+    budget: BudgetConfig | None = None
 
 
 class GatewayConfig(_Strict):
@@ -334,6 +355,20 @@ class GatewayConfig(_Strict):
     responses_ttl_s: float = Field(
         3600.0, gt=0, description="how long a stored response can be read or continued"
     )
+    teams: list[GatewayTeam] = Field(default_factory=list)
+    budget_hold_s: float = Field(
+        900.0, gt=0, description="how long a budget reservation counts if never settled"
+    )
+
+    @model_validator(mode="after")
+    def _teams_known(self) -> GatewayConfig:
+        names = [team.name for team in self.teams]
+        if len(set(names)) < len(names):
+            raise ValueError(f"teams: a name given twice in {names}")
+        for key in self.keys:
+            if key.team is not None and key.team not in names:
+                raise ValueError(f"key {key.name!r}: team {key.team!r} is not in teams {names}")
+        return self
 
 
 class RouterConfig(RouterSettings):

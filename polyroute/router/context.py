@@ -13,6 +13,7 @@ from typing import Literal, NamedTuple, TypeAlias
 
 from polyroute.core.attempts import Attempt
 from polyroute.core.pricing import Cost, attempt_cost
+from polyroute.router.budget import BudgetKeeper
 from polyroute.router.config import RouteSettings, ToolCallMode
 from polyroute.router.policy import Candidate, RoutingPolicy
 from polyroute.router.retry import RetryPolicy
@@ -45,6 +46,7 @@ class RouteContext:
     state: RoutingState
     cooldown_seconds: float
     settings: RouteSettings
+    budgets: BudgetKeeper
 
     def tool_call_mode(self, candidate: Candidate) -> ToolCallMode:
         """The entry's ``tool_calls`` mode, else the route's."""

@@ -7,7 +7,7 @@ import asyncio
 import math
 import os
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -35,6 +35,7 @@ from polyroute.core.request import (
 from polyroute.providers.base import Provider
 from polyroute.providers.registry import Registry, default_registry
 from polyroute.router.attempts import AttemptEngine
+from polyroute.router.budget import BudgetKeeper, BudgetPlan, cost_ceiling, remaining_usd
 from polyroute.router.cache import CachePlan, ResponseCache, build_cache, cache_key
 from polyroute.router.config import (
     ProviderEntry,
@@ -173,6 +174,8 @@ class Router:
         self.discovery_errors: dict[str, str] = {}
         """Why an entry's ``models: discover`` failed, by entry name."""
         self._contexts: dict[str, RouteContext] = {}
+        self.budgets = BudgetKeeper(self.state)
+        """Reservations on gateway keys' and teams' budgets (``budget=`` of a request)."""
         self.cache: ResponseCache | None = build_cache(settings.cache, settings.state.url)
         """The response cache (``cache:`` in the settings), or ``None``."""
 
@@ -210,6 +213,7 @@ class Router:
                 self.state,
                 self.settings.cooldown.seconds,
                 self.settings.for_model(model),
+                self.budgets,
             )
         return context
 
@@ -344,6 +348,7 @@ class Router:
         request_id: str | None = None,
         native: NativeRequest | None = None,
         cache: str | None = None,
+        budget: BudgetPlan | None = None,
         **options: Any,
     ) -> RouterStream:
         """Start routing ``messages`` to ``model``; iterate the result for text, or
@@ -358,7 +363,10 @@ class Router:
         that format send it as it was written (the gateway's ``/v1/messages``).
         ``cache`` (``use``, ``refresh``, ``off``; else the model's ``per_model`` cache,
         else ``off``) is how the request uses the response cache (docs/cache.md); with
-        no ``cache`` configured, it is off. Raises
+        no ``cache`` configured, it is off. ``budget`` holds the request to budgets: the
+        most it may cost is reserved before its first attempt (the first iteration
+        raises :class:`BudgetExceededError` when a budget has no room) and settled at
+        its cost when it ends (docs/governance.md). Raises
         at once (before any I/O) :class:`InvalidRequestError` for a bad argument
         (:class:`InvalidMessagesError` for bad messages), :class:`ModelNotSupportedError`
         for a model no entry serves and
@@ -379,7 +387,13 @@ class Router:
         chain = self.policy.model_chain(model, request.needs)
         plan = self._cache_plan(cache, chain[0], request)
         return RouterStream(
-            self._context_for(chain[0]), request, model, chain, request_id, caching=plan
+            self._context_for(chain[0]),
+            request,
+            model,
+            chain,
+            request_id,
+            caching=plan,
+            budget=budget,
         )
 
     def _requested(self, model: str | None) -> str:
@@ -447,6 +461,7 @@ class Router:
         dimensions: int | None = None,
         encoding_format: EncodingFormat | None = None,
         request_id: str | None = None,
+        budget: BudgetPlan | None = None,
     ) -> Embeddings:
         """One vector per text of ``input`` (a string is one), from ``model``, routed on
         the attempt engine like a chat request: aliases, priority, limits, retries,
@@ -454,11 +469,13 @@ class Router:
         then the models of its ``embedding_fallbacks``: vectors of two models do not mix.
         ``encoding_format="base64"`` asks upstreams that have it for OpenAI's base64 form
         (read it from ``.base64``; ``.vectors`` decodes it); floats by default.
+        ``budget`` holds the request to budgets, as for :meth:`stream`.
 
         Raises at once :class:`InvalidRequestError` for bad input,
-        :class:`ModelNotSupportedError` for a model no entry serves and
-        :class:`CapabilityNotSupportedError` when none of its entries embeds; then
-        :class:`AllProvidersFailed` when every candidate failed.
+        :class:`ModelNotSupportedError` for a model no entry serves,
+        :class:`CapabilityNotSupportedError` when none of its entries embeds and
+        :class:`BudgetExceededError`; then :class:`AllProvidersFailed` when every
+        candidate failed.
         """
         inputs = [input] if isinstance(input, str) else list(input)
         if not inputs or not all(isinstance(text, str) for text in inputs):
@@ -483,6 +500,24 @@ class Router:
             estimate=estimate,
             attempts=[],
         )
+        if budget is None:
+            return await self._embed(engine, inputs, dimensions, encoding_format, estimate)
+        ceiling = cost_ceiling(self.policy, chain, estimate(), 0)
+        held = await self.budgets.reserve(budget, ceiling)
+        try:
+            embeddings = await self._embed(engine, inputs, dimensions, encoding_format, estimate)
+        finally:
+            self.budgets.settle(held, engine.context.cost_of(engine.attempts, estimate))
+        return replace(embeddings, budget_remaining_usd=remaining_usd(held))
+
+    async def _embed(
+        self,
+        engine: AttemptEngine,
+        inputs: list[str],
+        dimensions: int | None,
+        encoding_format: EncodingFormat | None,
+        estimate: Callable[[], int],
+    ) -> Embeddings:
         engine.begin()
         while (candidate := await engine.next_candidate()) is not None:
             embedded = await engine.attempt(
@@ -560,6 +595,7 @@ class Router:
 
     async def aclose(self) -> None:
         """Close every provider's connection pool and the shared state's connections."""
+        await self.budgets.aclose()
         await asyncio.gather(*(provider.aclose() for provider in self.providers))
         if self.cache is not None:
             await self.cache.aclose()

@@ -46,6 +46,7 @@ from polyroute.core.logging import EventLogger, get_logger, new_request_id
 from polyroute.core.pricing import Cost, CostStatus
 from polyroute.core.request import ChatRequest, estimated_input_tokens
 from polyroute.router.attempts import AttemptEngine, elapsed_ms
+from polyroute.router.budget import BudgetPlan, cost_ceiling, remaining_usd
 from polyroute.router.cache import CachePlan, StoredAnswer, decode_answer, encode_answer
 from polyroute.router.context import Choice, Mode, RouteContext
 from polyroute.router.hedge import Hedge
@@ -180,6 +181,7 @@ class RouterStream:
         chain: list[str],
         request_id: str | None = None,
         caching: CachePlan | None = None,
+        budget: BudgetPlan | None = None,
     ) -> None:
         self.request_id = request_id or new_request_id()
         self.requested_model = requested_model
@@ -191,6 +193,10 @@ class RouterStream:
         self.cache: CacheState | None = None
         self._caching = caching
         self._cached_usage: Usage | None = None
+        self._budget = budget
+        self.budget_remaining_usd: float | None = None
+        """With ``budget=``: what is left on the tightest budget once this request's
+        reservation is counted (set when iteration starts)."""
         self._context = context
         self._request = request
         self._chain = chain
@@ -294,7 +300,7 @@ class RouterStream:
     def _start(self, mode: _Mode) -> AsyncGenerator[Any, None]:
         if self._generator is not None:
             raise RuntimeError("a RouterStream can be iterated only once")
-        generator = self._run(mode)
+        generator = self._run(mode) if self._budget is None else self._held_to(self._budget, mode)
         self._generator = weakref.ref(generator)
         if self._in_context:
             self._held = generator
@@ -321,6 +327,28 @@ class RouterStream:
         await self.aclose()
 
     # The routing loop -----------------------------------------------------------
+
+    async def _held_to(self, budget: BudgetPlan, mode: _Mode) -> AsyncGenerator[Any, None]:
+        """:meth:`_run` under ``budget``: its worst case reserved first, its cost settled
+        however it ends (a generator of its own, so unbudgeted streams pay nothing)."""
+        options = self._request.options
+        answer = options.get("max_completion_tokens") or options.get("max_tokens")
+        ceiling = cost_ceiling(
+            self._context.policy,
+            self._chain,
+            estimated_input_tokens(self._request),
+            answer or budget.default_max_tokens,
+        )
+        keeper = self._context.budgets
+        held = await keeper.reserve(budget, ceiling)
+        self.budget_remaining_usd = remaining_usd(held)
+        run = self._run(mode)
+        try:
+            async for item in run:
+                yield item
+        finally:
+            await run.aclose()
+            keeper.settle(held, self.cost)
 
     async def _run(self, mode: _Mode) -> AsyncGenerator[Any, None]:
         # Longer than the other steps on purpose: deliver is inline (see below). Every

@@ -46,6 +46,7 @@ _Answer = Callable[[web.Request, Dialect, str, "_Outcome"], Awaitable[web.Stream
 _Batches = AsyncGenerator[list[Delta], None]
 _SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
 _CACHE_MODES = ("use", "refresh", "off")
+_BUDGET_HEADER = "x-polyroute-budget-remaining-usd"
 _KEY_REQUIRED = "a valid gateway key is required (Authorization: Bearer ..., or x-api-key)"
 
 
@@ -117,7 +118,7 @@ class Gateway:
     def __init__(self, router: Router, config: GatewayConfig | None = None) -> None:
         self.router = router
         self.config = config or GatewayConfig()
-        self.keys = KeyRing(self.config.keys)
+        self.keys = KeyRing(self.config.keys, self.config.teams, self.config.budget_hold_s)
         self.metrics = GatewayMetrics()
         self.chat: Dialect = ChatDialect()
         self.messages: Dialect = MessagesDialect()
@@ -239,6 +240,7 @@ class Gateway:
                 request_id=request_id,
                 native=exchange.native,
                 cache=cache or (key.cache if key is not None else None),
+                budget=key.budget if key is not None else None,
                 **exchange.options,
             )
         except PolyrouteError as error:
@@ -280,6 +282,7 @@ class Gateway:
                 dimensions=call.dimensions,
                 encoding_format=call.encoding_format,
                 request_id=request_id,
+                budget=key.budget if key is not None else None,
             )
             outcome.embeddings = embedded
             body = embeddings_body(embedded, call)  # base64 that does not decode raises
@@ -292,8 +295,10 @@ class Gateway:
             "x-polyroute-provider": embedded.provider,
             "x-polyroute-model": embedded.model,
             "x-polyroute-attempts": str(len(embedded.attempts)),
-            "x-polyroute-cost-usd": cost_header(embedded.cost_usd),
+            "x-polyroute-cost-usd": usd_header(embedded.cost_usd),
         }
+        if embedded.budget_remaining_usd is not None:
+            headers[_BUDGET_HEADER] = usd_header(embedded.budget_remaining_usd)
         return web.Response(body=body, content_type="application/json", headers=headers)
 
     def _caller(
@@ -315,11 +320,15 @@ class Gateway:
         if not key.allows(model, self.router.resolve_model(model)):
             message = f"key {key.name!r} may not use model {model!r}"
             return dialect.refusal(403, message, "model_not_allowed")
-        wait = await self.router.admit_key(key.name, key.rpm) if key.rpm else None
-        if wait is not None:
-            message = f"key {key.name!r} is over its {key.rpm} requests per minute"
-            refusal = dialect.refusal(429, message, "rate_limit_exceeded")
-            return WireError(refusal.status, refusal.body, wait, refusal.code)
+        limits = [(key.name, f"key {key.name!r}", key.rpm)]
+        if key.team is not None:
+            limits.append((f"team:{key.team}", f"team {key.team!r}", key.team_rpm))
+        for counted, who, rpm in limits:
+            wait = await self.router.admit_key(counted, rpm) if rpm else None
+            if wait is not None:
+                message = f"{who} is over its {rpm} requests per minute"
+                refusal = dialect.refusal(429, message, "rate_limit_exceeded")
+                return WireError(refusal.status, refusal.body, wait, refusal.code)
         return None
 
     def _account(self, outcome: _Outcome, request_id: str, started: float) -> None:
@@ -373,6 +382,8 @@ class Gateway:
             headers["x-polyroute-dropped"] = ", ".join(dropped)
         if stream.cache is not None:
             headers["x-polyroute-cache"] = stream.cache
+        if stream.budget_remaining_usd is not None:
+            headers[_BUDGET_HEADER] = usd_header(stream.budget_remaining_usd)
         response = _EventStream(headers=headers)
         await response.prepare(request)
         # One send per upstream read, the first with the headers and the opening
@@ -520,9 +531,8 @@ async def _json_body(request: web.Request) -> Any:
         raise InvalidRequestError(f"the body is not JSON: {error}") from None
 
 
-def cost_header(usd: float | None) -> str:
-    """``x-polyroute-cost-usd``: the cost in plain decimals (no exponent), or
-    ``unpriced``."""
+def usd_header(usd: float | None) -> str:
+    """An amount of USD as a header: plain decimals (no exponent), or ``unpriced``."""
     return "unpriced" if usd is None else f"{usd:.10f}".rstrip("0").rstrip(".")
 
 
@@ -534,12 +544,14 @@ def _facts_headers(stream: RouterStream, request_id: str) -> dict[str, str]:
         "x-polyroute-provider": facts["provider"] or "",
         "x-polyroute-model": facts["model"] or "",
         "x-polyroute-attempts": str(facts["attempts"]),
-        "x-polyroute-cost-usd": cost_header(facts["cost_usd"]),
+        "x-polyroute-cost-usd": usd_header(facts["cost_usd"]),
     }
     if dropped := facts.get("dropped"):
         headers["x-polyroute-dropped"] = ", ".join(dropped)
     if cache := facts.get("cache"):
         headers["x-polyroute-cache"] = cache
+    if stream.budget_remaining_usd is not None:
+        headers[_BUDGET_HEADER] = usd_header(stream.budget_remaining_usd)
     return headers
 
 

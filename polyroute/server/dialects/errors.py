@@ -9,6 +9,7 @@ from typing import Any
 from polyroute.core.errors import (
     AllProvidersFailed,
     AuthenticationError,
+    BudgetExceededError,
     CapabilityNotSupportedError,
     InvalidRequestError,
     ModelNotSupportedError,
@@ -52,6 +53,8 @@ def classify(error: PolyrouteError) -> Failure:
     )
     if isinstance(error, CapabilityNotSupportedError):
         return Failure(400, "invalid_request_error", "unsupported_capability", message)
+    if isinstance(error, BudgetExceededError):
+        return Failure(429, "insufficient_quota", "budget_exceeded", message)
     if isinstance(error, InvalidRequestError):
         return Failure(400, "invalid_request_error", None, message)
     if isinstance(error, ModelNotSupportedError):
