@@ -4,6 +4,7 @@ spend ledger, so both agree on when a period begins)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Literal, NamedTuple, get_args
 
@@ -31,16 +32,48 @@ def period_window(period: Period, now: datetime) -> PeriodWindow:
     ``ValueError`` for a naive ``now``: which day it is depends on its zone."""
     if now.tzinfo is None:
         raise ValueError("period windows need a timezone-aware time (UTC)")
-    now = now.astimezone(UTC)
+    latest = _latest.get(period)
+    if (
+        latest is not None
+        and latest.starts_at <= now
+        and (latest.ends_at is None or now < latest.ends_at)
+    ):
+        return latest
+    make = _WINDOW_OF.get(period)
+    if make is None:
+        raise ValueError(f"a period is one of {PERIODS}, not {period!r}")
+    window = _latest[period] = make(now.astimezone(UTC))
+    return window
+
+
+def _day(now: datetime) -> PeriodWindow:
     midnight = datetime(now.year, now.month, now.day, tzinfo=UTC)
-    if period == "day":
-        return PeriodWindow(midnight.strftime("%Y-%m-%d"), midnight, midnight + timedelta(days=1))
-    if period == "week":
-        year, week, weekday = midnight.isocalendar()
-        monday = midnight - timedelta(days=weekday - 1)
-        return PeriodWindow(f"{year}-W{week:02d}", monday, monday + timedelta(days=7))
-    if period == "month":
-        first = midnight.replace(day=1)
-        following = (first + timedelta(days=32)).replace(day=1)
-        return PeriodWindow(first.strftime("%Y-%m"), first, following)
+    return PeriodWindow(midnight.strftime("%Y-%m-%d"), midnight, midnight + timedelta(days=1))
+
+
+def _week(now: datetime) -> PeriodWindow:
+    midnight = datetime(now.year, now.month, now.day, tzinfo=UTC)
+    year, week, weekday = midnight.isocalendar()
+    monday = midnight - timedelta(days=weekday - 1)
+    return PeriodWindow(f"{year}-W{week:02d}", monday, monday + timedelta(days=7))
+
+
+def _month(now: datetime) -> PeriodWindow:
+    first = datetime(now.year, now.month, 1, tzinfo=UTC)
+    following = (first + timedelta(days=32)).replace(day=1)
+    return PeriodWindow(first.strftime("%Y-%m"), first, following)
+
+
+def _total(_now: datetime) -> PeriodWindow:
     return PeriodWindow("total", BEGINNING, None)
+
+
+_WINDOW_OF: dict[str, Callable[[datetime], PeriodWindow]] = {
+    "day": _day,
+    "week": _week,
+    "month": _month,
+    "total": _total,
+}
+_latest: dict[str, PeriodWindow] = {}
+"""The window each period was last asked for: asked again by most requests (a budget
+check each), and left once a period."""

@@ -194,6 +194,7 @@ class RouterStream:
         self._caching = caching
         self._cached_usage: Usage | None = None
         self._budget = budget
+        self._costs: list[Cost | None] | None = None
         self.budget_remaining_usd: float | None = None
         """With ``budget=``: what is left on the tightest budget once this request's
         reservation is counted (set when iteration starts)."""
@@ -247,11 +248,16 @@ class RouterStream:
     def cost(self) -> Cost:
         """What the answer cost: the sum of its attempts' costs, each at its own
         entry's price (docs/governance.md); a replayed answer costs nothing."""
-        return self._context.cost_of(self.attempts, self._input_tokens)
+        return Cost.of_attempts(cost for cost in self.attempt_costs() if cost is not None)
 
     def attempt_costs(self) -> list[Cost | None]:
         """Each of :attr:`attempts`' costs, ``None`` for one that produced nothing."""
-        return self._context.attempt_costs(self.attempts, self._input_tokens)
+        if self._costs is not None:
+            return self._costs
+        costs = self._context.attempt_costs(self.attempts, self._input_tokens)
+        if self.status not in ("pending", "streaming"):
+            self._costs = costs  # the attempts are final: read once (facts, log, budget)
+        return costs
 
     def _input_tokens(self) -> int:
         return estimated_input_tokens(self._request)
