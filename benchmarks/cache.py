@@ -45,6 +45,7 @@ from benchmarks.gateway import (
     gateway,
     measure,
     median,
+    median_ratio,
     started,
 )
 
@@ -84,11 +85,6 @@ def checked(name: str, outcome: dict[str, Any]) -> None:
             f"{name}: every measured stream must say x-polyroute-cache: {want}; "
             f"got {said} over {outcome['streams']} streams, {outcome['errors']} errors"
         )
-
-
-def ratio(runs: list[dict[str, Any]], base: list[dict[str, Any]], key: str) -> float | None:
-    found = [r[key] / b[key] for r, b in zip(runs, base, strict=True) if r[key] and b[key]]
-    return statistics.median(found) if found else None
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -143,7 +139,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     "peak_rss_mb",
                 )
             },
-            "vs_direct": ratio(runs, direct, "streams_per_s"),
+            "vs_direct": median_ratio(runs, direct, "streams_per_s"),
         }
         for p in ("p50", "p99"):  # per repeat against direct, then the median
             added = [
@@ -157,8 +153,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if name == "polyroute-cache-hit":
             for other, short in (("polyroute-cache-refresh", "refresh"), ("polyroute", "chat")):
                 base_runs = results[(other, concurrency)]
-                row[f"streams_vs_{short}"] = ratio(runs, base_runs, "streams_per_s")
-                row[f"cpu_vs_{short}"] = ratio(runs, base_runs, "cpu_ms_per_stream")
+                row[f"streams_vs_{short}"] = median_ratio(runs, base_runs, "streams_per_s")
+                row[f"cpu_vs_{short}"] = median_ratio(runs, base_runs, "cpu_ms_per_stream")
         row["runs"] = runs
         rows.append(row)
     settings = {"seconds": args.seconds, "repeats": args.repeats, "chunks": 64}

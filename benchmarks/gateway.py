@@ -471,6 +471,12 @@ def median(runs: list[dict[str, Any]], key: str) -> float | None:
     return statistics.median(values) if values else None
 
 
+def median_ratio(runs: list[dict[str, Any]], base: list[dict[str, Any]], key: str) -> float | None:
+    """The median over repeats of ``runs``' ``key`` over ``base``'s in the same repeat."""
+    found = [r[key] / b[key] for r, b in zip(runs, base, strict=True) if r[key] and b[key]]
+    return statistics.median(found) if found else None
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     available = sorted(os.sched_getaffinity(0))
     shared, own = available[0], available[-1]  # upstreams + client | the gateway

@@ -308,24 +308,6 @@ async def _read_tail(response: aiohttp.ClientResponse) -> None:
         response.release()  # pooled when read to its end, closed otherwise
 
 
-async def fetch_json(
-    session: aiohttp.ClientSession,
-    url: str,
-    *,
-    provider: str,
-    headers: Mapping[str, str] | None = None,
-    proxy: str | None = None,
-    timeouts: Timeouts = Timeouts(),
-    body: Any = None,
-) -> Any:
-    """GET ``url`` (POST ``body`` as JSON, when given) and return its JSON body; errors
-    as for :func:`stream_event_batches`."""
-    _raw, answer = await fetch_answer(
-        session, url, provider=provider, headers=headers, proxy=proxy, timeouts=timeouts, body=body
-    )
-    return answer
-
-
 async def fetch_answer(
     session: aiohttp.ClientSession,
     url: str,
@@ -336,7 +318,8 @@ async def fetch_answer(
     timeouts: Timeouts = Timeouts(),
     body: Any = None,
 ) -> tuple[bytes, Any]:
-    """:func:`fetch_json`'s answer, with its bytes as they came (to relay them)."""
+    """GET ``url`` (POST ``body`` as JSON, when given): its body as it came (to relay
+    it) and decoded; errors as for :func:`stream_event_batches`."""
     method, data = ("GET", None) if body is None else ("POST", orjson.dumps(body))
     try:
         async with session.request(

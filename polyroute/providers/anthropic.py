@@ -40,7 +40,7 @@ from polyroute.core.errors import (
     UpstreamProtocolError,
     UpstreamStatusError,
 )
-from polyroute.core.http import fetch_json
+from polyroute.core.http import fetch_answer
 from polyroute.core.jsoncodec import loads
 from polyroute.core.messages import Message, continuation_messages
 from polyroute.core.request import ChatRequest
@@ -240,7 +240,7 @@ class Anthropic(AsyncGeneratorProvider):
         else:
             body = self.build_request(model, request)
         sent = {key: body[key] for key in _COUNTED if key in body}
-        answer = await fetch_json(
+        _raw, answer = await fetch_answer(
             self._sessions.session,
             f"{self.base_url}/v1/messages/count_tokens",
             provider=self.entry_name,

@@ -35,7 +35,6 @@ from polyroute.core.http import (
     SessionOwner,
     Timeouts,
     fetch_answer,
-    fetch_json,
     stream_event_batches,
 )
 from polyroute.core.logging import get_logger
@@ -309,7 +308,7 @@ class Provider:
         """
         if self.models_url is None:
             raise ConfigError(f"provider {self.entry_name!r} cannot discover its models")
-        listing = await fetch_json(
+        _raw, listing = await fetch_answer(
             self._sessions.session,
             self.models_url,
             provider=self.entry_name,

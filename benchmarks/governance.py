@@ -1,0 +1,175 @@
+"""``python -m benchmarks.governance``: what keys, budgets and cost cost through polyroute
+serve (issue 25), with benchmarks/gateway.py's parts.
+
+One upstream (``benchmarks.upstream``: 64 chunks at once, the "saturated" workload of
+gateway.py) and gateway.py's streamed chat request, posted by ``conc`` workers one after
+another at concurrency 1 and 50. Rows, each polyroute serve (1 worker) on the gateway's
+core:
+
+  polyroute        the plain gateway: no keys, its entry without a price (unpriced)
+  governed-memory  a gateway key in a team, each with a budget (so every request
+                   reserves its worst case on both and settles its cost), the entry
+                   priced (every answer costed), state: memory
+  polyroute-redis  the plain gateway with state: redis (a redis-server started here)
+  governed-redis   governed-memory with state: redis: the reservation and the
+                   settlement are Lua scripts on Redis
+
+The budgets are large enough never to refuse. Figures (medians of the repeats, the rows'
+order rotating): streams/s, TTFT p50, CPU per stream, and each governed row against the
+plain one of its state backend in the same repeat (medians of per-repeat ratios), with
+the target: at least 0.9x the streams/s and at most 1.1x the CPU per stream.
+
+  python -m benchmarks.governance            # about 2 minutes
+  python -m benchmarks.governance --quick    # a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from contextlib import ExitStack
+from typing import Any
+
+from benchmarks.__main__ import machine, upstream
+from benchmarks.gateway import (
+    PEERS,
+    WIRES,
+    Target,
+    cell,
+    focused_main,
+    free_port,
+    measure,
+    median,
+    median_ratio,
+    started,
+)
+from tests.redis_server import RedisServer
+
+WORKLOAD = "saturated"  # also the model asked for, and the polyroute entry's name
+CONCURRENCY = [1, 50]
+ROWS = ["polyroute", "governed-memory", "polyroute-redis", "governed-redis"]
+PLAIN = {"governed-memory": "polyroute", "governed-redis": "polyroute-redis"}
+"""Each governed row's baseline: the plain gateway on the same state backend."""
+TARGET = (0.9, 1.1)
+"""A governed row's streams/s at least, and its CPU per stream at most, this many times
+the plain gateway's."""
+KEY = "pr-bench-0123456789abcdef"
+BUDGET = {"usd": 1e9, "period": "day"}
+
+
+def served(name: str, base: str, core: int, redis_url: str | None, stack: ExitStack) -> Target:
+    """polyroute serve (``governed-*``: with a key in a team, both with budgets, and a
+    priced entry)."""
+    port = free_port()
+    root = f"http://127.0.0.1:{port}"
+    entry: dict[str, Any] = {
+        "name": WORKLOAD,
+        "type": "openai",
+        "base_url": f"{base}/v1",
+        "models": [WORKLOAD],
+    }
+    config: dict[str, Any] = {"providers": [entry]}
+    headers: dict[str, dict[str, str]] = {}
+    if name.startswith("governed"):
+        entry["price"] = {"input": 2.5, "output": 10.0}
+        keys = [{"name": "bench", "key_env": "BENCH_KEY", "team": "bench", "budget": BUDGET}]
+        config["gateway"] = {"keys": keys, "teams": [{"name": "bench", "budget": BUDGET}]}
+        headers = {WORKLOAD: {"Authorization": f"Bearer {KEY}"}}
+    if redis_url is not None:
+        config["state"] = {"backend": "redis", "url": redis_url}
+    path = PEERS / f"polyroute-{name}-{port}.json"
+    path.write_text(json.dumps(config))
+    command = [sys.executable, "-m", "polyroute", "serve", "-c", str(path)]
+    command += ["--port", str(port), "--workers", "1"]
+    ready = f"{root}/healthz"
+    process = stack.enter_context(started(command, ready, {core}, env={"BENCH_KEY": KEY}))
+    return Target(name, {WORKLOAD: root + WIRES["chat"].path}, headers, process.pid, str(core))
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    available = sorted(os.sched_getaffinity(0))
+    shared, own = available[0], available[-1]  # upstream + client + redis | the gateway
+    results: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    PEERS.mkdir(exist_ok=True)
+    redis = RedisServer().start()
+    try:
+        with ExitStack() as stack:
+            base = stack.enter_context(upstream(64, 0.0, shared))
+            targets = [
+                served(name, base, own, redis.url if name.endswith("redis") else None, stack)
+                for name in ROWS
+            ]
+            for repeat in range(args.repeats):
+                for concurrency in args.concurrency:
+                    shift = repeat % len(targets)
+                    for target in targets[shift:] + targets[:shift]:
+                        outcome = measure(target, WORKLOAD, concurrency, args.seconds, shared)
+                        if outcome["errors"] or not outcome["streams"]:
+                            raise SystemExit(f"{target.name}: {outcome['errors']} errors")
+                        results.setdefault((target.name, concurrency), []).append(outcome)
+                        print(
+                            f"  c={concurrency} {target.name} repeat {repeat + 1}: "
+                            f"{outcome['streams_per_s']:.0f} streams/s",
+                            file=sys.stderr,
+                            flush=True,
+                        )
+            cores = {target.name: target.cores for target in targets}
+    finally:
+        redis.close()
+    rows = []
+    for (name, concurrency), runs in sorted(
+        results.items(), key=lambda item: (item[0][1], ROWS.index(item[0][0]))
+    ):
+        plain = results[(PLAIN.get(name, name), concurrency)]
+        rows.append(
+            {
+                "gateway": name,
+                "cores": cores[name],
+                "concurrency": concurrency,
+                "streams_per_s": median(runs, "streams_per_s"),
+                "ttft_p50_ms": median(runs, "ttft_p50_ms"),
+                "cpu_ms_per_stream": median(runs, "cpu_ms_per_stream"),
+                "vs_plain_streams": median_ratio(runs, plain, "streams_per_s"),
+                "vs_plain_cpu": median_ratio(runs, plain, "cpu_ms_per_stream"),
+                "runs": runs,
+            }
+        )
+    settings = {"seconds": args.seconds, "repeats": args.repeats, "chunks": 64}
+    return {"machine": machine(), "settings": settings, "rows": rows}
+
+
+def print_table(rows: list[dict[str, Any]]) -> None:
+    header = (
+        f"{'conc':>4} {'gateway':<16} {'streams/s':>9} {'vs plain':>8} {'TTFT p50':>8} "
+        f"{'CPU ms/stream':>13} {'vs plain':>8}"
+    )
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        print(
+            f"{r['concurrency']:>4} {r['gateway']:<16} {cell(r['streams_per_s'], '.0f'):>9} "
+            f"{cell(r['vs_plain_streams'], '.2f'):>7}x {cell(r['ttft_p50_ms'], '.2f'):>8} "
+            f"{cell(r['cpu_ms_per_stream'], '.3f'):>13} {cell(r['vs_plain_cpu'], '.2f'):>7}x"
+        )
+    print()
+    for r in rows:
+        if r["gateway"] not in PLAIN or r["concurrency"] != max(CONCURRENCY):
+            continue
+        streams, cpu = r["vs_plain_streams"], r["vs_plain_cpu"]
+        held = streams is not None and cpu is not None
+        held = held and streams >= TARGET[0] and cpu <= TARGET[1]
+        print(
+            f"target: {r['gateway']} >= {TARGET[0]}x {PLAIN[r['gateway']]}'s streams/s and <= "
+            f"{TARGET[1]}x its CPU per stream at c={max(CONCURRENCY)}: "
+            f"{cell(streams, '.2f')}x and {cell(cpu, '.2f')}x, {'met' if held else 'NOT met'}"
+        )
+
+
+def main() -> None:
+    focused_main(__doc__, "benchmarks/governance-results.json", CONCURRENCY, run, print_table)
+
+
+if __name__ == "__main__":
+    main()
