@@ -1,7 +1,9 @@
 """The ``polyroute`` command: argument parsing and terminal output only.
 
-Exit codes: 0 success; 1 every provider failed, or the answer broke off; 2 bad
-usage or configuration; 3 unknown model; 130 interrupted.
+Exit codes: 0 success; 1 every provider failed, or the answer broke off (for the
+admin commands: the gateway unreachable, or refusing the change); 2 bad usage or
+configuration (an admin call's bad value, or a missing or wrong admin key); 3
+unknown model; 130 interrupted.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, TextIO, cast
 
-from polyroute import __version__
+from polyroute import __version__, admin_cli
+from polyroute.admin_client import AdminApiError
 from polyroute.core.config_file import read_config_of_kind
 from polyroute.core.errors import (
     AllProvidersFailed,
@@ -37,7 +40,7 @@ from polyroute.router.router import EntryStatus, Router
 from polyroute.router.stream import RouterStream
 from polyroute.simulator.profile import Latency, SimulatedUpstream, SimulatorConfig
 from polyroute.simulator.server import SimulatorServer
-from polyroute.terminal import AnswerLine, EventStream
+from polyroute.terminal import AnswerLine, EventStream, table
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_MODEL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 LOCAL_CONFIG = "polyroute.yaml"
@@ -140,6 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve_command.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
 
+    admin_cli.add_commands(command, common)
+
     # simulate's -c is a simulator config (upstreams: [...]); default: the docs' examples'.
     simulate_command = command("simulate", "run simulated upstreams on 127.0.0.1")
     simulate_command.add_argument(
@@ -167,6 +172,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "providers": providers,
         "serve": serve,
         "simulate": simulate,
+        "keys": admin_cli.keys,
+        "teams": admin_cli.teams,
+        "spend": admin_cli.spend,
     }
     try:
         return asyncio.run(handler[args.command](args))
@@ -179,6 +187,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if isinstance(error, ModelNotSupportedError) or _no_upstream_knows_the_model(error):
             return EXIT_MODEL
         if isinstance(error, ConfigError | InvalidRequestError):
+            return EXIT_USAGE
+        if isinstance(error, AdminApiError) and error.is_usage:
             return EXIT_USAGE
         return EXIT_FAILED
 
@@ -450,14 +460,6 @@ EXAMPLE_UPSTREAMS = (
 
 def yes(flag: bool) -> str:
     return "yes" if flag else "no"
-
-
-def table(header: Sequence[str], rows: Sequence[Sequence[str]], out: TextIO | None = None) -> None:
-    out = out or sys.stdout
-    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows, strict=False)]
-    for row in (header, *rows):
-        line = "  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=False))
-        print(line.rstrip(), file=out)
 
 
 def run() -> None:

@@ -8,6 +8,8 @@ redirected, nothing is added to the answer.
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
+from typing import TextIO
 
 
 class AnswerLine:
@@ -59,3 +61,12 @@ class EventStream:
 
     def isatty(self) -> bool:
         return sys.stderr.isatty()
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[str]], out: TextIO | None = None) -> None:
+    """Columns padded to their widest cell, two spaces apart (stdout by default)."""
+    out = out or sys.stdout
+    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows, strict=False)]
+    for row in (header, *rows):
+        line = "  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=False))
+        print(line.rstrip(), file=out)

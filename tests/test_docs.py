@@ -13,6 +13,7 @@ import socket
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -422,7 +423,7 @@ def test_governance_guide_budget_config_is_valid(monkeypatch: pytest.MonkeyPatch
     from polyroute.router.config import GatewayConfig
     from polyroute.server.keys import KeyRing
 
-    (_, snippet) = blocks(ROOT / "docs" / "governance.md", "yaml")
+    snippet = blocks(ROOT / "docs" / "governance.md", "yaml")[1]
     config = GatewayConfig.model_validate(yaml.safe_load(snippet)["gateway"])
     monkeypatch.setenv("CI_GATEWAY_KEY", "pr-ci-0123456789")
     monkeypatch.setenv("SEARCH_GATEWAY_KEY", "pr-search-0123456789")
@@ -433,3 +434,87 @@ def test_governance_guide_budget_config_is_valid(monkeypatch: pytest.MonkeyPatch
     assert search.budget is not None
     assert set(search.budget.limits) == {"team:search"}
     assert search.team_rpm == 600
+
+
+def test_governance_guide_store_config_is_valid(monkeypatch: pytest.MonkeyPatch) -> None:
+    from polyroute import load_config
+
+    snippet = blocks(ROOT / "docs" / "governance.md", "yaml")[2]
+    config = load_config({"providers": [{"name": "sim", "type": "simulated"}],
+                          **yaml.safe_load(snippet)})  # fmt: skip
+    assert config.store is not None
+    assert (config.store.backend, config.store.dsn_env) == ("postgres", "POLYROUTE_STORE_DSN")
+    assert config.gateway.admin_key_env == "POLYROUTE_ADMIN_KEY"
+    assert config.state.backend == "redis"
+
+
+async def _shell_lines(
+    block: str, env: dict[str, str], learn: Callable[[str, str], dict[str, str]]
+) -> None:
+    """Each command of ``block`` in a shell, in order (``VAR=value`` lines set ``env``);
+    ``learn(command, output)`` gives variables for the commands after it."""
+    for line in block.splitlines():
+        command = line.split("  # ")[0].strip()
+        if not command:
+            continue
+        if re.fullmatch(r"[A-Z_]+=.*", command):
+            name, value = command.split("=", 1)
+            done = await asyncio.create_subprocess_shell(
+                f"printf %s {value}", env=env, stdout=asyncio.subprocess.PIPE
+            )
+            env[name] = (await done.communicate())[0].decode()
+            continue
+        process = await asyncio.create_subprocess_shell(
+            command,
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await asyncio.wait_for(process.communicate(), 60)
+        assert process.returncode == 0, (command, err.decode())
+        env.update(learn(command, out.decode()))
+
+
+async def test_governance_guide_admin_examples_run_against_a_gateway(tmp_path: Path) -> None:
+    """The curl calls, then the command-line examples, of docs/governance.md as written,
+    against a gateway with a SQLite store (on a free port instead of 8000)."""
+    curl, cli = (b for b in blocks(ROOT / "docs" / "governance.md", "bash"))
+    admin_key = "pr-docs-admin-key-0123456789"
+    config = {
+        "providers": [{"name": "sim", "type": "simulated", "models": ["gpt-4o-mini"]}],
+        "store": {"backend": "sqlite", "path": str(tmp_path / "store.db")},
+        "gateway": {"admin_key_env": "POLYROUTE_ADMIN_KEY"},
+    }
+    path = tmp_path / "gateway.yaml"
+    path.write_text(yaml.safe_dump(config))
+    env = {k: v for k, v in os.environ.items() if k != "POLYROUTE_CONFIG"}
+    env["POLYROUTE_ADMIN_KEY"] = admin_key
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    answers: list[dict[str, Any]] = []
+
+    def learn_json(command: str, out: str) -> dict[str, str]:
+        answer = json.loads(out)
+        answers.append(answer)
+        assert "error" not in answer, (command, answer)
+        if "/admin/teams -H" in command and "-d" in command and "-X" not in command:
+            return {"TEAM_ID": answer["id"]}
+        if "/admin/keys -H" in command and "-d" in command:
+            return {"KEY_ID": answer["id"]}
+        return {}
+
+    def learn_lines(command: str, out: str) -> dict[str, str]:
+        fields = dict(line.split(None, 1) for line in out.splitlines() if " " in line)
+        return {"KEY_ID": fields["id"]} if command.startswith("polyroute keys create") else {}
+
+    async with gateway(path, env={"POLYROUTE_ADMIN_KEY": admin_key}) as served:
+        await _shell_lines(curl.replace("http://127.0.0.1:8000", served.url), env, learn_json)
+        await _shell_lines(cli.replace("\n", f" --url {served.url}\n"), env, learn_lines)
+    assert served.code == 0
+    created = answers[1]
+    assert created["key"].startswith("pr-")
+    assert answers[2]["data"][0]["name"] == "ci"  # the list: never a secret
+    assert "key" not in answers[2]["data"][0]
+    assert answers[4]["tpm"] == 100000
+    assert answers[5]["previous_valid_until"] is not None
+    assert answers[6]["status"] == "revoked"
+    assert answers[-1] == {"id": answers[0]["id"], "object": "team", "deleted": True}

@@ -21,6 +21,7 @@ from pydantic import (
 from polyroute.core.config_file import read_config_of_kind
 from polyroute.core.errors import ConfigError, describe_validation_error
 from polyroute.core.schema import StrictModel as _Strict
+from polyroute.store.config import StoreConfig
 
 Order = Literal["priority", "latency", "adaptive"]
 Balance = Literal["weighted", "least_busy", "latency"]
@@ -321,6 +322,7 @@ class GatewayTeam(_Strict):
 
     name: str = Field(min_length=1, description="shown in the access log and metrics")
     rpm: int | None = Field(None, ge=1, description="requests per minute of all its keys")
+    tpm: int | None = Field(None, ge=1, description="tokens per minute of all its keys")
     budget: BudgetConfig | None = None
 
 
@@ -331,6 +333,7 @@ class GatewayKey(_Strict):
     key_env: str = Field(min_length=1, description="environment variable holding the key")
     models: list[str] | None = Field(None, description="models it may ask for; null: any")
     rpm: int | None = Field(None, ge=1, description="requests per minute; null: no limit")
+    tpm: int | None = Field(None, ge=1, description="tokens per minute; null: no limit")
     cache: CacheMode | None = Field(
         None, description="the response cache mode of its requests, unless they say"
     )
@@ -359,6 +362,11 @@ class GatewayConfig(_Strict):
     budget_hold_s: float = Field(
         900.0, gt=0, description="how long a budget reservation counts if never settled"
     )
+    admin_key_env: str | None = Field(
+        None,
+        min_length=1,
+        description="environment variable holding the admin API's key; null: no /admin",
+    )
 
     @model_validator(mode="after")
     def _teams_known(self) -> GatewayConfig:
@@ -376,6 +384,9 @@ class RouterConfig(RouterSettings):
 
     providers: list[ProviderEntry] = Field(min_length=1)
     gateway: GatewayConfig = GatewayConfig()
+    store: StoreConfig | None = Field(
+        None, description="where runtime keys, teams and the spend ledger live (docs/store.md)"
+    )
 
 
 _M = TypeVar("_M", bound=BaseModel)

@@ -51,7 +51,7 @@ from polyroute.router.health import HealthStore
 from polyroute.router.health import describe as describe_health
 from polyroute.router.policy import Candidate, Entry, RoutingPolicy, unusable
 from polyroute.router.retry import RetryPolicy, Sleep
-from polyroute.router.state import Lease, RoutingState, build_state
+from polyroute.router.state import BudgetLimit, Denied, Lease, RoutingState, build_state
 from polyroute.router.stats import EntryStats, StatsBook
 from polyroute.router.stream import RouterStream, estimate_tokens
 
@@ -190,7 +190,7 @@ class Router:
     ) -> Router:
         """A router from a ``.yaml``/``.toml``/``.json`` file, a dict or a :class:`RouterConfig`."""
         config = load_config(source)
-        settings = config.model_dump(exclude={"providers", "gateway"}, exclude_unset=True)
+        settings = config.model_dump(exclude={"providers", "gateway", "store"}, exclude_unset=True)
         return cls(config.providers, registry=registry, health=health, sleep=sleep, **settings)
 
     def _upstream_exhausted(self, name: str, seconds: float) -> None:
@@ -327,6 +327,28 @@ class Router:
         """Count one request of gateway key ``key`` under its ``rpm`` (across every
         process sharing the state): ``None`` when admitted, else the seconds to wait."""
         return await self.state.admit_key(key, rpm)
+
+    async def admit_key_tokens(self, key: str, tpm: int, tokens: int) -> Lease | Denied:
+        """Count ``tokens`` of gateway key ``key`` under its ``tpm`` (across every process
+        sharing the state): a lease whose ``end(used)`` counts what the request did use,
+        or why there is no room (and for how long)."""
+        return await self.state.admit_key_tokens(key, tpm, tokens)
+
+    def budget_spent(self, scope: str, limit: BudgetLimit) -> float:
+        """USD settled on a budget ``scope`` in its current period, as this process last
+        heard (no I/O; best effort with a shared state)."""
+        return self.state.spent(scope, limit)
+
+    def on_announcement(self, topic: str, listener: Callable[[], None]) -> bool:
+        """Call ``listener`` whenever any process sharing the state (this one included)
+        announces ``topic``; whether other processes' announcements reach this one."""
+        return self.state.listen(topic, listener)
+
+    async def announce(self, topic: str) -> None:
+        """Tell every process sharing the state that ``topic`` happened (best effort:
+        lost while a shared state is unreachable, so listeners must not rely on it
+        alone)."""
+        await self.state.announce(topic)
 
     @property
     def providers(self) -> list[Provider]:

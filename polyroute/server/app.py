@@ -17,7 +17,7 @@ import contextlib
 import os
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -31,6 +31,7 @@ from polyroute.core.logging import get_logger, new_request_id
 from polyroute.core.pricing import Cost
 from polyroute.router.config import GatewayConfig
 from polyroute.router.router import Router
+from polyroute.router.state import Denied, Lease
 from polyroute.router.stream import RouterStream
 from polyroute.server.dialects import Dialect, Exchange
 from polyroute.server.dialects.chat import ChatDialect, polyroute_facts
@@ -38,8 +39,12 @@ from polyroute.server.dialects.embeddings import embeddings_body, read_embedding
 from polyroute.server.dialects.errors import WireError
 from polyroute.server.dialects.messages import MessagesDialect
 from polyroute.server.dialects.responses import ResponsesDialect
+from polyroute.server.governance import Governance, Spent
 from polyroute.server.keys import ClientKey, KeyRing
 from polyroute.server.metrics import GatewayMetrics
+from polyroute.server.responses import error_response, json_response, request_id_of
+from polyroute.server.store_keys import TOPIC
+from polyroute.store import Store
 
 _log = get_logger()
 _Answer = Callable[[web.Request, Dialect, str, "_Outcome"], Awaitable[web.StreamResponse]]
@@ -50,34 +55,23 @@ _BUDGET_HEADER = "x-polyroute-budget-remaining-usd"
 _KEY_REQUIRED = "a valid gateway key is required (Authorization: Bearer ..., or x-api-key)"
 
 
-def json_response(
-    body: Any, *, status: int = 200, headers: dict[str, str] | None = None
-) -> web.Response:
-    return web.Response(
-        body=orjson.dumps(body), status=status, content_type="application/json", headers=headers
-    )
-
-
-def error_response(error: WireError, request_id: str) -> web.Response:
-    headers = {"x-request-id": request_id}
-    if error.retry_after is not None:
-        headers["Retry-After"] = str(max(1, round(error.retry_after)))
-    return json_response(error.body, status=error.status, headers=headers)
-
-
 @dataclass(slots=True)
 class _Outcome:
     """What the access log and the metrics say of one request."""
 
     endpoint: str
     model: str = ""
-    key: str | None = None
+    key: ClientKey | None = None
     status: str = "cancelled"
     """The HTTP status; ``stream_error`` for a stream that ended with an error event;
     ``cancelled`` when the client went away first."""
     stream: RouterStream | None = None
     embeddings: Embeddings | None = None
     messages: Any = None
+    ledger_id: str = ""
+    """The request's id in the spend ledger (unique even when the client reuses one)."""
+    leases: list[Lease] = field(default_factory=list)
+    """Its places under its key's and team's ``tpm``, ended with the tokens it used."""
 
     @property
     def attempts(self) -> list[Attempt]:
@@ -110,15 +104,28 @@ class _Outcome:
 
 
 class Gateway:
-    """Serves ``router`` over HTTP; ``app()`` is the aiohttp application.
+    """Serves ``router`` over HTTP; ``app()`` is the aiohttp application. With a
+    ``store`` (not yet started), its keys work beside the config's, every served request
+    goes to its spend ledger, and the admin API has keys, teams and spend
+    (:meth:`start` and :meth:`aclose` run them).
 
-    Raises :class:`ConfigError` when a gateway key's environment variable is not set.
+    Raises :class:`ConfigError` when a gateway key's environment variable, or the admin
+    key's, is not set.
     """
 
-    def __init__(self, router: Router, config: GatewayConfig | None = None) -> None:
+    def __init__(
+        self, router: Router, config: GatewayConfig | None = None, store: Store | None = None
+    ) -> None:
         self.router = router
         self.config = config or GatewayConfig()
-        self.keys = KeyRing(self.config.keys, self.config.teams, self.config.budget_hold_s)
+        self.governance = Governance(self.config, store)
+        self.keys = KeyRing(
+            self.config.keys,
+            self.config.teams,
+            self.config.budget_hold_s,
+            runtime=self.governance.keys,
+        )
+        self.admin = self.governance.admin_api(self.keys, lambda: router.announce(TOPIC))
         self.metrics = GatewayMetrics()
         self.chat: Dialect = ChatDialect()
         self.messages: Dialect = MessagesDialect()
@@ -129,6 +136,14 @@ class Gateway:
         self._idle = asyncio.Event()
         self._idle.set()
         self._stopping = False
+
+    async def start(self) -> None:
+        """Load the store's keys and start the ledger (nothing without a store)."""
+        await self.governance.start(self.router)
+
+    async def aclose(self) -> None:
+        """Flush the ledger and close the store."""
+        await self.governance.aclose()
 
     async def drain(self, seconds: float) -> None:
         """Wait up to ``seconds`` for the requests in flight to finish, then cancel the
@@ -156,6 +171,8 @@ class Gateway:
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/readyz", self.readyz)
         app.router.add_get("/metrics", self.metrics_text)
+        if self.admin is not None:
+            self.admin.add_routes(app)
         return app
 
     def _dialect_of(self, path: str) -> Dialect:
@@ -173,7 +190,7 @@ class Gateway:
                 raise
             dialect = self._dialect_of(request.path)
             error = dialect.refusal(refused.status, refused.reason, _code_for(refused.status))
-            return error_response(error, _request_id(request))
+            return error_response(error, request_id_of(request))
         return response
 
     # The pipeline, for every dialect -------------------------------------------------
@@ -195,8 +212,10 @@ class Gateway:
     ) -> web.StreamResponse:
         """``answer`` the request, counted in flight (for the drain), then accounted."""
         started = time.perf_counter()
-        request_id = _request_id(request)
-        outcome = _Outcome(endpoint)
+        request_id = request_id_of(request)
+        outcome = _Outcome(endpoint, ledger_id=request_id)
+        if request_id == request.headers.get("x-request-id"):  # the client's: maybe reused
+            outcome.ledger_id = f"{request_id}/{new_request_id()}"
         task = asyncio.current_task()
         if task is not None:
             self._in_flight.add(task)
@@ -227,7 +246,9 @@ class Gateway:
             return error_response(dialect.error(error), request_id)
         outcome.model = exchange.model or self.router.default_model or ""
         outcome.messages = exchange.messages
-        if key is not None and (refused := await self._key_refuses(key, dialect, outcome.model)):
+        if key is not None and (
+            refused := await self._key_refuses(key, dialect, outcome.model, outcome)
+        ):
             return error_response(refused, request_id)
         cache = request.headers.get("x-polyroute-cache")
         if cache is not None and cache not in _CACHE_MODES:
@@ -273,7 +294,7 @@ class Gateway:
             call = read_embeddings_body(await _json_body(request))
             outcome.model = call.model or self.router.default_model or ""
             if key is not None and (
-                refused := await self._key_refuses(key, dialect, outcome.model)
+                refused := await self._key_refuses(key, dialect, outcome.model, outcome)
             ):
                 return error_response(refused, request_id)
             embedded = await self.router.embed(
@@ -312,23 +333,35 @@ class Gateway:
                 dialect.refusal(401, _KEY_REQUIRED, "invalid_api_key"), request_id
             )
         if outcome is not None:
-            outcome.key = key.name if key else None
+            outcome.key = key
         return key
 
-    async def _key_refuses(self, key: ClientKey, dialect: Dialect, model: str) -> WireError | None:
-        """403 for a model the key may not use, 429 over its requests per minute."""
+    async def _key_refuses(
+        self, key: ClientKey, dialect: Dialect, model: str, outcome: _Outcome | None = None
+    ) -> WireError | None:
+        """403 for a model the key may not use, 429 over its (or its team's) requests
+        or tokens per minute. Tokens are counted only for a request that will use some
+        (``outcome`` given): its places are ended in :meth:`_account`."""
         if not key.allows(model, self.router.resolve_model(model)):
             message = f"key {key.name!r} may not use model {model!r}"
             return dialect.refusal(403, message, "model_not_allowed")
-        limits = [(key.name, f"key {key.name!r}", key.rpm)]
-        if key.team is not None:
-            limits.append((f"team:{key.team}", f"team {key.team!r}", key.team_rpm))
-        for counted, who, rpm in limits:
-            wait = await self.router.admit_key(counted, rpm) if rpm else None
+        limits = key.limits()
+        for limit in limits:
+            wait = await self.router.admit_key(limit.counter, limit.rpm) if limit.rpm else None
             if wait is not None:
-                message = f"{who} is over its {rpm} requests per minute"
-                refusal = dialect.refusal(429, message, "rate_limit_exceeded")
-                return WireError(refusal.status, refusal.body, wait, refusal.code)
+                message = f"{limit.who} is over its {limit.rpm} requests per minute"
+                return _too_many(dialect, message, wait)
+        if outcome is None:
+            return None
+        for limit in limits:
+            if not limit.tpm:
+                continue
+            # The request's tokens are unknown until it ends: 1 now, corrected then.
+            taken = await self.router.admit_key_tokens(limit.counter, limit.tpm, 1)
+            if isinstance(taken, Denied):
+                message = f"{limit.who} is over its {limit.tpm} tokens per minute"
+                return _too_many(dialect, message, taken.retry_in)
+            outcome.leases.append(taken)
         return None
 
     def _account(self, outcome: _Outcome, request_id: str, started: float) -> None:
@@ -342,14 +375,16 @@ class Gateway:
             ttft_ms=stream.ttft_ms if stream is not None else None,
             relays=len(stream.switches) if stream is not None else 0,
         )
+        client = outcome.key
         spent = outcome.spent()
-        self.metrics.record_spend(outcome.key, spent)
+        self.metrics.record_spend(client.name if client else None, spent)
         cost = Cost.of_attempts(cost for _, cost in spent if cost is not None)
+        self._govern(outcome, cost)
         usage = outcome.usage
         fields: dict[str, Any] = {
             "request_id": request_id,
             "endpoint": outcome.endpoint,
-            "key": outcome.key,
+            "key": client.name if client else None,
             "model": outcome.model,
             "provider": outcome.provider,
             "status": outcome.status,
@@ -362,9 +397,26 @@ class Gateway:
         }
         if stream is not None and (dropped := stream.dropped):
             fields["dropped"] = dropped
-        if self.config.log_content:
+        log_content = client.log_content if client is not None else None
+        if self.config.log_content if log_content is None else log_content:
             fields["messages"] = outcome.messages
         _log.info("gateway.request", **fields)
+
+    def _govern(self, outcome: _Outcome, cost: Cost) -> None:
+        """Count what the request used under its ``tpm`` limits; its row for the spend
+        ledger when it reached an upstream (or the response cache)."""
+        if outcome.leases:
+            used = Spent.of(outcome.attempts).total
+            for lease in outcome.leases:
+                lease.end(used)
+        served = outcome.stream or outcome.embeddings
+        replayed = outcome.stream is not None and outcome.stream.cache == "hit"
+        if served is not None and (served.attempts or replayed):
+            model = served.model or outcome.model
+            provider = served.provider or ""
+            self.governance.record(
+                outcome.ledger_id, outcome.key, model, provider, served.attempts, cost
+            )
 
     async def _stream(
         self,
@@ -433,12 +485,12 @@ class Gateway:
         if name not in names:
             message = f"model {name!r} is not served here"
             refusal = self.chat.refusal(404, message, "model_not_found")
-            return error_response(refusal, _request_id(request))
+            return error_response(refusal, request_id_of(request))
         return json_response(_model(name))
 
     def _models_for(self, request: web.Request) -> list[str] | web.Response:
         """The names the request's key may use, or its refusal (no valid key)."""
-        key = self._caller(request, self.chat, _request_id(request), None)
+        key = self._caller(request, self.chat, request_id_of(request), None)
         if isinstance(key, web.Response):
             return key
         if key is None or key.models is None:
@@ -450,7 +502,7 @@ class Gateway:
     async def count_tokens(self, request: web.Request) -> web.Response:
         """``POST /v1/messages/count_tokens``: exact from an Anthropic-format entry,
         estimated otherwise (``x-polyroute-token-count`` says which)."""
-        request_id = _request_id(request)
+        request_id = request_id_of(request)
         dialect = self.messages
         key = self._caller(request, dialect, request_id, None)
         if isinstance(key, web.Response):
@@ -474,18 +526,19 @@ class Gateway:
 
     async def get_response(self, request: web.Request) -> web.Response:
         """A stored ``/v1/responses`` answer, by id."""
-        refused = self._caller(request, self.responses, _request_id(request), None)
+        refused = self._caller(request, self.responses, request_id_of(request), None)
         if isinstance(refused, web.Response):
             return refused
         try:
             record = await self.responses.stored(request.match_info["id"])
         except PolyrouteError as error:
-            return error_response(self.responses.error(error), _request_id(request))
+            return error_response(self.responses.error(error), request_id_of(request))
         return json_response(record["response"])
 
     async def metrics_text(self, request: web.Request) -> web.Response:
         circuits = {entry.name: entry.cooling_down for entry in self.router.entry_status()}
         in_flight = len(self._in_flight)
+        self.metrics.observe_governance(self.governance.figures(self.router))
         body = self.metrics.exposition(in_flight, circuits, *self.router.state_figures())
         return web.Response(body=body, content_type="text/plain", charset="utf-8")
 
@@ -559,11 +612,9 @@ def _model(name: str) -> dict[str, Any]:
     return {"id": name, "object": "model", "created": 0, "owned_by": "polyroute"}
 
 
-def _request_id(request: web.Request) -> str:
-    given = request.headers.get("x-request-id", "")
-    if given and len(given) <= 128 and given.isprintable():
-        return given
-    return new_request_id()
+def _too_many(dialect: Dialect, message: str, wait: float) -> WireError:
+    refusal = dialect.refusal(429, message, "rate_limit_exceeded")
+    return WireError(refusal.status, refusal.body, wait, refusal.code)
 
 
 def _code_for(status: int) -> str | None:

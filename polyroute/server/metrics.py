@@ -7,6 +7,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 from polyroute.core.attempts import Attempt
 from polyroute.core.pricing import Cost
+from polyroute.server.governance import GovernanceFigures
 
 TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
@@ -71,6 +72,40 @@ class GatewayMetrics:
             ["model", "provider", "key"],
             registry=self.registry,
         )
+        self.ledger_dropped = Counter(
+            "polyroute_ledger_dropped",
+            "Spend rows that never reached the store (queue full, refused, lost at exit)",
+            registry=self.registry,
+        )
+        self.ledger_queued = Gauge(
+            "polyroute_ledger_queued",
+            "Spend rows waiting for the store",
+            registry=self.registry,
+        )
+        self.store_unavailable = Gauge(
+            "polyroute_store_unavailable",
+            "1 while the store cannot be read: the keys known go on working",
+            registry=self.registry,
+        )
+        self.key_refreshes_failed = Counter(
+            "polyroute_key_refreshes_failed",
+            "Reads of the store's key changes that failed (down, or slower than 5 s)",
+            registry=self.registry,
+        )
+        self.runtime_keys = Gauge(
+            "polyroute_runtime_keys",
+            "Keys from the store this process knows (revoked ones left out)",
+            registry=self.registry,
+        )
+        self.budget_remaining = Gauge(
+            "polyroute_budget_remaining_usd",
+            "USD left in the current period of a budget requests were held to, as this "
+            "process last heard (reservations in flight not counted)",
+            ["scope"],
+            registry=self.registry,
+        )
+        self._counted = {"dropped": 0, "failed": 0}
+        """The counters' values already exposed: a scrape adds what grew since."""
         # Each label set's child, kept: labels() takes a lock and checks its arguments
         # on every call, a measurable share of a short request's CPU.
         self._requests: dict[tuple[str, str, str], Counter] = {}
@@ -119,6 +154,19 @@ class GatewayMetrics:
                         self.tokens.labels(kind, *labels).inc(count)
             if cost is not None and cost.usd:
                 self.cost.labels(*labels).inc(cost.usd)
+
+    def observe_governance(self, figures: GovernanceFigures) -> None:
+        """The store's, the ledger's and the budgets' figures as of now."""
+        counted = self._counted
+        self.ledger_dropped.inc(max(0, figures.ledger_dropped - counted["dropped"]))
+        self.key_refreshes_failed.inc(max(0, figures.key_refresh_failures - counted["failed"]))
+        counted["dropped"] = figures.ledger_dropped
+        counted["failed"] = figures.key_refresh_failures
+        self.ledger_queued.set(figures.ledger_queued)
+        self.store_unavailable.set(1 if figures.store_unavailable else 0)
+        self.runtime_keys.set(figures.runtime_keys)
+        for scope, usd in figures.budget_remaining.items():
+            self.budget_remaining.labels(scope=scope).set(usd)
 
     def exposition(
         self, in_flight: int, circuits: dict[str, bool], degraded: bool, decisions: dict[str, int]

@@ -15,6 +15,7 @@ from polyroute.core.errors import ConfigError
 from polyroute.router.config import RouterConfig
 from polyroute.router.router import Router
 from polyroute.server.app import Gateway
+from polyroute.store import build_store
 
 
 def is_loopback(host: str) -> bool:
@@ -39,25 +40,29 @@ async def serve(
     """Serve ``config``'s router on ``host:port`` until SIGTERM or SIGINT.
 
     In-flight requests get ``gateway.drain_seconds`` to finish; then the rest are
-    cancelled (their streams end with an error event) and the upstreams closed.
+    cancelled (their streams end with an error event), the spend ledger flushed and the
+    store and upstreams closed.
     A non-loopback ``host`` needs gateway keys (``gateway.keys``), or ``insecure``: an
     open gateway spends its owner's API keys for whoever reaches it.
     """
-    if not is_loopback(host) and not insecure and not config.gateway.keys:
+    if not is_loopback(host) and not insecure and not config.gateway.keys and not config.store:
         raise ConfigError(
-            f"refusing to serve on {host} with no gateway keys: configure gateway.keys, or "
-            "pass --insecure (anyone who can reach the port could spend the upstream keys)"
+            f"refusing to serve on {host} with no gateway keys: configure gateway.keys or a "
+            "store: (keys made at runtime), or pass --insecure (anyone who can reach the "
+            "port could spend the upstream keys)"
         )
     out = out or sys.stderr
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
+    store = build_store(config.store) if config.store is not None else None
     async with Router.from_config(config) as router:
-        gateway = Gateway(router, config.gateway)
+        gateway = Gateway(router, config.gateway, store)
         runner = web.AppRunner(gateway.app(), handler_cancellation=True, access_log=None)
         await runner.setup()
         try:
+            await gateway.start()
             site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None)
             await site.start()
             bound = runner.addresses[0]
@@ -75,6 +80,7 @@ async def serve(
             await gateway.drain(config.gateway.drain_seconds)
         finally:
             await runner.cleanup()
+            await gateway.aclose()  # after the requests: their spend rows are queued
 
 
 async def serve_workers(argv: list[str], workers: int, port: int, out: TextIO | None = None) -> int:

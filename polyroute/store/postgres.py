@@ -156,10 +156,17 @@ class PostgresStore:
         try:
             async with self._transaction() as db:
                 row = await _update(db, "teams", team_id, {**values, "updated_at": utc_now()})
+                if row is None:
+                    raise NotFoundError("team", team_id)
+                # Its keys' limits changed with it: readers of keys_changed_since re-read them.
+                if await db.fetchval("SELECT 1 FROM api_keys WHERE team_id = $1 LIMIT 1", team_id):
+                    await db.execute(
+                        "UPDATE api_keys SET version = $1 WHERE team_id = $2",
+                        await _next_key_version(db),
+                        team_id,
+                    )
         except asyncpg.UniqueViolationError as exc:
             raise c.unique_violation("team", exc.constraint_name or "", values) from None
-        if row is None:
-            raise NotFoundError("team", team_id)
         return _team(row)
 
     async def delete_team(self, team_id: str) -> None:

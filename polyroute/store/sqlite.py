@@ -355,10 +355,16 @@ def _update_team(db: sqlite3.Connection, team_id: str, values: dict[str, Any]) -
     try:
         with _transaction(db):
             row = _update(db, "teams", team_id, {**values, "updated_at": utc_now()})
+            if row is None:
+                raise NotFoundError("team", team_id)
+            # Its keys' limits changed with it: readers of keys_changed_since re-read them.
+            if _one(db, "SELECT 1 FROM api_keys WHERE team_id = ? LIMIT 1", (team_id,)):
+                db.execute(
+                    "UPDATE api_keys SET version = ? WHERE team_id = ?",
+                    (_next_key_version(db), team_id),
+                )
     except sqlite3.IntegrityError as exc:
         raise _conflict("team", exc, values) from None
-    if row is None:
-        raise NotFoundError("team", team_id)
     return _team(row)
 
 

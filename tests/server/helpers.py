@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
 import sys
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import aiohttp
 import yaml
 
 from tests.upstreams.anthropic import AnthropicUpstream
@@ -58,16 +61,20 @@ async def gateway(
     )
     assert process.stderr is not None
     served = Process(f"http://127.0.0.1:{port}", process)
+    reading: asyncio.Task[bytes] | None = None
     try:
         while b"polyroute: serving on" not in (
             line := await asyncio.wait_for(process.stderr.readline(), 30)
         ):
             assert line, "polyroute serve exited before it listened"
+        # Read on while it serves: a verbose gateway under load fills a pipe nobody
+        # reads (64 KiB), and then waits to write its next log line, forever.
+        reading = asyncio.create_task(process.stderr.read())
         yield served
     finally:
         if process.returncode is None:
             process.send_signal(signal.SIGTERM)
-        rest = await asyncio.wait_for(process.stderr.read(), 30)
+        rest = await asyncio.wait_for(reading or process.stderr.read(), 30)
         served.stderr = rest.decode().splitlines()
         served.code = await asyncio.wait_for(process.wait(), 30)
 
@@ -118,3 +125,47 @@ async def dialect_gateway(folder: Path, **settings: Any) -> AsyncIterator[tuple[
         for server in (upstreams.openai, upstreams.backup, upstreams.claude):
             await server.stop()
     assert process.code == 0
+
+
+ADMIN_KEY = "pr-admin-test-0123456789abcdef"
+"""The admin key of the governance tests' gateways (``gateway.admin_key_env: ADMIN_KEY``)."""
+T = TypeVar("T")
+
+
+async def admin(
+    session: aiohttp.ClientSession,
+    url: str,
+    method: str,
+    path: str,
+    body: Any = None,
+    *,
+    key: str | None = ADMIN_KEY,
+) -> tuple[int, Any]:
+    """One admin API call: its status and decoded body (``None`` when not JSON)."""
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    data = body if isinstance(body, bytes) else None
+    json_body = None if isinstance(body, bytes) else body
+    async with session.request(
+        method, f"{url}{path}", json=json_body, data=data, headers=headers
+    ) as answer:
+        text = await answer.text()
+    try:
+        return answer.status, json.loads(text)
+    except ValueError:
+        return answer.status, None
+
+
+async def eventually(
+    check: Callable[[], Awaitable[T | None]], within: float, every: float = 0.02
+) -> tuple[T, float]:
+    """Poll ``check`` until it returns something other than ``None`` (or ``False``);
+    that value and the seconds it took. Fails past ``within`` seconds."""
+    started = time.perf_counter()
+    while True:
+        value = await check()
+        elapsed = time.perf_counter() - started
+        if value is not None and value is not False:
+            return value, elapsed
+        if elapsed > within:
+            raise AssertionError(f"not true within {within} s")
+        await asyncio.sleep(every)  # between polls only: the deadline decides

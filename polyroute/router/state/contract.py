@@ -100,6 +100,13 @@ class RoutingState(HealthStore, Protocol):
         admitted, else the seconds until it would be."""
         ...
 
+    async def admit_key_tokens(self, key: str, tpm: int, tokens: int) -> Lease | Denied:
+        """Count ``tokens`` (an estimate) of gateway key ``key`` in its tokens-per-minute
+        window: a :class:`Lease` whose ``end(used)`` replaces the estimate with what the
+        request used, or :class:`Denied` while the window holds ``tpm`` already (as for
+        an entry's ``tpm``: two fixed windows, the older one weighted)."""
+        ...
+
     def count_request(self) -> None:
         """One routed request: feeds the retry budget."""
         ...
@@ -171,6 +178,18 @@ class RoutingState(HealthStore, Protocol):
     async def remaining(self, scope: str, limit: BudgetLimit) -> float:
         """USD left on ``scope`` in its current window (reservations counted, never below
         0); a shared backend asks its store, or answers from this process's figures."""
+        ...
+
+    def listen(self, topic: str, listener: Callable[[], None]) -> bool:
+        """Call ``listener`` (on this process's loop) whenever a process sharing the
+        state, this one included, announces ``topic``, and after a shared store that was
+        unreachable is back (announcements may have been missed). Whether other
+        processes' announcements reach this one (``False``: a state of one process)."""
+        ...
+
+    async def announce(self, topic: str) -> None:
+        """Tell every process sharing the state, this one included, that ``topic``
+        happened. Best effort, never raises: lost while a shared store is unreachable."""
         ...
 
     def describe_backend(self) -> str:

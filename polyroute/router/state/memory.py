@@ -245,6 +245,9 @@ class MemoryState:
         self._in_flight: dict[str, int] = {}
         self._key_starts: dict[str, deque[float]] = {}
         """Gateway key -> start times of its requests in the last minute."""
+        self._key_tokens: dict[str, EntryLimits] = {}
+        """Gateway key -> its tokens per minute, counted like an entry's ``tpm``."""
+        self._listeners: dict[str, list[Callable[[], None]]] = {}
         self._blocked: dict[str, tuple[float, str]] = {}
         """Entries an upstream said are out of requests or tokens: until when, and why."""
         self.records = RecordStore(clock, max_records=max_records, max_bytes=max_record_bytes)
@@ -335,6 +338,27 @@ class MemoryState:
             starts.append(now)
         return wait
 
+    async def admit_key_tokens(self, key: str, tpm: int, tokens: int) -> Lease | Denied:
+        return self.admit_key_tokens_now(key, tpm, tokens)
+
+    def admit_key_tokens_now(self, key: str, tpm: int, tokens: int) -> Lease | Denied:
+        """:meth:`admit_key_tokens`, without a coroutine."""
+        limits = self._key_tokens.get(key)
+        if limits is None or limits.limits.tpm != tpm:  # new, or its tpm changed
+            kept = limits.tokens if limits is not None else {}
+            limits = self._key_tokens[key] = EntryLimits(Limits(tpm=tpm))
+            limits.tokens = kept
+        now = self._clock()
+        denied = limits.check(now, tokens, 0, self.share)
+        if denied is not None:
+            return denied
+        window = limits.take(now, tokens)
+
+        def end(lease: Lease, used: int | None) -> None:
+            limits.correct(window, lease.tokens, used)
+
+        return Lease(key, tokens, end)
+
     # Retry budget ------------------------------------------------------------------
 
     def count_request(self) -> None:
@@ -420,6 +444,23 @@ class MemoryState:
 
     async def aclose(self) -> None:
         return None
+
+    def listen(self, topic: str, listener: Callable[[], None]) -> bool:
+        self._listeners.setdefault(topic, []).append(listener)
+        return False
+
+    async def announce(self, topic: str) -> None:
+        self.tell(topic)
+
+    def tell(self, topic: str) -> None:
+        """Call ``topic``'s listeners now."""
+        for listener in self._listeners.get(topic, ()):
+            listener()
+
+    def tell_all(self) -> None:
+        """Call every listener now (announcements may have been missed)."""
+        for topic in self._listeners:
+            self.tell(topic)
 
     def describe_backend(self) -> str:
         return "memory (this process only)"

@@ -25,6 +25,9 @@ Design (docs/shared-state.md says why):
   not confirmed (late, or Redis down) is kept and replayed, idempotently by its id,
   at the next sync or on reconnecting; while Redis is down, budgets are decided from
   this process's ledger, each process taking its share of what it last saw left.
+- Announcements (the gateway's "keys changed") are ``s<TAB>topic`` messages on the
+  same channel: each process runs its listeners when one arrives, and all of them after
+  it reconnects (a message sent while it was away is lost).
 - Records (stored responses) are plain strings with a TTL, written and read by one
   command each on a pooled connection of their own, not in the scripts' pipeline: a
   value of hundreds of KB must not hold up the small decisions queued behind it. A
@@ -267,6 +270,16 @@ class RedisState:
         await self._close_pubsub()
         await self._client.aclose(close_connection_pool=True)
 
+    def listen(self, topic: str, listener: Callable[[], None]) -> bool:
+        self.local.listen(topic, listener)
+        return True
+
+    async def announce(self, topic: str) -> None:
+        message = f"s\t{topic}"
+        result, _ = await self._on_redis(lambda: self._client.publish(self.channel, message))
+        if result is _FAILED:
+            self.local.tell(topic)  # this process hears it at least (others: at reconnect)
+
     def describe_backend(self) -> str:
         if self._down_since is None:
             return f"redis {self.url} (shared)"
@@ -377,6 +390,29 @@ class RedisState:
                 admitted, _reason, value = result
                 return None if admitted else int(value) / 1000
         return self.local.admit_key_now(key, rpm)
+
+    async def admit_key_tokens(self, key: str, tpm: int, tokens: int) -> Lease | Denied:
+        if self.degraded:
+            return self.local.admit_key_tokens_now(key, tpm, tokens)
+        tag = "{" + self._config.prefix + "}"
+        counted, never = f"{tag}:key-tpm:{key}", f"{tag}:key-none:{key}"
+        lease_id = f"{self._process}:{next(self._lease_ids)}"
+        result = await self._call_keys(
+            "ACQUIRE", [never, counted, never, never], 0, tpm, 0, tokens, lease_id, 0
+        )
+        if result is _FAILED:
+            return self.local.admit_key_tokens_now(key, tpm, tokens)
+        admitted, reason, value = result
+        if not admitted:
+            return Denied(reason.decode(), int(value) / 1000)
+        window = int(value)
+
+        def end(lease: Lease, used: int | None) -> None:
+            correction = 0 if used is None else used - lease.tokens
+            if correction:
+                self._write("FINISH", [counted, never], lease_id, window, correction)
+
+        return Lease(key, tokens, end)
 
     # Retry budget ------------------------------------------------------------------
 
@@ -723,6 +759,8 @@ class RedisState:
             self.mirror.set_circuit(name, failures=failures, seconds_left=seconds, probing=probing)
         elif kind == "b":
             self.local.block(name, int(fields[0]) / 1000, fields[1])
+        elif kind == "s":
+            self.local.tell(name)
 
     def _degrade(self, error: BaseException) -> None:
         if self._down_since is not None:
@@ -788,6 +826,7 @@ class RedisState:
         for report in reports:
             self._apply(report)
         self._listener = asyncio.get_running_loop().create_task(self._listen(pubsub))
+        self.local.tell_all()  # announcements made while this process was away are lost
         return True
 
     async def _read_all(self) -> list[bytes]:

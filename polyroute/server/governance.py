@@ -1,0 +1,203 @@
+"""What a gateway keeps beyond one request (docs/governance.md): the runtime keys of
+its store, the spend ledger every served request is written to, the admin API's key,
+and what requests saw of their budgets, for ``/metrics``.
+
+Nothing here is awaited on a request's path: a request's row is queued for the
+ledger's background writer, and the keys are looked up in memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+
+from polyroute.core.attempts import Attempt
+from polyroute.core.errors import ConfigError, describe_error
+from polyroute.core.logging import get_logger
+from polyroute.core.periods import utc_now
+from polyroute.core.pricing import CHARS_PER_OUTPUT_TOKEN, Cost
+from polyroute.core.redaction import register_secret
+from polyroute.router.config import GatewayConfig
+from polyroute.router.router import Router
+from polyroute.router.state import BudgetLimit
+from polyroute.server.admin import AdminApi
+from polyroute.server.keys import ClientKey, KeyRing
+from polyroute.server.store_keys import TOPIC, StoreKeys
+from polyroute.store import LedgerWriter, SpendRow, Store, StoreError, StoreUnavailableError
+
+_log = get_logger()
+
+STORE_START_S = 5.0
+"""How long the gateway waits at start for a store that does not answer."""
+MIN_ADMIN_KEY_CHARS = 16
+"""The admin key opens every key and budget: a short one could be guessed."""
+
+
+@dataclass(frozen=True, slots=True)
+class Spent:
+    """One request's tokens, summed over its attempts."""
+
+    input_tokens: int = 0
+    cached_input_tokens: int = 0
+    output_tokens: int = 0
+    reasoning_tokens: int = 0
+
+    @classmethod
+    def of(cls, attempts: list[Attempt]) -> Spent:
+        """As upstreams reported them; an attempt cut before it reported its usage adds
+        the text it delivered at 4 characters a token (as its cost's estimate does)."""
+        counts = [0, 0, 0, 0]
+        for attempt in attempts:
+            usage = attempt.usage
+            if usage is None:
+                counts[2] += math.ceil(attempt.chars / CHARS_PER_OUTPUT_TOKEN)
+                continue
+            counts[0] += usage.prompt_tokens
+            counts[1] += usage.cache_read_tokens
+            counts[2] += usage.completion_tokens
+            counts[3] += usage.reasoning_tokens
+        return cls(*counts)
+
+    @property
+    def total(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+
+@dataclass(frozen=True, slots=True)
+class GovernanceFigures:
+    """What ``/metrics`` shows of governance, read at scrape."""
+
+    ledger_dropped: int
+    ledger_queued: int
+    store_unavailable: bool
+    key_refresh_failures: int
+    runtime_keys: int
+    budget_remaining: Mapping[str, float]
+
+
+class Governance:
+    """The store's keys and ledger for one gateway, and its admin key (from
+    ``gateway.admin_key_env``). Raises :class:`ConfigError` when that variable is unset."""
+
+    def __init__(
+        self,
+        config: GatewayConfig,
+        store: Store | None,
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
+        self.store = store
+        self.keys = StoreKeys(store, hold_s=config.budget_hold_s) if store is not None else None
+        self.ledger = LedgerWriter(store) if store is not None else None
+        self.admin_key = _admin_key(
+            config.admin_key_env, os.environ if environ is None else environ
+        )
+        self._budgets: dict[str, BudgetLimit] = {}
+        """Scope -> limit, for the budgets requests were held to (their gauge)."""
+
+    def admin_api(
+        self, user_keys: KeyRing, announce: Callable[[], Awaitable[None]]
+    ) -> AdminApi | None:
+        """The admin API, when an admin key is configured."""
+        if self.admin_key is None:
+            return None
+        return AdminApi(
+            self.admin_key, store=self.store, keys=self.keys, user_keys=user_keys, announce=announce
+        )
+
+    async def start(self, router: Router) -> None:
+        """Connect the store (waiting at most :data:`STORE_START_S`: one that is down is
+        logged, and used once it is back), load its keys, start the ledger's writer."""
+        if self.store is None or self.keys is None or self.ledger is None:
+            return
+        try:
+            async with asyncio.timeout(STORE_START_S):
+                await self.store.start()
+        except (StoreUnavailableError, TimeoutError) as error:
+            _log.warning("store.unavailable_at_start", **describe_error(error))
+        shared = router.on_announcement(TOPIC, self.keys.wake)
+        await self.keys.start(shared=lambda: shared and not router.state_figures()[0])
+        self.ledger.start()
+
+    async def aclose(self) -> None:
+        """Stop refreshing keys, flush the ledger (what the store cannot take now is
+        counted as dropped), close the store."""
+        if self.keys is not None:
+            await self.keys.aclose()
+        if self.ledger is not None:
+            await self.ledger.aclose()
+        if self.store is not None:
+            try:
+                await self.store.aclose()
+            except StoreError as error:
+                _log.warning("store.close_failed", **describe_error(error))
+
+    def record(
+        self,
+        request_id: str,
+        client: ClientKey | None,
+        model: str,
+        provider: str,
+        attempts: list[Attempt],
+        cost: Cost,
+    ) -> None:
+        """Queue a served request's row for the ledger; note its budgets for /metrics."""
+        if client is not None and client.budget is not None:
+            self._budgets.update(client.budget.limits)
+        if self.ledger is None:
+            return
+        spent = Spent.of(attempts)
+        self.ledger.add(
+            SpendRow(
+                request_id=request_id,
+                time=utc_now(),
+                key_id=client.ledger_key if client else None,
+                team_id=client.ledger_team if client else None,
+                model=model,
+                provider=provider,
+                input_tokens=spent.input_tokens,
+                cached_input_tokens=spent.cached_input_tokens,
+                output_tokens=spent.output_tokens,
+                reasoning_tokens=spent.reasoning_tokens,
+                cost_usd=cost.usd,
+                cost_status=cost.status,
+            )
+        )
+
+    def figures(self, router: Router) -> GovernanceFigures:
+        """As of now; a budget's remaining is its limit less what this process last
+        heard was settled in its period (reservations in flight not counted)."""
+        remaining = {
+            scope: max(0.0, limit.usd - router.budget_spent(scope, limit))
+            for scope, limit in self._budgets.items()
+        }
+        keys, ledger = self.keys, self.ledger
+        return GovernanceFigures(
+            ledger_dropped=ledger.dropped if ledger else 0,
+            ledger_queued=ledger.queued if ledger else 0,
+            store_unavailable=bool(keys and keys.unavailable),
+            key_refresh_failures=keys.failures if keys else 0,
+            runtime_keys=len(keys) if keys else 0,
+            budget_remaining=remaining,
+        )
+
+
+def _admin_key(variable: str | None, environ: Mapping[str, str]) -> str | None:
+    if variable is None:
+        return None
+    secret = environ.get(variable, "").strip()
+    if not secret:
+        raise ConfigError(
+            f"gateway.admin_key_env: environment variable {variable} is not set; it must "
+            "hold the admin API's key (or remove admin_key_env: no /admin then)"
+        )
+    register_secret(secret)
+    if len(secret) < MIN_ADMIN_KEY_CHARS:
+        raise ConfigError(
+            f"gateway.admin_key_env: the key in {variable} is shorter than "
+            f"{MIN_ADMIN_KEY_CHARS} characters: make a long random one "
+            "(python -c 'import secrets; print(secrets.token_urlsafe(32))')"
+        )
+    return secret
