@@ -17,7 +17,9 @@ MASK = "***"
 
 _URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/\s@:]*(?::[^/\s@]*)?@")
 _AUTH_VALUE = re.compile(r"(?i)\b(bearer|basic|token)\s+[A-Za-z0-9._~+/=-]{4,}")
-_KEY_LIKE = re.compile(r"\b(sk|pk|rk|gsk|xai|or)-[A-Za-z0-9_-]{8,}")
+# pr-: the gateway's own keys (created by its admin API: one pattern rather than a
+# registered value each, which every redact() would have to look for).
+_KEY_LIKE = re.compile(r"\b(sk|pk|rk|gsk|xai|or|pr)-[A-Za-z0-9_-]{8,}")
 _SECRET_HEADERS = frozenset(
     {"authorization", "proxy-authorization", "x-api-key", "api-key", "cookie", "set-cookie"}
 )

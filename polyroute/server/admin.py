@@ -356,10 +356,10 @@ async def _read(request: web.Request, model: type[_M], *, empty_ok: bool = False
 
 
 def _new_secret() -> tuple[str, str, str]:
-    """A new secret (registered, so that no log line can show it) and what the store
-    keeps of it: its SHA-256 and its prefix to show."""
+    """A new secret (its ``pr-`` shape is masked in every log line and error:
+    polyroute.core.redaction) and what the store keeps of it: its SHA-256 and its
+    prefix to show."""
     secret = SECRET_PREFIX + secrets.token_urlsafe(32)
-    register_secret(secret)
     return secret, hash_secret(secret), secret[:DISPLAY_CHARS]
 
 
