@@ -24,6 +24,7 @@ from typing import Any, TextIO, cast
 
 from polyroute import __version__, admin_cli
 from polyroute.admin_client import AdminApiError
+from polyroute.conformance import cli as conformance_cli
 from polyroute.core.config_file import read_config_of_kind
 from polyroute.core.errors import (
     AllProvidersFailed,
@@ -145,6 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     admin_cli.add_commands(command, common)
 
+    conformance = command("conformance", "a fault suite for any OpenAI-compatible gateway")
+    conformance_cli.add_subcommands(conformance.add_subparsers(dest="action", required=True))
+
     # simulate's -c is a simulator config (upstreams: [...]); default: the docs' examples'.
     simulate_command = command("simulate", "run simulated upstreams on 127.0.0.1")
     simulate_command.add_argument(
@@ -175,6 +179,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "keys": admin_cli.keys,
         "teams": admin_cli.teams,
         "spend": admin_cli.spend,
+        "conformance": conformance_cli.execute,
     }
     try:
         return asyncio.run(handler[args.command](args))
