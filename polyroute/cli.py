@@ -25,6 +25,7 @@ from typing import Any, TextIO, cast
 from polyroute import __version__, admin_cli
 from polyroute.admin_client import AdminApiError
 from polyroute.conformance import cli as conformance_cli
+from polyroute.core.attempts import Attempt
 from polyroute.core.config_file import read_config_of_kind
 from polyroute.core.errors import (
     AllProvidersFailed,
@@ -33,6 +34,7 @@ from polyroute.core.errors import (
     ModelNotSupportedError,
     PolyrouteError,
     UpstreamError,
+    cause_of,
 )
 from polyroute.core.logging import configure_logging
 from polyroute.core.request import RequestOptions
@@ -54,6 +56,23 @@ _EVENTS = EventStream(_ANSWER)
 def find_config(option: str | None) -> tuple[RouterConfig, str]:
     """The config to use and how it was found: ``-c``, ``POLYROUTE_CONFIG``,
     ``./polyroute.yaml``, then the built-in default."""
+    path, origin = config_file(option)
+    if path is None:
+        builtin = resources.files("polyroute").joinpath("default_config.yaml")
+        with resources.as_file(builtin) as builtin_path:
+            return load_config(builtin_path), BUILTIN_LABEL
+    try:
+        return load_config(path), f"{path} (from {origin})"
+    except ConfigError as error:
+        if origin != "POLYROUTE_CONFIG":
+            raise
+        # Set long ago, perhaps in a shell profile: say where the file's name came from.
+        raise ConfigError(f"POLYROUTE_CONFIG={path}: {error}") from None
+
+
+def config_file(option: str | None) -> tuple[Path | None, str]:
+    """The config file to use and how it was found (``-c``, ``POLYROUTE_CONFIG``,
+    ``./polyroute.yaml``); ``None`` for the built-in default."""
     searched: list[tuple[str | None, str]] = [
         (option, "-c"),
         (os.environ.get("POLYROUTE_CONFIG"), "POLYROUTE_CONFIG"),
@@ -61,10 +80,8 @@ def find_config(option: str | None) -> tuple[RouterConfig, str]:
     ]
     for path, origin in searched:
         if path:
-            return load_config(path), f"{path} (from {origin})"
-    builtin = resources.files("polyroute").joinpath("default_config.yaml")
-    with resources.as_file(builtin) as builtin_path:
-        return load_config(builtin_path), BUILTIN_LABEL
+            return Path(path), origin
+    return None, BUILTIN_LABEL
 
 
 COMMON_DEFAULTS: dict[str, Any] = {
@@ -124,7 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument(
         "--json",
         action="store_true",
-        help="one JSON object: answer, provider, model, attempts, usage, finish reason",
+        help="one JSON object, on failure too: status, answer, provider, model, each "
+        "attempt, usage, finish reason, error",
     )
     chat.add_argument("prompt", nargs="*", help="the prompt (read from stdin when absent)")
 
@@ -134,13 +152,20 @@ def build_parser() -> argparse.ArgumentParser:
     providers.add_argument("--check", action="store_true", help="send one tiny request to each")
 
     serve_command = command("serve", "an OpenAI-compatible gateway (POST /v1/chat/completions)")
-    serve_command.add_argument("--host", default="127.0.0.1", help="default: loopback only")
-    serve_command.add_argument("--port", type=int, default=8000)
+    serve_command.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default: %(default)s, loopback)"
+    )
+    serve_command.add_argument(
+        "--port", type=int, default=8000, help="port to listen on (default: %(default)s)"
+    )
     serve_command.add_argument(
         "--insecure", action="store_true", help="allow a non-loopback host without gateway keys"
     )
     serve_command.add_argument(
-        "--workers", type=int, default=1, help="processes on the one port (SO_REUSEPORT)"
+        "--workers",
+        type=int,
+        default=1,
+        help="processes on the one port, SO_REUSEPORT (default: %(default)s)",
     )
     serve_command.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
 
@@ -188,7 +213,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PolyrouteError as error:
         if args.debug:  # the traceback as well, and nothing else changes
             traceback.print_exc(file=sys.stderr)
-        print(f"polyroute: {one_line(error)}", file=sys.stderr)
+        print(f"polyroute: {one_line(error, bool(args.verbose))}", file=sys.stderr)
         if isinstance(error, ModelNotSupportedError) or _no_upstream_knows_the_model(error):
             return EXIT_MODEL
         if isinstance(error, ConfigError | InvalidRequestError):
@@ -207,47 +232,66 @@ def _no_upstream_knows_the_model(error: PolyrouteError) -> bool:
     )
 
 
-def one_line(error: PolyrouteError) -> str:
-    """A single line for the terminal; the full attempt list is in the -v events."""
+def one_line(error: PolyrouteError, verbose: bool = False) -> str:
+    """A single line for the terminal. Every entry's failure once, grouped; under -v
+    the ``route.failed`` event just above has already said it, so it is not repeated."""
     if isinstance(error, AllProvidersFailed):
-        tried = "; ".join(error.by_entry())
-        skipped = "; ".join(error.reasons)
-        parts = [p for p in (tried, skipped) if p]
-        return f"all providers failed for model {error.model!r} ({' | '.join(parts)}); -v shows why"
+        head = f"all providers failed for model {error.model!r}"
+        if verbose:
+            return f"{head} (each attempt above)"
+        why = "; ".join([*error.by_entry(), *error.reasons]) or "no provider was tried"
+        return f"{head}: {why}; -v shows each attempt"
     if isinstance(error, ConfigError):
         return str(error)  # may show a line of the file and a caret under the spot
     return " ".join(str(error).split())
 
 
 async def chat(args: argparse.Namespace) -> int:
-    config, origin = find_config(args.config)
-    print(f"polyroute: config: {origin}", file=sys.stderr)
-    prompt = " ".join(args.prompt).strip()
+    stream: RouterStream | None = None
+    try:
+        config, origin = find_config(args.config)
+        print(f"polyroute: config: {origin}", file=sys.stderr)
+        messages = chat_messages(args.prompt, args.system)
+        options = request_options(args.option, args.max_tokens)
+        async with Router.from_config(config) as router:
+            stream = router.stream(args.model, messages, **options)
+            await relay(stream, live=not (args.json or args.no_stream))
+    except PolyrouteError as error:
+        if args.json:  # a script reads stdout: it gets its object on failure too
+            print(json.dumps(failure_facts(error, stream)))
+        raise
+    if args.json:
+        print(json.dumps(answer_facts(stream)))
+        return EXIT_OK
+    if args.no_stream:
+        _ANSWER.write(stream.text)
+    _ANSWER.finish()
+    return EXIT_OK
+
+
+def chat_messages(words: list[str], system: str | None) -> list[dict[str, str]]:
+    """The conversation: ``system`` first when given, then the prompt (the words, or
+    stdin when there are none)."""
+    prompt = " ".join(words).strip()
     if not prompt and not sys.stdin.isatty():
         prompt = sys.stdin.read().strip()
     if not prompt:
         raise InvalidRequestError("no prompt: give one as an argument or on stdin")
-    messages = [{"role": "system", "content": args.system}] if args.system else []
+    messages = [{"role": "system", "content": system}] if system else []
     messages.append({"role": "user", "content": prompt})
-    options = request_options(args.option, args.max_tokens)
-    live = not (args.json or args.no_stream)
-    async with Router.from_config(config) as router:
-        stream = router.stream(args.model, messages, **options)
-        try:
-            async with stream:
-                async for text in stream:
-                    if live:
-                        _ANSWER.write(text)
-        except UpstreamError:
-            _ANSWER.end()  # the error message goes on a line of its own
-            raise
-    if args.json:
-        print(json.dumps(answer_facts(stream)))
-        return EXIT_OK
-    if not live:
-        _ANSWER.write(stream.text)
-    _ANSWER.finish()
-    return EXIT_OK
+    return messages
+
+
+async def relay(stream: RouterStream, *, live: bool) -> None:
+    """Read ``stream`` to its end, writing the text as it comes when ``live``."""
+    try:
+        async with stream:
+            async for text in stream:
+                if live:
+                    _ANSWER.write(text)
+    except UpstreamError:
+        _ANSWER.end()  # the error message goes on a line of its own
+        raise
 
 
 def request_options(pairs: list[list[str]], max_tokens: int | None) -> dict[str, Any]:
@@ -269,18 +313,58 @@ def request_options(pairs: list[list[str]], max_tokens: int | None) -> dict[str,
 
 
 def answer_facts(stream: RouterStream) -> dict[str, Any]:
-    """What ``chat --json`` prints."""
+    """What ``chat --json`` prints for an answer."""
     message = stream.message
     return {
+        "status": stream.status,
         "answer": message.content,
         "tool_calls": [call.as_dict() for call in message.tool_calls],
         "provider": stream.provider,
         "model": stream.model,
-        "attempts": len(stream.attempts),
+        "attempts": [attempt_facts(attempt) for attempt in stream.attempts],
         "usage": stream.usage.as_dict() if stream.usage else None,
         "finish_reason": stream.finish_reason,
-        "status": stream.status,
+        "error": None,
     }
+
+
+def failure_facts(error: PolyrouteError, stream: RouterStream | None) -> dict[str, Any]:
+    """What ``chat --json`` prints without a whole answer: :func:`answer_facts`' keys,
+    ``status`` ``failed`` (``truncated`` when part of the answer had been delivered)
+    and the error; the attempts are the stream's, or those the error lists."""
+    facts = answer_facts(stream) if stream is not None else {}
+    attempts = stream.attempts if stream is not None else []
+    if not attempts and isinstance(error, AllProvidersFailed):
+        attempts = error.attempts
+    return {
+        "status": "truncated" if facts.get("status") == "truncated" else "failed",
+        "answer": facts.get("answer"),
+        "tool_calls": facts.get("tool_calls", []),
+        "provider": facts.get("provider"),
+        "model": facts.get("model"),
+        "attempts": [attempt_facts(attempt) for attempt in attempts],
+        "usage": facts.get("usage"),
+        "finish_reason": facts.get("finish_reason"),
+        "error": error_facts(error),
+    }
+
+
+def attempt_facts(attempt: Attempt) -> dict[str, Any]:
+    """One attempt for ``chat --json``: entry, model, outcome, times, what went wrong."""
+    return {
+        "provider": attempt.provider,
+        "model": attempt.model,
+        "outcome": attempt.outcome,
+        "ttft_ms": attempt.ttft_ms,
+        "duration_ms": attempt.duration_ms,
+        "chars": attempt.chars,
+        "finish_reason": attempt.finish_reason,
+        "error": error_facts(attempt.error) if attempt.error is not None else None,
+    }
+
+
+def error_facts(error: BaseException) -> dict[str, str]:
+    return {"type": type(error).__name__, "message": str(error)}
 
 
 async def models(args: argparse.Namespace) -> int:
@@ -319,32 +403,50 @@ async def models(args: argparse.Namespace) -> int:
 async def providers(args: argparse.Namespace) -> int:
     config, origin = find_config(args.config)
     async with Router.from_config(config) as router:
-        entries = router.entry_status()
-        checks: list[str] = []
+        checks: dict[str, str] = {}
         if args.check:
-            checks = list(await asyncio.gather(*(check(router, entry) for entry in entries)))
-        rows = []
-        for index, entry in enumerate(entries):
-            stats = entry.stats
-            rows.append(
-                (
-                    entry.name,
-                    entry.type,
-                    yes(entry.working),
-                    yes(entry.supports_stream),
-                    f"no key: {entry.missing_key}" if entry.missing_key else entry.health,
-                    figure(stats.ttft_ms, "ms"),
-                    figure(stats.chars_per_s, "/s"),
-                    f"{stats.error_rate:.0%}" if stats.attempts else "-",
-                    entry.endpoint or "-",
-                    *([checks[index]] if checks else []),
-                )
-            )
+            entries = router.entry_status()
+            results = await asyncio.gather(*(check(router, entry) for entry in entries))
+            checks = {entry.name: result for entry, result in zip(entries, results, strict=True)}
+        # Read after the checks: their failures may have opened a circuit.
+        rows = [entry_row(entry, checks.get(entry.name)) for entry in router.entry_status()]
     print(f"# config: {origin}")
-    header = ["NAME", "TYPE", "WORKING", "STREAM", "STATE", "TTFT", "CHARS", "ERRORS", "ENDPOINT"]
+    header = ["NAME", "TYPE", "STREAM", "STATE", "TTFT", "CHARS", "ERRORS", "ENDPOINT"]
     table(header + (["CHECK"] if checks else []), rows)
     # Usable in CI: any failed check fails the command (a skipped entry does not).
-    return EXIT_FAILED if any(check.startswith("failed") for check in checks) else EXIT_OK
+    return EXIT_FAILED if any(c.startswith("failed") for c in checks.values()) else EXIT_OK
+
+
+def entry_row(entry: EntryStatus, checked: str | None) -> tuple[str, ...]:
+    """One row of ``providers``: the entry, its state, its figures (and its check)."""
+    stats = entry.stats
+    return (
+        entry.name,
+        entry.type,
+        yes(entry.supports_stream),
+        entry_state(entry, checked),
+        figure(stats.ttft_ms, "ms"),
+        figure(stats.chars_per_s, "/s"),
+        f"{stats.error_rate:.0%}" if stats.attempts else "-",
+        entry.endpoint or "-",
+        *([checked] if checked is not None else []),
+    )
+
+
+def entry_state(entry: EntryStatus, checked: str | None) -> str:
+    """What an entry can do now, in one phrase: why it cannot serve (``no key: VAR``,
+    ``not working``, ``cooling down (12 s left)``), ``discovery failed`` (it takes any
+    model name meanwhile), ``failing`` when its check just failed, else its circuit
+    (``healthy``, ``on trial``)."""
+    if entry.missing_key:
+        return f"no key: {entry.missing_key}"
+    if entry.unusable:
+        return entry.unusable
+    if entry.discovery_error is not None:
+        return "discovery failed"
+    if checked is not None and checked.startswith("failed"):
+        return "failing"
+    return entry.health
 
 
 async def check(router: Router, entry: EntryStatus) -> str:
@@ -358,8 +460,7 @@ async def check(router: Router, entry: EntryStatus) -> str:
         return f"failed: model discovery: {entry.discovery_error}"
     result = await router.check_entry(entry.name)
     if result.error is not None:
-        cause = " ".join(str(result.error).removeprefix(f"{entry.name}: ").split())
-        return f"failed: {type(result.error).__name__}: {cause[:120]}"
+        return f"failed: {cause_of(result.error)[:160]}"
     first, total = result.first_chunk_ms or result.total_ms or 0.0, result.total_ms or 0.0
     return f"ok {result.model}: first chunk {first:.0f} ms, total {total:.0f} ms"
 
@@ -391,6 +492,7 @@ async def serve(args: argparse.Namespace) -> int:
             port=args.port,
             insecure=args.insecure,
             reuse_port=args.reuse_port,
+            source=config_file(args.config)[0],  # what SIGHUP re-reads
         )
         code = EXIT_OK
     _ignore_stop_signals()
@@ -399,10 +501,11 @@ async def serve(args: argparse.Namespace) -> int:
 
 def _ignore_stop_signals() -> None:
     """The gateway has stopped and the process is on its way out. A repeated SIGTERM or
-    SIGINT (a supervisor, or a test, that asks again) would otherwise land after asyncio
-    gives the signals their default action back, and kill the process: exit -15, not 0."""
+    SIGINT (a supervisor, or a test, that asks again), or a late SIGHUP, would otherwise
+    land after asyncio gives the signals their default action back, and kill the
+    process: exit -15, not 0."""
     loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         loop.remove_signal_handler(signum)
         signal.signal(signum, signal.SIG_IGN)
 

@@ -145,39 +145,48 @@ class Router:
         # Every RouterSettings key is a keyword here: aliases=, fallbacks=, retry=,
         # timeouts=, cooldown=, default_model=, on_midstream_failure=, hedge=, order=...
         settings = validate(RouterSettings, settings_keys, "router settings")
-        self.settings = settings
         registry = registry or default_registry()
-        entries = [
-            _build_entry(spec, index, registry, settings.timeouts)
-            for index, spec in enumerate(providers)
-        ]
-        if not entries:
-            raise ConfigError("a router needs at least one provider")
-        names = [entry.name for entry in entries]
-        duplicates = sorted({name for name in names if names.count(name) > 1})
-        if duplicates:
-            raise ConfigError(f"duplicate provider names: {', '.join(duplicates)}")
-        self.policy = RoutingPolicy(entries, aliases=settings.aliases, fallbacks=settings.fallbacks)
-        _check_aliases(self.policy)
-        self.retry = RetryPolicy(settings.retry, sleep=sleep)
-        self.state: RoutingState = build_state(
+        built = _build_entries(providers, registry, settings.timeouts, {})
+        policy = _policy(built, settings)
+        state = build_state(
             settings.state,
             health=health,
-            names=names,
+            names=[entry.name for entry, _ in built],
             failures=settings.cooldown.failures,
             cooldown_seconds=settings.cooldown.seconds,
-            limits={entry.name: entry.limits for entry in entries if entry.limits},
+            limits={entry.name: entry.limits for entry, _ in built if entry.limits},
             budget=settings.retry.budget,
         )
-        for entry in entries:
+        shared = _Shared(
+            state, BudgetKeeper(state), build_cache(settings.cache, settings.state.url)
+        )
+        self._assemble(settings, built, policy, shared, registry, sleep)
+
+    def _assemble(
+        self,
+        settings: RouterSettings,
+        built: list[_Built],
+        policy: RoutingPolicy,
+        shared: _Shared,
+        registry: Registry,
+        sleep: Sleep,
+    ) -> None:
+        self.settings = settings
+        self.policy = policy
+        self.retry = RetryPolicy(settings.retry, sleep=sleep)
+        self.state: RoutingState = shared.state
+        for entry, _ in built:
             entry.provider.on_rate_limit = self._upstream_exhausted
         self.discovery_errors: dict[str, str] = {}
         """Why an entry's ``models: discover`` failed, by entry name."""
         self._contexts: dict[str, RouteContext] = {}
-        self.budgets = BudgetKeeper(self.state)
+        self.budgets = shared.budgets
         """Reservations on gateway keys' and teams' budgets (``budget=`` of a request)."""
-        self.cache: ResponseCache | None = build_cache(settings.cache, settings.state.url)
+        self.cache = shared.cache
         """The response cache (``cache:`` in the settings), or ``None``."""
+        self._built = {entry.name: recipe for entry, recipe in built}
+        self._registry = registry
+        self._sleep = sleep
 
     @classmethod
     def from_config(
@@ -190,8 +199,47 @@ class Router:
     ) -> Router:
         """A router from a ``.yaml``/``.toml``/``.json`` file, a dict or a :class:`RouterConfig`."""
         config = load_config(source)
-        settings = config.model_dump(exclude={"providers", "gateway", "store"}, exclude_unset=True)
+        settings = _settings_of(config)
         return cls(config.providers, registry=registry, health=health, sleep=sleep, **settings)
+
+    def reconfigured(self, source: RouterConfig | Mapping[str, Any] | str | Path) -> Router:
+        """A router for a new configuration that carries on from this one (a config
+        reload): it shares this router's routing state (circuits, limit windows, the
+        retry budget, budgets' spend, records), response cache and budget keeper, and
+        the provider instance, connection pool included, of every entry whose
+        connection settings did not change (its name, type and the keys its provider is
+        built from; priority, weight, limits, price and ``tool_calls`` may change).
+        ``state`` and ``cache`` stay this router's: changing them needs a new router.
+
+        Nothing is shared until :meth:`take_over`, and nothing of this router changes
+        before: requests keep using it as they were. The caller then owns this router's
+        providers that :attr:`providers` of the new one leaves out (close them once the
+        requests on this router are over), and must not ``aclose()`` this router, whose
+        state the new one uses. Raises :class:`ConfigError` as :meth:`from_config` does.
+        """
+        config = load_config(source)
+        keys = {**_settings_of(config), "state": self.settings.state, "cache": self.settings.cache}
+        settings = validate(RouterSettings, keys, "router settings")
+        kept = {entry.name: (self._built[entry.name], entry) for entry in self.policy.entries}
+        built = _build_entries(config.providers, self._registry, settings.timeouts, kept)
+        policy = _policy(built, settings)
+        shared = _Shared(self.state, self.budgets, self.cache)
+        router = type(self).__new__(type(self))  # its state is this one's, never built
+        router._assemble(settings, built, policy, shared, self._registry, self._sleep)
+        return router
+
+    def take_over(self) -> None:
+        """Make this router's entries, their limits, the cooldown and the retry budget
+        the shared routing state's (see :meth:`reconfigured`): synchronous and without
+        I/O, so that no request sees half of it."""
+        settings = self.settings
+        self.state.reconfigure(
+            names=[entry.name for entry in self.policy.entries],
+            failures=settings.cooldown.failures,
+            cooldown_seconds=settings.cooldown.seconds,
+            limits={entry.name: entry.limits for entry in self.policy.entries if entry.limits},
+            budget=settings.retry.budget,
+        )
 
     def _upstream_exhausted(self, name: str, seconds: float) -> None:
         _log.info("provider.rate_limited", provider=name, seconds=round(seconds, 3))
@@ -602,6 +650,7 @@ class Router:
             elif isinstance(result, BaseException):
                 raise result
             else:
+                self.discovery_errors.pop(entry.name, None)
                 _log.info("provider.models_discovered", provider=entry.name, models=len(result))
 
     async def start(self) -> None:
@@ -649,22 +698,90 @@ def _embedding_call(
     return call
 
 
+class _Shared(NamedTuple):
+    """What a router hands on to the router of a reloaded config."""
+
+    state: RoutingState
+    budgets: BudgetKeeper
+    cache: ResponseCache | None
+
+
+class _Built(NamedTuple):
+    """An entry, and what its provider was made from: entries of equal recipes can
+    share one provider instance (a reload keeps its connection pool)."""
+
+    entry: Entry
+    recipe: object
+
+
+_ENTRY_ONLY_KEYS = {"priority", "weight", "limits", "price", "tool_calls"}
+"""ProviderEntry keys the router's :class:`Entry` reads and its provider never sees."""
+
+
+def _build_entries(
+    specs: Sequence[ProviderSpec],
+    registry: Registry,
+    defaults: TimeoutsConfig,
+    kept: Mapping[str, tuple[object, Entry]],
+) -> list[_Built]:
+    """Every entry of ``specs``, reusing the provider of a ``kept`` entry (name ->
+    recipe and entry) whose recipe is the same. Raises :class:`ConfigError` for none,
+    a duplicate name, or an entry that cannot be built."""
+    built = [
+        _build_entry(spec, index, registry, defaults, kept) for index, spec in enumerate(specs)
+    ]
+    if not built:
+        raise ConfigError("a router needs at least one provider")
+    names = [entry.name for entry, _ in built]
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise ConfigError(f"duplicate provider names: {', '.join(duplicates)}")
+    return built
+
+
 def _build_entry(
-    spec: ProviderSpec, index: int, registry: Registry, defaults: TimeoutsConfig
-) -> Entry:
+    spec: ProviderSpec,
+    index: int,
+    registry: Registry,
+    defaults: TimeoutsConfig,
+    kept: Mapping[str, tuple[object, Entry]],
+) -> _Built:
     if isinstance(spec, Provider):
-        return Entry(spec)
+        return _Built(Entry(spec), spec)
     entry = validate(ProviderEntry, spec, f"providers.{index}")
     _check_entry_aliases(entry, index)
+    timeouts = {**defaults.model_dump(), **entry.timeouts.model_dump(exclude_unset=True)}
+    recipe = (entry.model_dump(exclude=_ENTRY_ONLY_KEYS), timeouts)
+    previous = kept.get(entry.name)
+    if previous is not None and previous[0] == recipe:
+        provider, missing_key = previous[1].provider, previous[1].missing_key
+    else:
+        provider, missing_key = _build_provider(entry, index, registry, Timeouts(**timeouts))
+    built = Entry(
+        provider,
+        entry.priority,
+        weight=entry.weight,
+        limits=entry.limits,
+        discover=entry.models == "discover" and missing_key is None,
+        tool_calls=entry.tool_calls,
+        missing_key=missing_key,
+        price=Price(**entry.price.model_dump()) if entry.price is not None else None,
+    )
+    return _Built(built, recipe)
+
+
+def _build_provider(
+    entry: ProviderEntry, index: int, registry: Registry, timeouts: Timeouts
+) -> tuple[Provider, str | None]:
+    """The entry's provider, and the variable that should hold its key and does not."""
     try:
         provider_class = registry.get(entry.type)
     except ProviderNotFoundError as error:
         raise ConfigError(f"providers.{index}.type: {error}") from None
-    overrides = entry.timeouts.model_dump(exclude_unset=True)
     kwargs: dict[str, Any] = {
         **entry.options,
         **entry.model_dump(exclude=_ROUTER_KEYS, exclude_none=True),
-        "timeout": Timeouts(**{**defaults.model_dump(), **overrides}),
+        "timeout": timeouts,
     }
     if isinstance(entry.models, list):
         kwargs["models"] = entry.models
@@ -681,16 +798,22 @@ def _build_entry(
         raise ConfigError(
             f"providers.{index} ({entry.name!r}, type {entry.type!r}): {error}"
         ) from None
-    return Entry(
-        provider,
-        entry.priority,
-        weight=entry.weight,
-        limits=entry.limits,
-        discover=entry.models == "discover" and missing_key is None,
-        tool_calls=entry.tool_calls,
-        missing_key=missing_key,
-        price=Price(**entry.price.model_dump()) if entry.price is not None else None,
+    return provider, missing_key
+
+
+def _settings_of(config: RouterConfig) -> dict[str, Any]:
+    """The router's keyword settings of a whole config (as given: defaults stay unset)."""
+    return config.model_dump(exclude={"providers", "gateway", "store"}, exclude_unset=True)
+
+
+def _policy(built: list[_Built], settings: RouterSettings) -> RoutingPolicy:
+    """The routing policy of ``built``; raises :class:`ConfigError` for an alias that
+    leads to no model an entry serves."""
+    policy = RoutingPolicy(
+        [entry for entry, _ in built], aliases=settings.aliases, fallbacks=settings.fallbacks
     )
+    _check_aliases(policy)
+    return policy
 
 
 def _check_entry_aliases(entry: ProviderEntry, index: int) -> None:

@@ -8,7 +8,8 @@ answers use OpenAI's error shape. A key's secret is made here, shown once in the
 that made it, and never kept: the store has its SHA-256 and a short prefix to show.
 
 A change is applied to this process's keys at once and announced through the routing
-state, so that every other gateway has it within a second.
+state, so that every other gateway has it within a second. ``POST /admin/reload``
+re-reads this process's config file (polyroute.server.reload).
 """
 
 from __future__ import annotations
@@ -22,11 +23,12 @@ from typing import Any, Literal, TypeVar
 from aiohttp import web
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
-from polyroute.core.errors import PolyrouteError, describe_validation_error
+from polyroute.core.errors import ConfigError, PolyrouteError, describe_validation_error
 from polyroute.core.periods import utc_now
 from polyroute.core.redaction import register_secret
 from polyroute.server.dialects.errors import WireError, openai_error, own_failure
 from polyroute.server.keys import KeyRing
+from polyroute.server.reload import ReloadSummary
 from polyroute.server.responses import error_response, json_response, request_id_of
 from polyroute.server.store_keys import StoreKeys
 from polyroute.store import (
@@ -108,8 +110,9 @@ class AdminApi:
         *,
         store: Store | None,
         keys: StoreKeys | None,
-        user_keys: KeyRing,
+        user_keys: Callable[[], KeyRing],
         announce: Callable[[], Awaitable[None]],
+        reload: Callable[[], Awaitable[ReloadSummary]] | None = None,
     ) -> None:
         register_secret(secret)
         self._secret = secret.encode()
@@ -117,6 +120,7 @@ class AdminApi:
         self._keys = keys
         self._user_keys = user_keys
         self._announce = announce
+        self._reload = reload
 
     def add_routes(self, app: web.Application) -> None:
         routes: list[tuple[str, str, _Handler]] = [
@@ -273,9 +277,17 @@ class AdminApi:
         return json_response({"object": "list", "data": data})
 
     async def reload(self, request: web.Request) -> web.Response:
-        raise _RefusedError(
-            501, "reloading the config at runtime is not available yet", "not_implemented"
-        )
+        """Re-read the gateway's config file (as SIGHUP does): what changed, or a 400
+        with the error that keeps the running config."""
+        if self._reload is None:
+            raise _RefusedError(
+                501, "this gateway has no config file to re-read", "not_implemented"
+            )
+        try:
+            summary = await self._reload()
+        except ConfigError as error:
+            raise _RefusedError(400, str(error), "invalid_config") from None
+        return json_response(summary.as_json())
 
     # Plumbing -------------------------------------------------------------------
 
@@ -300,7 +312,7 @@ class AdminApi:
             raise _RefusedError(401, message, "invalid_api_key")
         if hmac.compare_digest(presented.encode(), self._secret):
             return
-        if self._user_keys.find(request.headers) is not None:
+        if self._user_keys().find(request.headers) is not None:
             message = "a gateway key cannot use the admin API: send the admin key"
             raise _RefusedError(403, message, "admin_key_required")
         raise _RefusedError(401, "wrong admin key", "invalid_api_key")

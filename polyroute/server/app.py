@@ -26,7 +26,12 @@ from aiohttp import web
 from polyroute.core.attempts import Attempt
 from polyroute.core.deltas import Delta, Usage
 from polyroute.core.embeddings import Embeddings
-from polyroute.core.errors import InvalidRequestError, ModelNotSupportedError, PolyrouteError
+from polyroute.core.errors import (
+    ConfigError,
+    InvalidRequestError,
+    ModelNotSupportedError,
+    PolyrouteError,
+)
 from polyroute.core.logging import get_logger, new_request_id
 from polyroute.core.pricing import Cost
 from polyroute.router.config import GatewayConfig
@@ -42,6 +47,7 @@ from polyroute.server.dialects.responses import ResponsesDialect
 from polyroute.server.governance import Governance, Spent
 from polyroute.server.keys import ClientKey, KeyRing
 from polyroute.server.metrics import GatewayMetrics
+from polyroute.server.reload import ConfigReloader, Generation, ReloadSummary, Retirements
 from polyroute.server.responses import error_response, json_response, request_id_of
 from polyroute.server.store_keys import TOPIC
 from polyroute.store import Store
@@ -57,9 +63,11 @@ _KEY_REQUIRED = "a valid gateway key is required (Authorization: Bearer ..., or 
 
 @dataclass(slots=True)
 class _Outcome:
-    """What the access log and the metrics say of one request."""
+    """What the access log and the metrics say of one request, and the configuration it
+    is served on."""
 
     endpoint: str
+    generation: Generation
     model: str = ""
     key: ClientKey | None = None
     status: str = "cancelled"
@@ -107,42 +115,97 @@ class Gateway:
     """Serves ``router`` over HTTP; ``app()`` is the aiohttp application. With a
     ``store`` (not yet started), its keys work beside the config's, every served request
     goes to its spend ledger, and the admin API has keys, teams and spend
-    (:meth:`start` and :meth:`aclose` run them).
+    (:meth:`start` and :meth:`aclose` run them). With a ``reloader``, :meth:`reload`
+    replaces the router, settings and keys in service (:attr:`generation`) from the
+    config file, without a restart.
 
     Raises :class:`ConfigError` when a gateway key's environment variable, or the admin
     key's, is not set.
     """
 
     def __init__(
-        self, router: Router, config: GatewayConfig | None = None, store: Store | None = None
+        self,
+        router: Router,
+        config: GatewayConfig | None = None,
+        store: Store | None = None,
+        *,
+        reloader: ConfigReloader | None = None,
     ) -> None:
-        self.router = router
-        self.config = config or GatewayConfig()
-        self.governance = Governance(self.config, store)
-        self.keys = KeyRing(
-            self.config.keys,
-            self.config.teams,
-            self.config.budget_hold_s,
-            runtime=self.governance.keys,
+        config = config or GatewayConfig()
+        self.governance = Governance(config, store)
+        keys = KeyRing(
+            config.keys, config.teams, config.budget_hold_s, runtime=self.governance.keys
         )
-        self.admin = self.governance.admin_api(self.keys, lambda: router.announce(TOPIC))
+        self.generation = Generation(router, config, keys)
+        """The configuration in service: a request keeps the one it started on."""
+        self.reloader = reloader
+        self.admin = self.governance.admin_api(
+            lambda: self.generation.keys,
+            lambda: self.router.announce(TOPIC),
+            self.reload if reloader is not None else None,
+        )
         self.metrics = GatewayMetrics()
         self.chat: Dialect = ChatDialect()
         self.messages: Dialect = MessagesDialect()
         self.responses = ResponsesDialect(
-            router.records, store=self.config.responses_store, ttl_s=self.config.responses_ttl_s
+            router.records, store=config.responses_store, ttl_s=config.responses_ttl_s
         )
         self._in_flight: set[asyncio.Task[Any]] = set()
         self._idle = asyncio.Event()
         self._idle.set()
         self._stopping = False
+        self._reloading = asyncio.Lock()
+        self._retirements = Retirements()
+
+    @property
+    def router(self) -> Router:
+        """The router of the configuration in service."""
+        return self.generation.router
+
+    @property
+    def config(self) -> GatewayConfig:
+        """The gateway settings in service."""
+        return self.generation.config
+
+    @property
+    def keys(self) -> KeyRing:
+        """The keys in service: the config file's, and the store's."""
+        return self.generation.keys
 
     async def start(self) -> None:
         """Load the store's keys and start the ledger (nothing without a store)."""
         await self.governance.start(self.router)
 
+    async def reload(self) -> ReloadSummary:
+        """Re-read the config file and serve it from now on (docs/gateway.md#reload):
+        requests in flight finish on the configuration they started with. Raises
+        :class:`ConfigError` (the running configuration stays) when the file does not
+        load, or when the gateway was not made with a ``reloader``. One at a time."""
+        if self.reloader is None:
+            raise ConfigError("this gateway has no config file to re-read")
+        async with self._reloading:
+            prepared = await self.reloader.prepare(self.generation, self.governance.keys)
+            if prepared.generation is not None:
+                self._install(prepared.generation)
+            self.reloader.installed(prepared)
+        return prepared.summary
+
+    def _install(self, generation: Generation) -> None:
+        """Put ``generation`` in service, in one step (nothing awaited: no request sees
+        half of it); the one it replaces is retired once its requests end."""
+        generation.router.take_over()
+        replaced, self.generation = self.generation, generation
+        self.responses.store = generation.config.responses_store
+        self.responses.ttl_s = generation.config.responses_ttl_s
+        self.metrics.circuit_open.clear()  # a removed entry's gauge must not linger
+        self._retirements.retire(replaced, lambda: self.generation)
+
     async def aclose(self) -> None:
-        """Flush the ledger and close the store."""
+        """Once the requests are over (:meth:`drain`): close the providers only replaced
+        configurations held, flush the ledger and close the store. The router in service
+        is the caller's to close (it holds the routing state every configuration
+        shared)."""
+        await self._retirements.aclose()
         await self.governance.aclose()
 
     async def drain(self, seconds: float) -> None:
@@ -213,7 +276,7 @@ class Gateway:
         """``answer`` the request, counted in flight (for the drain), then accounted."""
         started = time.perf_counter()
         request_id = request_id_of(request)
-        outcome = _Outcome(endpoint, ledger_id=request_id)
+        outcome = _Outcome(endpoint, self.generation.enter(), ledger_id=request_id)
         if request_id == request.headers.get("x-request-id"):  # the client's: maybe reused
             outcome.ledger_id = f"{request_id}/{new_request_id()}"
         task = asyncio.current_task()
@@ -232,22 +295,24 @@ class Gateway:
             self._in_flight.discard(task)
             if not self._in_flight:
                 self._idle.set()
+            outcome.generation.leave()  # first: whatever the accounting does, it is let go
             self._account(outcome, request_id, started)
 
     async def _answer(
         self, request: web.Request, dialect: Dialect, request_id: str, outcome: _Outcome
     ) -> web.StreamResponse:
-        key = self._caller(request, dialect, request_id, outcome)
+        router = outcome.generation.router
+        key = self._caller(outcome.generation, request, dialect, request_id, outcome)
         if isinstance(key, web.Response):
             return key
         try:
             exchange = await dialect.read(await _json_body(request), request.headers)
         except PolyrouteError as error:
             return error_response(dialect.error(error), request_id)
-        outcome.model = exchange.model or self.router.default_model or ""
+        outcome.model = exchange.model or router.default_model or ""
         outcome.messages = exchange.messages
         if key is not None and (
-            refused := await self._key_refuses(key, dialect, outcome.model, outcome)
+            refused := await self._key_refuses(router, key, dialect, outcome.model, outcome)
         ):
             return error_response(refused, request_id)
         cache = request.headers.get("x-polyroute-cache")
@@ -255,7 +320,7 @@ class Gateway:
             message = f"x-polyroute-cache must be use, refresh or off, got {cache!r}"
             return error_response(dialect.refusal(400, message, "invalid_request"), request_id)
         try:
-            stream = self.router.stream(
+            stream = router.stream(
                 exchange.model,
                 exchange.messages,
                 request_id=request_id,
@@ -287,17 +352,18 @@ class Gateway:
     async def _embed(
         self, request: web.Request, dialect: Dialect, request_id: str, outcome: _Outcome
     ) -> web.StreamResponse:
-        key = self._caller(request, dialect, request_id, outcome)
+        router = outcome.generation.router
+        key = self._caller(outcome.generation, request, dialect, request_id, outcome)
         if isinstance(key, web.Response):
             return key
         try:
             call = read_embeddings_body(await _json_body(request))
-            outcome.model = call.model or self.router.default_model or ""
+            outcome.model = call.model or router.default_model or ""
             if key is not None and (
-                refused := await self._key_refuses(key, dialect, outcome.model, outcome)
+                refused := await self._key_refuses(router, key, dialect, outcome.model, outcome)
             ):
                 return error_response(refused, request_id)
-            embedded = await self.router.embed(
+            embedded = await router.embed(
                 call.model,
                 call.inputs,
                 dimensions=call.dimensions,
@@ -323,12 +389,18 @@ class Gateway:
         return web.Response(body=body, content_type="application/json", headers=headers)
 
     def _caller(
-        self, request: web.Request, dialect: Dialect, request_id: str, outcome: _Outcome | None
+        self,
+        generation: Generation,
+        request: web.Request,
+        dialect: Dialect,
+        request_id: str,
+        outcome: _Outcome | None,
     ) -> ClientKey | web.Response | None:
         """The request's gateway key (``None`` without keys), or the 401 when keys are
         configured and the request carries none of them."""
-        key = self.keys.find(request.headers)
-        if self.keys and key is None:
+        keys = generation.keys
+        key = keys.find(request.headers)
+        if keys and key is None:
             return error_response(
                 dialect.refusal(401, _KEY_REQUIRED, "invalid_api_key"), request_id
             )
@@ -337,17 +409,22 @@ class Gateway:
         return key
 
     async def _key_refuses(
-        self, key: ClientKey, dialect: Dialect, model: str, outcome: _Outcome | None = None
+        self,
+        router: Router,
+        key: ClientKey,
+        dialect: Dialect,
+        model: str,
+        outcome: _Outcome | None = None,
     ) -> WireError | None:
         """403 for a model the key may not use, 429 over its (or its team's) requests
         or tokens per minute. Tokens are counted only for a request that will use some
         (``outcome`` given): its places are ended in :meth:`_account`."""
-        if not key.allows(model, self.router.resolve_model(model)):
+        if not key.allows(model, router.resolve_model(model)):
             message = f"key {key.name!r} may not use model {model!r}"
             return dialect.refusal(403, message, "model_not_allowed")
         limits = key.limits()
         for limit in limits:
-            wait = await self.router.admit_key(limit.counter, limit.rpm) if limit.rpm else None
+            wait = await router.admit_key(limit.counter, limit.rpm) if limit.rpm else None
             if wait is not None:
                 message = f"{limit.who} is over its {limit.rpm} requests per minute"
                 return _too_many(dialect, message, wait)
@@ -357,7 +434,7 @@ class Gateway:
             if not limit.tpm:
                 continue
             # The request's tokens are unknown until it ends: 1 now, corrected then.
-            taken = await self.router.admit_key_tokens(limit.counter, limit.tpm, 1)
+            taken = await router.admit_key_tokens(limit.counter, limit.tpm, 1)
             if isinstance(taken, Denied):
                 message = f"{limit.who} is over its {limit.tpm} tokens per minute"
                 return _too_many(dialect, message, taken.retry_in)
@@ -398,7 +475,7 @@ class Gateway:
         if stream is not None and (dropped := stream.dropped):
             fields["dropped"] = dropped
         log_content = client.log_content if client is not None else None
-        if self.config.log_content if log_content is None else log_content:
+        if outcome.generation.config.log_content if log_content is None else log_content:
             fields["messages"] = outcome.messages
         _log.info("gateway.request", **fields)
 
@@ -490,33 +567,39 @@ class Gateway:
 
     def _models_for(self, request: web.Request) -> list[str] | web.Response:
         """The names the request's key may use, or its refusal (no valid key)."""
-        key = self._caller(request, self.chat, request_id_of(request), None)
+        generation = self.generation
+        key = self._caller(generation, request, self.chat, request_id_of(request), None)
         if isinstance(key, web.Response):
             return key
+        router = generation.router
         if key is None or key.models is None:
-            return self.router.known_models()
-        return self.router.known_models(
-            lambda name: key.allows(name, self.router.resolve_model(name))
-        )
+            return router.known_models()
+        return router.known_models(lambda name: key.allows(name, router.resolve_model(name)))
 
     async def count_tokens(self, request: web.Request) -> web.Response:
         """``POST /v1/messages/count_tokens``: exact from an Anthropic-format entry,
         estimated otherwise (``x-polyroute-token-count`` says which)."""
         request_id = request_id_of(request)
         dialect = self.messages
-        key = self._caller(request, dialect, request_id, None)
-        if isinstance(key, web.Response):
-            return key
+        generation = self.generation.enter()  # its upstream may be asked: held till the end
         try:
+            key = self._caller(generation, request, dialect, request_id, None)
+            if isinstance(key, web.Response):
+                return key
+            router = generation.router
             exchange = await dialect.read(await _json_body(request), request.headers)
-            model = exchange.model or self.router.default_model or ""
-            if key is not None and (refused := await self._key_refuses(key, dialect, model)):
+            model = exchange.model or router.default_model or ""
+            if key is not None and (
+                refused := await self._key_refuses(router, key, dialect, model)
+            ):
                 return error_response(refused, request_id)
-            count = await self.router.count_tokens(
+            count = await router.count_tokens(
                 exchange.model, exchange.messages, native=exchange.native, **exchange.options
             )
         except PolyrouteError as error:
             return error_response(dialect.error(error), request_id)
+        finally:
+            generation.leave()
         headers = {
             "x-request-id": request_id,
             "x-polyroute-token-count": "exact" if count.exact else "estimate",
@@ -526,7 +609,9 @@ class Gateway:
 
     async def get_response(self, request: web.Request) -> web.Response:
         """A stored ``/v1/responses`` answer, by id."""
-        refused = self._caller(request, self.responses, request_id_of(request), None)
+        refused = self._caller(
+            self.generation, request, self.responses, request_id_of(request), None
+        )
         if isinstance(refused, web.Response):
             return refused
         try:

@@ -25,6 +25,7 @@ from polyroute.router.router import Router
 from polyroute.router.state import BudgetLimit
 from polyroute.server.admin import AdminApi
 from polyroute.server.keys import ClientKey, KeyRing
+from polyroute.server.reload import ReloadSummary
 from polyroute.server.store_keys import TOPIC, StoreKeys
 from polyroute.store import LedgerWriter, SpendRow, Store, StoreError, StoreUnavailableError
 
@@ -98,13 +99,22 @@ class Governance:
         """Scope -> limit, for the budgets requests were held to (their gauge)."""
 
     def admin_api(
-        self, user_keys: KeyRing, announce: Callable[[], Awaitable[None]]
+        self,
+        user_keys: Callable[[], KeyRing],
+        announce: Callable[[], Awaitable[None]],
+        reload: Callable[[], Awaitable[ReloadSummary]] | None = None,
     ) -> AdminApi | None:
-        """The admin API, when an admin key is configured."""
+        """The admin API, when an admin key is configured; ``user_keys``: the gateway's
+        keys in service, ``reload``: re-reads its config file."""
         if self.admin_key is None:
             return None
         return AdminApi(
-            self.admin_key, store=self.store, keys=self.keys, user_keys=user_keys, announce=announce
+            self.admin_key,
+            store=self.store,
+            keys=self.keys,
+            user_keys=user_keys,
+            announce=announce,
+            reload=reload,
         )
 
     async def start(self, router: Router) -> None:

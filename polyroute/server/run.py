@@ -1,12 +1,15 @@
-"""Running the gateway: bind, say where, serve until SIGTERM or SIGINT, then drain."""
+"""Running the gateway: bind, say where, serve until SIGTERM or SIGINT, then drain;
+reload the config file at SIGHUP."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import ipaddress
 import signal
 import sys
+from pathlib import Path
 from typing import Any, TextIO
 
 from aiohttp import web
@@ -15,6 +18,7 @@ from polyroute.core.errors import ConfigError
 from polyroute.router.config import RouterConfig
 from polyroute.router.router import Router
 from polyroute.server.app import Gateway
+from polyroute.server.reload import ConfigReloader
 from polyroute.store import build_store
 
 
@@ -27,6 +31,18 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def refuse_exposure(config: RouterConfig, host: str, insecure: bool) -> None:
+    """Raise :class:`ConfigError` for a non-loopback ``host`` without gateway keys (or a
+    store's), unless ``insecure``: an open gateway spends its owner's API keys for
+    whoever reaches it."""
+    if not is_loopback(host) and not insecure and not config.gateway.keys and not config.store:
+        raise ConfigError(
+            f"refusing to serve on {host} with no gateway keys: configure gateway.keys or a "
+            "store: (keys made at runtime), or pass --insecure (anyone who can reach the "
+            "port could spend the upstream keys)"
+        )
+
+
 async def serve(
     config: RouterConfig,
     *,
@@ -36,51 +52,90 @@ async def serve(
     out: TextIO | None = None,
     ready: asyncio.Event | None = None,
     reuse_port: bool = False,
+    source: Path | None = None,
 ) -> None:
     """Serve ``config``'s router on ``host:port`` until SIGTERM or SIGINT.
 
     In-flight requests get ``gateway.drain_seconds`` to finish; then the rest are
     cancelled (their streams end with an error event), the spend ledger flushed and the
-    store and upstreams closed.
+    store and upstreams closed. SIGHUP re-reads ``source``, the file ``config`` came
+    from (``None``: none; the reload says so), as ``POST /admin/reload`` does
+    (docs/gateway.md#reload).
     A non-loopback ``host`` needs gateway keys (``gateway.keys``), or ``insecure``: an
     open gateway spends its owner's API keys for whoever reaches it.
     """
-    if not is_loopback(host) and not insecure and not config.gateway.keys and not config.store:
-        raise ConfigError(
-            f"refusing to serve on {host} with no gateway keys: configure gateway.keys or a "
-            "store: (keys made at runtime), or pass --insecure (anyone who can reach the "
-            "port could spend the upstream keys)"
-        )
+    refuse_exposure(config, host, insecure)
     out = out or sys.stderr
-    stop = asyncio.Event()
+    stop, hangup = asyncio.Event(), asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
+    # Taken from the start (its default action ends the process); a SIGHUP that comes
+    # before the gateway serves is acted on once it does.
+    loop.add_signal_handler(signal.SIGHUP, hangup.set)
     store = build_store(config.store) if config.store is not None else None
-    async with Router.from_config(config) as router:
-        gateway = Gateway(router, config.gateway, store)
-        runner = web.AppRunner(gateway.app(), handler_cancellation=True, access_log=None)
-        await runner.setup()
-        try:
-            await gateway.start()
-            site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None)
-            await site.start()
-            bound = runner.addresses[0]
-            # Everything made so far (modules, schemas, the router) lives as long as the
-            # process: out of the collector's generations, it is never traversed again.
-            # Measured in the gateway benchmark: 10% more streams/s, 10% less CPU per
-            # stream, p99 to the first chunk down by up to half under paced load.
-            gc.collect()
-            gc.freeze()
-            print(f"polyroute: serving on http://{bound[0]}:{bound[1]}", file=out, flush=True)
-            if ready is not None:
-                ready.set()
-            await stop.wait()
-            await site.stop()  # no new connections; those in flight go on
-            await gateway.drain(config.gateway.drain_seconds)
-        finally:
-            await runner.cleanup()
-            await gateway.aclose()  # after the requests: their spend rows are queued
+    reloader = ConfigReloader(
+        config, source, check=lambda new: refuse_exposure(new, host, insecure), out=out
+    )
+    router = Router.from_config(config)
+    await router.start()
+    gateway = None
+    try:
+        gateway = Gateway(router, config.gateway, store, reloader=reloader)
+        await _serve_until_stopped(gateway, host, port, reuse_port, out, ready, stop, hangup)
+    finally:
+        # The router in service last: its routing state is every configuration's.
+        await (gateway.router if gateway is not None else router).aclose()
+
+
+async def _serve_until_stopped(
+    gateway: Gateway,
+    host: str,
+    port: int,
+    reuse_port: bool,
+    out: TextIO,
+    ready: asyncio.Event | None,
+    stop: asyncio.Event,
+    hangup: asyncio.Event,
+) -> None:
+    runner = web.AppRunner(gateway.app(), handler_cancellation=True, access_log=None)
+    await runner.setup()
+    following = None
+    try:
+        await gateway.start()
+        site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None)
+        await site.start()
+        bound = runner.addresses[0]
+        # Everything made so far (modules, schemas, the router) lives as long as the
+        # process: out of the collector's generations, it is never traversed again.
+        # Measured in the gateway benchmark: 10% more streams/s, 10% less CPU per
+        # stream, p99 to the first chunk down by up to half under paced load.
+        gc.collect()
+        gc.freeze()
+        print(f"polyroute: serving on http://{bound[0]}:{bound[1]}", file=out, flush=True)
+        if ready is not None:
+            ready.set()
+        following = asyncio.get_running_loop().create_task(_follow_hangups(gateway, hangup))
+        await stop.wait()
+        following.cancel()
+        await site.stop()  # no new connections; those in flight go on
+        await gateway.drain(gateway.config.drain_seconds)
+    finally:
+        if following is not None:
+            following.cancel()  # a reload under way is dropped: nothing of it is in service
+            with contextlib.suppress(asyncio.CancelledError):
+                await following  # raises what broke it, if anything did
+        await runner.cleanup()
+        await gateway.aclose()  # after the requests: their spend rows are queued
+
+
+async def _follow_hangups(gateway: Gateway, hangup: asyncio.Event) -> None:
+    """Reload the config at each SIGHUP; several during a reload make one more."""
+    while True:
+        await hangup.wait()
+        hangup.clear()
+        with contextlib.suppress(ConfigError):  # logged and said: the running one stays
+            await gateway.reload()
 
 
 async def serve_workers(argv: list[str], workers: int, port: int, out: TextIO | None = None) -> int:
@@ -88,7 +143,9 @@ async def serve_workers(argv: list[str], workers: int, port: int, out: TextIO | 
     connections across them), each started with ``argv`` plus ``--reuse-port``.
 
     Says where it listens once every worker does; SIGTERM or SIGINT is passed on to
-    each, which drains as one gateway does. Returns the exit code (0 when all exit 0).
+    each, which drains as one gateway does, and SIGHUP too, which reloads each one's
+    config (a worker not yet listening gets it once it listens: before, it would end
+    it). Returns the exit code (0 when all exit 0).
     Workers share circuits, limits and statistics only through ``state: redis``
     (docs/shared-state.md); with ``state: memory`` each keeps its own.
     """
@@ -112,9 +169,15 @@ async def serve_workers(argv: list[str], workers: int, port: int, out: TextIO | 
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, _forward, children, signum)
     listening = [asyncio.Event() for _ in children]
+    hangups = [asyncio.Event() for _ in children]
+    loop.add_signal_handler(signal.SIGHUP, _set_all, hangups)
     relays = [
         asyncio.create_task(_relay(child, event, out))
         for child, event in zip(children, listening, strict=True)
+    ]
+    passing = [
+        asyncio.create_task(_pass_hangups(child, event, hangup))
+        for child, event, hangup in zip(children, listening, hangups, strict=True)
     ]
     ready = asyncio.gather(*(event.wait() for event in listening))
     exited = asyncio.gather(*(child.wait() for child in children))
@@ -131,8 +194,29 @@ async def serve_workers(argv: list[str], workers: int, port: int, out: TextIO | 
         ready.cancel()
         _forward(children, signal.SIGTERM)
     codes = await exited
-    await asyncio.gather(*relays)
+    for task in passing:
+        task.cancel()
+    await asyncio.gather(*relays, *passing, return_exceptions=True)
     return 0 if all(code == 0 for code in codes) else 1
+
+
+def _set_all(events: list[asyncio.Event]) -> None:
+    for event in events:
+        event.set()
+
+
+async def _pass_hangups(
+    child: asyncio.subprocess.Process, listening: asyncio.Event, hangup: asyncio.Event
+) -> None:
+    """Send ``child`` a SIGHUP for each ``hangup`` (several at once make one) once it
+    listens (its handler is in place by then), until cancelled."""
+    await listening.wait()
+    while True:
+        await hangup.wait()
+        hangup.clear()
+        if child.returncode is None:
+            with contextlib.suppress(ProcessLookupError):  # exited, not yet reaped
+                child.send_signal(signal.SIGHUP)
 
 
 def _forward(children: list[asyncio.subprocess.Process], signum: int) -> None:

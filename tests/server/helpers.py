@@ -34,8 +34,22 @@ class Process:
     url: str
     process: asyncio.subprocess.Process
     stderr: list[str] = field(default_factory=list)
-    """What the gateway printed on stderr after it listened (read when it stopped)."""
+    """What the gateway printed on stderr after it listened, line by line as it comes
+    (all of it once it stopped)."""
     code: int | None = None
+
+    async def said(self, text: str, within: float = 10.0, *, after: int = 0) -> int:
+        """Wait until a line of stderr from the ``after``-th on holds ``text``; the
+        number of lines up to and including it (the next call's ``after``)."""
+
+        async def line() -> int | None:
+            for index in range(after, len(self.stderr)):
+                if text in self.stderr[index]:
+                    return index + 1
+            return None
+
+        found, _ = await eventually(line, within)
+        return found
 
 
 @asynccontextmanager
@@ -61,7 +75,7 @@ async def gateway(
     )
     assert process.stderr is not None
     served = Process(f"http://127.0.0.1:{port}", process)
-    reading: asyncio.Task[bytes] | None = None
+    reading: asyncio.Task[None] | None = None
     try:
         while b"polyroute: serving on" not in (
             line := await asyncio.wait_for(process.stderr.readline(), 30)
@@ -69,14 +83,28 @@ async def gateway(
             assert line, "polyroute serve exited before it listened"
         # Read on while it serves: a verbose gateway under load fills a pipe nobody
         # reads (64 KiB), and then waits to write its next log line, forever.
-        reading = asyncio.create_task(process.stderr.read())
+        reading = asyncio.create_task(_read_lines(process.stderr, served.stderr))
         yield served
     finally:
         if process.returncode is None:
             process.send_signal(signal.SIGTERM)
-        rest = await asyncio.wait_for(reading or process.stderr.read(), 30)
-        served.stderr = rest.decode().splitlines()
+        if reading is not None:
+            await asyncio.wait_for(reading, 30)
+        else:
+            served.stderr = (
+                (await asyncio.wait_for(process.stderr.read(), 30)).decode().splitlines()
+            )
         served.code = await asyncio.wait_for(process.wait(), 30)
+
+
+async def _read_lines(stream: asyncio.StreamReader, lines: list[str]) -> None:
+    """Append each whole line of ``stream`` to ``lines`` as it comes (any length)."""
+    pending = b""
+    while chunk := await stream.read(65536):
+        *complete, pending = (pending + chunk).split(b"\n")
+        lines.extend(line.decode(errors="replace") for line in complete)
+    if pending:
+        lines.append(pending.decode(errors="replace"))
 
 
 @dataclass

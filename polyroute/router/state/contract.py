@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
+from polyroute.router.config import Limits, RetryBudget
 from polyroute.router.health import HealthStore
 from polyroute.router.state.budgets import BudgetDenied, BudgetLimit, Reservation
 from polyroute.router.stats import StatsBook
@@ -82,6 +83,23 @@ class RoutingState(HealthStore, Protocol):
 
     def ensure_started(self) -> None:
         """Start connecting in the background if :meth:`start` was never awaited."""
+        ...
+
+    def reconfigure(
+        self,
+        *,
+        names: list[str],
+        failures: int,
+        cooldown_seconds: float,
+        limits: Mapping[str, Limits],
+        budget: RetryBudget | None,
+    ) -> None:
+        """Take a new configuration's entries (``names``) and rules (a config reload),
+        at once and without I/O. Everything counted so far stays: circuits (by entry
+        name; a removed entry's is left as it is, for requests still on it), entries'
+        limit windows, the retry budget's window, key windows, budgets' spend and holds,
+        records. The new ``limits``, ``failures``, ``cooldown_seconds`` and retry
+        ``budget`` apply from the next decision on, to requests in flight too."""
         ...
 
     async def aclose(self) -> None: ...

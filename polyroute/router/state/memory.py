@@ -13,7 +13,7 @@ from datetime import datetime
 
 from polyroute.core.periods import utc_now
 from polyroute.router.config import Limits, RetryBudget
-from polyroute.router.health import CircuitState, HealthStore
+from polyroute.router.health import CircuitState, HealthStore, InMemoryHealth
 from polyroute.router.state.budgets import (
     BudgetDenied,
     BudgetLimit,
@@ -257,6 +257,34 @@ class MemoryState:
     @property
     def degraded(self) -> bool:
         return False
+
+    def reconfigure(
+        self,
+        *,
+        names: list[str],
+        failures: int,
+        cooldown_seconds: float,
+        limits: Mapping[str, Limits],
+        budget: RetryBudget | None,
+    ) -> None:
+        del names  # every name's circuit is kept: an entry added back finds its own
+        if isinstance(self.circuits, InMemoryHealth):  # a custom store keeps its rules
+            self.circuits.threshold = failures
+            self.circuits.seconds = cooldown_seconds
+        kept = self._limits
+        self._limits = {}
+        for name, entry in limits.items():
+            counted = kept.get(name)
+            if counted is None:
+                counted = EntryLimits(entry)
+            counted.limits = entry  # its windows go on: a reload resets no count
+            self._limits[name] = counted
+        if budget is None:
+            self._budget = None
+        elif self._budget is None:
+            self._budget = Budget(budget)
+        else:
+            self._budget.config = budget
 
     # Circuits: the HealthStore given --------------------------------------------
 

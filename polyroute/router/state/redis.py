@@ -270,6 +270,35 @@ class RedisState:
         await self._close_pubsub()
         await self._client.aclose(close_connection_pool=True)
 
+    def reconfigure(
+        self,
+        *,
+        names: list[str],
+        failures: int,
+        cooldown_seconds: float,
+        limits: Mapping[str, Limits],
+        budget: RetryBudget | None,
+    ) -> None:
+        self.local.reconfigure(
+            names=names,
+            failures=failures,
+            cooldown_seconds=cooldown_seconds,
+            limits=limits,
+            budget=budget,
+        )
+        tag = "{" + self._config.prefix + "}"
+        for name in names:
+            if name not in self._entry_keys:
+                self._entry_keys[name] = {kind: f"{tag}:{kind}:{name}" for kind in _ENTRY_KINDS}
+        # A removed entry keeps its keys here (requests still on it report to them) but
+        # is no longer synced or read; Redis keeps its circuit for gateways that still
+        # route to it (each reloads its own file).
+        self._names = list(names)
+        self._limits = dict(limits)
+        self._budget = budget
+        self._cooldown_ms = round(cooldown_seconds * 1000)
+        self._probe_ms = max(60_000, self._cooldown_ms)
+
     def listen(self, topic: str, listener: Callable[[], None]) -> bool:
         self.local.listen(topic, listener)
         return True
