@@ -64,9 +64,12 @@ def _done(f: _Fields) -> str:
 
 
 def _failed(f: _Fields) -> str:
-    line = f"failed after {f.get('attempts', 0)} attempts: {f.get('error_type', 'error')}"
+    # Each attempt's error is on its own line above; the reasons group them by entry
+    # and add the entries that were not tried (cooling down, no key).
+    count = f.get("attempts", 0)
+    line = f"failed after {count} attempt{'' if count == 1 else 's'}"
     if f.get("reasons"):
-        line += " (" + "; ".join(map(str, f["reasons"])) + ")"
+        line += ": " + "; ".join(map(str, f["reasons"]))
     return line
 
 

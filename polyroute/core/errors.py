@@ -8,6 +8,9 @@ credential can leak through ``str(exc)`` or ``repr(exc)``.
 
 from __future__ import annotations
 
+import difflib
+import json
+import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -120,8 +123,11 @@ class ProviderNotFoundError(PolyrouteError, LookupError):
     def __init__(self, name: str, known: Sequence[str]) -> None:
         self.name = name
         self.known = list(known)
+        close = difflib.get_close_matches(name, self.known, n=1, cutoff=0.6)
+        guess = f" (did you mean `{close[0]}`?)" if close else ""
         super().__init__(
-            f"unknown provider {name!r}; known providers: {', '.join(self.known) or '(none)'}"
+            f"unknown provider {name!r}{guess}; "
+            f"known providers: {', '.join(self.known) or '(none)'}"
         )
 
 
@@ -167,8 +173,9 @@ class UpstreamError(PolyrouteError):
 class UpstreamStatusError(UpstreamError):
     """The upstream answered with a non-2xx HTTP status.
 
-    ``body`` holds a short excerpt of the response body, ``retry_after`` the parsed
-    ``Retry-After`` header in seconds (``None`` when absent).
+    ``url`` is the URL that answered (without its query string; ``None`` when the error
+    was not made from an HTTP answer), ``body`` a short excerpt of the response body,
+    ``retry_after`` the parsed ``Retry-After`` header in seconds (``None`` when absent).
     """
 
     def __init__(
@@ -179,16 +186,33 @@ class UpstreamStatusError(UpstreamError):
         body: str = "",
         retry_after: float | None = None,
         retryable: bool | None = None,
+        url: str | None = None,
     ) -> None:
         self.status = status
         self.body = redact(body)
+        self.url = redact(url) if url else None
         if retryable is None:
             retryable = status in (408, 429) or status >= 500
-        message = f"HTTP {status}"
-        if body:
+        super().__init__(
+            self._summary(), provider=provider, retryable=retryable, retry_after=retry_after
+        )
+
+    def _summary(self) -> str:
+        message = f"HTTP {self.status}"
+        if self.url:
+            message += f" from {self.url}"
+        if self.body:
             short = self.body if len(self.body) <= 300 else f"{self.body[:300]}..."
             message += f": {short}"
-        super().__init__(message, provider=provider, retryable=retryable, retry_after=retry_after)
+        return message
+
+    def locate(self, url: str) -> None:
+        """Name the URL that answered. A provider that reads a status error's body (a
+        missing model, a context too long) makes a new error, which has no URL until
+        it is given the HTTP layer's here."""
+        self.url = redact(url)
+        where = f"{self.provider}: " if self.provider else ""
+        self.args = (redact(f"{where}{self._summary()}"),)
 
 
 class ContextLengthExceededError(UpstreamStatusError):
@@ -205,7 +229,40 @@ class AuthenticationError(UpstreamStatusError):
 
 
 class UpstreamConnectionError(UpstreamError):
-    """The connection could not be made or broke (refused, reset, DNS failure)."""
+    """The connection could not be made or broke (refused, reset, DNS failure).
+
+    ``broke_off`` is true when the upstream closed it in the middle of an answer.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        provider: str | None = None,
+        retryable: bool | None = None,
+        retry_after: float | None = None,
+        broke_off: bool = False,
+    ) -> None:
+        self.broke_off = broke_off
+        super().__init__(message, provider=provider, retryable=retryable, retry_after=retry_after)
+
+    @classmethod
+    def closed_mid_answer(
+        cls, provider: str | None, chars: int | None = None
+    ) -> UpstreamConnectionError:
+        """The upstream closed the connection before the answer's end; ``chars``, when
+        known (the router counts them), is how much of the answer had arrived."""
+        when = "before the end of the answer" if chars is None else f"after {chars} characters"
+        return cls(f"the upstream closed the connection {when}", provider=provider, broke_off=True)
+
+    def after_chars(self, chars: int) -> UpstreamConnectionError:
+        """This error, saying how many characters had arrived when it is a connection
+        closed mid-answer (chained to it); itself otherwise."""
+        if not self.broke_off:
+            return self
+        counted = self.closed_mid_answer(self.provider, chars)
+        counted.__cause__ = self
+        return counted
 
 
 class UpstreamTimeout(UpstreamError, TimeoutError):
@@ -236,7 +293,7 @@ class ToolCallInterruptedError(UpstreamError):
         self.delivered = delivered
         super().__init__(
             "the answer broke off after a tool call had begun to stream, so it cannot be "
-            f"continued elsewhere ({type(cause).__name__}: {cause})",
+            f"continued elsewhere ({cause_of(cause)})",
             provider=cause.provider,
         )
 
@@ -244,7 +301,13 @@ class ToolCallInterruptedError(UpstreamError):
 class AllProvidersFailed(PolyrouteError):
     """Every candidate provider (and every fallback model) failed.
 
-    ``attempts`` lists each try in order, with its provider, model and error.
+    ``attempts`` lists each try in order, with its provider, model and error;
+    ``reasons`` why entries were not tried. The message names each entry once, with
+    its model, the number of its attempts and what went wrong::
+
+        all providers failed for model 'm'
+          - always503 (m, 2 attempts): HTTP 503 from http://127.0.0.1:8081/v1/chat/completions
+          - dead (m): cannot connect to http://127.0.0.1:9/chat: connection refused
     """
 
     def __init__(
@@ -254,47 +317,160 @@ class AllProvidersFailed(PolyrouteError):
         self.attempts = list(attempts)
         self.reasons = list(reasons)
         lines = [f"all providers failed for model {model!r}"]
-        lines += [f"  - {attempt.describe()}" for attempt in self.attempts]
+        lines += [f"  - {line}" for line in _grouped(self.attempts, with_model=True)]
         lines += [f"  - {reason}" for reason in self.reasons]
         if not self.attempts and not self.reasons:
             lines.append("  - no provider was tried")
         super().__init__("\n".join(lines))
 
     def by_entry(self) -> list[str]:
-        """Each entry tried, once, in order: its last error and how many attempts it had
-        (``dead: UpstreamConnectionError (cannot connect to URL: connection refused), 2
-        attempts``)."""
-        by_entry: dict[str, list[BaseException | None]] = {}
-        for attempt in self.attempts:
-            by_entry.setdefault(attempt.provider, []).append(attempt.error)
-        lines = []
-        for name, errors in by_entry.items():
-            last = errors[-1]
-            what = type(last).__name__ if last is not None else "no error"
-            if isinstance(last, UpstreamConnectionError | UpstreamTimeout):
-                what += f" ({str(last).removeprefix(f'{name}: ')})"
-            count = f", {len(errors)} attempts" if len(errors) > 1 else ""
-            lines.append(f"{name}: {what}{count}")
-        return lines
+        """Each entry tried, once, in order: how many attempts it had and what went
+        wrong (``dead (2 attempts): cannot connect to URL: connection refused``)."""
+        return _grouped(self.attempts, with_model=False)
+
+
+def _grouped(attempts: Sequence[Attempt], *, with_model: bool) -> list[str]:
+    """One line per entry (and model, ``with_model``): its attempts counted, their
+    distinct causes in order."""
+    groups: dict[tuple[str, str], list[Attempt]] = {}
+    for attempt in attempts:
+        key = (attempt.provider, attempt.model if with_model else "")
+        groups.setdefault(key, []).append(attempt)
+    lines = []
+    for (name, model), tries in groups.items():
+        facts = [model] if model else []
+        if len(tries) > 1:
+            facts.append(f"{len(tries)} attempts")
+        head = f"{name} ({', '.join(facts)})" if facts else name
+        causes = dict.fromkeys(cause_of(a.error) if a.error else a.outcome for a in tries)
+        lines.append(f"{head}: {', then '.join(causes)}")
+    return lines
+
+
+def cause_of(error: BaseException) -> str:
+    """What went wrong, on one line, without the provider name an upstream error's
+    message starts with (the caller names the entry)."""
+    text = " ".join(str(error).split())
+    provider = getattr(error, "provider", None)
+    if isinstance(error, UpstreamError) and provider:
+        text = text.removeprefix(f"{provider}: ")
+    return text or type(error).__name__
 
 
 def describe_validation_error(
     error: ValidationError, prefix: str = "", model: type[BaseModel] | None = None
 ) -> str:
     """One line per problem of a pydantic error: ``prefix`` + key path, then what is
-    wrong; with ``model``, an unknown key gets the closest known one as a suggestion."""
-    problems = []
-    for item in error.errors():
-        # A discriminated union repeats its tag in the path (tools.0.function.function):
-        # a key never nests in a key of its own name here, so the repeat is dropped.
-        parts = [str(part) for part in item["loc"]]
-        path = ".".join(p for i, p in enumerate(parts) if not i or p != parts[i - 1])
-        path = path or "(top level)"
-        message = item["msg"]
+    wrong; with ``model``, an unknown key gets the closest known one as a suggestion.
+    A value that fits none of a union's types is one sentence (``models: expected a
+    list or 'discover', got 'gpt-4o'``), not one line per type tried."""
+    items = error.errors()
+    sites = _union_sites(items)
+    problems: dict[str, list[str]] = {}
+    wrong_types: dict[tuple[Any, ...], list[Any]] = {}
+    inside: set[tuple[Any, ...]] = set()
+    for item in items:
+        loc = tuple(item["loc"])
+        tags = {i for i in range(1, len(loc)) if loc[:i] in sites and isinstance(loc[i], str)}
+        bare = tuple(part for i, part in enumerate(loc) if i not in tags)
+        if len(loc) - 1 in tags and _is_type_error(item):
+            wrong_types.setdefault(bare, []).append(item)
+            problems.setdefault(_path(bare), [])
+            continue
+        # A problem inside a value of one of the union's types (a list with a number
+        # in it): the value had that type, so the others' complaints are dropped.
+        inside.update(bare[:i] for i in range(len(bare)))
+        message = item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
-            message = "unknown key" + (did_you_mean(model, item["loc"]) if model else "")
-        problems.append(f"{prefix}{path}: {message}")
-    return "; ".join(problems)
+            message = "unknown key" + (did_you_mean(model, bare) if model else "")
+        problems.setdefault(_path(bare), []).append(message)
+    for bare, branches in wrong_types.items():
+        if bare not in inside:
+            problems[_path(bare)].insert(0, _wrong_type(branches))
+    lines = [f"{prefix}{path}: {text}" for path, texts in problems.items() for text in texts]
+    return "; ".join(lines)
+
+
+def _path(loc: Sequence[int | str]) -> str:
+    # A discriminated union repeats its tag in the path (tools.0.function.function):
+    # a key never nests in a key of its own name here, so the repeat is dropped.
+    parts = [str(part) for part in loc]
+    path = ".".join(p for i, p in enumerate(parts) if not i or p != parts[i - 1])
+    return path or "(top level)"
+
+
+# The names pydantic gives a union's types in an error's location (list[str],
+# literal['discover'], float, function-after[...]), which are no keys of the config.
+_TYPE_TAG = re.compile(r"[a-z][a-z-]*\[.*\]|str|int|float|bool|bytes|none")
+_TYPE_ERRORS = {
+    "list_type": "a list",
+    "dict_type": "a mapping",
+    "model_type": "a mapping",
+    "string_type": "a string",
+    "int_type": "an integer",
+    "int_parsing": "an integer",
+    "int_from_float": "an integer",
+    "float_type": "a number",
+    "float_parsing": "a number",
+    "bool_type": "true or false",
+    "bool_parsing": "true or false",
+}
+
+
+def _union_sites(items: Sequence[Any]) -> set[tuple[Any, ...]]:
+    """The locations of the values validated against a union: where the next part of
+    some error's location is one of the union's types (a model by its class name)."""
+    sites = set()
+    for item in items:
+        loc = tuple(item["loc"])
+        for i in range(1, len(loc)):
+            part = loc[i]
+            named_model = i == len(loc) - 1 and item["type"] == "model_type"
+            if not isinstance(part, str):
+                continue
+            if _TYPE_TAG.fullmatch(part) or (
+                named_model and part == (item.get("ctx") or {}).get("class_name")
+            ):
+                sites.add(loc[:i])
+    return sites
+
+
+def _is_type_error(item: Any) -> bool:
+    return item["type"] in _TYPE_ERRORS or item["type"] == "literal_error"
+
+
+def _expected(item: Any) -> str:
+    if item["type"] == "literal_error":
+        return str((item.get("ctx") or {}).get("expected", item["msg"]))
+    return _TYPE_ERRORS[item["type"]]
+
+
+def _wrong_type(branches: list[Any]) -> str:
+    """The sentence for a value none of a union's types takes."""
+    expected = list(dict.fromkeys(map(_expected, branches)))
+    value = branches[0]["input"]
+    shown = _shown(value)
+    message = f"expected {' or '.join(expected)}, got {shown}"
+    if "a list" in expected and isinstance(value, str):
+        message += f" (a list of one is written [{json.dumps(value)}])"
+    return message
+
+
+def _shown(value: Any) -> str:
+    """``value`` as it would be written in a config file, or what kind of thing it is."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return repr(value) if len(value) <= 60 else f"{value[:60]!r}..."
+    if isinstance(value, int | float):
+        return str(value)
+    if isinstance(value, list | tuple):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    return type(value).__name__
 
 
 def describe_error(error: BaseException) -> dict[str, Any]:

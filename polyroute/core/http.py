@@ -121,19 +121,36 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
 
 
 def status_error(
-    status: int, *, provider: str, body: str = "", headers: Mapping[str, str] | None = None
+    status: int,
+    *,
+    provider: str,
+    body: str = "",
+    headers: Mapping[str, str] | None = None,
+    url: str | None = None,
 ) -> UpstreamStatusError:
-    """The typed error for a non-2xx answer: 429 rate limit, 401/403 auth, others by status."""
+    """The typed error for a non-2xx answer: 429 rate limit, 401/403 auth, others by
+    status; ``url`` (the one that answered) is shown without its query string."""
     retry_after = parse_retry_after((headers or {}).get("Retry-After"))
     body = body.strip()[:_BODY_EXCERPT_BYTES]
+    shown = _shown_url(url) if url else None
     if status == 429:
-        return RateLimitedError(status, provider=provider, body=body, retry_after=retry_after)
+        return RateLimitedError(
+            status, provider=provider, body=body, retry_after=retry_after, url=shown
+        )
     if status in (401, 403):
-        return AuthenticationError(status, provider=provider, body=body, retryable=False)
-    return UpstreamStatusError(status, provider=provider, body=body, retry_after=retry_after)
+        return AuthenticationError(status, provider=provider, body=body, retryable=False, url=shown)
+    return UpstreamStatusError(
+        status, provider=provider, body=body, retry_after=retry_after, url=shown
+    )
 
 
-async def _raise_for_status(response: aiohttp.ClientResponse, provider: str) -> None:
+def _shown_url(url: str) -> str:
+    """``url`` as an error message shows it: no query string (where a key may be) and
+    no credentials."""
+    return redact(url.partition("?")[0])
+
+
+async def _raise_for_status(response: aiohttp.ClientResponse, provider: str, url: str) -> None:
     if response.status < 300:
         return
     raw = await response.content.read(_BODY_EXCERPT_BYTES)
@@ -142,6 +159,7 @@ async def _raise_for_status(response: aiohttp.ClientResponse, provider: str) -> 
         provider=provider,
         body=raw.decode("utf-8", "replace"),
         headers=response.headers,
+        url=url,
     )
 
 
@@ -165,12 +183,14 @@ def translate_client_error(
     if isinstance(error, TimeoutError):
         return UpstreamTimeout(f"timed out ({type(error).__name__})", provider=provider)
     if isinstance(error, aiohttp.ClientConnectorError):
-        where = redact(url) if url else f"{error.host}:{error.port}"
+        where = _shown_url(url) if url else f"{error.host}:{error.port}"
         return UpstreamConnectionError(
             f"cannot connect to {where}: {_connect_reason(error.os_error)}", provider=provider
         )
     if isinstance(error, aiohttp.ClientPayloadError):
-        return UpstreamConnectionError(f"response body broken off: {error}", provider=provider)
+        # aiohttp's words (TransferEncodingError: Not enough data to satisfy transfer
+        # length header) say how it noticed; the router adds how much had arrived.
+        return UpstreamConnectionError.closed_mid_answer(provider)
     if isinstance(error, aiohttp.InvalidURL):
         return UpstreamConnectionError(f"invalid URL {error}", provider=provider, retryable=False)
     detail = str(error) or type(error).__name__
@@ -235,7 +255,7 @@ async def stream_event_batches(
             proxy=proxy,
             timeout=timeouts.for_aiohttp(),
         )
-        await _raise_for_status(response, provider)
+        await _raise_for_status(response, provider, url)
         _check_content_type(response, provider)
         if on_headers is not None:
             on_headers(response.headers)
@@ -325,7 +345,7 @@ async def fetch_answer(
         async with session.request(
             method, url, data=data, headers=headers, proxy=proxy, timeout=timeouts.for_aiohttp()
         ) as response:
-            await _raise_for_status(response, provider)
+            await _raise_for_status(response, provider, url)
             raw = await response.read()
             try:
                 # orjson: aiohttp's response.json() is the stdlib's, 7x slower on a

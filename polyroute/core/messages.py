@@ -3,6 +3,7 @@ view of a message, and g4f's prompt format for upstreams that take one prompt.""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Literal, TypeAlias
 
@@ -149,18 +150,85 @@ def normalize_messages(messages: Messages) -> list[Message]:
     if not messages:
         raise InvalidMessagesError("messages must not be empty")
     if all(type(message) is Message for message in messages):
-        return list(messages)  # type: ignore[arg-type]
-    raw = [
-        message.model_dump()
-        if isinstance(message, BaseModel) and not isinstance(message, Message)
-        else message
-        for message in messages
-    ]
-    try:
-        return _MESSAGE_LIST.validate_python(raw)
-    except ValidationError as error:
-        problems = describe_validation_error(error, prefix="message ")
-        raise InvalidMessagesError(f"invalid messages: {problems}") from None
+        checked: list[Message] = list(messages)  # type: ignore[arg-type]
+    else:
+        raw = [
+            message.model_dump()
+            if isinstance(message, BaseModel) and not isinstance(message, Message)
+            else message
+            for message in messages
+        ]
+        try:
+            checked = _MESSAGE_LIST.validate_python(raw)
+        except ValidationError as error:
+            problems = describe_validation_error(error, prefix="message ")
+            raise InvalidMessagesError(f"invalid messages: {problems}") from None
+    for index, message in enumerate(checked):
+        if (where := lone_surrogate_in(message)) is not None:
+            raise InvalidMessagesError(f"invalid messages: message {index}.{where}")
+    return checked
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def lone_surrogate_in(value: Any) -> str | None:
+    """Where ``value`` (a string, a model, or dicts and lists of them) holds a lone
+    surrogate, and what to do about it (``content.0.text: '\\udc00' at character 1 is
+    ...``); ``None`` when it holds none.
+
+    Such a character (half of a UTF-16 pair, or an undecodable byte as Python's
+    ``surrogateescape`` keeps it) has no UTF-8 form, so no upstream could be sent it.
+    """
+    found = _surrogate_at(value)
+    if found is None:
+        return None
+    path, character, index = found
+    # A key holding the surrogate is shown escaped: the message must be printable.
+    shown = [repr(p) if isinstance(p, str) and _SURROGATE.search(p) else str(p) for p in path]
+    where = ".".join(shown)
+    return (
+        f"{where + ': ' if where else ''}{character!r} at character {index} is a lone "
+        "surrogate, which UTF-8 cannot encode; remove it, or decode the text's source "
+        "with errors='replace'"
+    )
+
+
+def _surrogate_at(value: Any) -> tuple[list[str | int], str, int] | None:
+    """The key path, the character and its index of the first lone surrogate."""
+    if value is None or type(value) in _SCALARS:
+        return None
+    if isinstance(value, str):
+        if value.isascii():  # a flag lookup: the usual text costs no scan
+            return None
+        try:
+            value.encode("utf-8")  # five times as fast as a regex search
+        except UnicodeEncodeError as error:
+            return [], value[error.start], error.start
+        return None
+    if isinstance(value, BaseModel):
+        # A model's own keys are identifiers; only the keys it keeps (extra) are free.
+        for name, field in value.__dict__.items():
+            if (found := _surrogate_at(field)) is not None:
+                return [name, *found[0]], found[1], found[2]
+        value = value.__pydantic_extra__
+        if not value:
+            return None
+    if isinstance(value, dict | Mapping):
+        items: Any = value.items()
+    elif isinstance(value, list | tuple):
+        items = enumerate(value)
+    else:
+        return None
+    for key, item in items:
+        if (found := _surrogate_at(key)) is not None:
+            return [key], found[1], found[2]
+        if (found := _surrogate_at(item)) is not None:
+            return [key, *found[0]], found[1], found[2]
+    return None
+
+
+_SCALARS = frozenset({bool, int, float})
 
 
 def _role_lines(messages: list[Message]) -> str:

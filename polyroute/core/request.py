@@ -18,7 +18,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from polyroute.core.errors import InvalidRequestError, describe_validation_error
-from polyroute.core.messages import Message, Messages, normalize_messages
+from polyroute.core.messages import Message, Messages, lone_surrogate_in, normalize_messages
 from polyroute.core.schema import StrictModel
 
 Capability: TypeAlias = Literal["tools", "vision", "json_schema", "embeddings"]
@@ -155,6 +155,8 @@ def check_options(params: Mapping[str, Any]) -> dict[str, Any]:
             f"invalid request parameters: {describe_validation_error(error)}"
         ) from None
     checked = dict(params)
+    if (where := lone_surrogate_in(checked)) is not None:
+        raise InvalidRequestError(f"invalid request parameters: {where}")
     for name in ("extra_body", "metadata"):
         if name in checked:
             try:

@@ -503,6 +503,8 @@ class Provider:
         refined = self.classify_status_error(error, model)
         if refined is error:
             raise error
+        if isinstance(refined, UpstreamStatusError) and refined.url is None and error.url:
+            refined.locate(error.url)  # made from the body alone: which URL said it
         raise refined from error
 
     def _post(

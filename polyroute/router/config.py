@@ -6,6 +6,7 @@ All loaders produce the same :class:`RouterConfig`; a validation error becomes a
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -14,6 +15,7 @@ from pydantic import (
     BaseModel,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -151,6 +153,14 @@ class CacheConfig(_Strict):
             yield key, "***" if key == "url" and value else value
 
 
+_ENDPOINT_PATH = re.compile(
+    r"(?P<version>/v1beta|/v1)?"
+    r"(?P<endpoint>/chat/completions|/completions|/messages|/responses|/embeddings"
+    r"|/models/[^/?]+:\w+)/*(?:\?.*)?$"
+)
+"""The path of an API endpoint at the end of a URL (what a base URL must not hold)."""
+
+
 class ProviderEntry(_Strict):
     """One configured provider: a registry ``type`` plus overrides of its class attributes."""
 
@@ -186,6 +196,23 @@ class ProviderEntry(_Strict):
     options: dict[str, Any] = Field(
         default_factory=dict, description="keyword arguments only this provider type takes"
     )
+
+    @field_validator("base_url")
+    @classmethod
+    def _not_an_endpoint(cls, value: str | None, info: ValidationInfo) -> str | None:
+        # The commonest first mistake: the endpoint pasted from an upstream's docs,
+        # which the provider then appends again (.../chat/completions/chat/completions).
+        found = _ENDPOINT_PATH.search(value or "")
+        if value is None or found is None:
+            return value
+        # OpenAI-style base URLs keep their version (/v1); Anthropic's and Gemini's
+        # providers add theirs (/v1/messages, /v1beta/models/...).
+        keeps_version = info.data.get("type") not in ("anthropic", "gemini")
+        base = value[: found.start("endpoint") if keeps_version else found.start()]
+        raise ValueError(
+            f"{value!r} ends in the endpoint path {found['endpoint']}, which the provider "
+            f"adds itself: write base_url: {base} (or give the whole URL as api_endpoint)"
+        )
 
     def __repr_args__(self) -> Any:
         # proxy URLs and headers may hold credentials: keep them out of reprs.

@@ -39,6 +39,7 @@ from polyroute.core.deltas import (
 from polyroute.core.errors import (
     PolyrouteError,
     ToolCallInterruptedError,
+    UpstreamConnectionError,
     UpstreamError,
     UpstreamProtocolError,
 )
@@ -647,6 +648,8 @@ class RouterStream:
         """A failure after the first chunk: note it for a relay, or give up (raise)."""
         attempt, candidate = opened.attempt, opened.choice.candidate
         attempt.chars = sum(map(len, self._builder.text_parts)) - opened.chars_before
+        if isinstance(error, UpstreamConnectionError):
+            error = error.after_chars(attempt.chars)  # "closed the connection after 812 ..."
         await run.engine.fail(attempt, candidate, error)
         if not isinstance(error, UpstreamError):
             self._end_failed(run, error)

@@ -154,8 +154,8 @@ async def test_all_providers_failed_lists_every_attempt(start_darkai: Start) -> 
     ]
     message = str(error)
     assert "all providers failed for model 'gpt-4o'" in message
-    assert "a (gpt-4o): failed - AuthenticationError: a: HTTP 403: forbidden" in message
-    assert "b (llama-3-70b): failed - UpstreamProtocolError" in message
+    assert f"  - a (gpt-4o): HTTP 403 from {a.url}: forbidden\n" in message
+    assert "  - b (llama-3-70b): malformed event" in message
 
 
 async def test_failure_after_text_raises_with_the_partial_text(start_darkai: Start) -> None:

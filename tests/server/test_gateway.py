@@ -153,7 +153,9 @@ async def test_errors_map_to_the_clients_exception_classes(served: Served) -> No
     with pytest.raises(openai.InternalServerError) as failed:
         await client.chat.completions.create(model="m", messages=HI)
     assert failed.value.status_code == 502
-    assert "up (m): failed" in str(failed.value)
+    upstream_url = f"{served.upstream.base_url}/chat/completions"
+    assert f"  - up (m): HTTP 503 from {upstream_url}: overloaded" in str(failed.value)
+    assert failed.value.code == "all_providers_failed"
     await client.close()
 
 
@@ -180,7 +182,9 @@ async def test_a_cut_stream_ends_with_an_error_event_and_no_done(served: Served)
         body = (await response.read()).decode()
     events = [line[6:] for line in body.splitlines() if line.startswith("data: ")]
     assert "[DONE]" not in events
-    assert json.loads(events[-1])["error"]["type"] == "upstream_error"
+    error = json.loads(events[-1])["error"]
+    assert (error["type"], error["code"]) == ("upstream_error", "upstream_connection_error")
+    assert error["message"] == "up: the upstream closed the connection after 5 characters"
     chunks = [json.loads(event)["choices"][0]["delta"] for event in events[:-1]]
     assert [delta.get("role") for delta in chunks].count("assistant") == 1
     assert "".join(delta.get("content") or "" for delta in chunks) == "Hello"  # each once
@@ -191,7 +195,7 @@ async def test_a_cut_stream_ends_with_an_error_event_and_no_done(served: Served)
         async for _chunk in stream:
             pass
 
-    with pytest.raises(openai.APIError, match="response body broken off"):
+    with pytest.raises(openai.APIError, match="the upstream closed the connection after 5"):
         await consume()
     await client.close()
 

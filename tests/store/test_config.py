@@ -29,11 +29,11 @@ def test_the_default_store_is_a_sqlite_file_in_the_working_directory() -> None:
 @pytest.mark.parametrize(
     ("data", "message"),
     [
-        ({"backend": "postgres"}, "store.dsn_env: Value error, required with backend postgres"),
-        ({"dsn_env": "PG_DSN"}, "store.dsn_env: Value error, dsn_env applies to backend postgres"),
+        ({"backend": "postgres"}, "store.dsn_env: required with backend postgres"),
+        ({"dsn_env": "PG_DSN"}, "store.dsn_env: dsn_env applies to backend postgres"),
         (
             {"backend": "postgres", "dsn_env": "PG_DSN", "path": "x.db"},
-            "store.path: Value error, path applies to backend sqlite only",
+            "store.path: path applies to backend sqlite only",
         ),
         ({"backend": "mysql"}, "store.backend: Input should be 'sqlite' or 'postgres'"),
         ({"pth": "x.db"}, "store.pth: unknown key (did you mean `path`?)"),

@@ -3,6 +3,7 @@ renders them as its own error object."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,9 +72,18 @@ def classify(error: PolyrouteError) -> Failure:
         return Failure(504, "timeout", "upstream_timeout", message)
     if isinstance(error, RateLimitedError | AuthenticationError | UpstreamError):
         return Failure(
-            502, "upstream_error", type(error).__name__, message, None, _is_overloaded(error)
+            502, "upstream_error", error_code(error), message, None, _is_overloaded(error)
         )
     return Failure(500, "server_error", None, message)
+
+
+def error_code(error: BaseException) -> str:
+    """The ``code`` of an upstream's failure: its class name in snake_case, as every
+    other code is (``UpstreamConnectionError`` -> ``upstream_connection_error``)."""
+    return _WORD_START.sub("_", type(error).__name__).lower()
+
+
+_WORD_START = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 
 
 def own_failure(status: int, message: str, code: str | None = None) -> Failure:
