@@ -643,7 +643,8 @@ class Router:
             if isinstance(result, PolyrouteError):
                 reason = " ".join(str(result).split())
                 url = entry.provider.models_url
-                self.discovery_errors[entry.name] = f"{reason} (GET {url})" if url else reason
+                named = url is None or url in reason  # status and connection errors name it
+                self.discovery_errors[entry.name] = reason if named else f"{reason} (GET {url})"
                 _log.warning(
                     "provider.discovery_failed", provider=entry.name, **describe_error(result)
                 )

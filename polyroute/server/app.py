@@ -666,6 +666,11 @@ async def _json_body(request: web.Request) -> Any:
     try:
         return orjson.loads(await request.read())
     except orjson.JSONDecodeError as error:
+        if "surrogate" in str(error):  # "\ud800" escaped: JSON's syntax, not Unicode
+            raise InvalidRequestError(
+                f"the body holds a lone surrogate escape (such as \\ud800), which is not a "
+                f"character: send text as UTF-8 ({error})"
+            ) from None
         raise InvalidRequestError(f"the body is not JSON: {error}") from None
 
 

@@ -129,6 +129,15 @@ async def test_failed_discovery_is_logged_and_the_router_starts(
     assert failed["error_type"] == "UpstreamConnectionError"
 
 
+async def test_a_discovery_error_names_its_url_once(openai_upstream: OpenAIUpstream) -> None:
+    url = openai_upstream.base_url
+    await openai_upstream.stop()
+    entry = {"name": "gone", "type": "openai", "base_url": url, "models": "discover"}
+    async with Router.from_config({"providers": [entry]}) as router:
+        reason = router.discovery_errors["gone"]
+    assert reason.count("127.0.0.1") == 1, reason
+
+
 async def test_darkai_and_openai_entries_fall_back_to_each_other(
     openai_upstream: OpenAIUpstream, darkai_upstream: DarkAIUpstream
 ) -> None:

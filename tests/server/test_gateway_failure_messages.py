@@ -123,5 +123,5 @@ async def test_a_lone_surrogate_in_the_content_is_a_400(
     error = answer["error"]
     assert isinstance(error, dict)
     assert error["type"] == "invalid_request_error"
-    assert "surrogate" in str(error["message"])
+    assert "lone surrogate" in str(error["message"])
     assert served.first.requests == served.second.requests == []
