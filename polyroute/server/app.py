@@ -330,9 +330,7 @@ class Gateway:
                 **exchange.options,
             )
         except PolyrouteError as error:
-            if isinstance(error, ModelNotSupportedError):
-                outcome.model = "(unknown)"  # callers choose the names: no label per typo
-            return error_response(dialect.error(error), request_id)
+            return _refusal(error, dialect, request_id, outcome)
         outcome.stream = stream
         async with stream:
             batches = stream.delta_batches()
@@ -374,9 +372,7 @@ class Gateway:
             outcome.embeddings = embedded
             body = embeddings_body(embedded, call)  # base64 that does not decode raises
         except PolyrouteError as error:
-            if isinstance(error, ModelNotSupportedError):
-                outcome.model = "(unknown)"  # callers choose the names: no label per typo
-            return error_response(dialect.error(error), request_id)
+            return _refusal(error, dialect, request_id, outcome)
         headers = {
             "x-request-id": request_id,
             "x-polyroute-provider": embedded.provider,
@@ -672,6 +668,15 @@ async def _json_body(request: web.Request) -> Any:
                 f"character: send text as UTF-8 ({error})"
             ) from None
         raise InvalidRequestError(f"the body is not JSON: {error}") from None
+
+
+def _refusal(
+    error: PolyrouteError, dialect: Dialect, request_id: str, outcome: _Outcome
+) -> web.Response:
+    """``error``, raised before the answer began, in ``dialect``'s shape."""
+    if isinstance(error, ModelNotSupportedError):
+        outcome.model = "(unknown)"  # callers choose the names: no label per typo
+    return error_response(dialect.error(error), request_id)
 
 
 def usd_header(usd: float | None) -> str:

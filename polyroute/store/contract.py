@@ -15,7 +15,7 @@ import hashlib
 import re
 import secrets
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, Protocol, TypeAlias, TypedDict, Unpack, get_args
 
@@ -156,6 +156,10 @@ class SpendRow:
     reasoning_tokens: int
     cost_usd: float | None
     cost_status: CostStatus
+
+    def columns(self) -> tuple[Any, ...]:
+        """Its values in the ``spend`` table's column order (the fields' order)."""
+        return tuple(getattr(self, field.name) for field in fields(self))
 
     def __post_init__(self) -> None:
         aware_time("time", self.time)

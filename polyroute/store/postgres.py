@@ -300,7 +300,7 @@ class PostgresStore:
     async def append_spend(self, rows: Sequence[SpendRow]) -> int:
         if not rows:
             return 0
-        columns = list(zip(*(_spend_values(row) for row in rows), strict=True))
+        columns = list(zip(*(row.columns() for row in rows), strict=True))
         async with self._transaction() as db:
             return int(await db.fetchval(_APPEND_SPEND, *columns))
 
@@ -448,23 +448,6 @@ async def _update(db: Any, table: str, id: str, values: Mapping[str, Any]) -> An
 
 def _encode(field: str, value: Any) -> Any:
     return list(value) if field == "models" and value is not None else value
-
-
-def _spend_values(row: SpendRow) -> tuple[Any, ...]:
-    return (
-        row.request_id,
-        row.time,
-        row.key_id,
-        row.team_id,
-        row.model,
-        row.provider,
-        row.input_tokens,
-        row.cached_input_tokens,
-        row.output_tokens,
-        row.reasoning_tokens,
-        row.cost_usd,
-        row.cost_status,
-    )
 
 
 def _team(row: Any) -> TeamRecord:

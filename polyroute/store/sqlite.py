@@ -506,20 +506,8 @@ def _encode(field: str, value: Any) -> Any:
 
 
 def _spend_values(row: SpendRow) -> tuple[Any, ...]:
-    return (
-        row.request_id,
-        _text(row.time),
-        row.key_id,
-        row.team_id,
-        row.model,
-        row.provider,
-        row.input_tokens,
-        row.cached_input_tokens,
-        row.output_tokens,
-        row.reasoning_tokens,
-        row.cost_usd,
-        row.cost_status,
-    )
+    request_id, time, *rest = row.columns()
+    return (request_id, _text(time), *rest)  # times as text here (see _text)
 
 
 def _team(row: sqlite3.Row) -> TeamRecord:
