@@ -32,6 +32,8 @@ from polyroute.core.errors import (
     InvalidRequestError,
     ModelNotSupportedError,
     PolyrouteError,
+    PortInUseError,
+    PrefillRefusedError,
     ProviderNotFoundError,
     ProviderNotWorkingError,
     RateLimitedError,
@@ -57,6 +59,7 @@ from polyroute.router.config import (
     load_config,
 )
 from polyroute.router.health import HealthStore, InMemoryHealth
+from polyroute.router.observe import AttemptRecord, RequestLabels, RequestObserver, RequestRecord
 from polyroute.router.relay import StreamRestarted
 from polyroute.router.router import EntryStatus, Router, TokenCount
 from polyroute.router.stream import RouterStream
@@ -68,6 +71,7 @@ __all__ = [
     "AllProvidersFailed",
     "AssistantMessage",
     "Attempt",
+    "AttemptRecord",
     "AuthenticationError",
     "BudgetExceededError",
     "CapabilityNotSupportedError",
@@ -90,6 +94,8 @@ __all__ = [
     "ModelNotSupportedError",
     "NativeRequest",
     "PolyrouteError",
+    "PortInUseError",
+    "PrefillRefusedError",
     "Price",
     "ProviderEntry",
     "ProviderNotFoundError",
@@ -98,6 +104,9 @@ __all__ = [
     "ReasoningDelta",
     "ReasoningSignatureDelta",
     "RedactedReasoningDelta",
+    "RequestLabels",
+    "RequestObserver",
+    "RequestRecord",
     "RestartDelta",
     "RetryConfig",
     "Router",

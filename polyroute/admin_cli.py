@@ -41,7 +41,8 @@ def add_commands(
         "--log-content",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="its requests' content in the access log (default: the gateway's setting)",
+        help="its requests' content in the access log and the request log (default: the "
+        "gateway's setting)",
     )
     _action(actions, common, "list", "every key (--all: revoked ones too)").add_argument(
         "--all", action="store_true", help="revoked keys too"
@@ -162,13 +163,19 @@ async def spend(args: argparse.Namespace) -> int:
 
 
 def _client(args: argparse.Namespace) -> AdminClient:
+    return admin_client(args.url)
+
+
+def admin_client(url: str) -> AdminClient:
+    """A client of ``url``'s admin API with the key in ``POLYROUTE_ADMIN_KEY``; raises
+    :class:`ConfigError` when it is not set."""
     admin_key = os.environ.get(ADMIN_KEY_ENV, "").strip()
     if not admin_key:
         raise ConfigError(
             f"{ADMIN_KEY_ENV} is not set: it must hold the gateway's admin key "
             "(the value of the variable its gateway.admin_key_env names)"
         )
-    return AdminClient(args.url, admin_key)
+    return AdminClient(url, admin_key)
 
 
 def _given(args: argparse.Namespace, *names: str) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, TextIO, cast
 
-from polyroute import __version__, admin_cli
+from polyroute import __version__, admin_cli, logs_cli
 from polyroute.admin_client import AdminApiError
 from polyroute.conformance import cli as conformance_cli
 from polyroute.core.attempts import Attempt
@@ -93,20 +93,31 @@ COMMON_DEFAULTS: dict[str, Any] = {
 """The options every command takes, before or after its name, and their defaults."""
 
 
-def common_options() -> argparse.ArgumentParser:
+CONFIG_HELP = (
+    "config file (.yaml, .toml or .json) (default: $POLYROUTE_CONFIG, else ./polyroute.yaml, "
+    "else the built-in simulated upstreams)"
+)
+
+
+def common_options(config_help: str = CONFIG_HELP) -> argparse.ArgumentParser:
     # SUPPRESS, so that an option given before the command is not reset by the
     # subcommand's parser when it is not repeated after it; defaults come afterwards.
     common = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
-    common.add_argument("-c", "--config", help="config file (.yaml, .toml or .json)")
+    common.add_argument("-c", "--config", help=config_help)
     common.add_argument(
-        "-v", "--verbose", action="count", help="routing events on stderr (-vv: debug events too)"
+        "-v",
+        "--verbose",
+        action="count",
+        help="routing events on stderr (-vv: debug events too) (default: none)",
     )
     common.add_argument(
         "--log-format",
         choices=["auto", "console", "json"],
-        help="events as text for humans or JSON lines (auto: text on a terminal)",
+        help="events as text for humans or JSON lines (default: auto, text on a terminal)",
     )
-    common.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    common.add_argument(
+        "--debug", action="store_true", help="show tracebacks on errors (default: off)"
+    )
     return common
 
 
@@ -159,7 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--port", type=int, default=8000, help="port to listen on (default: %(default)s)"
     )
     serve_command.add_argument(
-        "--insecure", action="store_true", help="allow a non-loopback host without gateway keys"
+        "--insecure",
+        action="store_true",
+        help="allow a non-loopback host without gateway keys (default: off)",
     )
     serve_command.add_argument(
         "--workers",
@@ -170,12 +183,18 @@ def build_parser() -> argparse.ArgumentParser:
     serve_command.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
 
     admin_cli.add_commands(command, common)
+    logs_cli.add_command(command, common, config_file)
 
     conformance = command("conformance", "a fault suite for any OpenAI-compatible gateway")
     conformance_cli.add_subcommands(conformance.add_subparsers(dest="action", required=True))
 
     # simulate's -c is a simulator config (upstreams: [...]); default: the docs' examples'.
-    simulate_command = command("simulate", "run simulated upstreams on 127.0.0.1")
+    simulator_file = "a simulator config, upstreams: [...] (default: the docs' two examples)"
+    simulate_command = commands.add_parser(
+        "simulate",
+        help="run simulated upstreams on 127.0.0.1",
+        parents=[common_options(simulator_file)],
+    )
     simulate_command.add_argument(
         "--port",
         type=int,
@@ -194,7 +213,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             setattr(args, name, default)
     if args.verbose:
         level = logging.DEBUG if args.verbose > 1 else logging.INFO
-        configure_logging(level=level, fmt=args.log_format, stream=cast(TextIO, _EVENTS))
+        configure_logging(
+            level=level,
+            fmt=args.log_format,
+            stream=cast(TextIO, _EVENTS),
+            request_ids=args.command == "serve",  # requests served at once interleave
+        )
     handler = {
         "chat": chat,
         "models": models,
@@ -204,6 +228,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "keys": admin_cli.keys,
         "teams": admin_cli.teams,
         "spend": admin_cli.spend,
+        "logs": logs_cli.logs,
         "conformance": conformance_cli.execute,
     }
     try:
@@ -484,7 +509,10 @@ async def serve(args: argparse.Namespace) -> int:
     if args.workers > 1:
         argv = [a for a in sys.argv[1:] if not a.startswith("--workers=")]
         argv = _without_value(argv, "--workers")
-        code = await run.serve_workers(argv, args.workers, args.port)
+        if args.verbose and args.log_format == "auto" and sys.stderr.isatty():
+            # A worker's stderr is a pipe to this process: it would choose JSON.
+            argv += ["--log-format", "console"]
+        code = await run.serve_workers(argv, args.workers, args.port, host=args.host)
     else:
         await run.serve(
             config,
@@ -541,8 +569,14 @@ async def simulate(args: argparse.Namespace) -> int:
     try:
         for server in servers:
             await server.start()
-            print(f"{server.profile.name}\t{server.profile.format}\t{server.url}", flush=True)
-        print(f"polyroute: simulating {len(servers)} upstreams; Ctrl-C stops", file=sys.stderr)
+        for server in servers:  # once all listen: a port taken stops them all, unannounced
+            profile = server.profile
+            print(f"{profile.name}\t{profile.format}\t{server.config_url}", flush=True)
+        print(
+            f"polyroute: simulating {len(servers)} upstreams (in a config, the URL is an openai "
+            "entry's base_url, a darkai entry's api_endpoint); Ctrl-C stops",
+            file=sys.stderr,
+        )
         await stop.wait()
     finally:
         for server in servers:

@@ -21,6 +21,9 @@ PUBLIC = {
     *("configure_logging", "format_prompt", "load_config"),
     *("NativeRequest", "ReasoningSignatureDelta", "RedactedReasoningDelta", "TokenCount"),
     *("EntryStatus", "Embedded", "Embeddings", "Cost", "Price", "BudgetExceededError"),
+    "PortInUseError",
+    "PrefillRefusedError",
+    *("AttemptRecord", "RequestLabels", "RequestObserver", "RequestRecord"),
 }
 PROVIDERS = {
     "Gemini",

@@ -29,6 +29,9 @@ class Attempt:
     usage: Usage | None = None
     dropped: list[str] = field(default_factory=list)
     """What of the request this entry did not send on (see ``Provider.dropped``)."""
+    relay_offset: int = 0
+    """Characters of the answer already delivered when this attempt was asked (0 for
+    the first): where it took over, for a relay."""
     started: float = field(default_factory=time.perf_counter, repr=False)
 
     def elapsed_ms(self) -> float:

@@ -2,8 +2,9 @@
 
 ``configure_logging(fmt="console")`` renders through :class:`HumanRenderer`: one line
 per event (``sim-flaky  HTTP 503: Service Unavailable``, then ``-> retry sim-flaky (1/1)
-in 0.17 s``), what a machine needs
-(request ids, timestamps, every field) left to the JSON format.
+in 0.17 s``), what a machine needs (timestamps, every field) left to the JSON format.
+The gateway's lines start with the request's short id (``3f9a61c2  -> retry ...``):
+requests served at once interleave, and the id tells them apart.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ def _start(f: _Fields) -> str:
     asked = f.get("requested_model")
     head = f"{asked} = {model}" if asked and asked != model else str(model)
     line = f"{head}: " + (", ".join(f["candidates"]) or "no provider can serve it")
+    if f.get("excluded"):  # "claude (claude-sonnet-4-5): no key: ANTHROPIC_API_KEY..."
+        line += "; skipped " + ", ".join(map(str, f["excluded"]))
     if f.get("fallbacks"):
         line += "; then model " + " -> ".join(f["fallbacks"])
     return line
@@ -63,6 +66,40 @@ def _done(f: _Fields) -> str:
     return line + f" ({f['provider']})"
 
 
+def _excluded(f: _Fields) -> str:
+    # A later model of the fallback chain, reached: what of it cannot serve, and why.
+    line = f"{f['model']}: " + (", ".join(f["candidates"]) or "no provider can serve it")
+    return line + "; skipped " + ", ".join(map(str, f["excluded"]))
+
+
+def _fallback(f: _Fields) -> str:
+    line = f"-> fallback model {f['to_model']} on {f['to_provider']}"
+    if f.get("from_provider") is None and f.get("from_model"):
+        line += f" (no provider of {f['from_model']} could be tried)"
+    return line
+
+
+def _access(f: _Fields) -> str:
+    """The gateway's access line: ``200 relay-me -> secondary 774 ms, ttft 154 ms,
+    20 tokens, key ci``."""
+    line = f"{f['status']} {f.get('model') or '-'}"
+    if f.get("provider"):
+        line += f" -> {f['provider']}"
+    line += f" {f['duration_ms']:.0f} ms"
+    if f.get("ttft_ms") is not None:
+        line += f", ttft {f['ttft_ms']:.0f} ms"
+    if f.get("completion_tokens") is not None:
+        prompt = f.get("prompt_tokens")
+        line += f", {prompt}+" if prompt else ", "
+        line += f"{f['completion_tokens']} tokens"
+    if f.get("cost_usd"):
+        line += ", $" + f"{f['cost_usd']:.6f}".rstrip("0").rstrip(".")
+    if f.get("key"):
+        line += f", key {f['key']}"
+    endpoint = f.get("endpoint")
+    return line + (f" ({endpoint})" if endpoint and endpoint != "chat" else "")
+
+
 def _failed(f: _Fields) -> str:
     # Each attempt's error is on its own line above; the reasons group them by entry
     # and add the entries that were not tried (cooling down, no key).
@@ -78,7 +115,12 @@ _LINES: dict[str, Callable[[_Fields], str]] = {
     "attempt.failed": lambda f: f"{f['provider']}  {_error(f)}",
     "attempt.retry": _retry,
     "route.next_provider": lambda f: f"-> next provider {f['to_provider']}",
-    "route.fallback": lambda f: f"-> fallback model {f['to_model']} on {f['to_provider']}",
+    "route.fallback": _fallback,
+    "route.excluded": _excluded,
+    "route.skip": lambda f: f"{f['provider']}  not tried: {f['reason']}",
+    "retry.budget_exhausted": lambda f: f"{f['provider']}  not tried: retry budget exhausted",
+    "cache.hit": lambda f: f"cache hit ({f['provider']})",
+    "gateway.request": _access,
     "stream.first_chunk": lambda f: f"{f['provider']}  first chunk in {f['ttft_ms']:.0f} ms",
     "route.relay": _relay,
     "route.done": _done,
@@ -92,11 +134,18 @@ _LINES: dict[str, Callable[[_Fields], str]] = {
 _SILENT = {"attempt.start"}
 
 
-class HumanRenderer:
-    """structlog renderer: one short line per event, coloured when ``colors``."""
+SHORT_ID_LENGTH = 8
+"""The characters of a request id the console shows: the first ones, which differ from
+one request to the next (polyroute.core.logging.new_request_id)."""
 
-    def __init__(self, *, colors: bool) -> None:
+
+class HumanRenderer:
+    """structlog renderer: one short line per event, coloured when ``colors``; with
+    ``request_ids``, an event of a request starts with its short id."""
+
+    def __init__(self, *, colors: bool, request_ids: bool = False) -> None:
         self.colors = colors
+        self.request_ids = request_ids
 
     def __call__(self, _logger: Any, method: str, fields: _Fields) -> str:
         event = str(fields.get("event", ""))
@@ -110,10 +159,18 @@ class HumanRenderer:
         if line is None:
             rest = " ".join(f"{k}={v}" for k, v in fields.items() if k not in _MACHINE_FIELDS)
             line = f"{event}  {rest}".rstrip()
-        if not self.colors:
-            return line
-        level = str(fields.get("level", method))
-        colour = _COLOURS.get(level) or (_DONE_COLOUR if event == "route.done" else "")
-        if not colour and line.startswith("->"):
-            colour = _DIM
+        colour = self._colour(event, str(fields.get("level", method)), line, fields)
+        if self.request_ids and fields.get("request_id"):
+            line = f"{str(fields['request_id'])[:SHORT_ID_LENGTH]}  {line}"
         return f"{colour}{line}{_RESET}" if colour else line
+
+    def _colour(self, event: str, level: str, line: str, fields: _Fields) -> str:
+        if not self.colors:
+            return ""
+        if event == "gateway.request":  # by its status: the level is always info
+            status = str(fields.get("status", ""))
+            if status.startswith("5") or status == "stream_error":
+                return _COLOURS["error"]
+            return _COLOURS["warning"] if status.startswith("4") else ""
+        colour = _COLOURS.get(level) or (_DONE_COLOUR if event == "route.done" else "")
+        return colour or (_DIM if line.startswith("->") else "")

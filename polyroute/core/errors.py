@@ -9,9 +9,12 @@ credential can leak through ``str(exc)`` or ``repr(exc)``.
 from __future__ import annotations
 
 import difflib
+import errno
 import json
+import os
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ValidationError
@@ -38,6 +41,31 @@ class PolyrouteError(Exception):
 
 class ConfigError(PolyrouteError, ValueError):
     """A configuration is invalid; the message names the offending key path."""
+
+
+class PortInUseError(ConfigError):
+    """Another process listens on ``port`` at ``host``: the gateway or a simulated
+    upstream cannot take it."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host = host
+        self.port = port
+        super().__init__(f"port {port} on {host} is in use; pass --port N")
+
+
+@contextmanager
+def refusals_to_listen(host: str, port: int) -> Iterator[None]:
+    """Turn the operating system's refusal to listen on ``host:port`` into one sentence:
+    :class:`PortInUseError` for a port taken, :class:`ConfigError` for any other (an
+    address not of this machine, a port below 1024 without the right)."""
+    try:
+        yield
+    except OSError as error:
+        if error.errno == errno.EADDRINUSE:
+            raise PortInUseError(host, port) from None
+        # asyncio's message repeats the address: the system's words alone say why.
+        reason = os.strerror(error.errno) if error.errno else str(error)
+        raise ConfigError(f"cannot listen on {host} port {port}: {reason.lower()}") from None
 
 
 class InvalidRequestError(PolyrouteError, ValueError):
@@ -226,6 +254,12 @@ class RateLimitedError(UpstreamStatusError):
 
 class AuthenticationError(UpstreamStatusError):
     """HTTP 401/403: the credentials were refused. Never retried on the same provider."""
+
+
+class PrefillRefusedError(UpstreamStatusError):
+    """HTTP 400: the model refuses a conversation that ends with an assistant turn (a
+    continuation by prefill; Claude Sonnet/Opus 4.6 and later). Not retryable as it
+    was sent: the router asks again at once by instruction, and remembers the model."""
 
 
 class UpstreamConnectionError(UpstreamError):

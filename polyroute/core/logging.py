@@ -80,15 +80,23 @@ class EventLogger:
         getattr(logger, method)(event, **self._context, **fields)
 
 
-# Request ids: a random per-process prefix and a counter, unique without uuid4's
-# 4.5 us (measured) on every request.
-_ID_PREFIX = secrets.token_hex(6)
+# Request ids: a counter and a random per-process part, unique without uuid4's 4.5 us
+# (measured) on every request. The counter comes first, scrambled (times an odd number:
+# one-to-one modulo 2**32) from a random per-process start, so that the first 8
+# characters, the short form the console shows, differ between requests in flight,
+# of one process or of several.
+_ID_PART = secrets.token_hex(6)
+_ID_START = secrets.randbits(32)
 _request_numbers = itertools.count(1)
 
 
 def new_request_id() -> str:
-    """An id for one request, carried by every event of it."""
-    return f"{_ID_PREFIX}{next(_request_numbers):08x}"
+    """An id for one request, carried by every event of it; its first 8 characters
+    tell it apart from the other requests of the moment."""
+    number = next(_request_numbers)
+    head = (number * 0x9E3779B1 + _ID_START) & 0xFFFFFFFF
+    wraps = number >> 32  # past 2**32 requests the head repeats: this keeps ids unique
+    return f"{head:08x}{_ID_PART}{wraps:x}" if wraps else f"{head:08x}{_ID_PART}"
 
 
 def get_logger() -> EventLogger:
@@ -110,11 +118,14 @@ def configure_logging(
     level: int | str = logging.INFO,
     fmt: Literal["console", "json", "auto"] = "auto",
     stream: TextIO | None = None,
+    request_ids: bool = False,
 ) -> None:
     """Show polyroute's events on ``stream`` (stderr by default).
 
     ``fmt="auto"`` renders for humans on a terminal (one short line per event,
-    coloured unless ``NO_COLOR`` is set) and as JSON lines otherwise.
+    coloured unless ``NO_COLOR`` is set) and as JSON lines otherwise. With
+    ``request_ids``, each human line of a request starts with its id's first 8
+    characters (a gateway serves many at once); JSON lines always carry the whole id.
     Calling it again replaces the previous setup.
     """
     stream = stream or sys.stderr
@@ -123,7 +134,8 @@ def configure_logging(
     renderer: Any = structlog.processors.JSONRenderer()
     if fmt == "console":
         # https://no-color.org: any non-empty NO_COLOR turns colour off.
-        renderer = HumanRenderer(colors=stream.isatty() and not os.environ.get("NO_COLOR"))
+        colors = stream.isatty() and not os.environ.get("NO_COLOR")
+        renderer = HumanRenderer(colors=colors, request_ids=request_ids)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,

@@ -7,7 +7,9 @@ top-level ``system``, tool calls and results to ``tool_use`` / ``tool_result`` b
 as named events (``message_start``, ``content_block_start/delta/stop``,
 ``message_delta``, ``message_stop``, ``ping``, ``error``); text, tool-call arguments
 (``input_json_delta``) and thinking become the router's deltas. A cut answer is
-continued by prefill: the conversation ends with the partial assistant text.
+continued by prefill (the conversation ends with the partial assistant text) or, as the
+router asks (``prefill=False``: a model that refuses prefill, or reasoning), by an
+instruction after it. A model's refusal of prefill is a :class:`PrefillRefusedError`.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from polyroute.core.errors import (
     InvalidRequestError,
     ModelNotSupportedError,
     PolyrouteError,
+    PrefillRefusedError,
     RateLimitedError,
     UpstreamError,
     UpstreamProtocolError,
@@ -42,7 +45,7 @@ from polyroute.core.errors import (
 )
 from polyroute.core.http import fetch_answer
 from polyroute.core.jsoncodec import loads
-from polyroute.core.messages import Message, continuation_messages
+from polyroute.core.messages import CONTINUE_INSTRUCTION, Message, continuation_messages
 from polyroute.core.request import ChatRequest
 from polyroute.core.sse import SSEEvent, excerpt
 from polyroute.providers.compat import AsyncGeneratorProvider
@@ -70,6 +73,12 @@ _COUNTED = ("messages", "system", "tools", "tool_choice", "thinking", "mcp_serve
 _NATIVE_HEADERS = ("anthropic-beta",)
 """A native request's headers sent on: the client's beta features (Claude Code's)."""
 _TOO_LONG = re.compile(r"prompt is too long|too many tokens|context (length|window)", re.I)
+_NO_PREFILL = re.compile(r"does not support assistant message prefill|pre-?fill", re.I)
+"""The API's 400 for a final assistant turn: "This model does not support assistant
+message prefill. The conversation must end with a user message." (Claude Sonnet and
+Opus 4.6 and later; quoted in Skyvern-AI/skyvern#4795 and decolua/9router#2302), and the
+older "...would pre-fill the `assistant` response. When using tools, pre-filling the
+`assistant` response is not supported." """
 
 
 class Anthropic(AsyncGeneratorProvider):
@@ -134,16 +143,22 @@ class Anthropic(AsyncGeneratorProvider):
         return headers
 
     def build_request(
-        self, model: str, request: ChatRequest, *, continue_from: str | None = None
+        self,
+        model: str,
+        request: ChatRequest,
+        *,
+        continue_from: str | None = None,
+        prefill: bool = True,
     ) -> dict[str, Any]:
         if request.native is not None and self.takes_native(request):
-            return _native_body(model, request.native.body, continue_from)
+            return _native_body(model, request.native.body, continue_from, prefill=prefill)
         messages = request.messages
         if continue_from:
             # The API refuses a final assistant turn that ends in whitespace; what is cut
             # off here comes back, if the model writes it, and the router's seam drops
-            # whatever it repeats.
-            messages = continuation_messages(messages, continue_from.rstrip(), prefill=True)
+            # whatever it repeats. (Cut the same way by instruction, so that the parser
+            # treats a leading space alike: see stream_parser.)
+            messages = continuation_messages(messages, continue_from.rstrip(), prefill=prefill)
         system = [m.text() for m in messages if m.role in ("system", "developer")]
         turns = alternating_turns(
             (m for m in messages if m.role not in ("system", "developer")),
@@ -209,6 +224,8 @@ class Anthropic(AsyncGeneratorProvider):
             return ContextLengthExceededError(
                 status or 400, provider=provider, body=message, retryable=False
             )
+        if kind == "invalid_request_error" and status == 400 and _NO_PREFILL.search(message):
+            return PrefillRefusedError(400, provider=provider, body=message, retryable=False)
         if kind == "not_found_error" and "model" in message.lower():
             return ModelNotSupportedError(model, provider=provider, detail=message)
         if kind in ("authentication_error", "permission_error"):
@@ -398,10 +415,14 @@ def _text(value: Any) -> str:
 # Translating the conversation ---------------------------------------------------------
 
 
-def _native_body(model: str, body: Mapping[str, Any], continue_from: str | None) -> dict[str, Any]:
+def _native_body(
+    model: str, body: Mapping[str, Any], continue_from: str | None, *, prefill: bool
+) -> dict[str, Any]:
     """A client's own Messages request, for ``model``, streamed; a continuation adds the
-    partial answer as the final assistant turn (prefill). Prefill and extended thinking
-    do not go together in the API, so a continuation asks for no thinking."""
+    partial answer as the final assistant turn (prefill), then, by instruction, a user
+    turn asking to continue it. Prefill and extended thinking do not go together in the
+    API, so a continuation by prefill asks for no thinking; by instruction, thinking
+    stays as the client asked."""
     sent = {**body, "model": model, "stream": True}
     if continue_from:
         partial = {"type": "text", "text": continue_from.rstrip()}
@@ -413,8 +434,11 @@ def _native_body(model: str, body: Mapping[str, Any], continue_from: str | None)
             messages[-1] = {**last, "content": [*(blocks or []), partial]}
         else:
             messages.append({"role": "assistant", "content": [partial]})
+        if prefill:
+            sent.pop("thinking", None)
+        else:
+            messages.append({"role": "user", "content": CONTINUE_INSTRUCTION})
         sent["messages"] = messages
-        sent.pop("thinking", None)
     return sent
 
 

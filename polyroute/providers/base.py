@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import types
 from collections.abc import AsyncGenerator, Callable, Iterator, Mapping
-from typing import Any, ClassVar, Generic, NoReturn, TypeVar
+from typing import Any, ClassVar, Generic, NamedTuple, NoReturn, TypeVar
 from urllib.parse import urlsplit
 
 from polyroute.core.deltas import CONTENT_DELTAS, Delta
@@ -90,7 +90,12 @@ class Provider:
     supports_json_schema: bool = False
     """Takes ``response_format: {type: json_schema}``."""
     supports_prefill: bool = False
-    """Continues a final assistant message (so a cut answer is handed over as one)."""
+    """Continues a final assistant message (so a cut answer is handed over as one).
+    A router entry may refine it per model and learn a model's refusal (docs/relay.md)."""
+    prompt_format: bool = False
+    """Takes one prompt rather than chat messages: a continuation is the prompt with
+    the partial answer after its last ``Assistant:`` cue (neither prefill nor an
+    instruction)."""
     supports_embeddings: bool = False
     """Turns texts into vectors (:meth:`embed`)."""
     prices_from: ClassVar[str | None] = None
@@ -257,8 +262,12 @@ class Provider:
         """The JSON body for ``model`` (the upstream's name) and ``request``.
 
         ``continue_from`` (only passed when ``supports_continuation``) is a partial
-        answer the upstream must carry on from, without repeating it. The caller's
-        ``extra_body`` is merged over the result afterwards.
+        answer the upstream must carry on from, without repeating it. A chat-format
+        type that can continue by prefill also takes ``prefill=`` (passed only with
+        ``continue_from``, and only to entries that allow prefill): ``True`` ends the
+        conversation with the partial assistant message, ``False`` adds an instruction
+        to continue after it. The caller's ``extra_body`` is merged over the result
+        afterwards.
         """
         raise NotImplementedError
 
@@ -455,6 +464,7 @@ class Provider:
         proxy: str | None = None,
         timeout: Timeouts | float | None = None,  # noqa: ASYNC109 - the documented override
         api_endpoint: str | None = None,
+        prefill: bool | None = None,
     ) -> AsyncGenerator[list[Delta], None]:
         """The machine under :meth:`stream`, for callers that resolved ``model`` (the
         upstream's name) and validated ``request`` already: deltas in one list per
@@ -463,10 +473,13 @@ class Provider:
         The first list holds the first piece of the answer (text, reasoning or a tool
         call); ``timeouts.first_chunk`` limits the wait for it, and only for it, so a
         timeout never fires while the consumer holds the generator suspended.
+        ``prefill`` says how to continue ``continue_from`` (see :meth:`build_request`);
+        ``None``: as the type does by default.
         """
         timeouts = self.timeouts.merged(timeout)
         end = AnswerEnd()
-        events = self._post(model, request, continue_from, proxy, timeouts, api_endpoint, end)
+        post = _Post(continue_from, proxy, timeouts, api_endpoint, end, prefill)
+        events = self._post(model, request, post)
         parse = self.stream_parser(continue_from)
         try:
             try:
@@ -508,23 +521,20 @@ class Provider:
         raise refined from error
 
     def _post(
-        self,
-        model: str,
-        request: ChatRequest,
-        continue_from: str | None,
-        proxy: str | None,
-        timeouts: Timeouts,
-        api_endpoint: str | None,
-        end: AnswerEnd,
+        self, model: str, request: ChatRequest, post: _Post
     ) -> AsyncGenerator[list[SSEEvent], None]:
         """The request, checked and built, and the generator of its answer's events."""
+        continue_from, timeouts, end = post.continue_from, post.timeouts, post.end
         self._check(request, continue_from)
-        body = self.build_request(model, request, continue_from=continue_from or None)
+        # prefill= only when asked: a custom type that never continues by prefill need
+        # not take the keyword.
+        how = {"prefill": post.prefill} if continue_from and post.prefill is not None else {}
+        body = self.build_request(model, request, continue_from=continue_from or None, **how)
         if request.extra_body:
             body.update(request.extra_body)
         if (request.options or request.native) and (dropped := self.dropped(request)):
             _log.info("provider.options_dropped", provider=self.entry_name, options=dropped)
-        url = api_endpoint or self.request_url(model)
+        url = post.api_endpoint or self.request_url(model)
         if not url:
             raise UpstreamProtocolError("no api_endpoint configured", provider=self.entry_name)
         return stream_event_batches(
@@ -533,7 +543,7 @@ class Provider:
             provider=self.entry_name,
             body=body,
             headers=self.request_headers(request),
-            proxy=proxy or self.proxy,
+            proxy=post.proxy or self.proxy,
             timeouts=timeouts,
             framing=self.framing,
             on_headers=self._read_rate_limit if self.on_rate_limit is not None else None,
@@ -573,6 +583,17 @@ class Provider:
         raise UpstreamProtocolError(
             f"stream ended before {self.end_event_name}", provider=self.entry_name
         )
+
+
+class _Post(NamedTuple):
+    """How one answer is asked for, beside the model and the request."""
+
+    continue_from: str | None
+    proxy: str | None
+    timeouts: Timeouts
+    api_endpoint: str | None
+    end: AnswerEnd
+    prefill: bool | None
 
 
 def _parse(

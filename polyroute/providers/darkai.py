@@ -46,12 +46,19 @@ class DarkAI(AsyncGeneratorProvider):
     framing = "lines"
     end_event_name = "stream-end"
     supports_continuation = True  # a prompt format: the partial answer goes after "Assistant:"
+    prompt_format = True
     accepted_options = frozenset()  # the upstream takes none: every option given is dropped
 
     def build_request(
-        self, model: str, request: ChatRequest, *, continue_from: str | None = None
+        self,
+        model: str,
+        request: ChatRequest,
+        *,
+        continue_from: str | None = None,
+        prefill: bool | None = None,
     ) -> dict[str, Any]:
-        # The upstream takes no sampling options; like the seed, it is sent none.
+        # The upstream takes no sampling options; like the seed, it is sent none. A
+        # prompt is always continued after its "Assistant:" cue, whatever ``prefill``.
         if continue_from:
             return {"query": continuation_prompt(request.messages, continue_from), "model": model}
         return {"query": format_prompt(request.messages), "model": model}

@@ -108,10 +108,17 @@ class Gemini(AsyncGeneratorProvider):
     # The request -----------------------------------------------------------------
 
     def build_request(
-        self, model: str, request: ChatRequest, *, continue_from: str | None = None
+        self,
+        model: str,
+        request: ChatRequest,
+        *,
+        continue_from: str | None = None,
+        prefill: bool | None = None,
     ) -> dict[str, Any]:
         messages = request.messages
         if continue_from:
+            # Always by instruction: the API answers a conversation ending in a model
+            # turn with a new turn, not the rest of that one.
             messages = continuation_messages(messages, continue_from, prefill=False)
         system = [m.text() for m in messages if m.role in ("system", "developer")]
         turns = [m for m in messages if m.role not in ("system", "developer")]

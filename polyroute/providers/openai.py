@@ -101,13 +101,19 @@ class OpenAI(AsyncGeneratorProvider):
             self.include_usage = include_usage
 
     def build_request(
-        self, model: str, request: ChatRequest, *, continue_from: str | None = None
+        self,
+        model: str,
+        request: ChatRequest,
+        *,
+        continue_from: str | None = None,
+        prefill: bool | None = None,
     ) -> dict[str, Any]:
         messages = request.messages
         if continue_from:
-            # With supports_prefill the upstream continues a final assistant message;
-            # otherwise it is told to continue.
-            messages = continuation_messages(messages, continue_from, prefill=self.supports_prefill)
+            # By prefill the upstream continues a final assistant message; otherwise it
+            # is told to continue. The router decides (``prefill``), else the entry's flag.
+            by_prefill = self.supports_prefill if prefill is None else prefill
+            messages = continuation_messages(messages, continue_from, prefill=by_prefill)
         custom = _custom_tool_names(request.options.get("tools")) if request.options else None
         body: dict[str, Any] = {
             "model": model,

@@ -140,6 +140,7 @@ class AttemptEngine:
             model=self.chain[0],
             fallbacks=self.chain[1:],
             candidates=[candidate.name for candidate in candidates],
+            excluded=excluded,
         )
         self.queue = CandidateQueue(self._walk(candidates, excluded))
 
@@ -156,6 +157,11 @@ class AttemptEngine:
         for index, model in enumerate(self.chain):
             if index:
                 candidates, excluded = self._candidates(model)
+                if excluded:  # the first model's are told by route.start
+                    names = [candidate.name for candidate in candidates]
+                    self.log.info(
+                        "route.excluded", model=model, candidates=names, excluded=excluded
+                    )
             self.reasons += excluded
             yield from candidates
 
@@ -172,9 +178,25 @@ class AttemptEngine:
         is noted); an admitted one after another is logged as the hand-over it is."""
         if not await self.context.state.admit(candidate.name):
             self.reasons.append(f"{candidate.name} ({candidate.model}): cooling down")
+            self.log.info(
+                "route.skip",
+                provider=candidate.name,
+                model=candidate.upstream_model,
+                reason="cooling down",
+            )
             return False
         previous = self._previous
-        if previous is not None:
+        if previous is None and candidate.model != self.chain[0]:
+            # No entry of the model asked for could be tried (none configured with a key,
+            # all cooling down): the first attempt is already on a fallback model.
+            self.log.info(
+                "route.fallback",
+                from_provider=None,
+                from_model=self.chain[0],
+                to_provider=candidate.name,
+                to_model=candidate.model,
+            )
+        elif previous is not None:
             # Another entry for the same model, or the next model of the fallback chain.
             same_model = candidate.model == previous.model
             self.log.info(

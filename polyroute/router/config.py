@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -23,11 +24,17 @@ from pydantic import (
 from polyroute.core.config_file import read_config_of_kind
 from polyroute.core.errors import ConfigError, describe_validation_error
 from polyroute.core.schema import StrictModel as _Strict
-from polyroute.store.config import StoreConfig
+from polyroute.store.config import LogsConfig, StoreConfig
 
 Order = Literal["priority", "latency", "adaptive"]
 Balance = Literal["weighted", "least_busy", "latency"]
 ToolCallMode = Literal["stream", "atomic"]
+PrefillSetting = bool | Literal["auto"]
+"""How a cut answer may be continued on a chat-format entry: ``true`` by prefill (the
+conversation ends with the partial assistant message), ``false`` by instruction,
+``auto`` by prefill unless the model refused it once (then by instruction, remembered
+in the routing state). docs/relay.md says how the mode is chosen."""
+AFFINITY_BY = re.compile(r"conversation|user|prompt_cache_key|header:[A-Za-z0-9!#$%&'*+.^_`|~-]+")
 
 
 def is_alias_pattern(name: str) -> bool:
@@ -186,7 +193,11 @@ class ProviderEntry(_Strict):
     supports_tools: bool | None = Field(None, description="overrides the class's flag")
     supports_vision: bool | None = Field(None, description="overrides the class's flag")
     supports_json_schema: bool | None = Field(None, description="overrides the class's flag")
-    supports_prefill: bool | None = Field(None, description="overrides the class's flag")
+    supports_prefill: PrefillSetting | None = Field(
+        None,
+        description="true, false or auto: how a cut answer is continued here (docs/relay.md); "
+        "null: auto for a type that can prefill (anthropic), else false",
+    )
     supports_embeddings: bool | None = Field(None, description="overrides the class's flag")
     tool_calls: ToolCallMode | None = Field(
         None, description="overrides the route's tool_calls for this entry"
@@ -243,6 +254,27 @@ class HedgeConfig(_Strict):
         return value
 
 
+class AffinityConfig(_Strict):
+    """Send the requests of one conversation (or user, or key) to the entry that served
+    it before, while it is usable and has headroom (docs/router.md#affinity)."""
+
+    by: str = Field(
+        "conversation",
+        description="conversation (system prompt, tools, first user message), user, "
+        "prompt_cache_key, or header:NAME",
+    )
+    ttl_s: float = Field(3600.0, gt=0, description="a pin not used for this long is forgotten")
+
+    @field_validator("by")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        if not AFFINITY_BY.fullmatch(value):
+            raise ValueError(
+                f"{value!r}: by is conversation, user, prompt_cache_key or header:NAME"
+            )
+        return value.lower() if value.startswith("header:") else value
+
+
 class RouteSettings(_Strict):
     """How one request is routed; set for all models, and per model under ``per_model``."""
 
@@ -265,6 +297,14 @@ class RouteSettings(_Strict):
         description="stream: pass tool-call fragments on as they come; atomic: hold each "
         "call back until it is complete, so a failure inside one can still be relayed",
     )
+    supports_prefill: PrefillSetting | None = Field(
+        None,
+        description="over the entries' own: false continues by instruction everywhere; "
+        "true or auto where an entry allows prefill (docs/relay.md)",
+    )
+    affinity: AffinityConfig | None = Field(
+        None, description="off unless set: keep a conversation on the entry that served it"
+    )
 
 
 class PerModelSettings(RouteSettings):
@@ -279,12 +319,25 @@ class RouterSettings(RouteSettings):
     """Everything but the providers: shared by config files and ``Router(...)`` in code."""
 
     per_model: dict[str, PerModelSettings] = Field(
-        default_factory=dict, description="route settings for one model, over the defaults"
+        default_factory=dict,
+        description="route settings for one model (a name, or an fnmatch pattern such as "
+        "claude-opus-*), over the defaults",
     )
 
+    def per_model_key(self, model: str) -> str | None:
+        """The ``per_model`` key that applies to ``model``: its own name, else the
+        longest pattern that matches it (on a tie, the first configured), else ``None``."""
+        if model in self.per_model:
+            return model
+        matching = [key for key in self.per_model if is_alias_pattern(key)]
+        matching = [key for key in matching if fnmatchcase(model, key)]
+        return max(matching, key=len, default=None)
+
     def for_model(self, model: str) -> RouteSettings:
-        """The route settings for ``model``: its ``per_model`` keys over the defaults."""
-        override = self.per_model.get(model)
+        """The route settings for ``model``: its ``per_model`` keys (see
+        :meth:`per_model_key`) over the defaults."""
+        key = self.per_model_key(model)
+        override = self.per_model.get(key) if key is not None else None
         defaults = {name: getattr(self, name) for name in RouteSettings.model_fields}
         if override is None:
             return RouteSettings(**defaults)
@@ -378,7 +431,9 @@ class GatewayConfig(_Strict):
     keys: list[GatewayKey] = Field(
         default_factory=list, description="with keys, every /v1 request needs one (Bearer)"
     )
-    log_content: bool = Field(False, description="put message content in the access log")
+    log_content: bool = Field(
+        False, description="put message content in the access log and the request log"
+    )
     responses_store: bool = Field(
         True, description="keep /v1/responses answers (store: true) in the routing state"
     )
@@ -393,6 +448,13 @@ class GatewayConfig(_Strict):
         None,
         min_length=1,
         description="environment variable holding the admin API's key; null: no /admin",
+    )
+    default_model_when_missing: bool = Field(
+        False,
+        description="a request without model gets default_model; false: a 400, as OpenAI's",
+    )
+    protect_metrics: bool = Field(
+        False, description="/metrics and /readyz need a gateway key or the admin key"
     )
 
     @model_validator(mode="after")
@@ -413,6 +475,10 @@ class RouterConfig(RouterSettings):
     gateway: GatewayConfig = GatewayConfig()
     store: StoreConfig | None = Field(
         None, description="where runtime keys, teams and the spend ledger live (docs/store.md)"
+    )
+    logs: LogsConfig = Field(
+        default_factory=LogsConfig,
+        description="the request log, in the store (docs/observability.md)",
     )
 
 

@@ -7,7 +7,7 @@ request may touch of the router's state is written down here.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal, NamedTuple, TypeAlias
 
@@ -15,6 +15,7 @@ from polyroute.core.attempts import Attempt
 from polyroute.core.pricing import Cost, attempt_cost
 from polyroute.router.budget import BudgetKeeper
 from polyroute.router.config import RouteSettings, ToolCallMode
+from polyroute.router.observe import RequestObserver
 from polyroute.router.policy import Candidate, RoutingPolicy
 from polyroute.router.retry import RetryPolicy
 from polyroute.router.state import RoutingState
@@ -47,6 +48,8 @@ class RouteContext:
     cooldown_seconds: float
     settings: RouteSettings
     budgets: BudgetKeeper
+    observers: Sequence[RequestObserver] = ()
+    """Told of each request when it ends (the router's list: one added later counts)."""
 
     def tool_call_mode(self, candidate: Candidate) -> ToolCallMode:
         """The entry's ``tool_calls`` mode, else the route's."""

@@ -18,7 +18,14 @@ from polyroute.core.errors import CapabilityNotSupportedError, ModelNotSupported
 from polyroute.core.pricing import Price, catalogue_price
 from polyroute.core.request import CAPABILITY_LABELS, Capability
 from polyroute.providers.base import Provider
-from polyroute.router.config import Balance, Limits, Order, ToolCallMode, is_alias_pattern
+from polyroute.router.config import (
+    Balance,
+    Limits,
+    Order,
+    PrefillSetting,
+    ToolCallMode,
+    is_alias_pattern,
+)
 from polyroute.router.health import describe
 from polyroute.router.state import RoutingState
 
@@ -43,6 +50,8 @@ class Entry:
     does not: the entry is skipped, not the whole configuration."""
     price: Price | None = None
     """The configured ``price``, over the catalogue's."""
+    prefill: PrefillSetting | None = None
+    """The configured ``supports_prefill`` (``None``: from the provider's flag)."""
 
     @property
     def name(self) -> str:

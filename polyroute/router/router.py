@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import math
 import os
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -25,7 +26,7 @@ from polyroute.core.errors import (
 from polyroute.core.http import Timeouts
 from polyroute.core.logging import get_logger, new_request_id
 from polyroute.core.messages import Messages
-from polyroute.core.pricing import Price, load_catalogue
+from polyroute.core.pricing import FREE, Price, load_catalogue
 from polyroute.core.request import (
     CHARS_PER_TOKEN,
     ChatRequest,
@@ -49,6 +50,16 @@ from polyroute.router.config import (
 from polyroute.router.context import RouteContext
 from polyroute.router.health import HealthStore
 from polyroute.router.health import describe as describe_health
+from polyroute.router.observe import (
+    NO_LABELS,
+    RecordStatus,
+    RequestLabels,
+    RequestObserver,
+    RequestRecord,
+    build_record,
+    is_cancellation,
+    notify,
+)
 from polyroute.router.policy import Candidate, Entry, RoutingPolicy, unusable
 from polyroute.router.retry import RetryPolicy, Sleep
 from polyroute.router.state import BudgetLimit, Denied, Lease, RoutingState, build_state
@@ -129,7 +140,8 @@ class Router:
     ``providers`` are configured entries (dicts or :class:`ProviderEntry`, built
     through ``registry``) or ready provider instances; list order is the priority
     order unless an entry sets ``priority``. The router owns them all: ``aclose()``
-    (or leaving ``async with``) closes their connection pools.
+    (or leaving ``async with``) closes their connection pools. ``observers`` are told
+    of every request once it ends (:class:`RequestObserver`; :meth:`observe` adds one).
     Raises :class:`ConfigError` for an invalid setting, naming the key.
     """
 
@@ -140,6 +152,7 @@ class Router:
         registry: Registry | None = None,
         health: HealthStore | None = None,
         sleep: Sleep = asyncio.sleep,
+        observers: Sequence[RequestObserver] = (),
         **settings_keys: Any,
     ) -> None:
         # Every RouterSettings key is a keyword here: aliases=, fallbacks=, retry=,
@@ -158,7 +171,10 @@ class Router:
             budget=settings.retry.budget,
         )
         shared = _Shared(
-            state, BudgetKeeper(state), build_cache(settings.cache, settings.state.url)
+            state,
+            BudgetKeeper(state),
+            build_cache(settings.cache, settings.state.url),
+            list(observers),
         )
         self._assemble(settings, built, policy, shared, registry, sleep)
 
@@ -184,6 +200,7 @@ class Router:
         """Reservations on gateway keys' and teams' budgets (``budget=`` of a request)."""
         self.cache = shared.cache
         """The response cache (``cache:`` in the settings), or ``None``."""
+        self._observers = shared.observers
         self._built = {entry.name: recipe for entry, recipe in built}
         self._registry = registry
         self._sleep = sleep
@@ -196,19 +213,28 @@ class Router:
         registry: Registry | None = None,
         health: HealthStore | None = None,
         sleep: Sleep = asyncio.sleep,
+        observers: Sequence[RequestObserver] = (),
     ) -> Router:
         """A router from a ``.yaml``/``.toml``/``.json`` file, a dict or a :class:`RouterConfig`."""
         config = load_config(source)
         settings = _settings_of(config)
-        return cls(config.providers, registry=registry, health=health, sleep=sleep, **settings)
+        return cls(
+            config.providers,
+            registry=registry,
+            health=health,
+            sleep=sleep,
+            observers=observers,
+            **settings,
+        )
 
     def reconfigured(self, source: RouterConfig | Mapping[str, Any] | str | Path) -> Router:
         """A router for a new configuration that carries on from this one (a config
         reload): it shares this router's routing state (circuits, limit windows, the
-        retry budget, budgets' spend, records), response cache and budget keeper, and
-        the provider instance, connection pool included, of every entry whose
-        connection settings did not change (its name, type and the keys its provider is
-        built from; priority, weight, limits, price and ``tool_calls`` may change).
+        retry budget, budgets' spend, records), response cache, budget keeper and
+        observers, and the provider instance, connection pool included, of every entry
+        whose connection settings did not change (its name, type and the keys its
+        provider is built from; priority, weight, limits, price and ``tool_calls`` may
+        change).
         ``state`` and ``cache`` stay this router's: changing them needs a new router.
 
         Nothing is shared until :meth:`take_over`, and nothing of this router changes
@@ -223,7 +249,7 @@ class Router:
         kept = {entry.name: (self._built[entry.name], entry) for entry in self.policy.entries}
         built = _build_entries(config.providers, self._registry, settings.timeouts, kept)
         policy = _policy(built, settings)
-        shared = _Shared(self.state, self.budgets, self.cache)
+        shared = _Shared(self.state, self.budgets, self.cache, self._observers)
         router = type(self).__new__(type(self))  # its state is this one's, never built
         router._assemble(settings, built, policy, shared, self._registry, self._sleep)
         return router
@@ -250,9 +276,9 @@ class Router:
         return self._context_for(model).settings
 
     def _context_for(self, model: str) -> RouteContext:
-        # One context per model with per_model settings, one shared by all others:
-        # callers choose model names, so a context per name would grow without bound.
-        key = model if model in self.settings.per_model else ""
+        # One context per per_model key (a name or a pattern), one shared by all other
+        # models: callers choose model names, so a context per name would grow unbounded.
+        key = self.settings.per_model_key(model) or ""
         context = self._contexts.get(key)
         if context is None:
             context = self._contexts[key] = RouteContext(
@@ -262,6 +288,7 @@ class Router:
                 self.settings.cooldown.seconds,
                 self.settings.for_model(model),
                 self.budgets,
+                self._observers,
             )
         return context
 
@@ -387,6 +414,11 @@ class Router:
         heard (no I/O; best effort with a shared state)."""
         return self.state.spent(scope, limit)
 
+    def observe(self, observer: RequestObserver) -> None:
+        """Tell ``observer`` of every request from now on, once each ends (with the
+        routers made from this one by :meth:`reconfigured`, which share its observers)."""
+        self._observers.append(observer)
+
     def on_announcement(self, topic: str, listener: Callable[[], None]) -> bool:
         """Call ``listener`` whenever any process sharing the state (this one included)
         announces ``topic``; whether other processes' announcements reach this one."""
@@ -419,6 +451,7 @@ class Router:
         native: NativeRequest | None = None,
         cache: str | None = None,
         budget: BudgetPlan | None = None,
+        labels: RequestLabels | None = None,
         **options: Any,
     ) -> RouterStream:
         """Start routing ``messages`` to ``model``; iterate the result for text, or
@@ -436,7 +469,8 @@ class Router:
         no ``cache`` configured, it is off. ``budget`` holds the request to budgets: the
         most it may cost is reserved before its first attempt (the first iteration
         raises :class:`BudgetExceededError` when a budget has no room) and settled at
-        its cost when it ends (docs/governance.md). Raises
+        its cost when it ends (docs/governance.md). ``labels`` go into the request's
+        record, which observers get when it ends (docs/observability.md). Raises
         at once (before any I/O) :class:`InvalidRequestError` for a bad argument
         (:class:`InvalidMessagesError` for bad messages), :class:`ModelNotSupportedError`
         for a model no entry serves and
@@ -464,6 +498,7 @@ class Router:
             request_id,
             caching=plan,
             budget=budget,
+            labels=labels,
         )
 
     def _requested(self, model: str | None) -> str:
@@ -482,8 +517,9 @@ class Router:
     def _cache_plan(self, mode: str | None, model: str, request: ChatRequest) -> CachePlan | None:
         if mode is not None and mode not in ("use", "refresh", "off"):
             raise InvalidRequestError(f"cache must be use, refresh or off, got {mode!r}")
-        if mode is None and (per_model := self.settings.per_model.get(model)) is not None:
-            mode = per_model.cache
+        key = self.settings.per_model_key(model) if mode is None else None
+        if key is not None:
+            mode = self.settings.per_model[key].cache
         if self.cache is None or mode is None or mode == "off":
             return None
         return CachePlan(
@@ -532,6 +568,7 @@ class Router:
         encoding_format: EncodingFormat | None = None,
         request_id: str | None = None,
         budget: BudgetPlan | None = None,
+        labels: RequestLabels | None = None,
     ) -> Embeddings:
         """One vector per text of ``input`` (a string is one), from ``model``, routed on
         the attempt engine like a chat request: aliases, priority, limits, retries,
@@ -539,7 +576,8 @@ class Router:
         then the models of its ``embedding_fallbacks``: vectors of two models do not mix.
         ``encoding_format="base64"`` asks upstreams that have it for OpenAI's base64 form
         (read it from ``.base64``; ``.vectors`` decodes it); floats by default.
-        ``budget`` holds the request to budgets, as for :meth:`stream`.
+        ``budget`` holds the request to budgets, and ``labels`` go into its record, as
+        for :meth:`stream`.
 
         Raises at once :class:`InvalidRequestError` for bad input,
         :class:`ModelNotSupportedError` for a model no entry serves,
@@ -547,6 +585,70 @@ class Router:
         :class:`BudgetExceededError`; then :class:`AllProvidersFailed` when every
         candidate failed.
         """
+        request_id = request_id or new_request_id()
+        attempts: list[Attempt] = []
+        if not self._observers:
+            return await self._embed_request(
+                model, input, dimensions, encoding_format, request_id, budget, attempts
+            )
+        call = _EmbeddingCall(request_id, labels or NO_LABELS, model, input, time.perf_counter())
+        try:
+            embeddings = await self._embed_request(
+                model, input, dimensions, encoding_format, request_id, budget, attempts
+            )
+        except BaseException as error:
+            self._embedding_ended(call, attempts, error)
+            raise
+        self._embedding_ended(call, attempts, embeddings)
+        return embeddings
+
+    def _embedding_ended(
+        self, call: _EmbeddingCall, attempts: list[Attempt], outcome: Embeddings | BaseException
+    ) -> None:
+        notify(self._observers, lambda: self._embedding_record(call, attempts, outcome))
+
+    def _embedding_record(
+        self, call: _EmbeddingCall, attempts: list[Attempt], outcome: Embeddings | BaseException
+    ) -> RequestRecord:
+        model = call.model if isinstance(call.model, str) and call.model else None
+        model = model or self.default_model
+        served = outcome if isinstance(outcome, Embeddings) else None
+        error = outcome if isinstance(outcome, BaseException) else None
+        status: RecordStatus = "complete"
+        if error is not None:
+            status = "cancelled" if is_cancellation(error) else "failed"
+        texts = call.input
+
+        def content() -> dict[str, Any]:
+            return {"input": [texts] if isinstance(texts, str) else list(texts)}
+
+        return build_record(
+            request_id=call.request_id,
+            labels=call.labels,
+            endpoint="embeddings",
+            model=model or "",
+            resolved_model=served.model if served else model and self.resolve_model(model),
+            provider=served.provider if served else None,
+            status=status,
+            attempts=attempts,
+            # A failed embeddings call cost nothing: its attempts ended before any answer.
+            cost=served.cost if served else FREE,
+            started=call.started,
+            error=error,
+            content=content,
+        )
+
+    async def _embed_request(
+        self,
+        model: str | None,
+        input: str | Sequence[str],
+        dimensions: int | None,
+        encoding_format: EncodingFormat | None,
+        request_id: str,
+        budget: BudgetPlan | None,
+        attempts: list[Attempt],
+    ) -> Embeddings:
+        """:meth:`embed`'s routing, its tries recorded in ``attempts``."""
         inputs = [input] if isinstance(input, str) else list(input)
         if not inputs or not all(isinstance(text, str) for text in inputs):
             raise InvalidRequestError("input must be a string or a non-empty list of strings")
@@ -563,12 +665,12 @@ class Router:
 
         engine = AttemptEngine(
             self._context_for(chain[0]),
-            request_id=request_id or new_request_id(),
+            request_id=request_id,
             requested_model=model,
             chain=chain,
             needs=frozenset({"embeddings"}),
             estimate=estimate,
-            attempts=[],
+            attempts=attempts,
         )
         if budget is None:
             return await self._embed(engine, inputs, dimensions, encoding_format, estimate)
@@ -666,8 +768,8 @@ class Router:
             await asyncio.to_thread(load_catalogue)
 
     async def aclose(self) -> None:
-        """Close every provider's connection pool and the shared state's connections."""
-        await self.budgets.aclose()
+        """Close every provider's connection pool and the shared state's connections
+        (the state sends the budget settlements still queued first)."""
         await asyncio.gather(*(provider.aclose() for provider in self.providers))
         if self.cache is not None:
             await self.cache.aclose()
@@ -699,12 +801,23 @@ def _embedding_call(
     return call
 
 
+class _EmbeddingCall(NamedTuple):
+    """An embeddings call as it was asked, for its record."""
+
+    request_id: str
+    labels: RequestLabels
+    model: str | None
+    input: str | Sequence[str]
+    started: float
+
+
 class _Shared(NamedTuple):
     """What a router hands on to the router of a reloaded config."""
 
     state: RoutingState
     budgets: BudgetKeeper
     cache: ResponseCache | None
+    observers: list[RequestObserver]
 
 
 class _Built(NamedTuple):
@@ -767,6 +880,7 @@ def _build_entry(
         tool_calls=entry.tool_calls,
         missing_key=missing_key,
         price=Price(**entry.price.model_dump()) if entry.price is not None else None,
+        prefill=entry.supports_prefill,
     )
     return _Built(built, recipe)
 
@@ -786,6 +900,8 @@ def _build_provider(
     }
     if isinstance(entry.models, list):
         kwargs["models"] = entry.models
+    if kwargs.get("supports_prefill") == "auto":
+        kwargs["supports_prefill"] = True  # may prefill; the router learns where not
     missing_key = None
     if entry.api_key_env:
         kwargs["api_key"] = os.environ.get(entry.api_key_env)
@@ -804,7 +920,7 @@ def _build_provider(
 
 def _settings_of(config: RouterConfig) -> dict[str, Any]:
     """The router's keyword settings of a whole config (as given: defaults stay unset)."""
-    return config.model_dump(exclude={"providers", "gateway", "store"}, exclude_unset=True)
+    return config.model_dump(exclude={"providers", "gateway", "store", "logs"}, exclude_unset=True)
 
 
 def _policy(built: list[_Built], settings: RouterSettings) -> RoutingPolicy:

@@ -17,10 +17,9 @@ a failure) and give up.
 
 from __future__ import annotations
 
-import asyncio
 import time
 import weakref
-from collections.abc import AsyncGenerator, Callable, Iterable, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -30,6 +29,9 @@ from polyroute.core.deltas import (
     Delta,
     FinishDelta,
     MessageBuilder,
+    ReasoningDelta,
+    ReasoningSignatureDelta,
+    RedactedReasoningDelta,
     RestartDelta,
     TextDelta,
     ToolCallDelta,
@@ -38,6 +40,7 @@ from polyroute.core.deltas import (
 )
 from polyroute.core.errors import (
     PolyrouteError,
+    PrefillRefusedError,
     ToolCallInterruptedError,
     UpstreamConnectionError,
     UpstreamError,
@@ -51,6 +54,17 @@ from polyroute.router.budget import BudgetPlan, cost_ceiling, remaining_usd
 from polyroute.router.cache import CachePlan, StoredAnswer, decode_answer, encode_answer
 from polyroute.router.context import Choice, Mode, RouteContext
 from polyroute.router.hedge import Hedge
+from polyroute.router.observe import (
+    NO_LABELS,
+    RequestLabels,
+    RequestRecord,
+    build_record,
+    is_cancellation,
+    notify,
+    record_status,
+)
+from polyroute.router.policy import Candidate
+from polyroute.router.prefill import Continuation, asks_for_reasoning, choose, learn_refusal
 from polyroute.router.relay import Seam, StreamRestarted
 from polyroute.router.state import Lease
 
@@ -80,16 +94,28 @@ _DELIVERABLE: dict[_Mode, Callable[[list[Delta]], Iterable[Any]]] = {
 or as the list itself (:meth:`RouterStream.delta_batches`)."""
 
 
+_REASONING = (ReasoningDelta, ReasoningSignatureDelta, RedactedReasoningDelta)
+_PAST_THE_SEAM = (*_REASONING, UsageDelta)
+"""Deltas a continuing provider may send before its text (its reasoning, Anthropic's
+usage at the start) that pass while the seam still holds text back, without settling it."""
+
+
 ASSUMED_ANSWER_TOKENS = 256
 """Answer length assumed for a ``tpm`` limit when the request sets no ``max_tokens``."""
 
 
-def estimate_tokens(request: ChatRequest) -> int:
-    """Tokens a request may use, before its answer says: its input, estimated, plus
-    ``max_tokens`` (or a typical answer)."""
+def estimate_tokens(request: ChatRequest, input_tokens: int | None = None) -> int:
+    """Tokens a request may use, before its answer says: its input (``input_tokens``,
+    or estimated), plus ``max_tokens`` (or a typical answer)."""
+    if input_tokens is None:
+        input_tokens = estimated_input_tokens(request)
+    return input_tokens + 1 + (_max_tokens(request) or ASSUMED_ANSWER_TOKENS)
+
+
+def _max_tokens(request: ChatRequest) -> int | None:
     options = request.options
-    answer = options.get("max_completion_tokens") or options.get("max_tokens")
-    return estimated_input_tokens(request) + 1 + (answer or ASSUMED_ANSWER_TOKENS)
+    answer: int | None = options.get("max_completion_tokens") or options.get("max_tokens")
+    return answer
 
 
 @dataclass(slots=True)
@@ -102,6 +128,8 @@ class _Opened:
     choice: Choice
     lease: Lease
     chars_before: int = 0
+    continuation: Continuation | None = None
+    """How a continuing candidate was asked (``None``: not a continuation)."""
 
     def end(self) -> None:
         """Give the entry's place back, with the tokens the attempt reported."""
@@ -149,6 +177,8 @@ class _Run:
     relay_mode: Mode = "fresh"
     serving: _Opened | None = None
     """The candidate delivering the answer now."""
+    reasoning_cut: bool = False
+    """An upstream failed after reasoning but before any text: the next one restarts."""
 
 
 class RouterStream:
@@ -183,8 +213,12 @@ class RouterStream:
         request_id: str | None = None,
         caching: CachePlan | None = None,
         budget: BudgetPlan | None = None,
+        labels: RequestLabels | None = None,
     ) -> None:
         self.request_id = request_id or new_request_id()
+        self._labels = labels or NO_LABELS
+        self._started = time.perf_counter()
+        self._recorded = False
         self.requested_model = requested_model
         self.provider: str | None = None
         self.model: str | None = None
@@ -196,6 +230,7 @@ class RouterStream:
         self._cached_usage: Usage | None = None
         self._budget = budget
         self._costs: list[Cost | None] | None = None
+        self._prompt_tokens: int | None = None
         self.budget_remaining_usd: float | None = None
         """With ``budget=``: what is left on the tightest budget once this request's
         reservation is counted (set when iteration starts)."""
@@ -205,6 +240,8 @@ class RouterStream:
         """The resolved model, then its fallbacks."""
         self._builder = MessageBuilder()
         self._tool_call_delivered = False
+        self._reasoning_delivered = False
+        """Reasoning reached the consumer since the answer (re)started."""
         # `async for` gets the generator itself. Outside `async with`, the stream keeps
         # only a weak reference: after a bare `break` nothing holds it, so the event
         # loop finalizes it (closing the upstream) one turn later rather than when the
@@ -261,7 +298,11 @@ class RouterStream:
         return costs
 
     def _input_tokens(self) -> int:
-        return estimated_input_tokens(self._request)
+        """The prompt's tokens, estimated once (limits, the budget's worst case and the
+        cost of a cut attempt all ask)."""
+        if self._prompt_tokens is None:
+            self._prompt_tokens = estimated_input_tokens(self._request)
+        return self._prompt_tokens
 
     @property
     def cost_usd(self) -> float | None:
@@ -323,8 +364,8 @@ class RouterStream:
         generator = self._held or (self._generator() if self._generator else None)
         if generator is not None:
             await generator.aclose()
-        elif self.status == "pending":
-            self.status = "cancelled"
+        if self.status == "pending":  # closed before it began: cancelled, and recorded
+            self._ended(None)
 
     async def __aenter__(self) -> RouterStream:
         self._in_context = True
@@ -338,16 +379,18 @@ class RouterStream:
     async def _held_to(self, budget: BudgetPlan, mode: _Mode) -> AsyncGenerator[Any, None]:
         """:meth:`_run` under ``budget``: its worst case reserved first, its cost settled
         however it ends (a generator of its own, so unbudgeted streams pay nothing)."""
-        options = self._request.options
-        answer = options.get("max_completion_tokens") or options.get("max_tokens")
-        ceiling = cost_ceiling(
-            self._context.policy,
-            self._chain,
-            estimated_input_tokens(self._request),
-            answer or budget.default_max_tokens,
-        )
         keeper = self._context.budgets
-        held = await keeper.reserve(budget, ceiling)
+        try:
+            ceiling = cost_ceiling(
+                self._context.policy,
+                self._chain,
+                self._input_tokens(),
+                _max_tokens(self._request) or budget.default_max_tokens,
+            )
+            held = await keeper.reserve(budget, ceiling)
+        except BaseException as error:  # refused (no room, no price), or the consumer left
+            self._ended(error)
+            raise
         self.budget_remaining_usd = remaining_usd(held)
         run = self._run(mode)
         try:
@@ -364,14 +407,16 @@ class RouterStream:
         # what came before a failure is delivered first.
         deliverable = _DELIVERABLE[mode]
         self._context.state.ensure_started()
-        if self._caching is not None and (stored := await self._lookup(self._caching)):
-            if replayed := self._replay(stored):
-                for item in deliverable(replayed):
-                    yield item
-            return
-        run = self._begin()
-        builder = self._builder
+        run: _Run | None = None
+        ended: BaseException | None = None
         try:
+            if self._caching is not None and (stored := await self._lookup(self._caching)):
+                if replayed := self._replay(stored):
+                    for item in deliverable(replayed):
+                        yield item
+                return
+            run = self._begin()
+            builder = self._builder
             while (opened := await self._open_next(run)) is not None:
                 upstream, attempt = opened.upstream, opened.attempt
                 seam = self._hand_over(run, opened)
@@ -404,7 +449,7 @@ class RouterStream:
                                 fragments.append(delta)
                                 out.append(delta)
                                 continue
-                            if seam is not None:
+                            if seam is not None and not isinstance(delta, _PAST_THE_SEAM):
                                 out += self._flush(seam)
                                 seam = None
                             out += self._other(delta, attempt, hold)
@@ -430,10 +475,14 @@ class RouterStream:
                 if self._caching is not None and self.status in ("complete", "switched"):
                     self._store(self._caching)
                 return
-        except (GeneratorExit, asyncio.CancelledError):
-            self._cancel(run)
+            self._give_up(run)
+        except BaseException as error:
+            ended = error
+            if is_cancellation(error):
+                self._cancel(run)
             raise
-        self._give_up(run)
+        finally:
+            self._ended(ended)  # however it ended: one record
 
     # The response cache ------------------------------------------------------------
 
@@ -475,7 +524,7 @@ class RouterStream:
             requested_model=self.requested_model,
             chain=self._chain,
             needs=request.needs,
-            estimate=lambda: estimate_tokens(request),
+            estimate=lambda: estimate_tokens(request, self._input_tokens()),
             attempts=self.attempts,
         )
         engine.begin()
@@ -487,6 +536,7 @@ class RouterStream:
     def _restart(self, opened: _Opened) -> RestartDelta:
         marker = RestartDelta(discarded=opened.chars_before, provider=opened.choice.name)
         self._builder.add(marker)
+        self._reasoning_delivered = False
         opened.chars_before = 0
         return marker
 
@@ -508,6 +558,8 @@ class RouterStream:
     def _record(self, delta: Delta, attempt: Attempt) -> Delta:
         if isinstance(delta, ToolCallDelta):
             self._tool_call_delivered = True
+        elif isinstance(delta, _REASONING):
+            self._reasoning_delivered = True
         elif isinstance(delta, UsageDelta):
             usage = delta.usage
             attempt.usage = usage if attempt.usage is None else attempt.usage + usage
@@ -541,6 +593,8 @@ class RouterStream:
         mode: Mode = "fresh"
         if run.failure is not None:
             mode = "continue" if settings.on_midstream_failure == "continue" else "restart"
+        elif run.reasoning_cut:
+            mode = "restart"  # nothing to continue: the reasoning shown is taken back
         while not engine.stopped:
             if mode == "continue":
                 candidate = engine.queue.next_continuing(engine.reasons)
@@ -602,17 +656,42 @@ class RouterStream:
         """The upstream's answer to this attempt, up to its first chunk."""
         candidate, request = choice.candidate, self._request
         provider = candidate.entry.provider
+        if self._builder.text_parts:
+            attempt.relay_offset = sum(map(len, self._builder.text_parts))
         if request.options or request.native:
             attempt.dropped = provider.dropped(request)
-        upstream = provider.stream_batches(
-            candidate.upstream_model,
-            request,
-            continue_from=self.text if choice.mode == "continue" else None,
-        )
-        first = await anext(upstream, None)
+        continuation: Continuation | None = None
+        if choice.mode == "continue":
+            upstream, first, continuation = await self._continued(candidate)
+        else:
+            upstream = provider.stream_batches(candidate.upstream_model, request)
+            first = await anext(upstream, None)
         attempt.ttft_ms = attempt.elapsed_ms()
         self._context.state.stats[candidate.name].record_first_chunk(attempt.ttft_ms)
-        return _Opened(upstream, first, attempt, choice, lease)
+        return _Opened(upstream, first, attempt, choice, lease, continuation=continuation)
+
+    async def _continued(
+        self, candidate: Candidate
+    ) -> tuple[Upstream, list[Delta] | None, Continuation]:
+        """A continuation of the text delivered, up to its first chunk, by prefill or by
+        instruction (router/prefill.py); a prefill the model refuses is asked again at
+        once by instruction (same attempt: the refusal cost nothing), and remembered."""
+        context, request = self._context, self._request
+        reasoning = self._reasoning_delivered or asks_for_reasoning(request)
+        continuation, prefill = await choose(
+            candidate, context.settings.supports_prefill, context.state, reasoning=reasoning
+        )
+        provider, model, partial = candidate.entry.provider, candidate.upstream_model, self.text
+        upstream = provider.stream_batches(model, request, continue_from=partial, prefill=prefill)
+        try:
+            return upstream, await anext(upstream, None), continuation
+        except PrefillRefusedError:
+            if not prefill:
+                raise
+        await upstream.aclose()
+        await learn_refusal(candidate, context.state, get_logger().bind(request_id=self.request_id))
+        upstream = provider.stream_batches(model, request, continue_from=partial, prefill=False)
+        return upstream, await anext(upstream, None), "instruction"
 
     # Hand over ---------------------------------------------------------------------
 
@@ -623,7 +702,7 @@ class RouterStream:
         self.provider, self.model = candidate.name, candidate.upstream_model
         opened.chars_before = sum(map(len, self._builder.text_parts))
         run.serving = opened
-        if run.failure is None:
+        if run.failure is None and not run.reasoning_cut:
             if opened.first is not None:
                 run.engine.log.info(
                     "stream.first_chunk",
@@ -633,12 +712,18 @@ class RouterStream:
                 )
             return None
         run.relay_mode = opened.choice.mode
-        self.switches.append(opened.chars_before)
+        relay: dict[str, Any] = {"mode": opened.choice.mode}
+        if opened.continuation is not None:
+            relay["continuation"] = opened.continuation
+        if run.failure is not None:
+            self.switches.append(opened.chars_before)
+        else:
+            relay["cut"] = "reasoning"  # a restart before any text: no hand-over of text
         run.engine.log.info(
             "route.relay",
             from_provider=run.failed_provider,
             to_provider=candidate.name,
-            mode=opened.choice.mode,
+            **relay,
             chars=opened.chars_before,
             gap_ms=elapsed_ms(run.failed_at),
         )
@@ -659,7 +744,12 @@ class RouterStream:
             self._end_failed(run, interrupted)
             raise interrupted from error
         if not self._builder.text_parts:
-            return  # nothing delivered yet (tool calls held back): a fresh try will do
+            # Nothing delivered yet (tool calls held back): a fresh try will do; after
+            # reasoning, a restart (the consumer drops the reasoning it has).
+            if self._reasoning_delivered:
+                run.reasoning_cut, run.failed_provider = True, candidate.name
+                run.failed_at = time.perf_counter()
+            return
         settings = self._context.settings
         if settings.on_midstream_failure == "raise" or len(self.switches) >= settings.max_relays:
             self._end_failed(run, error)
@@ -674,6 +764,8 @@ class RouterStream:
         self.status = "complete"
         if run.failure is not None:
             self.status = "switched" if run.relay_mode == "continue" else "restarted"
+        elif run.reasoning_cut:
+            self.status = "restarted"
         usage = self.usage
         run.engine.succeed(
             opened.attempt,
@@ -700,9 +792,49 @@ class RouterStream:
         self.status = "truncated" if delivered else "failed"
         run.engine.failed(error, chars=sum(map(len, self._builder.text_parts)))
 
-    def _cancel(self, run: _Run) -> None:
+    def _cancel(self, run: _Run | None) -> None:
         self.status = "cancelled"
+        if run is None:  # left during a replay from the cache: no attempt to end
+            return
         chars = sum(map(len, self._builder.text_parts))
         if (serving := run.serving) is not None and serving.attempt.outcome == "running":
             serving.attempt.chars = chars - serving.chars_before  # what it cost: estimated
         run.engine.cancel(provider=self.provider, chars=chars)
+
+    # The record ------------------------------------------------------------------
+
+    def _ended(self, error: BaseException | None) -> None:
+        """The stream is over (``error``: what ended it, if anything): its status
+        settled, and its record handed to the router's observers, once."""
+        if self.status in ("pending", "streaming"):
+            self.status = record_status(self.status, error)
+        observers = self._context.observers
+        if observers and not self._recorded:
+            self._recorded = True
+            notify(observers, lambda: self._request_record(error))
+
+    def _request_record(self, error: BaseException | None) -> RequestRecord:
+        return build_record(
+            request_id=self.request_id,
+            labels=self._labels,
+            endpoint="chat",
+            model=self.requested_model,
+            resolved_model=self.model or self._chain[0],
+            provider=self.provider,
+            status=record_status(self.status, error),
+            attempts=self.attempts,
+            cost=self.cost,
+            started=self._started,
+            error=error,
+            finish_reason=self.finish_reason,
+            cache=self.cache,
+            content=self._content,
+        )
+
+    def _content(self) -> Mapping[str, Any]:
+        """The messages as sent (OpenAI's shape) and the answer as delivered."""
+        message = self._builder.message()
+        answer = message.as_dict()
+        if message.reasoning:
+            answer["reasoning"] = message.reasoning
+        return {"messages": [m.as_openai() for m in self._request.messages], "answer": answer}

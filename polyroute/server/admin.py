@@ -1,5 +1,5 @@
-"""The admin API under ``/admin``: keys and teams at runtime, and the spend ledger
-(docs/governance.md).
+"""The admin API under ``/admin``: keys and teams at runtime, the spend ledger
+(docs/governance.md) and the request log (docs/observability.md).
 
 Only the admin key opens it (``gateway.admin_key_env``, sent as ``Authorization:
 Bearer``, compared in constant time; never a cookie): no key or a wrong one gets 401,
@@ -36,12 +36,14 @@ from polyroute.store import (
     InvalidValueError,
     KeyRecord,
     NotFoundError,
+    RequestQuery,
     Store,
     StoreError,
     StoreUnavailableError,
     TeamRecord,
     hash_secret,
 )
+from polyroute.store.request_log import DEFAULT_PAGE
 
 SECRET_PREFIX = "pr-"
 DISPLAY_CHARS = 10
@@ -136,6 +138,8 @@ class AdminApi:
             ("PATCH", "/admin/teams/{id}", self.update_team),
             ("DELETE", "/admin/teams/{id}", self.delete_team),
             ("GET", "/admin/spend", self.spend),
+            ("GET", "/admin/requests", self.list_requests),
+            ("GET", "/admin/requests/{id:.+}", self.get_request),
             ("POST", "/admin/reload", self.reload),
         ]
         for method, path, handler in routes:
@@ -276,6 +280,34 @@ class AdminApi:
         ]
         return json_response({"object": "list", "data": data})
 
+    # The request log -----------------------------------------------------------
+
+    async def list_requests(self, request: web.Request) -> web.Response:
+        """``?key=&model=&provider=&status=&since=&limit=&cursor=``: logged requests,
+        newest first, ``{"data": [...], "next_cursor": ...}`` (``since``: an RFC 3339
+        time or a date; ``cursor``: a page's ``next_cursor``)."""
+        query = request.query
+
+        def given(name: str) -> str | None:
+            return query.get(name) or None
+
+        page = await self._need_store().list_requests(
+            RequestQuery(
+                key=given("key"),
+                model=given("model"),
+                provider=given("provider"),
+                status=given("status"),
+                since=_moment("since", given("since")),
+                limit=_page_size(given("limit")),
+                cursor=given("cursor"),
+            )
+        )
+        return json_response(page.as_json())
+
+    async def get_request(self, request: web.Request) -> web.Response:
+        """One logged request, with its attempts (the newest, if its id was reused)."""
+        return json_response(await self._need_store().get_request(request.match_info["id"]))
+
     async def reload(self, request: web.Request) -> web.Response:
         """Re-read the gateway's config file (as SIGHUP does): what changed, or a 400
         with the error that keeps the running config."""
@@ -319,7 +351,10 @@ class AdminApi:
 
     def _need_store(self) -> Store:
         if self._store is None:
-            message = "keys, teams and spend need a store: configure store: (docs/store.md)"
+            message = (
+                "keys, teams, spend and the request log need a store: configure store: "
+                "(docs/store.md)"
+            )
             raise _RefusedError(404, message, "no_store")
         return self._store
 
@@ -401,6 +436,16 @@ def _moment(name: str, text: str | None) -> datetime | None:
         message = f"{name}: {text!r} is not an RFC 3339 time with its offset (or a date)"
         raise _RefusedError(400, message, "invalid_value")
     return moment
+
+
+def _page_size(text: str | None) -> int:
+    if text is None:
+        return DEFAULT_PAGE
+    try:
+        return int(text)
+    except ValueError:
+        message = f"limit: {text!r} is not a whole number"
+        raise _RefusedError(400, message, "invalid_value") from None
 
 
 def iso(moment: datetime | None) -> str | None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import os
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
@@ -33,8 +34,9 @@ from polyroute.core.errors import (
     PolyrouteError,
 )
 from polyroute.core.logging import get_logger, new_request_id
-from polyroute.core.pricing import Cost
+from polyroute.core.pricing import FREE, Cost
 from polyroute.router.config import GatewayConfig
+from polyroute.router.observe import RequestLabels, RequestRecord, build_record
 from polyroute.router.router import Router
 from polyroute.router.state import Denied, Lease
 from polyroute.router.stream import RouterStream
@@ -45,12 +47,12 @@ from polyroute.server.dialects.errors import WireError
 from polyroute.server.dialects.messages import MessagesDialect
 from polyroute.server.dialects.responses import ResponsesDialect
 from polyroute.server.governance import Governance, Spent
-from polyroute.server.keys import ClientKey, KeyRing
+from polyroute.server.keys import ClientKey, KeyRing, presented_key
 from polyroute.server.metrics import GatewayMetrics
 from polyroute.server.reload import ConfigReloader, Generation, ReloadSummary, Retirements
 from polyroute.server.responses import error_response, json_response, request_id_of
 from polyroute.server.store_keys import TOPIC
-from polyroute.store import Store
+from polyroute.store import LogsConfig, Store
 
 _log = get_logger()
 _Answer = Callable[[web.Request, Dialect, str, "_Outcome"], Awaitable[web.StreamResponse]]
@@ -80,6 +82,10 @@ class _Outcome:
     """The request's id in the spend ledger (unique even when the client reuses one)."""
     leases: list[Lease] = field(default_factory=list)
     """Its places under its key's and team's ``tpm``, ended with the tokens it used."""
+    routed: bool = False
+    """Handed to the router, which records it; else the gateway records its refusal."""
+    refusal: tuple[str, str] | None = None
+    """The error code and message of a refusal before routing, for its record."""
 
     @property
     def attempts(self) -> list[Attempt]:
@@ -130,9 +136,10 @@ class Gateway:
         store: Store | None = None,
         *,
         reloader: ConfigReloader | None = None,
+        logs: LogsConfig | None = None,
     ) -> None:
         config = config or GatewayConfig()
-        self.governance = Governance(config, store)
+        self.governance = Governance(config, store, logs=logs)
         keys = KeyRing(
             config.keys, config.teams, config.budget_hold_s, runtime=self.governance.keys
         )
@@ -156,6 +163,14 @@ class Gateway:
         self._stopping = False
         self._reloading = asyncio.Lock()
         self._retirements = Retirements()
+        self._max_body_bytes = config.max_body_bytes
+        self._endpoints: list[str] = []
+        """What the application serves (``POST /v1/chat/completions``...), told with a 404."""
+        if config.protect_metrics and not keys and self.governance.admin_key is None:
+            raise ConfigError(
+                "gateway.protect_metrics: no key could open /metrics and /readyz: configure "
+                "gateway.keys, a store: or gateway.admin_key_env"
+            )
 
     @property
     def router(self) -> Router:
@@ -220,9 +235,12 @@ class Gateway:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     def app(self) -> web.Application:
+        # Read once: the body limit needs a restart (docs/gateway.md#reload).
+        self._max_body_bytes = self.config.max_body_bytes
         app = web.Application(
-            client_max_size=self.config.max_body_bytes, middlewares=[self._as_dialect_errors]
+            client_max_size=self._max_body_bytes, middlewares=[self._as_dialect_errors]
         )
+        app.on_response_prepare.append(_name_the_server)
         app.router.add_post("/v1/chat/completions", self.handler(self.chat))
         app.router.add_post("/v1/messages", self.handler(self.messages))
         app.router.add_post("/v1/messages/count_tokens", self.count_tokens)
@@ -236,6 +254,7 @@ class Gateway:
         app.router.add_get("/metrics", self.metrics_text)
         if self.admin is not None:
             self.admin.add_routes(app)
+        self._endpoints = served_endpoints(app)
         return app
 
     def _dialect_of(self, path: str) -> Dialect:
@@ -252,9 +271,25 @@ class Gateway:
             if refused.status < 400:
                 raise
             dialect = self._dialect_of(request.path)
-            error = dialect.refusal(refused.status, refused.reason, _code_for(refused.status))
+            message = self._refused_because(request, refused)
+            error = dialect.refusal(refused.status, message, _code_for(refused.status))
             return error_response(error, request_id_of(request))
         return response
+
+    def _refused_because(self, request: web.Request, refused: web.HTTPException) -> str:
+        """What aiohttp's refusal means here, and what to do instead."""
+        asked = f"{request.method} {request.path[:200]}"
+        if isinstance(refused, web.HTTPNotFound) and not request.path.startswith("/admin"):
+            return f"Invalid URL ({asked}): this gateway serves {', '.join(self._endpoints)}"
+        if isinstance(refused, web.HTTPMethodNotAllowed):
+            allowed = sorted(refused.allowed_methods - {"HEAD"})
+            return f"{refused.reason} ({asked}): use {' or '.join(allowed)}"
+        if isinstance(refused, web.HTTPRequestEntityTooLarge):
+            return (
+                f"the request body is larger than this gateway's limit of "
+                f"{self._max_body_bytes} bytes (gateway.max_body_bytes)"
+            )
+        return f"{refused.reason} ({asked})"
 
     # The pipeline, for every dialect -------------------------------------------------
 
@@ -287,9 +322,12 @@ class Gateway:
             response = await answer(request, dialect, request_id, outcome)
             if outcome.status == "cancelled":
                 outcome.status = str(response.status)
+            if not outcome.routed and response.status >= 400:
+                outcome.refusal = _refusal_in(response)
             return response
         except web.HTTPException as refused:  # 413 from reading the body
             outcome.status = str(refused.status)
+            outcome.refusal = (f"http_{refused.status}", refused.reason)
             raise
         finally:
             self._in_flight.discard(task)
@@ -309,6 +347,8 @@ class Gateway:
             exchange = await dialect.read(await _json_body(request), request.headers)
         except PolyrouteError as error:
             return error_response(dialect.error(error), request_id)
+        if not exchange.model and not outcome.generation.config.default_model_when_missing:
+            return error_response(_missing_model(dialect), request_id)
         outcome.model = exchange.model or router.default_model or ""
         outcome.messages = exchange.messages
         if key is not None and (
@@ -327,11 +367,13 @@ class Gateway:
                 native=exchange.native,
                 cache=cache or (key.cache if key is not None else None),
                 budget=key.budget if key is not None else None,
+                labels=_labels(outcome),
                 **exchange.options,
             )
         except PolyrouteError as error:
             return _refusal(error, dialect, request_id, outcome)
         outcome.stream = stream
+        outcome.routed = True
         async with stream:
             batches = stream.delta_batches()
             try:
@@ -356,11 +398,14 @@ class Gateway:
             return key
         try:
             call = read_embeddings_body(await _json_body(request))
+            if not call.model and not outcome.generation.config.default_model_when_missing:
+                return error_response(_missing_model(dialect), request_id)
             outcome.model = call.model or router.default_model or ""
             if key is not None and (
                 refused := await self._key_refuses(router, key, dialect, outcome.model, outcome)
             ):
                 return error_response(refused, request_id)
+            outcome.routed = True  # however it ends, the router records it
             embedded = await router.embed(
                 call.model,
                 call.inputs,
@@ -368,6 +413,7 @@ class Gateway:
                 encoding_format=call.encoding_format,
                 request_id=request_id,
                 budget=key.budget if key is not None else None,
+                labels=_labels(outcome),
             )
             outcome.embeddings = embedded
             body = embeddings_body(embedded, call)  # base64 that does not decode raises
@@ -438,7 +484,10 @@ class Gateway:
         return None
 
     def _account(self, outcome: _Outcome, request_id: str, started: float) -> None:
-        """One metrics update and one access-log event per request."""
+        """One metrics update and one access-log event per request (and the record of a
+        request refused before routing: the router records the others)."""
+        if not outcome.routed and self.governance.request_log is not None:
+            self.governance.log_refusal(_refusal_record(outcome, request_id, started))
         stream = outcome.stream
         self.metrics.record(
             outcome.endpoint,
@@ -548,7 +597,9 @@ class Gateway:
         names = self._models_for(request)
         if isinstance(names, web.Response):
             return names
-        return json_response({"object": "list", "data": [_model(name) for name in names]})
+        aliases = self.router.settings.aliases
+        data = [_model(name, aliases.get(name)) for name in names]
+        return json_response({"object": "list", "data": data})
 
     async def get_model(self, request: web.Request) -> web.Response:
         names = self._models_for(request)
@@ -559,7 +610,7 @@ class Gateway:
             message = f"model {name!r} is not served here"
             refusal = self.chat.refusal(404, message, "model_not_found")
             return error_response(refusal, request_id_of(request))
-        return json_response(_model(name))
+        return json_response(_model(name, self.router.settings.aliases.get(name)))
 
     def _models_for(self, request: web.Request) -> list[str] | web.Response:
         """The names the request's key may use, or its refusal (no valid key)."""
@@ -584,6 +635,8 @@ class Gateway:
                 return key
             router = generation.router
             exchange = await dialect.read(await _json_body(request), request.headers)
+            if not exchange.model and not generation.config.default_model_when_missing:
+                return error_response(_missing_model(dialect), request_id)
             model = exchange.model or router.default_model or ""
             if key is not None and (
                 refused := await self._key_refuses(router, key, dialect, model)
@@ -616,7 +669,25 @@ class Gateway:
             return error_response(self.responses.error(error), request_id_of(request))
         return json_response(record["response"])
 
+    def _refuses_probe(self, request: web.Request) -> web.Response | None:
+        """With ``gateway.protect_metrics``, the 401 of a request to ``/metrics`` or
+        ``/readyz`` that carries neither a gateway key nor the admin key."""
+        if not self.config.protect_metrics or self.keys.find(request.headers) is not None:
+            return None
+        admin_key = self.governance.admin_key
+        presented = presented_key(request.headers).encode()
+        if admin_key is not None and hmac.compare_digest(presented, admin_key.encode()):
+            return None
+        message = (
+            f"{request.path} needs a gateway key or the admin key (Authorization: Bearer ...): "
+            "gateway.protect_metrics is on"
+        )
+        refusal = self.chat.refusal(401, message, "invalid_api_key")
+        return error_response(refusal, request_id_of(request))
+
     async def metrics_text(self, request: web.Request) -> web.Response:
+        if (refused := self._refuses_probe(request)) is not None:
+            return refused
         circuits = {entry.name: entry.cooling_down for entry in self.router.entry_status()}
         in_flight = len(self._in_flight)
         self.metrics.observe_governance(self.governance.figures(self.router))
@@ -629,6 +700,8 @@ class Gateway:
     async def readyz(self, request: web.Request) -> web.Response:
         """Ready while at least one entry can serve a request now (by the router's own
         rule: a key set, working, not cooling down); otherwise 503 with each reason."""
+        if (refused := self._refuses_probe(request)) is not None:
+            return refused
         entries = self.router.entry_status()
         reasons = {entry.name: entry.unusable for entry in entries if entry.unusable}
         ready = len(reasons) < len(entries)
@@ -679,6 +752,50 @@ def _refusal(
     return error_response(dialect.error(error), request_id)
 
 
+def _labels(outcome: _Outcome) -> RequestLabels:
+    """What the request's record says of its caller: the endpoint, the key's and team's
+    names, and whether it may hold the content (the key's ``log_content``, else the
+    gateway's)."""
+    key = outcome.key
+    log_content = key.log_content if key is not None else None
+    if log_content is None:
+        log_content = outcome.generation.config.log_content
+    if key is None:
+        return RequestLabels(outcome.endpoint, log_content=log_content)
+    return RequestLabels(outcome.endpoint, key.name, key.team, log_content)
+
+
+def _refusal_in(response: web.StreamResponse) -> tuple[str, str]:
+    """The error code (else its type) and message of a refusal answered before routing,
+    read back from its body: every dialect's error object has them under ``error``."""
+    body: Any = None
+    if isinstance(response, web.Response) and isinstance(response.body, bytes):
+        with contextlib.suppress(orjson.JSONDecodeError):
+            body = orjson.loads(response.body)
+    error = body.get("error") if isinstance(body, dict) else None
+    if not isinstance(error, dict):
+        return f"http_{response.status}", response.reason or ""
+    kind = error.get("code") or error.get("type") or f"http_{response.status}"
+    return str(kind), str(error.get("message") or "")
+
+
+def _refusal_record(outcome: _Outcome, request_id: str, started: float) -> RequestRecord:
+    """The record of a request the gateway refused (or lost) before the router had it."""
+    return build_record(
+        request_id=request_id,
+        labels=_labels(outcome),
+        endpoint=outcome.endpoint,
+        model=outcome.model,
+        resolved_model=None,
+        provider=None,
+        status="cancelled" if outcome.refusal is None else "failed",
+        attempts=[],
+        cost=FREE,
+        started=started,
+        refusal=outcome.refusal,
+    )
+
+
 def usd_header(usd: float | None) -> str:
     """An amount of USD as a header: plain decimals (no exponent), or ``unpriced``."""
     return "unpriced" if usd is None else f"{usd:.10f}".rstrip("0").rstrip(".")
@@ -703,8 +820,38 @@ def _facts_headers(stream: RouterStream, request_id: str) -> dict[str, str]:
     return headers
 
 
-def _model(name: str) -> dict[str, Any]:
-    return {"id": name, "object": "model", "created": 0, "owned_by": "polyroute"}
+def _model(name: str, alias_of: str | None = None) -> dict[str, Any]:
+    """OpenAI's model object; an alias says so in an extra ``polyroute`` field (clients
+    ignore fields they do not know)."""
+    model: dict[str, Any] = {"id": name, "object": "model", "created": 0, "owned_by": "polyroute"}
+    if alias_of is not None:
+        model["polyroute"] = {"alias_of": alias_of}
+    return model
+
+
+def _missing_model(dialect: Dialect) -> WireError:
+    """OpenAI's own answer to a request without ``model`` (its words, its 400); the
+    config's ``default_model`` is used instead only with
+    ``gateway.default_model_when_missing``."""
+    message = "you must provide a model parameter"
+    return dialect.refusal(400, message, "missing_required_parameter", param="model")
+
+
+async def _name_the_server(_request: web.Request, response: web.StreamResponse) -> None:
+    """``Server: polyroute`` on every answer, streams and errors too, rather than
+    aiohttp's default, which tells the versions of Python and aiohttp."""
+    response.headers["Server"] = "polyroute"
+
+
+def served_endpoints(app: web.Application) -> list[str]:
+    """``app``'s routes as ``METHOD /path``, the admin API's left out (it is not for
+    clients, and may not be there at all)."""
+    endpoints = []
+    for route in app.router.routes():
+        path = route.resource.canonical if route.resource is not None else ""
+        if route.method != "HEAD" and not path.startswith("/admin"):
+            endpoints.append(f"{route.method} {path}")
+    return endpoints
 
 
 def _too_many(dialect: Dialect, message: str, wait: float) -> WireError:

@@ -1,15 +1,15 @@
 """What a gateway keeps beyond one request (docs/governance.md): the runtime keys of
-its store, the spend ledger every served request is written to, the admin API's key,
-and what requests saw of their budgets, for ``/metrics``.
+its store, the spend ledger every served request is written to, the request log
+(docs/observability.md), the admin API's key, and what requests saw of their
+budgets, for ``/metrics``.
 
-Nothing here is awaited on a request's path: a request's row is queued for the
-ledger's background writer, and the keys are looked up in memory.
+Nothing here is awaited on a request's path: a request's row and its record are
+queued for background writers, and the keys are looked up in memory.
 """
 
 from __future__ import annotations
 
 import asyncio
-import math
 import os
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -18,16 +18,26 @@ from polyroute.core.attempts import Attempt
 from polyroute.core.errors import ConfigError, describe_error
 from polyroute.core.logging import get_logger
 from polyroute.core.periods import utc_now
-from polyroute.core.pricing import CHARS_PER_OUTPUT_TOKEN, Cost
+from polyroute.core.pricing import Cost
 from polyroute.core.redaction import register_secret
 from polyroute.router.config import GatewayConfig
+from polyroute.router.observe import RequestRecord, TokenCounts
 from polyroute.router.router import Router
 from polyroute.router.state import BudgetLimit
 from polyroute.server.admin import AdminApi
 from polyroute.server.keys import ClientKey, KeyRing
 from polyroute.server.reload import ReloadSummary
 from polyroute.server.store_keys import TOPIC, StoreKeys
-from polyroute.store import LedgerWriter, SpendRow, Store, StoreError, StoreUnavailableError
+from polyroute.store import (
+    LedgerWriter,
+    LogsConfig,
+    RequestLogWriter,
+    Retention,
+    SpendRow,
+    Store,
+    StoreError,
+    StoreUnavailableError,
+)
 
 _log = get_logger()
 
@@ -37,34 +47,9 @@ MIN_ADMIN_KEY_CHARS = 16
 """The admin key opens every key and budget: a short one could be guessed."""
 
 
-@dataclass(frozen=True, slots=True)
-class Spent:
-    """One request's tokens, summed over its attempts."""
-
-    input_tokens: int = 0
-    cached_input_tokens: int = 0
-    output_tokens: int = 0
-    reasoning_tokens: int = 0
-
-    @classmethod
-    def of(cls, attempts: list[Attempt]) -> Spent:
-        """As upstreams reported them; an attempt cut before it reported its usage adds
-        the text it delivered at 4 characters a token (as its cost's estimate does)."""
-        counts = [0, 0, 0, 0]
-        for attempt in attempts:
-            usage = attempt.usage
-            if usage is None:
-                counts[2] += math.ceil(attempt.chars / CHARS_PER_OUTPUT_TOKEN)
-                continue
-            counts[0] += usage.prompt_tokens
-            counts[1] += usage.cache_read_tokens
-            counts[2] += usage.completion_tokens
-            counts[3] += usage.reasoning_tokens
-        return cls(*counts)
-
-    @property
-    def total(self) -> int:
-        return self.input_tokens + self.output_tokens
+Spent = TokenCounts
+"""One request's tokens, summed over its attempts: the ledger counts them as the
+request log does (:meth:`TokenCounts.of`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,21 +62,32 @@ class GovernanceFigures:
     key_refresh_failures: int
     runtime_keys: int
     budget_remaining: Mapping[str, float]
+    log_dropped: int = 0
+    log_queued: int = 0
 
 
 class Governance:
-    """The store's keys and ledger for one gateway, and its admin key (from
-    ``gateway.admin_key_env``). Raises :class:`ConfigError` when that variable is unset."""
+    """The store's keys, ledger and request log (``logs``) for one gateway, and its
+    admin key (from ``gateway.admin_key_env``). Raises :class:`ConfigError` when that
+    variable is unset."""
 
     def __init__(
         self,
         config: GatewayConfig,
         store: Store | None,
         environ: Mapping[str, str] | None = None,
+        logs: LogsConfig | None = None,
     ) -> None:
+        logs = logs or LogsConfig()
         self.store = store
         self.keys = StoreKeys(store, hold_s=config.budget_hold_s) if store is not None else None
         self.ledger = LedgerWriter(store) if store is not None else None
+        self.request_log: RequestLogWriter | None = None
+        """Where the router's records go (an observer of the router in service)."""
+        self.retention: Retention | None = None
+        if store is not None and logs.enabled:
+            self.request_log = RequestLogWriter(store, max_queued=logs.max_queued)
+            self.retention = Retention(store, logs.retention_days)
         self.admin_key = _admin_key(
             config.admin_key_env, os.environ if environ is None else environ
         )
@@ -119,7 +115,9 @@ class Governance:
 
     async def start(self, router: Router) -> None:
         """Connect the store (waiting at most :data:`STORE_START_S`: one that is down is
-        logged, and used once it is back), load its keys, start the ledger's writer."""
+        logged, and used once it is back), load its keys, start the ledger's writer and
+        the request log's (``router`` and the routers reloads make from it tell it of
+        every request), and its retention."""
         if self.store is None or self.keys is None or self.ledger is None:
             return
         try:
@@ -130,14 +128,23 @@ class Governance:
         shared = router.on_announcement(TOPIC, self.keys.wake)
         await self.keys.start(shared=lambda: shared and not router.state_figures()[0])
         self.ledger.start()
+        if self.request_log is not None:
+            router.observe(self.request_log)
+            self.request_log.start()
+        if self.retention is not None:
+            self.retention.start()
 
     async def aclose(self) -> None:
-        """Stop refreshing keys, flush the ledger (what the store cannot take now is
-        counted as dropped), close the store."""
+        """Stop refreshing keys, flush the ledger and the request log (what the store
+        cannot take now is counted as dropped), close the store."""
         if self.keys is not None:
             await self.keys.aclose()
+        if self.retention is not None:
+            await self.retention.aclose()
         if self.ledger is not None:
             await self.ledger.aclose()
+        if self.request_log is not None:
+            await self.request_log.aclose()
         if self.store is not None:
             try:
                 await self.store.aclose()
@@ -176,6 +183,12 @@ class Governance:
             )
         )
 
+    def log_refusal(self, record: RequestRecord) -> None:
+        """Queue the record of a request the gateway refused before routing it (the
+        router records the rest)."""
+        if self.request_log is not None:
+            self.request_log.request_ended(record)
+
     def figures(self, router: Router) -> GovernanceFigures:
         """As of now; a budget's remaining is its limit less what this process last
         heard was settled in its period (reservations in flight not counted)."""
@@ -183,7 +196,7 @@ class Governance:
             scope: max(0.0, limit.usd - router.budget_spent(scope, limit))
             for scope, limit in self._budgets.items()
         }
-        keys, ledger = self.keys, self.ledger
+        keys, ledger, log = self.keys, self.ledger, self.request_log
         return GovernanceFigures(
             ledger_dropped=ledger.dropped if ledger else 0,
             ledger_queued=ledger.queued if ledger else 0,
@@ -191,6 +204,8 @@ class Governance:
             key_refresh_failures=keys.failures if keys else 0,
             runtime_keys=len(keys) if keys else 0,
             budget_remaining=remaining,
+            log_dropped=log.dropped if log else 0,
+            log_queued=log.queued if log else 0,
         )
 
 

@@ -82,6 +82,16 @@ class GatewayMetrics:
             "Spend rows waiting for the store",
             registry=self.registry,
         )
+        self.log_dropped = Counter(
+            "polyroute_log_dropped",
+            "Request log records that never reached the store (queue full, refused, lost)",
+            registry=self.registry,
+        )
+        self.log_queued = Gauge(
+            "polyroute_log_queued",
+            "Request log records waiting for the store",
+            registry=self.registry,
+        )
         self.store_unavailable = Gauge(
             "polyroute_store_unavailable",
             "1 while the store cannot be read: the keys known go on working",
@@ -104,7 +114,7 @@ class GatewayMetrics:
             ["scope"],
             registry=self.registry,
         )
-        self._counted = {"dropped": 0, "failed": 0}
+        self._counted = {"dropped": 0, "failed": 0, "log_dropped": 0}
         """The counters' values already exposed: a scrape adds what grew since."""
         # Each label set's child, kept: labels() takes a lock and checks its arguments
         # on every call, a measurable share of a short request's CPU.
@@ -156,13 +166,16 @@ class GatewayMetrics:
                 self.cost.labels(*labels).inc(cost.usd)
 
     def observe_governance(self, figures: GovernanceFigures) -> None:
-        """The store's, the ledger's and the budgets' figures as of now."""
+        """The store's, the ledger's, the request log's and the budgets' figures as of now."""
         counted = self._counted
         self.ledger_dropped.inc(max(0, figures.ledger_dropped - counted["dropped"]))
         self.key_refreshes_failed.inc(max(0, figures.key_refresh_failures - counted["failed"]))
+        self.log_dropped.inc(max(0, figures.log_dropped - counted["log_dropped"]))
         counted["dropped"] = figures.ledger_dropped
         counted["failed"] = figures.key_refresh_failures
+        counted["log_dropped"] = figures.log_dropped
         self.ledger_queued.set(figures.ledger_queued)
+        self.log_queued.set(figures.log_queued)
         self.store_unavailable.set(1 if figures.store_unavailable else 0)
         self.runtime_keys.set(figures.runtime_keys)
         for scope, usd in figures.budget_remaining.items():

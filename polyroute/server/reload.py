@@ -10,7 +10,7 @@ spend, the response cache, the store's keys) is never rebuilt.
 
 A file that does not load changes nothing: the error is the one ``polyroute serve``
 would stop on at start. What only a restart can change (``state``, ``store``,
-``cache``, ``gateway.max_body_bytes``, ``gateway.admin_key_env``) keeps its running
+``cache``, ``logs``, ``gateway.max_body_bytes``, ``gateway.admin_key_env``) keeps its running
 value, and the reload says so.
 """
 
@@ -34,10 +34,10 @@ from polyroute.server.keys import KeyRing, RuntimeKeys
 
 _log = get_logger()
 
-NEEDS_RESTART = ("state", "store", "cache")
+NEEDS_RESTART = ("state", "store", "cache", "logs")
 """Top-level keys a reload leaves as they run: the routing state and the response cache
 hold what must survive (budgets' spend, circuits, stored answers), the store its
-connections."""
+connections, the request log its writer."""
 GATEWAY_NEEDS_RESTART = ("max_body_bytes", "admin_key_env")
 """``gateway`` keys read once, when the HTTP application is made."""
 

@@ -12,9 +12,9 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
-from aiohttp import web
+from aiohttp import web, web_response
 
-from polyroute.core.errors import ConfigError
+from polyroute.core.errors import ConfigError, refusals_to_listen
 from polyroute.router.config import RouterConfig
 from polyroute.router.router import Router
 from polyroute.server.app import Gateway
@@ -81,7 +81,7 @@ async def serve(
     await router.start()
     gateway = None
     try:
-        gateway = Gateway(router, config.gateway, store, reloader=reloader)
+        gateway = Gateway(router, config.gateway, store, reloader=reloader, logs=config.logs)
         await _serve_until_stopped(gateway, host, port, reuse_port, out, ready, stop, hangup)
     finally:
         # The router in service last: its routing state is every configuration's.
@@ -98,13 +98,18 @@ async def _serve_until_stopped(
     stop: asyncio.Event,
     hangup: asyncio.Event,
 ) -> None:
+    # The application names itself on every answer it makes (app.py); this covers those
+    # aiohttp makes before a request reaches it (a malformed request line or header),
+    # which would otherwise tell the versions of Python and aiohttp.
+    vars(web_response)["SERVER_SOFTWARE"] = "polyroute"  # the name aiohttp reads at each answer
     runner = web.AppRunner(gateway.app(), handler_cancellation=True, access_log=None)
     await runner.setup()
     following = None
     try:
         await gateway.start()
         site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None)
-        await site.start()
+        with refusals_to_listen(host, port):
+            await site.start()
         bound = runner.addresses[0]
         # Everything made so far (modules, schemas, the router) lives as long as the
         # process: out of the collector's generations, it is never traversed again.
@@ -138,7 +143,14 @@ async def _follow_hangups(gateway: Gateway, hangup: asyncio.Event) -> None:
             await gateway.reload()
 
 
-async def serve_workers(argv: list[str], workers: int, port: int, out: TextIO | None = None) -> int:
+async def serve_workers(
+    argv: list[str],
+    workers: int,
+    port: int,
+    out: TextIO | None = None,
+    *,
+    host: str = "127.0.0.1",
+) -> int:
     """Run ``workers`` gateway processes on one port (SO_REUSEPORT: the kernel spreads
     connections across them), each started with ``argv`` plus ``--reuse-port``.
 
@@ -146,12 +158,37 @@ async def serve_workers(argv: list[str], workers: int, port: int, out: TextIO | 
     each, which drains as one gateway does, and SIGHUP too, which reloads each one's
     config (a worker not yet listening gets it once it listens: before, it would end
     it). Returns the exit code (0 when all exit 0).
+    Raises :class:`PortInUseError`, before any worker starts, when another process
+    listens on ``host:port``: with SO_REUSEPORT the workers could otherwise share it
+    with another gateway of the same user. A worker that exits before listening stops
+    the others; what each said is passed on once, and its exit code is returned once
+    they all have exited.
     Workers share circuits, limits and statistics only through ``state: redis``
     (docs/shared-state.md); with ``state: memory`` each keeps its own.
     """
     if not port:
         raise ConfigError("--workers needs a fixed --port: each worker binds the same one")
     out = out or sys.stderr
+    await _check_free(host, port)
+    loop = asyncio.get_running_loop()
+    try:
+        return await _run_workers(argv, workers, out)
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            loop.remove_signal_handler(signum)
+
+
+async def _check_free(host: str, port: int) -> None:
+    """Raise :class:`PortInUseError` when ``host:port`` cannot be bound (bound without
+    SO_REUSEPORT, as another gateway's workers would not have it, and not listened on)."""
+    loop = asyncio.get_running_loop()
+    with refusals_to_listen(host, port):
+        probe = await loop.create_server(asyncio.Protocol, host, port, start_serving=False)
+    probe.close()
+    await probe.wait_closed()
+
+
+async def _run_workers(argv: list[str], workers: int, out: TextIO) -> int:
     children = [
         await asyncio.create_subprocess_exec(
             sys.executable,
@@ -171,8 +208,10 @@ async def serve_workers(argv: list[str], workers: int, port: int, out: TextIO | 
     listening = [asyncio.Event() for _ in children]
     hangups = [asyncio.Event() for _ in children]
     loop.add_signal_handler(signal.SIGHUP, _set_all, hangups)
+    urls: list[str] = []
+    said: set[str] = set()  # before they listen, workers fail alike: each line once
     relays = [
-        asyncio.create_task(_relay(child, event, out))
+        asyncio.create_task(_relay(child, event, out, urls, said))
         for child, event in zip(children, listening, strict=True)
     ]
     passing = [
@@ -180,23 +219,29 @@ async def serve_workers(argv: list[str], workers: int, port: int, out: TextIO | 
         for child, event, hangup in zip(children, listening, hangups, strict=True)
     ]
     ready = asyncio.gather(*(event.wait() for event in listening))
-    exited = asyncio.gather(*(child.wait() for child in children))
-    first: list[asyncio.Future[Any]] = [ready, exited]
+    ended = [asyncio.create_task(child.wait()) for child in children]
+    first: list[asyncio.Future[Any]] = [ready, *ended]
     await asyncio.wait(first, return_when=asyncio.FIRST_COMPLETED)
+    early: int | None = None
     if ready.done():
         pids = ", ".join(str(child.pid) for child in children)
         print(
-            f"polyroute: serving on port {port} with {workers} workers ({pids})",
+            f"polyroute: serving on {urls[0]} with {len(children)} workers ({pids})",
             file=out,
             flush=True,
         )
     else:
         ready.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await ready
+        early = next(task.result() for task in ended if task.done())
         _forward(children, signal.SIGTERM)
-    codes = await exited
+    codes = await asyncio.gather(*ended)
     for task in passing:
         task.cancel()
     await asyncio.gather(*relays, *passing, return_exceptions=True)
+    if early is not None:
+        return early if early > 0 else 1  # a worker that ended before serving failed
     return 0 if all(code == 0 for code in codes) else 1
 
 
@@ -222,15 +267,32 @@ async def _pass_hangups(
 def _forward(children: list[asyncio.subprocess.Process], signum: int) -> None:
     for child in children:
         if child.returncode is None:
-            child.send_signal(signum)
+            with contextlib.suppress(ProcessLookupError):  # exited, not yet reaped
+                child.send_signal(signum)
 
 
-async def _relay(child: asyncio.subprocess.Process, listening: asyncio.Event, out: TextIO) -> None:
-    """Pass a worker's stderr on (its events, its errors), noting when it listens."""
+async def _relay(
+    child: asyncio.subprocess.Process,
+    listening: asyncio.Event,
+    out: TextIO,
+    urls: list[str],
+    said: set[str],
+) -> None:
+    """Pass a worker's stderr on (its events, its errors), noting when it listens and
+    where; a line another worker already said before listening is not repeated."""
     assert child.stderr is not None
     async for line in child.stderr:
         text = line.decode(errors="replace").rstrip("\n")
-        if text.startswith("polyroute: serving on"):
+        if text.startswith(_LISTENING):
+            urls.append(text.removeprefix(_LISTENING))
             listening.set()
-        elif not text.startswith("polyroute: config:"):
+        elif text.startswith("polyroute: config:"):
+            continue
+        elif listening.is_set():
             print(text, file=out, flush=True)
+        elif text not in said:
+            said.add(text)
+            print(text, file=out, flush=True)
+
+
+_LISTENING = "polyroute: serving on "

@@ -52,19 +52,43 @@ class Failures(_Strict):
         return self
 
 
+class PromptCache(_Strict):
+    """A prefix cache, as OpenAI's and Anthropic's APIs keep one: a prompt of at least
+    ``min_tokens`` is cached, and a later prompt that starts with it reads the longest
+    cached prefix (in steps of ``step_tokens``) from the cache. Tokens are counted at 4
+    characters each over the tools, then every message (docs/simulator.md)."""
+
+    min_tokens: int = Field(1024, ge=1, description="shorter prompts are never cached")
+    step_tokens: int = Field(128, ge=1, description="cached prefixes grow in these steps")
+    ttl_s: float = Field(300.0, gt=0, description="a prefix not read for this long is gone")
+    ms_per_1k_uncached: float = Field(
+        50.0, ge=0, description="added to the first chunk per 1000 prompt tokens not cached"
+    )
+    max_prefixes: int = Field(
+        100_000, ge=1, description="prefixes kept at most; the least recently used go"
+    )
+
+
 class SimulatedUpstream(_Strict):
     """One simulated upstream server."""
 
     name: str = Field(min_length=1)
-    format: Literal["darkai", "openai"] = "openai"
+    format: Literal["darkai", "openai", "anthropic"] = "openai"
     port: int = Field(0, ge=0, le=65535, description="0: any free port")
     seed: int = 0
     words: int = Field(24, ge=1, le=10_000, description="length of each answer in words")
+    models: list[str] = Field(
+        default_factory=lambda: ["sim-large", "sim-small"],
+        description="what GET /v1/models lists; a request for any other name is answered too",
+    )
     continuation_overlap: int = Field(
         0, ge=0, description="when asked to continue, repeat this many words already given"
     )
     latency: Latency = Latency()
     failures: Failures = Failures()
+    prompt_cache: PromptCache | None = Field(
+        None, description="off unless set: a prefix cache, reported in usage"
+    )
 
 
 class SimulatorConfig(_Strict):

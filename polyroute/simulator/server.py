@@ -12,6 +12,7 @@ from typing import Any
 from aiohttp import web
 
 from polyroute.core.deltas import Delta, FinishDelta, TextDelta, ToolCallDelta, Usage, UsageDelta
+from polyroute.core.errors import refusals_to_listen
 from polyroute.core.messages import CONTINUE_INSTRUCTION
 from polyroute.core.sse import DONE_EVENT, OpenAIChunkEncoder, encode_event
 from polyroute.simulator.profile import SimulatedUpstream
@@ -45,15 +46,38 @@ class SimulatorServer:
         """The endpoint a provider of this wire format posts to."""
         return self.base_url + PATHS[self.profile.format]
 
+    @property
+    def config_url(self) -> str:
+        """What a provider entry for this upstream is given: ``base_url`` for the openai
+        format (``http://127.0.0.1:8001/v1``; the provider adds ``/chat/completions``),
+        ``api_endpoint`` for darkai's, which is the endpoint itself."""
+        return self.base_url + "/v1" if self.profile.format == "openai" else self.url
+
     async def start(self) -> SimulatorServer:
+        """Listen; raises :class:`PortInUseError` when the profile's port is taken."""
         app = web.Application()
         app.router.add_post(PATHS[self.profile.format], self._answer)
+        app.router.add_get("/v1/models", self._models)
         # handler_cancellation: a stalled answer ends when its client goes away.
-        self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, self.host, self.port).start()
-        self.port = int(self._runner.addresses[0][1])
+        runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+        await runner.setup()
+        try:
+            with refusals_to_listen(self.host, self.port):
+                await web.TCPSite(runner, self.host, self.port).start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        self.port = int(runner.addresses[0][1])
         return self
+
+    async def _models(self, request: web.Request) -> web.Response:
+        """``GET /v1/models`` as OpenAI answers it (any other name is answered too)."""
+        data = [
+            {"id": name, "object": "model", "created": 0, "owned_by": "polyroute-simulator"}
+            for name in self.profile.models
+        ]
+        return web.json_response({"object": "list", "data": data})
 
     async def stop(self) -> None:
         runner, self._runner = self._runner, None
@@ -89,6 +113,10 @@ class SimulatorServer:
         self.outcomes["drop" if drop_after is not None else "ok"] += 1
 
         pieces = self._answer_pieces(body, number)
+        limit = max_tokens(body)
+        cut = limit is not None and len(pieces) > limit  # one chunk counts as one token
+        if cut:
+            pieces = pieces[:limit]
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
         await self._pause(rng, profile.latency.first_chunk_ms)
@@ -105,7 +133,7 @@ class SimulatorServer:
             else:
                 text = piece.text if isinstance(piece, TextDelta) else ""
                 await response.write(encode_event({"event": "text-chunk", "data": {"text": text}}))
-        await response.write(self._ending(encoder, body, pieces))
+        await response.write(self._ending(encoder, body, pieces, cut=cut))
         await response.write_eof()
         return response
 
@@ -129,12 +157,13 @@ class SimulatorServer:
         return [TextDelta(word) for word in words]
 
     def _ending(
-        self, encoder: OpenAIChunkEncoder, body: dict[str, Any], pieces: list[Delta]
+        self, encoder: OpenAIChunkEncoder, body: dict[str, Any], pieces: list[Delta], *, cut: bool
     ) -> bytes:
         if self.profile.format == "darkai":
             return encode_event({"event": "stream-end", "data": {}})
         calls = pieces and isinstance(pieces[0], ToolCallDelta)
-        ending = encoder.encode(FinishDelta("tool_calls" if calls else "stop"))
+        reason = "length" if cut else "tool_calls" if calls else "stop"
+        ending = encoder.encode(FinishDelta(reason))
         if (body.get("stream_options") or {}).get("include_usage"):
             ending += encoder.encode(UsageDelta(Usage(0, len(pieces), len(pieces))))
         return ending + DONE_EVENT
@@ -143,6 +172,16 @@ class SimulatorServer:
         delay = milliseconds + rng.uniform(0, self.profile.latency.jitter_ms)
         if delay:
             await asyncio.sleep(delay / 1000)
+
+
+def max_tokens(body: dict[str, Any]) -> int | None:
+    """The answer's limit in tokens (``max_completion_tokens``, else ``max_tokens``), or
+    ``None``; a value that is not a count is ignored, as the limit is a simulation's."""
+    for key in ("max_completion_tokens", "max_tokens"):
+        value = body.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            return value
+    return None
 
 
 def tool_call(body: dict[str, Any]) -> tuple[str, str] | None:

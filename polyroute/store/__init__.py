@@ -1,8 +1,9 @@
-"""The governance store: teams, API keys and the spend ledger, kept across restarts in
-SQLite or PostgreSQL behind one contract (docs/store.md).
+"""The governance store: teams, API keys, the spend ledger and the request log, kept
+across restarts in SQLite or PostgreSQL behind one contract (docs/store.md).
 
 The router never imports this package; the gateway and the CLI, at the top, build a
-store from the ``store:`` configuration and hand the ledger its rows.
+store from the ``store:`` configuration, hand the ledger its rows and the request log
+the router's records (docs/observability.md).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from polyroute.core.errors import ConfigError
-from polyroute.store.config import StoreConfig, load_store_config
+from polyroute.store.config import LogsConfig, StoreConfig, load_store_config
 from polyroute.store.contract import (
     BudgetPeriod,
     ConflictError,
@@ -37,14 +38,18 @@ from polyroute.store.contract import (
     hash_secret,
 )
 from polyroute.store.ledger import LedgerWriter
+from polyroute.store.log_writer import RequestLogWriter, Retention
 from polyroute.store.migrations import LATEST as SCHEMA_VERSION
+from polyroute.store.request_log import RequestPage, RequestQuery
 from polyroute.store.sqlite import SqliteStore
+from polyroute.store.writer import BatchWriter
 
 if TYPE_CHECKING:
     from polyroute.store.postgres import PostgresStore
 
 __all__ = [
     "SCHEMA_VERSION",
+    "BatchWriter",
     "BudgetPeriod",
     "ConflictError",
     "CostStatus",
@@ -53,10 +58,15 @@ __all__ = [
     "KeyRecord",
     "KeyUpdate",
     "LedgerWriter",
+    "LogsConfig",
     "NewKey",
     "NewTeam",
     "NotFoundError",
     "PostgresStore",
+    "RequestLogWriter",
+    "RequestPage",
+    "RequestQuery",
+    "Retention",
     "SpendGroup",
     "SpendGroupBy",
     "SpendRow",

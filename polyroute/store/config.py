@@ -1,4 +1,5 @@
-"""The ``store:`` section of the gateway's configuration (docs/store.md).
+"""The ``store:`` and ``logs:`` sections of the gateway's configuration (docs/store.md,
+docs/observability.md).
 
 No secret lives here: PostgreSQL's DSN is read from the environment variable that
 ``dsn_env`` names, when the store is built.
@@ -54,6 +55,22 @@ class StoreConfig(StrictModel):
         if backend == "sqlite" and value is not None:
             raise ValueError("dsn_env applies to backend postgres only")
         return value
+
+
+class LogsConfig(StrictModel):
+    """The request log (docs/observability.md): one record per request, kept in the
+    store. Without a store there is none."""
+
+    enabled: bool = Field(True, description="log every request to the store (when one is set)")
+    retention_days: float = Field(
+        30.0, gt=0, description="records older than this are deleted, in the background"
+    )
+    max_queued: int = Field(
+        20_000,
+        ge=1,
+        description="records waiting for the store at most (while it is down); beyond, "
+        "dropped and counted (polyroute_log_dropped_total)",
+    )
 
 
 def load_store_config(data: Mapping[str, Any] | None) -> StoreConfig:

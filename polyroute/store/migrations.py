@@ -188,7 +188,85 @@ _SPEND_LEDGER = Migration(
     ),
 )
 
-MIGRATIONS: tuple[Migration, ...] = (_TEAMS_AND_KEYS, _SPEND_LEDGER)
+_STATUSES = "('complete', 'switched', 'truncated', 'failed', 'cancelled')"
+_COST_STATUSES = "('exact', 'estimated', 'unpriced')"
+# One row per request (docs/observability.md). Its key is (time, id): the client's
+# x-request-id may repeat, two requests ending in the same microsecond with the same id
+# do not, and a batch written twice (its answer lost) counts once. The key also serves
+# the newest-first pages; the other indexes, the filters, each then by time. No foreign
+# keys: the log holds names, and outlives the keys and teams it names.
+_REQUEST_LOG = Migration(
+    version=3,
+    description="the request log",
+    sqlite=(
+        f"""CREATE TABLE request_log (
+            id TEXT NOT NULL,
+            time TEXT NOT NULL,
+            endpoint TEXT NOT NULL,
+            key_name TEXT,
+            team_name TEXT,
+            model TEXT NOT NULL,
+            resolved_model TEXT,
+            provider TEXT,
+            status TEXT NOT NULL CHECK (status IN {_STATUSES}),
+            finish_reason TEXT,
+            ttft_ms REAL,
+            duration_ms REAL NOT NULL,
+            input_tokens INTEGER NOT NULL,
+            cached_input_tokens INTEGER NOT NULL,
+            output_tokens INTEGER NOT NULL,
+            reasoning_tokens INTEGER NOT NULL,
+            cost_usd REAL,
+            cost_status TEXT NOT NULL CHECK (cost_status IN {_COST_STATUSES}),
+            cache TEXT,
+            error_type TEXT,
+            error TEXT,
+            attempts TEXT NOT NULL,
+            content TEXT,
+            PRIMARY KEY (time, id))""",
+        "CREATE INDEX request_log_id ON request_log (id)",
+        "CREATE INDEX request_log_key ON request_log (key_name, time)",
+        "CREATE INDEX request_log_model ON request_log (model, time)",
+        "CREATE INDEX request_log_resolved_model ON request_log (resolved_model, time)",
+        "CREATE INDEX request_log_provider ON request_log (provider, time)",
+        "CREATE INDEX request_log_status ON request_log (status, time)",
+    ),
+    postgres=(
+        f"""CREATE TABLE request_log (
+            id text NOT NULL,
+            time timestamptz NOT NULL,
+            endpoint text NOT NULL,
+            key_name text,
+            team_name text,
+            model text NOT NULL,
+            resolved_model text,
+            provider text,
+            status text NOT NULL CHECK (status IN {_STATUSES}),
+            finish_reason text,
+            ttft_ms double precision,
+            duration_ms double precision NOT NULL,
+            input_tokens bigint NOT NULL,
+            cached_input_tokens bigint NOT NULL,
+            output_tokens bigint NOT NULL,
+            reasoning_tokens bigint NOT NULL,
+            cost_usd double precision,
+            cost_status text NOT NULL CHECK (cost_status IN {_COST_STATUSES}),
+            cache text,
+            error_type text,
+            error text,
+            attempts jsonb NOT NULL,
+            content jsonb,
+            PRIMARY KEY (time, id))""",
+        "CREATE INDEX request_log_id ON request_log (id)",
+        "CREATE INDEX request_log_key ON request_log (key_name, time)",
+        "CREATE INDEX request_log_model ON request_log (model, time)",
+        "CREATE INDEX request_log_resolved_model ON request_log (resolved_model, time)",
+        "CREATE INDEX request_log_provider ON request_log (provider, time)",
+        "CREATE INDEX request_log_status ON request_log (status, time)",
+    ),
+)
+
+MIGRATIONS: tuple[Migration, ...] = (_TEAMS_AND_KEYS, _SPEND_LEDGER, _REQUEST_LOG)
 LATEST = MIGRATIONS[-1].version
 
 

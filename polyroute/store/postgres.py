@@ -26,6 +26,7 @@ from polyroute.core.errors import ConfigError
 from polyroute.core.periods import utc_now
 from polyroute.core.redaction import redact, register_secret
 from polyroute.store import contract as c
+from polyroute.store import request_log as log
 from polyroute.store.contract import (
     ConflictError,
     KeyChanges,
@@ -74,6 +75,19 @@ WITH added AS (
         $6::text[], $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[], $11::float8[],
         $12::text[])
     ON CONFLICT (request_id) DO NOTHING
+    RETURNING 1)
+SELECT count(*) FROM added"""
+# The request log's batch likewise; the JSON columns travel as text, cast on the way in.
+_LOG_TYPES = ("text", "timestamptz", "text", "text", "text", "text", "text", "text", "text",
+              "text", "float8", "float8", "bigint", "bigint", "bigint", "bigint", "float8",
+              "text", "text", "text", "text", "text", "text")  # fmt: skip
+_ADD_REQUESTS = f"""
+WITH added AS (
+    INSERT INTO request_log ({", ".join(log.COLUMNS)})
+    SELECT {", ".join(log.COLUMNS[:-2])}, attempts::jsonb, content::jsonb
+    FROM unnest({", ".join(f"${n}::{kind}[]" for n, kind in enumerate(_LOG_TYPES, start=1))})
+        AS batch ({", ".join(log.COLUMNS)})
+    ON CONFLICT (time, id) DO NOTHING
     RETURNING 1)
 SELECT count(*) FROM added"""
 
@@ -332,6 +346,32 @@ class PostgresStore:
         )
         return float(row[0])
 
+    # The request log
+
+    async def add_requests(self, records: Sequence[Mapping[str, Any]]) -> int:
+        if not records:
+            return 0
+        rows = [_log_values(record) for record in records]
+        async with self._transaction() as db:
+            return int(await db.fetchval(_ADD_REQUESTS, *zip(*rows, strict=True)))
+
+    async def list_requests(self, query: log.RequestQuery) -> log.RequestPage:
+        sql, params = query.select()
+        rows = await self._fetch(log.numbered(sql), *params)
+        return log.page_of([log.record_of(row) for row in rows], query.limit)
+
+    async def get_request(self, request_id: str) -> dict[str, Any]:
+        row = await self._fetchrow(log.numbered(log.GET), request_id)
+        if row is None:
+            raise NotFoundError("request", request_id)
+        return log.record_of(row)
+
+    async def prune_requests(self, before: datetime, limit: int = log.PRUNE_BATCH) -> int:
+        moment = c.aware_time("before", before)
+        async with self._connection() as db:
+            status = await db.execute(log.numbered(log.PRUNE), moment, limit)
+        return int(status.split()[-1])  # "DELETE 42"
+
     # Connections
 
     async def _fetch(self, sql: str, *args: Any) -> list[Any]:
@@ -448,6 +488,14 @@ async def _update(db: Any, table: str, id: str, values: Mapping[str, Any]) -> An
 
 def _encode(field: str, value: Any) -> Any:
     return list(value) if field == "models" and value is not None else value
+
+
+def _log_values(record: Mapping[str, Any]) -> list[Any]:
+    values = log.row_of(record)
+    for index in (-2, -1):  # attempts, content: JSON text (cast to jsonb by the statement)
+        if values[index] is not None:
+            values[index] = orjson.dumps(values[index]).decode()
+    return values
 
 
 def _team(row: Any) -> TeamRecord:

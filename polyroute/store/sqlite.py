@@ -30,6 +30,7 @@ import orjson
 
 from polyroute.core.periods import utc_now
 from polyroute.store import contract as c
+from polyroute.store import request_log as log
 from polyroute.store.contract import (
     ConflictError,
     KeyChanges,
@@ -214,6 +215,28 @@ class SqliteStore:
         )
         assert row is not None  # an aggregate always has its row
         return float(row[0])
+
+    # The request log
+
+    async def add_requests(self, records: Sequence[Mapping[str, Any]]) -> int:
+        if not records:
+            return 0
+        return await self._call(_add_requests, [_log_values(record) for record in records])
+
+    async def list_requests(self, query: log.RequestQuery) -> log.RequestPage:
+        sql, params = query.select()
+        rows = await self._call(_all, sql, [_param(value) for value in params])
+        return log.page_of([_logged(row) for row in rows], query.limit)
+
+    async def get_request(self, request_id: str) -> dict[str, Any]:
+        row = await self._call(_one, log.GET, (request_id,))
+        if row is None:
+            raise NotFoundError("request", request_id)
+        return _logged(row)
+
+    async def prune_requests(self, before: datetime, limit: int = log.PRUNE_BATCH) -> int:
+        moment = _text(c.aware_time("before", before))
+        return await self._call(_prune_requests, moment, limit)
 
     # The worker thread
 
@@ -480,6 +503,18 @@ def _append_spend(db: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> int:
     return db.total_changes - before
 
 
+def _add_requests(db: sqlite3.Connection, rows: list[list[Any]]) -> int:
+    before = db.total_changes
+    with _transaction(db):
+        db.executemany(log.INSERT, rows)
+    return db.total_changes - before
+
+
+def _prune_requests(db: sqlite3.Connection, before: str, limit: int) -> int:
+    with _transaction(db):
+        return db.execute(log.PRUNE, (before, limit)).rowcount
+
+
 # Between records and columns.
 
 
@@ -508,6 +543,31 @@ def _encode(field: str, value: Any) -> Any:
 def _spend_values(row: SpendRow) -> tuple[Any, ...]:
     request_id, time, *rest = row.columns()
     return (request_id, _text(time), *rest)  # times as text here (see _text)
+
+
+def _log_values(record: Mapping[str, Any]) -> list[Any]:
+    values = log.row_of(record)
+    for index in (-2, -1):  # attempts, content: JSON text
+        if values[index] is not None:
+            values[index] = orjson.dumps(values[index]).decode()
+    values[1] = _text(values[1])
+    return values
+
+
+def _param(value: Any) -> Any:
+    return _text(value) if isinstance(value, datetime) else value
+
+
+def _logged(row: sqlite3.Row) -> dict[str, Any]:
+    content = row["content"]
+    return log.record_of(
+        {
+            **dict(row),
+            "time": datetime.fromisoformat(row["time"]),
+            "attempts": orjson.loads(row["attempts"]),
+            "content": None if content is None else orjson.loads(content),
+        }
+    )
 
 
 def _team(row: sqlite3.Row) -> TeamRecord:

@@ -191,7 +191,7 @@ async def test_simulate_serves_real_upstreams_until_interrupted(tmp_path: Path) 
     assert [line[:2] for line in lines] == [["a", "darkai"], ["b", "openai"]]
     async with (
         DarkAI(api_endpoint=lines[0][2]) as dark,
-        OpenAI(api_endpoint=lines[1][2], models=[]) as oa,
+        OpenAI(base_url=lines[1][2], models=[]) as oa,  # an openai upstream's base_url
     ):
         dark_text = "".join([t async for t in dark.create_async_generator("gpt-4o", HI)])
         oa_text = "".join([t async for t in oa.create_async_generator("x", HI)])

@@ -122,7 +122,7 @@ async def test_only_the_admin_key_opens_the_admin_api(served: Served) -> None:
     statuses = {who: status for who, (status, _) in refusals.items()}
     assert statuses == {"none": 401, "wrong": 401, "config key": 403, "store key": 403}
     for _, body in refusals.values():
-        assert set(body["error"]) == {"message", "type", "code"}
+        assert set(body["error"]) == {"message", "type", "param", "code"}  # OpenAI's shape
     status, reloaded = await served.admin("POST", "/admin/reload")
     assert (status, reloaded["changed"]) == (200, False)  # the same file, re-read
 

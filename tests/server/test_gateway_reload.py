@@ -278,7 +278,7 @@ async def test_admin_reload_says_what_changed_and_refuses_a_broken_file(
             write(path, entry("one", openai_upstream, "m", weight=-1))
             status, refusal = await reload()
             assert status == 400
-            assert set(refusal["error"]) == {"message", "type", "code"}
+            assert set(refusal["error"]) == {"message", "type", "param", "code"}
             assert "providers.0.weight" in refusal["error"]["message"]
             assert (await chat(session, served.url, "fast", env["TWO_KEY"]))[0] == 200
         events = [json.loads(line) for line in served.stderr if line.startswith("{")]

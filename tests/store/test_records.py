@@ -32,6 +32,8 @@ PUBLIC = {
     *("SpendScope", "SqliteStore", "Store", "StoreConfig", "StoreError"),
     *("StoreUnavailableError", "TeamRecord", "TeamUpdate", "budget_window_start"),
     *("build_store", "hash_secret", "load_store_config"),
+    *("BatchWriter", "LogsConfig", "RequestLogWriter", "RequestPage", "RequestQuery"),
+    "Retention",
 }
 
 

@@ -84,8 +84,11 @@ class Dialect(Protocol):
         """``error`` as this dialect's clients expect it (status and body)."""
         ...
 
-    def refusal(self, status: int, message: str, code: str | None = None) -> WireError:
-        """A refusal of the gateway's own (a bad key, bad JSON, a body too large)."""
+    def refusal(
+        self, status: int, message: str, code: str | None = None, param: str | None = None
+    ) -> WireError:
+        """A refusal of the gateway's own (a bad key, bad JSON, a body too large);
+        ``param`` names the request's field at fault, where the dialect says it."""
         ...
 
 

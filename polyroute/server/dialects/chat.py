@@ -132,8 +132,10 @@ class ChatDialect:
     def error(self, error: PolyrouteError) -> WireError:
         return openai_error(classify(error))
 
-    def refusal(self, status: int, message: str, code: str | None = None) -> WireError:
-        return openai_error(own_failure(status, message, code))
+    def refusal(
+        self, status: int, message: str, code: str | None = None, param: str | None = None
+    ) -> WireError:
+        return openai_error(own_failure(status, message, code, param))
 
 
 def read_chat_body(body: Any) -> ChatExchange:

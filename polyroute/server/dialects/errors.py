@@ -44,6 +44,8 @@ class Failure:
     retry_after: float | None = None
     overloaded: bool = False
     """Every candidate was rate-limited or overloaded (Anthropic's clients expect 529)."""
+    param: str | None = None
+    """The request's field at fault, when one is (OpenAI's ``param``)."""
 
 
 def classify(error: PolyrouteError) -> Failure:
@@ -86,10 +88,12 @@ def error_code(error: BaseException) -> str:
 _WORD_START = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 
 
-def own_failure(status: int, message: str, code: str | None = None) -> Failure:
+def own_failure(
+    status: int, message: str, code: str | None = None, param: str | None = None
+) -> Failure:
     """A failure of the gateway's own (bad JSON, body too large, unknown route...)."""
     kind = "invalid_request_error" if status < 500 else "server_error"
-    return Failure(status, kind, code, message)
+    return Failure(status, kind, code, message, param=param)
 
 
 def _is_overloaded(error: BaseException | None) -> bool:
@@ -100,5 +104,6 @@ def _is_overloaded(error: BaseException | None) -> bool:
 
 def openai_error(failure: Failure) -> WireError:
     """``failure`` as OpenAI's error object (chat completions and responses)."""
-    body = {"error": {"message": failure.message, "type": failure.kind, "code": failure.code}}
+    error = {"message": failure.message, "type": failure.kind, "param": failure.param}
+    body = {"error": {**error, "code": failure.code}}
     return WireError(failure.status, body, failure.retry_after, failure.code)

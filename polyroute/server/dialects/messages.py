@@ -301,8 +301,10 @@ class MessagesDialect:
             failure = Failure(529, failure.kind, failure.code, failure.message)
         return anthropic_error(failure)
 
-    def refusal(self, status: int, message: str, code: str | None = None) -> WireError:
-        return anthropic_error(own_failure(status, message, code))
+    def refusal(
+        self, status: int, message: str, code: str | None = None, param: str | None = None
+    ) -> WireError:
+        return anthropic_error(own_failure(status, message, code, param))
 
 
 def anthropic_error(failure: Failure) -> WireError:

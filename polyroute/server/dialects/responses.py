@@ -404,5 +404,7 @@ class ResponsesDialect:
             return openai_error(own_failure(404, str(error), code))
         return openai_error(classify(error))
 
-    def refusal(self, status: int, message: str, code: str | None = None) -> WireError:
-        return openai_error(own_failure(status, message, code))
+    def refusal(
+        self, status: int, message: str, code: str | None = None, param: str | None = None
+    ) -> WireError:
+        return openai_error(own_failure(status, message, code, param))
