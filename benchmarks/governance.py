@@ -7,8 +7,9 @@ another at concurrency 1 and 50. Rows, each polyroute serve (1 worker) on the ga
 core:
 
   polyroute        the plain gateway: no keys, its entry without a price (unpriced)
-  governed-memory  a gateway key in a team, each with a budget (so every request
-                   reserves its worst case on both and settles its cost), the entry
+  governed-memory  a key from the store (SQLite) in a team, each with a budget (so
+                   every request reserves its worst case on both and settles its
+                   cost, and its spend row goes to the store's ledger), the entry
                    priced (every answer costed), state: memory
   polyroute-redis  the plain gateway with state: redis (a redis-server started here)
   governed-redis   governed-memory with state: redis: the reservation and the
@@ -29,6 +30,7 @@ import argparse
 import json
 import os
 import sys
+import urllib.request
 from contextlib import ExitStack
 from typing import Any
 
@@ -55,13 +57,24 @@ PLAIN = {"governed-memory": "polyroute", "governed-redis": "polyroute-redis"}
 TARGET = (0.9, 1.1)
 """A governed row's streams/s at least, and its CPU per stream at most, this many times
 the plain gateway's."""
-KEY = "pr-bench-0123456789abcdef"
+ADMIN_KEY = "bench-admin-0123456789abcdef"
 BUDGET = {"usd": 1e9, "period": "day"}
 
 
+def admin_post(root: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    request = urllib.request.Request(
+        root + path,
+        data=json.dumps(body).encode(),
+        headers={"Authorization": f"Bearer {ADMIN_KEY}", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        created: dict[str, Any] = json.load(answer)
+    return created
+
+
 def served(name: str, base: str, core: int, redis_url: str | None, stack: ExitStack) -> Target:
-    """polyroute serve (``governed-*``: with a key in a team, both with budgets, and a
-    priced entry)."""
+    """polyroute serve (``governed-*``: a store with a key in a team, both with budgets
+    and created through the admin API, and a priced entry)."""
     port = free_port()
     root = f"http://127.0.0.1:{port}"
     entry: dict[str, Any] = {
@@ -74,9 +87,8 @@ def served(name: str, base: str, core: int, redis_url: str | None, stack: ExitSt
     headers: dict[str, dict[str, str]] = {}
     if name.startswith("governed"):
         entry["price"] = {"input": 2.5, "output": 10.0}
-        keys = [{"name": "bench", "key_env": "BENCH_KEY", "team": "bench", "budget": BUDGET}]
-        config["gateway"] = {"keys": keys, "teams": [{"name": "bench", "budget": BUDGET}]}
-        headers = {WORKLOAD: {"Authorization": f"Bearer {KEY}"}}
+        config["gateway"] = {"admin_key_env": "BENCH_ADMIN_KEY"}
+        config["store"] = {"backend": "sqlite", "path": str(PEERS / f"store-{name}-{port}.db")}
     if redis_url is not None:
         config["state"] = {"backend": "redis", "url": redis_url}
     path = PEERS / f"polyroute-{name}-{port}.json"
@@ -84,7 +96,12 @@ def served(name: str, base: str, core: int, redis_url: str | None, stack: ExitSt
     command = [sys.executable, "-m", "polyroute", "serve", "-c", str(path)]
     command += ["--port", str(port), "--workers", "1"]
     ready = f"{root}/healthz"
-    process = stack.enter_context(started(command, ready, {core}, env={"BENCH_KEY": KEY}))
+    env = {"BENCH_ADMIN_KEY": ADMIN_KEY}
+    process = stack.enter_context(started(command, ready, {core}, env=env))
+    if name.startswith("governed"):
+        admin_post(root, "/admin/teams", {"name": "bench", "budget": BUDGET})
+        key = admin_post(root, "/admin/keys", {"name": "bench", "team": "bench", "budget": BUDGET})
+        headers = {WORKLOAD: {"Authorization": f"Bearer {key['key']}"}}
     return Target(name, {WORKLOAD: root + WIRES["chat"].path}, headers, process.pid, str(core))
 
 

@@ -7,7 +7,6 @@ budget exact: no request settles above its reservation.
 
 from __future__ import annotations
 
-import asyncio
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -60,13 +59,12 @@ def cost_ceiling(
 
 
 class BudgetKeeper:
-    """A router's reservations: taken before a request's first attempt, settled in a
-    task of their own (so that a request whose consumer left still settles), which
-    :meth:`aclose` waits for."""
+    """A router's reservations: taken before a request's first attempt, settled without
+    waiting (so that a request whose consumer left still settles; the state's own close
+    sends what is still queued)."""
 
     def __init__(self, state: RoutingState) -> None:
         self._state = state
-        self._settling: set[asyncio.Task[None]] = set()
 
     async def reserve(self, plan: BudgetPlan, amount_usd: float) -> Reservation:
         """Hold ``amount_usd`` on every budget of ``plan``; raises
@@ -79,14 +77,7 @@ class BudgetKeeper:
     def settle(self, reservation: Reservation, cost: Cost) -> None:
         """Count what the request cost (its reservation, when it is unpriced)."""
         usd = reservation.amount_usd if cost.usd is None else cost.usd
-        task = asyncio.get_running_loop().create_task(self._state.settle(reservation, usd))
-        self._settling.add(task)
-        task.add_done_callback(self._settling.discard)
-
-    async def aclose(self) -> None:
-        """Wait for the settlements under way."""
-        if self._settling:
-            await asyncio.gather(*self._settling)
+        self._state.settle_soon(reservation, usd)
 
 
 def remaining_usd(reservation: Reservation) -> float:

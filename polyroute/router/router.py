@@ -666,8 +666,8 @@ class Router:
             await asyncio.to_thread(load_catalogue)
 
     async def aclose(self) -> None:
-        """Close every provider's connection pool and the shared state's connections."""
-        await self.budgets.aclose()
+        """Close every provider's connection pool and the shared state's connections
+        (the state sends the budget settlements still queued first)."""
         await asyncio.gather(*(provider.aclose() for provider in self.providers))
         if self.cache is not None:
             await self.cache.aclose()

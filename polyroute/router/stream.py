@@ -84,12 +84,18 @@ ASSUMED_ANSWER_TOKENS = 256
 """Answer length assumed for a ``tpm`` limit when the request sets no ``max_tokens``."""
 
 
-def estimate_tokens(request: ChatRequest) -> int:
-    """Tokens a request may use, before its answer says: its input, estimated, plus
-    ``max_tokens`` (or a typical answer)."""
+def estimate_tokens(request: ChatRequest, input_tokens: int | None = None) -> int:
+    """Tokens a request may use, before its answer says: its input (``input_tokens``,
+    or estimated), plus ``max_tokens`` (or a typical answer)."""
+    if input_tokens is None:
+        input_tokens = estimated_input_tokens(request)
+    return input_tokens + 1 + (_max_tokens(request) or ASSUMED_ANSWER_TOKENS)
+
+
+def _max_tokens(request: ChatRequest) -> int | None:
     options = request.options
-    answer = options.get("max_completion_tokens") or options.get("max_tokens")
-    return estimated_input_tokens(request) + 1 + (answer or ASSUMED_ANSWER_TOKENS)
+    answer: int | None = options.get("max_completion_tokens") or options.get("max_tokens")
+    return answer
 
 
 @dataclass(slots=True)
@@ -196,6 +202,7 @@ class RouterStream:
         self._cached_usage: Usage | None = None
         self._budget = budget
         self._costs: list[Cost | None] | None = None
+        self._prompt_tokens: int | None = None
         self.budget_remaining_usd: float | None = None
         """With ``budget=``: what is left on the tightest budget once this request's
         reservation is counted (set when iteration starts)."""
@@ -261,7 +268,11 @@ class RouterStream:
         return costs
 
     def _input_tokens(self) -> int:
-        return estimated_input_tokens(self._request)
+        """The prompt's tokens, estimated once (limits, the budget's worst case and the
+        cost of a cut attempt all ask)."""
+        if self._prompt_tokens is None:
+            self._prompt_tokens = estimated_input_tokens(self._request)
+        return self._prompt_tokens
 
     @property
     def cost_usd(self) -> float | None:
@@ -338,13 +349,11 @@ class RouterStream:
     async def _held_to(self, budget: BudgetPlan, mode: _Mode) -> AsyncGenerator[Any, None]:
         """:meth:`_run` under ``budget``: its worst case reserved first, its cost settled
         however it ends (a generator of its own, so unbudgeted streams pay nothing)."""
-        options = self._request.options
-        answer = options.get("max_completion_tokens") or options.get("max_tokens")
         ceiling = cost_ceiling(
             self._context.policy,
             self._chain,
-            estimated_input_tokens(self._request),
-            answer or budget.default_max_tokens,
+            self._input_tokens(),
+            _max_tokens(self._request) or budget.default_max_tokens,
         )
         keeper = self._context.budgets
         held = await keeper.reserve(budget, ceiling)
@@ -475,7 +484,7 @@ class RouterStream:
             requested_model=self.requested_model,
             chain=self._chain,
             needs=request.needs,
-            estimate=lambda: estimate_tokens(request),
+            estimate=lambda: estimate_tokens(request, self._input_tokens()),
             attempts=self.attempts,
         )
         engine.begin()

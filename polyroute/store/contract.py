@@ -12,6 +12,7 @@ backends, so that both refuse the same things with the same :class:`InvalidValue
 from __future__ import annotations
 
 import hashlib
+import operator
 import re
 import secrets
 from collections.abc import Callable, Mapping, Sequence
@@ -159,12 +160,18 @@ class SpendRow:
 
     def columns(self) -> tuple[Any, ...]:
         """Its values in the ``spend`` table's column order (the fields' order)."""
-        return tuple(getattr(self, field.name) for field in fields(self))
+        values: tuple[Any, ...] = _SPEND_COLUMNS(self)
+        return values
 
     def __post_init__(self) -> None:
         aware_time("time", self.time)
         if self.cost_status not in COST_STATUSES:
             raise InvalidValueError("cost_status", f"must be one of {sorted(COST_STATUSES)}")
+
+
+_SPEND_COLUMNS = operator.attrgetter(*(field.name for field in fields(SpendRow)))
+"""A spend row's values in field order (one C call, where a loop of getattr is several
+microseconds a row in the ledger's writer)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -181,6 +181,12 @@ class RoutingState(HealthStore, Protocol):
         left as it is. Raises ``ValueError`` for an amount negative or not finite."""
         ...
 
+    def settle_soon(self, reservation: Reservation, actual_usd: float) -> None:
+        """:meth:`settle` without waiting: counted in this process at once; a shared
+        backend sends it with its next batch of calls (and keeps it until its store has
+        it, as :meth:`settle` does), and its ``aclose`` sends what is still queued."""
+        ...
+
     async def release_reservation(self, reservation: Reservation) -> None:
         """Stop holding ``reservation`` and count nothing (a request that produced
         nothing); once, like :meth:`settle`. (Not ``release``: that name gives back a

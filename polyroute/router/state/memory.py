@@ -440,6 +440,9 @@ class MemoryState:
         return self.spend.reserve(windows, micros, ttl_s, rid, self.share)
 
     async def settle(self, reservation: Reservation, actual_usd: float) -> None:
+        self.settle_soon(reservation, actual_usd)
+
+    def settle_soon(self, reservation: Reservation, actual_usd: float) -> None:
         check_usd("a settled amount", actual_usd)
         self.finish_now(reservation, to_micros(actual_usd))
 

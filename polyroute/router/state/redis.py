@@ -508,10 +508,14 @@ class RedisState:
 
     async def settle(self, reservation: Reservation, actual_usd: float) -> None:
         check_usd("a settled amount", actual_usd)
-        await self._finish(reservation, to_micros(actual_usd))
+        await self._finished(self._finish(reservation, to_micros(actual_usd)))
+
+    def settle_soon(self, reservation: Reservation, actual_usd: float) -> None:
+        check_usd("a settled amount", actual_usd)
+        self._finish(reservation, to_micros(actual_usd))
 
     async def release_reservation(self, reservation: Reservation) -> None:
-        await self._finish(reservation, 0)
+        await self._finished(self._finish(reservation, 0))
 
     def spent(self, scope: str, limit: BudgetLimit) -> float:
         return self.local.spent(scope, limit)
@@ -526,10 +530,12 @@ class RedisState:
         spend.observe(windows[0], settled)
         return to_usd(max(0, spend.left(windows[0], held)))
 
-    async def _finish(self, reservation: Reservation, micros: int) -> None:
-        """Settle at ``micros`` (0: release) here, then in Redis, or keep it for Redis."""
+    def _finish(self, reservation: Reservation, micros: int) -> asyncio.Future[Any] | None:
+        """Settle at ``micros`` (0: release) here at once, and in Redis with the next
+        batch of calls (no task, no wait: the answer is taken by a callback); kept for
+        Redis while it is down. The future of the call, if one was sent."""
         if not self.local.finish_now(reservation, micros):
-            return
+            return None
         if reservation.is_shared:
             settle_id, hold = reservation.id, f"{reservation.id}={reservation.micros}"
         elif micros and reservation.windows:
@@ -537,16 +543,30 @@ class RedisState:
             # ids are only this process's: the id Redis remembers names the process.
             settle_id, hold = f"{self._process}:{reservation.id}", ""
         else:
-            return
+            return None
         amounts = dict.fromkeys(reservation.windows, micros)
         settle = _Settle(settle_id, hold, self._remember_ms(reservation.ttl_s), amounts)
-        result = await self._ask_if_up(
-            "SETTLE", self._settle_keys(settle), self._settle_args(settle)
-        )
+        if self.degraded or not self._started:
+            self._keep_unsent(settle)
+            return None
+        sent = self._submit("SETTLE", self._settle_keys(settle), self._settle_args(settle))
+        sent.add_done_callback(lambda answer: self._settled(settle, answer))
+        return sent
+
+    def _settled(self, settle: _Settle, answer: asyncio.Future[Any]) -> None:
+        result: Any = _FAILED if answer.cancelled() else answer.result()
         if result is _FAILED:
             self._keep_unsent(settle)
         else:
             self._confirm(settle, result)
+
+    async def _finished(self, sent: asyncio.Future[Any] | None) -> None:
+        """Wait for a settle's answer (taken by its callback) as long as a decision
+        would; a late one is still taken when it comes."""
+        if sent is not None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._timeout + self._loop_lag):
+                    await asyncio.shield(sent)
 
     def _keep_unsent(self, settle: _Settle) -> None:
         self._unsent[settle.id] = settle
