@@ -126,6 +126,12 @@ class StateConfig(_Strict):
     sync_ms: float = Field(
         100.0, gt=0, description="how often load figures and request counts are exchanged"
     )
+    budget_grant_requests: int = Field(
+        64,
+        ge=0,
+        description="room a process holds on a budget, in requests' worst cases, to admit "
+        "them without a round trip (0: every request asks Redis)",
+    )
 
     def __repr_args__(self) -> Any:
         for key, value in super().__repr_args__():  # the URL may hold a password

@@ -49,8 +49,12 @@ class UtcClock:
         return self.now
 
 
-def redis_state(url: str, utc_now: Callable[[], datetime], timeout_ms: int = 50) -> RedisState:
-    config = StateConfig(backend="redis", url=url, timeout_ms=timeout_ms)
+def redis_state(
+    url: str, utc_now: Callable[[], datetime], timeout_ms: int = 50, grants: int = 64
+) -> RedisState:
+    config = StateConfig(
+        backend="redis", url=url, timeout_ms=timeout_ms, budget_grant_requests=grants
+    )
     return RedisState(
         config,
         StatsBook(),
@@ -346,10 +350,21 @@ def _redis_figures(server: RedisServer, scope: str) -> tuple[int, int]:
     return int(settled), int(held)
 
 
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _evalsha_calls(server: RedisServer) -> int:
+    stats = server.cli("INFO", "commandstats")
+    found = re.search(r"cmdstat_evalsha:calls=(\d+)", stats)
+    return int(found.group(1)) if found else 0
+
+
 async def test_a_budget_holds_exactly_under_a_burst_from_four_processes(
     redis_server: RedisServer, redis_url: str
 ) -> None:
-    states = [redis_state(redis_url, lambda: datetime.now(UTC), timeout_ms=5_000) for _ in "abcd"]
+    # Without grants: every request asks Redis, and the budget is used to the last cent.
+    states = [redis_state(redis_url, _now, timeout_ms=5_000, grants=0) for _ in "abcd"]
     for state in states:
         await state.start()
     try:
@@ -364,10 +379,78 @@ async def test_a_budget_holds_exactly_under_a_burst_from_four_processes(
             await state.aclose()
 
 
+async def test_with_grants_a_burst_from_four_processes_never_passes_the_budget(
+    redis_server: RedisServer, redis_url: str
+) -> None:
+    states = [redis_state(redis_url, _now, timeout_ms=5_000) for _ in "abcd"]
+    for state in states:
+        await state.start()
+    calls = _evalsha_calls(redis_server)
+    try:
+        scope = {"key:granted": BudgetLimit(10.0, "total")}
+        outcomes = await _burst(states, scope, [0.02] * 800)  # 500 fit
+    finally:
+        for state in states:
+            await state.aclose()
+    admitted = [o for o in outcomes if o.actual is not None]
+    # Never one more than fits; a few fewer at most (the last of the budget held, unused,
+    # in other processes' grants when a request came); every grant given back.
+    assert 490 <= len(admitted) <= 500
+    assert _redis_figures(redis_server, "key:granted") == (len(admitted) * 20_000, 0)
+    assert _evalsha_calls(redis_server) - calls < len(outcomes) / 2
+    assert all(state.decisions["local"] == 0 for state in states)
+
+
+async def test_a_grant_admits_requests_without_a_round_trip_and_is_given_back(
+    redis_server: RedisServer, redis_url: str
+) -> None:
+    state = redis_state(redis_url, _now)
+    await state.start()
+    scope = {"key:g": BudgetLimit(100.0, "total")}
+    calls = _evalsha_calls(redis_server)
+    try:
+        first = await reserved(state, scope, 0.01)
+        # One grant of 64 requests' worst case, this one admitted from it.
+        assert _redis_figures(redis_server, "key:g") == (0, 640_000)
+        assert first.remaining_usd == {"key:g": pytest.approx(99.99)}
+        for _ in range(40):
+            await state.settle(await reserved(state, scope, 0.01), 0.005)
+        assert _evalsha_calls(redis_server) - calls == 1  # the grant, nothing else yet
+        assert state.spent("key:g", scope["key:g"]) == pytest.approx(0.2)
+        await state.release_reservation(first)
+    finally:
+        await state.aclose()  # the grant is settled: its hold back, its spend counted
+    assert _redis_figures(redis_server, "key:g") == (200_000, 0)
+
+
+async def test_near_the_end_of_a_budget_grants_shrink_and_every_cent_is_used(
+    redis_server: RedisServer, redis_url: str
+) -> None:
+    state = redis_state(redis_url, _now)
+    await state.start()
+    scope = {"key:end": BudgetLimit(0.1, "total")}
+    try:
+        # Grants of a quarter of what is left (2 requests, then 1, then none), each
+        # giving back what it did not admit when retired: no request runs to its end
+        # here, yet the budget admits all ten that fit, and not one more.
+        held = [await state.reserve(scope, 0.01, 60) for _ in range(11)]
+        assert all(isinstance(r, Reservation) for r in held[:10]), held
+        assert held[10] == BudgetDenied("key:end", 0.0)
+        assert [r.remaining_usd["key:end"] for r in held[:10]] == pytest.approx(  # type: ignore[union-attr]
+            [0.09 - n * 0.01 for n in range(10)]
+        )
+        assert _redis_figures(redis_server, "key:end") == (0, 100_000)
+        for reservation in held[:10]:
+            await state.settle(cast(Reservation, reservation), 0.01)
+    finally:
+        await state.aclose()
+    assert _redis_figures(redis_server, "key:end") == (100_000, 0)
+
+
 async def test_overshoot_is_bounded_by_the_requests_in_flight_at_the_last_admission(
     redis_server: RedisServer, redis_url: str
 ) -> None:
-    states = [redis_state(redis_url, lambda: datetime.now(UTC), timeout_ms=5_000) for _ in "abcd"]
+    states = [redis_state(redis_url, _now, timeout_ms=5_000, grants=0) for _ in "abcd"]
     for state in states:
         await state.start()
     try:

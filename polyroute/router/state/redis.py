@@ -21,10 +21,12 @@ Design (docs/shared-state.md says why):
   pushes what it learned alone and logs ``state.restored``.
 - Spend budgets are held and settled by one script each (all of a request's scopes
   at once), in integer micro-dollars, with Redis's clock for reservations' deadlines
-  and this process's UTC date for the period (part of the keys). A settle Redis has
-  not confirmed (late, or Redis down) is kept and replayed, idempotently by its id,
-  at the next sync or on reconnecting; while Redis is down, budgets are decided from
-  this process's ledger, each process taking its share of what it last saw left.
+  and this process's UTC date for the period (part of the keys). Most requests are
+  admitted from a grant (polyroute.router.state.grants): one reservation for many,
+  settled once for all of them. A settle Redis failed (or Redis down) is kept and
+  replayed, idempotently by its id, at the next sync or on reconnecting; while Redis
+  is down, budgets are decided from this process's ledger, each process taking its
+  share of what it last saw left.
 - Announcements (the gateway's "keys changed") are ``s<TAB>topic`` messages on the
   same channel: each process runs its listeners when one arrives, and all of them after
   it reconnects (a message sent while it was away is lost).
@@ -69,6 +71,7 @@ from polyroute.router.state.budgets import (
     to_usd,
 )
 from polyroute.router.state.contract import Denied, Lease, Load, TokenEstimate
+from polyroute.router.state.grants import GRANT_MAX_AGE_S, Grant, GrantBook
 from polyroute.router.state.memory import MemoryState
 from polyroute.router.stats import StatsBook
 
@@ -170,6 +173,9 @@ class RedisState:
         self._key = {
             kind: f"{tag}:{kind}" for kind in ("processes", "reports", "budget", "settled")
         }
+        self._grants = GrantBook(config.budget_grant_requests)
+        self._taking: dict[tuple[ScopeWindow, ...], asyncio.Future[None]] = {}
+        """Windows -> a grant being taken (the requests that need one meanwhile wait)."""
         self._unsent: dict[str, _Settle] = {}
         """Settle id -> a settle Redis has not confirmed, replayed until it has."""
         self._replaying = False
@@ -239,6 +245,8 @@ class RedisState:
             self._starting = asyncio.get_running_loop().create_task(self.start())
 
     async def aclose(self) -> None:
+        for grant in self._grants.retire_all():  # their room, given back
+            self._retired(grant)
         # Writes still queued go first (bounded): a success recorded just before
         # closing still reaches the others.
         if self._sender is not None:
@@ -478,6 +486,66 @@ class RedisState:
         if not windows or self.degraded:
             return self.local.reserve_now(windows, micros, ttl_s)
         rid = f"{self._process}:{next(self._lease_ids)}"
+        grant, failed = self._grants.admit(windows, micros, rid), False
+        if grant is None:
+            grant, failed = await self._admit_from_new_grant(windows, micros, ttl_s, rid)
+        if grant is not None:
+            remaining = {scope: to_usd(max(0, left)) for scope, left in grant.remaining().items()}
+            return Reservation(rid, windows, to_usd(micros), remaining, ttl_s, is_shared=True)
+        if failed:
+            return self.local.reserve_now(windows, micros, ttl_s)
+        return await self._reserve_alone(windows, micros, ttl_s, rid)
+
+    async def _reserve_alone(
+        self, windows: tuple[ScopeWindow, ...], micros: int, ttl_s: float, rid: str
+    ) -> Reservation | BudgetDenied:
+        """One request's reservation in Redis (no grant had room for it)."""
+        result = await self._hold(windows, rid, micros, ttl_s)
+        if result is None:
+            return self.local.reserve_now(windows, micros, ttl_s)
+        if isinstance(result, BudgetDenied):
+            return result
+        remaining = {scope: to_usd(max(0, left)) for scope, left in result.items()}
+        return Reservation(rid, windows, to_usd(micros), remaining, ttl_s, is_shared=True)
+
+    async def _admit_from_new_grant(
+        self, windows: tuple[ScopeWindow, ...], micros: int, ttl_s: float, rid: str
+    ) -> tuple[Grant | None, bool]:
+        """Retire the grant on ``windows`` and take a new one (or wait for the one
+        another request is taking), and admit the request from it: the grant (``None``:
+        too little left for one, or grants off), and whether Redis failed to answer."""
+        book = self._grants
+        if (retired := book.retire(windows)) is not None:
+            self._retired(retired)
+        taking = self._taking.get(windows)
+        if taking is not None:
+            await asyncio.shield(taking)
+            return book.admit(windows, micros, rid), False
+        want = book.wanted(windows, micros, self.local.share)
+        if not want:
+            return None, False
+        taken = self._taking[windows] = asyncio.get_running_loop().create_future()
+        try:
+            gid = f"{self._process}:g{next(self._lease_ids)}"
+            # Its last request may be admitted at its age limit and then run ttl_s.
+            grant_ttl_s = ttl_s + GRANT_MAX_AGE_S
+            result = await self._hold(windows, gid, want, grant_ttl_s)
+        finally:
+            del self._taking[windows]
+            taken.set_result(None)
+        if result is None or isinstance(result, BudgetDenied):
+            return None, result is None
+        grant = Grant(gid, windows, want, result, grant_ttl_s, self._grants.clock())
+        book.install(grant)
+        return book.admit(windows, micros, rid), False
+
+    async def _hold(
+        self, windows: tuple[ScopeWindow, ...], rid: str, micros: int, ttl_s: float
+    ) -> dict[str, int] | BudgetDenied | None:
+        """Hold ``micros`` on ``windows`` in Redis under ``rid``: scope -> micro-dollars
+        left there with it held, a denial, or ``None``: Redis did not answer (given
+        back, if it held it after all). Notes the least left, which sizes the next
+        grant."""
         limits = [(to_micros(window.limit.usd), window.expire_at_ms) for window in windows]
         result = await self._call_keys(
             "RESERVE",
@@ -493,18 +561,21 @@ class RedisState:
                 rid, f"{rid}={micros}", self._remember_ms(ttl_s), dict.fromkeys(windows, 0)
             )
             self._write("SETTLE", self._settle_keys(hold), *self._settle_args(hold))
-            return self.local.reserve_now(windows, micros, ttl_s)
+            return None
         spend = self.local.spend
         if not result[0]:
             index, settled, held = (int(figure) for figure in result[1:])
             window = windows[index - 1]
             spend.observe(window, settled)
-            return BudgetDenied(window.scope, to_usd(max(0, spend.left(window, held))))
+            left = spend.left(window, held)
+            self._grants.room[windows] = left
+            return BudgetDenied(window.scope, to_usd(max(0, left)))
         remaining = {}
         for window, settled, held in zip(windows, result[1::2], result[2::2], strict=True):
             spend.observe(window, int(settled))
-            remaining[window.scope] = to_usd(max(0, spend.left(window, int(held))))
-        return Reservation(rid, windows, to_usd(micros), remaining, ttl_s, is_shared=True)
+            remaining[window.scope] = spend.left(window, int(held))
+        self._grants.room[windows] = min(remaining.values()) + micros
+        return remaining
 
     async def settle(self, reservation: Reservation, actual_usd: float) -> None:
         check_usd("a settled amount", actual_usd)
@@ -532,10 +603,13 @@ class RedisState:
 
     def _finish(self, reservation: Reservation, micros: int) -> asyncio.Future[Any] | None:
         """Settle at ``micros`` (0: release) here at once, and in Redis with the next
-        batch of calls (no task, no wait: the answer is taken by a callback); kept for
-        Redis while it is down. The future of the call, if one was sent."""
+        batch of calls (a request admitted from a grant: with its grant's settle, once
+        the grant's last request ends). The future of the call, if one was sent."""
         if not self.local.finish_now(reservation, micros):
             return None
+        from_grant, ended = self._grants.end(reservation.id, micros)
+        if from_grant:
+            return None if ended is None else self._settle_grant(ended)
         if reservation.is_shared:
             settle_id, hold = reservation.id, f"{reservation.id}={reservation.micros}"
         elif micros and reservation.windows:
@@ -545,7 +619,40 @@ class RedisState:
         else:
             return None
         amounts = dict.fromkeys(reservation.windows, micros)
-        settle = _Settle(settle_id, hold, self._remember_ms(reservation.ttl_s), amounts)
+        return self._send_settle(
+            _Settle(settle_id, hold, self._remember_ms(reservation.ttl_s), amounts)
+        )
+
+    def _retired(self, grant: Grant) -> None:
+        """Settle a grant no longer admitting, or, while requests from it run, give
+        back what it did not admit (its settle comes with its last request's end)."""
+        if grant.drawn == 0:
+            self._settle_grant(grant)
+        elif grant.free and not self.degraded and self._started:
+            given_back = grant.free
+            old = self._grants.shrink(grant)
+            shrunk = self._submit(
+                "SHRINK", self._spend_keys(grant.windows), (old, grant.member, given_back)
+            )
+            shrunk.add_done_callback(lambda answer: self._shrunk(grant, answer))
+
+    @staticmethod
+    def _shrunk(grant: Grant, answer: asyncio.Future[Any]) -> None:
+        if not answer.cancelled() and answer.result() is not _FAILED:
+            grant.shrunk_from = None
+
+    def _settle_grant(self, grant: Grant) -> asyncio.Future[Any] | None:
+        """Give a grant's hold back and count what its requests cost."""
+        remember_ms = self._remember_ms(grant.ttl_s)
+        if grant.shrunk_from is not None:  # a shrink not confirmed: its old hold too
+            zero = dict.fromkeys(grant.windows, 0)
+            self._send_settle(_Settle(f"{grant.id}:unshrunk", grant.shrunk_from, remember_ms, zero))
+        amounts = dict.fromkeys(grant.windows, grant.spent)
+        return self._send_settle(_Settle(grant.id, grant.member, remember_ms, amounts))
+
+    def _send_settle(self, settle: _Settle) -> asyncio.Future[Any] | None:
+        """Queue ``settle`` with the next batch (its answer taken by a callback), or
+        keep it for Redis while it is down."""
         if self.degraded or not self._started:
             self._keep_unsent(settle)
             return None
@@ -923,6 +1030,8 @@ class RedisState:
     async def sync(self) -> None:
         """Report this process's load, count its requests, read everyone else's load;
         replay the settles Redis has not confirmed."""
+        for grant in self._grants.retire_old():
+            self._retired(grant)
         if self._unsent and self._started and not self.degraded:
             try:
                 async with asyncio.timeout(CHECK_TIMEOUT_S):  # in the background: patient

@@ -367,6 +367,25 @@ return figures
 """
 )
 
+SHRINK = (
+    _PRELUDE
+    + """
+-- KEYS: n spend hashes, then their n holds. ARGV: a hold's member, its new member, the
+-- micro-dollars given back. A grant still in use keeps only what it admitted (a hold
+-- already expired stays gone). {1}.
+local n = #KEYS / 2
+for i = 1, n do
+  local deadline = redis.call('ZSCORE', KEYS[n + i], ARGV[1])
+  if deadline then
+    redis.call('ZREM', KEYS[n + i], ARGV[1])
+    redis.call('ZADD', KEYS[n + i], deadline, ARGV[2])
+    redis.call('HINCRBY', KEYS[i], 'h', string.format('%d', -tonumber(ARGV[3])))
+  end
+end
+return {1}
+"""
+)
+
 SPENT = (
     _PRELUDE
     + _HOLDS
