@@ -89,6 +89,7 @@ def served(name: str, base: str, core: int, redis_url: str | None, stack: ExitSt
         entry["price"] = {"input": 2.5, "output": 10.0}
         config["gateway"] = {"admin_key_env": "BENCH_ADMIN_KEY"}
         config["store"] = {"backend": "sqlite", "path": str(PEERS / f"store-{name}-{port}.db")}
+        config["logs"] = {"enabled": False}  # the request log is issue 26's benchmark
     if redis_url is not None:
         config["state"] = {"backend": "redis", "url": redis_url}
     path = PEERS / f"polyroute-{name}-{port}.json"

@@ -28,6 +28,7 @@ from polyroute.core.errors import (
     CapabilityNotSupportedError,
     ConfigError,
     ContextLengthExceededError,
+    GatewayOverloaded,
     InvalidMessagesError,
     InvalidRequestError,
     ModelNotSupportedError,
@@ -64,6 +65,8 @@ from polyroute.router.relay import StreamRestarted
 from polyroute.router.router import EntryStatus, Router, TokenCount
 from polyroute.router.stream import RouterStream
 from polyroute.router.sync import SyncRouter, SyncRouterStream
+from polyroute.telemetry.config import TelemetryConfig
+from polyroute.telemetry.observer import Tracing
 
 __version__ = "0.1.0"
 
@@ -85,6 +88,7 @@ __all__ = [
     "EntryStatus",
     "ExtraDelta",
     "FinishDelta",
+    "GatewayOverloaded",
     "HealthStore",
     "InMemoryHealth",
     "InvalidMessagesError",
@@ -116,6 +120,7 @@ __all__ = [
     "StreamRestarted",
     "SyncRouter",
     "SyncRouterStream",
+    "TelemetryConfig",
     "TextDelta",
     "Timeouts",
     "TimeoutsConfig",
@@ -123,6 +128,7 @@ __all__ = [
     "ToolCall",
     "ToolCallDelta",
     "ToolCallInterruptedError",
+    "Tracing",
     "UpstreamConnectionError",
     "UpstreamError",
     "UpstreamProtocolError",

@@ -574,7 +574,7 @@ async def simulate(args: argparse.Namespace) -> int:
             print(f"{profile.name}\t{profile.format}\t{server.config_url}", flush=True)
         print(
             f"polyroute: simulating {len(servers)} upstreams (in a config, the URL is an openai "
-            "entry's base_url, a darkai entry's api_endpoint); Ctrl-C stops",
+            "or anthropic entry's base_url, a darkai entry's api_endpoint); Ctrl-C stops",
             file=sys.stderr,
         )
         await stop.wait()

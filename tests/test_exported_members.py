@@ -23,7 +23,9 @@ PUBLIC = {
     *("EntryStatus", "Embedded", "Embeddings", "Cost", "Price", "BudgetExceededError"),
     "PortInUseError",
     "PrefillRefusedError",
+    "GatewayOverloaded",
     *("AttemptRecord", "RequestLabels", "RequestObserver", "RequestRecord"),
+    *("TelemetryConfig", "Tracing"),
 }
 PROVIDERS = {
     "Gemini",

@@ -1,6 +1,7 @@
-"""docs/observability.md as written: its library example runs and prints what the page
-says, its config loads, its JSON record is the record's one shape, and its commands,
-calls and SQL run against a real gateway with a SQLite store."""
+"""docs/observability.md as written: its library examples run and print what the page
+says (the tracing one's trace reaching a real OTLP/HTTP receiver), its configs load, its
+JSON record is the record's one shape, and its commands, calls and SQL run against a
+real gateway with a SQLite store."""
 
 from __future__ import annotations
 
@@ -14,21 +15,53 @@ from pathlib import Path
 import aiohttp
 import yaml
 
-from polyroute import RequestRecord, load_config
+from polyroute import RequestRecord, TelemetryConfig, load_config
 from tests.server.helpers import ADMIN_KEY, admin, eventually, gateway
+from tests.telemetry.receiver import OTLPReceiver
 from tests.test_docs import blocks, run_python
 
 PAGE = Path(__file__).resolve().parent.parent / "docs" / "observability.md"
 
 
 async def test_the_library_example_prints_what_the_page_says(tmp_path: Path) -> None:
-    (example,) = blocks(PAGE, "python")
+    example, _ = blocks(PAGE, "python")
     shown = next(block for block in blocks(PAGE, "text") if block.startswith("complete"))
     assert await run_python(example, cwd=tmp_path) == shown
 
 
+async def test_the_tracing_example_sends_its_trace_to_a_collector(tmp_path: Path) -> None:
+    _, example = blocks(PAGE, "python")
+    shown = next(block for block in blocks(PAGE, "text") if block.startswith("served:"))
+    receiver = await OTLPReceiver().start()
+    try:
+        code = example.replace("http://127.0.0.1:4318", receiver.url)
+        assert await run_python(code, cwd=tmp_path) == shown
+    finally:
+        await receiver.stop()  # the example sent everything as it ended
+    (request,) = [span for span in receiver.spans if span.kind == "internal"]
+    assert (request.name, request.resource["service.name"]) == ("chat m", "notebook")
+    assert request.trace_id == "4bf92f3577b34da6a3ce929d0e0e4736"
+    assert request.parent_span_id == "00f067aa0ba902b7"
+    (attempt,) = receiver.children(request)
+    assert attempt.attributes["polyroute.entry"] == "sim"
+    assert {point.metric for point in receiver.points} == {
+        "gen_ai.client.operation.duration",
+        "gen_ai.client.token.usage",
+    }
+
+
+def test_the_telemetry_config_loads_as_the_page_says() -> None:
+    _, snippet = blocks(PAGE, "yaml")
+    providers = [{"name": "sim", "type": "simulated"}]
+    config = load_config({"providers": providers, **yaml.safe_load(snippet)})
+    assert config.telemetry == TelemetryConfig(
+        otlp_endpoint="http://127.0.0.1:4318", service_name="polyroute-edge", sample_ratio=0.25
+    )
+    assert config.telemetry.signal_url("metrics") == "http://127.0.0.1:4318/v1/metrics"
+
+
 def test_the_config_loads_with_the_defaults_it_names() -> None:
-    (snippet,) = blocks(PAGE, "yaml")
+    snippet, _ = blocks(PAGE, "yaml")
     providers = [{"name": "sim", "type": "simulated"}]
     config = load_config({"providers": providers, **yaml.safe_load(snippet)})
     assert config.logs.model_dump() == type(config.logs)().model_dump()  # each a default

@@ -12,7 +12,8 @@ from polyroute.core.deltas import Usage
 class Attempt:
     """One try of one provider entry for one model.
 
-    ``outcome`` is ``"ok"``, ``"failed"``, ``"cancelled"``, ``"hedge_lost"`` or
+    ``outcome`` is ``"ok"``, ``"failed"``, ``"cancelled"``, ``"hedge_lost"``,
+    ``"gateway_overloaded"`` (the process's own trouble, not the entry's) or
     ``"running"``. Times are in milliseconds; ``ttft_ms`` is ``None`` when nothing of
     the answer arrived. ``finish_reason`` and ``usage`` are what the upstream reported.
     ``started`` is a ``time.perf_counter()`` reading, for ordering attempts in time.

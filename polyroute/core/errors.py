@@ -76,6 +76,39 @@ class InvalidMessagesError(InvalidRequestError):
     """The chat messages given to a provider or router are malformed."""
 
 
+class RequestTimeoutError(InvalidRequestError):
+    """The client did not send its whole request within the gateway's time for it
+    (``gateway.body_timeout_s``): answered 408, and the connection is closed."""
+
+
+class GatewayOverloaded(PolyrouteError):
+    """The gateway itself could not serve the request now, through no fault of an
+    upstream: it had no file descriptor left (``cause="file_descriptors"``), waited past
+    a timeout for a connection slot of its own to an entry (``"connection_slot"``), or
+    its event loop was too far behind to see an upstream's first chunk in time
+    (``"loop_lag"``). ``provider`` names the entry being tried, which is not at fault:
+    such a failure never counts against an entry's health or circuit, and the request
+    is not tried on another entry (it would fare no better). Answered 503 with
+    ``Retry-After: retry_after``."""
+
+    def __init__(
+        self, message: str, *, cause: str, provider: str | None = None, retry_after: float = 1.0
+    ) -> None:
+        self.cause = cause
+        self.provider = provider
+        self.retry_after = retry_after
+        where = f"{provider}: " if provider else ""
+        super().__init__(f"{where}the gateway is overloaded: {message}; retry shortly")
+
+
+def clipped(text: str, limit: int = 200) -> str:
+    """``text`` as an error message may echo it back: whole up to ``limit`` characters,
+    else its start and how much was cut (a client's 1 MB model name is not repeated)."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text) - limit} more characters)"
+
+
 class BudgetExceededError(PolyrouteError):
     """A budget (a gateway key's or team's) has no room for what the request may cost:
     ``scope`` names it (``key:ci``, ``team:search``), ``remaining_usd`` is what is left
@@ -110,7 +143,7 @@ class ModelNotSupportedError(PolyrouteError, ValueError):
         self.supported = list(supported)
         where = f"provider {provider!r}" if provider else "this router"
         if model:
-            message = f"model {model!r} is not supported by {where}"
+            message = f"model {clipped(model)!r} is not supported by {where}"
         else:
             message = f"no model given, and {where} has no default_model"
         if self.supported:
@@ -386,7 +419,7 @@ def cause_of(error: BaseException) -> str:
     message starts with (the caller names the entry)."""
     text = " ".join(str(error).split())
     provider = getattr(error, "provider", None)
-    if isinstance(error, UpstreamError) and provider:
+    if isinstance(error, UpstreamError | GatewayOverloaded) and provider:
         text = text.removeprefix(f"{provider}: ")
     return text or type(error).__name__
 

@@ -11,7 +11,9 @@ import asyncio
 import email.utils
 import socket
 import time
-from collections.abc import AsyncGenerator, Callable, Mapping
+from collections.abc import AsyncGenerator, Callable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -20,6 +22,7 @@ import orjson
 
 from polyroute.core.errors import (
     AuthenticationError,
+    GatewayOverloaded,
     RateLimitedError,
     UpstreamConnectionError,
     UpstreamError,
@@ -27,12 +30,31 @@ from polyroute.core.errors import (
     UpstreamStatusError,
     UpstreamTimeout,
 )
+from polyroute.core.overload import own_shortage
 from polyroute.core.redaction import redact
 from polyroute.core.sse import DEFAULT_MAX_LINE_BYTES, Framing, SSEDecoder, SSEEvent
 
 _BODY_EXCERPT_BYTES = 2048
 _FIRST_SLICE_BYTES = 1024
 """About the role chunk and a few chunks of text in OpenAI's format."""
+_added_headers: ContextVar[Mapping[str, str] | None] = ContextVar(
+    "polyroute_added_headers", default=None
+)
+
+
+@contextmanager
+def adding_headers(headers: Mapping[str, str]) -> Iterator[None]:
+    """Within the block (in this task and the tasks it starts), every upstream request
+    also carries ``headers``, over the provider's own: the router sets an attempt's
+    ``traceparent`` so around the attempt. A context variable rather than a keyword:
+    it reaches every request the attempt makes (a continuation asked again, a wrapped
+    provider's inner one, a custom provider's) with no change to the provider contract.
+    """
+    token = _added_headers.set(headers)
+    try:
+        yield
+    finally:
+        _added_headers.reset(token)
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +106,10 @@ class SessionOwner:
             connector = aiohttp.TCPConnector(
                 limit=self._limit, limit_per_host=self._limit_per_host, ttl_dns_cache=300
             )
-            self._session = aiohttp.ClientSession(connector=connector)
+            # Only a capped pool can make a request wait for a slot: the others pay
+            # nothing for tracing.
+            traced = [_slot_waits()] if self._limit or self._limit_per_host else []
+            self._session = aiohttp.ClientSession(connector=connector, trace_configs=traced)
         return self._session
 
     @property
@@ -176,10 +201,14 @@ def _check_content_type(response: aiohttp.ClientResponse, provider: str) -> None
 
 def translate_client_error(
     error: BaseException, provider: str, url: str | None = None
-) -> UpstreamError:
+) -> UpstreamError | GatewayOverloaded:
     """Map an aiohttp or socket exception to polyroute's typed upstream error; the
     message says which URL and, for a connection that could not be made, why in plain
-    words (``connection refused``), not aiohttp's ``ssl:default`` details."""
+    words (``connection refused``), not aiohttp's ``ssl:default`` details. A socket
+    this process could not make (no file descriptor left) is
+    :class:`GatewayOverloaded`: the upstream was never reached."""
+    if (own := own_shortage(error, provider)) is not None:
+        return own
     if isinstance(error, TimeoutError):
         return UpstreamTimeout(f"timed out ({type(error).__name__})", provider=provider)
     if isinstance(error, aiohttp.ClientConnectorError):
@@ -215,6 +244,27 @@ class AnswerEnd:
     end event (usually only the body's last bytes) in the background."""
 
     seen: bool = False
+    waiting_for_slot: bool = False
+    """True while the request waits for a free connection of an entry's capped pool
+    (``connection_limit``): a timeout then is the gateway's own, not the upstream's."""
+
+
+def _slot_waits() -> aiohttp.TraceConfig:
+    """Notes on a request's :class:`AnswerEnd` (its ``trace_request_ctx``) while it
+    waits for a slot of its session's capped pool."""
+
+    async def queued(_session: Any, context: Any, _params: Any) -> None:
+        if isinstance(end := context.trace_request_ctx, AnswerEnd):
+            end.waiting_for_slot = True
+
+    async def dequeued(_session: Any, context: Any, _params: Any) -> None:
+        if isinstance(end := context.trace_request_ctx, AnswerEnd):
+            end.waiting_for_slot = False
+
+    trace = aiohttp.TraceConfig()
+    trace.on_connection_queued_start.append(queued)
+    trace.on_connection_queued_end.append(dequeued)
+    return trace
 
 
 async def stream_event_batches(
@@ -248,12 +298,15 @@ async def stream_event_batches(
         # orjson bytes, not aiohttp's JSON payload (stdlib json): that was about 3% of
         # the gateway's CPU per request in a py-spy profile with a one-chunk upstream.
         headers = {"Content-Type": "application/json", **(headers or {})}
+        if added := _added_headers.get():
+            headers.update(added)
         response = await session.post(
             url,
             data=orjson.dumps(body, option=orjson.OPT_NON_STR_KEYS),
             headers=headers,
             proxy=proxy,
             timeout=timeouts.for_aiohttp(),
+            trace_request_ctx=end,
         )
         await _raise_for_status(response, provider, url)
         _check_content_type(response, provider)
@@ -341,6 +394,8 @@ async def fetch_answer(
     """GET ``url`` (POST ``body`` as JSON, when given): its body as it came (to relay
     it) and decoded; errors as for :func:`stream_event_batches`."""
     method, data = ("GET", None) if body is None else ("POST", orjson.dumps(body))
+    if added := _added_headers.get():
+        headers = {**(headers or {}), **added}
     try:
         async with session.request(
             method, url, data=data, headers=headers, proxy=proxy, timeout=timeouts.for_aiohttp()

@@ -14,7 +14,7 @@ import logging
 import os
 import secrets
 import sys
-from collections.abc import MutableMapping
+from collections.abc import Callable, MutableMapping
 from typing import Any, Literal, TextIO
 
 import structlog
@@ -50,17 +50,29 @@ def _listened(level: int) -> bool:
     return _stdlib_logger.isEnabledFor(level) and _has_real_handler(_stdlib_logger)
 
 
+EventListener = Callable[[str, dict[str, Any]], None]
+"""Told of each event a logger emits (its name and own fields), whether logged or not."""
+
+
 class EventLogger:
-    """Emits polyroute's structured events through structlog, when anyone listens."""
+    """Emits polyroute's structured events through structlog, when anyone listens;
+    with a ``listener``, tells it of every event too (a request's watchers, tracing)."""
 
-    __slots__ = ("_context",)
+    __slots__ = ("_context", "_listener")
 
-    def __init__(self, context: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, context: dict[str, Any] | None = None, listener: EventListener | None = None
+    ) -> None:
         self._context = context or {}
+        self._listener = listener
 
     def bind(self, **fields: Any) -> EventLogger:
-        """A logger adding ``fields`` to every event."""
-        return EventLogger({**self._context, **fields})
+        """A logger adding ``fields`` to every event (and telling the same listener)."""
+        return EventLogger({**self._context, **fields}, self._listener)
+
+    def listened(self, listener: EventListener) -> EventLogger:
+        """This logger, also telling ``listener`` of every event it emits."""
+        return EventLogger(self._context, listener)
 
     def debug(self, event: str, **fields: Any) -> None:
         self._emit(logging.DEBUG, "debug", event, fields)
@@ -72,6 +84,8 @@ class EventLogger:
         self._emit(logging.WARNING, "warning", event, fields)
 
     def _emit(self, level: int, method: str, event: str, fields: dict[str, Any]) -> None:
+        if self._listener is not None:
+            self._listener(event, fields)
         if not _listened(level):
             return
         # Processing follows the global structlog configuration, so an application's

@@ -18,6 +18,7 @@ delivered at :data:`CHARS_PER_OUTPUT_TOKEN` characters a token.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -127,14 +128,13 @@ def catalogue_price(model: str, *, base_url: str | None, provider: str) -> Price
     """``model``'s price in genai-prices' bundled snapshot, as of this hour: at the
     provider ``base_url`` points at, else at the one the model's name suggests, else at
     ``provider`` (the entry type's own API); ``None`` when none of them lists it."""
-    hour = datetime.now(tz=UTC).replace(minute=0, second=0, microsecond=0)
-    return _catalogue_price(model, base_url, provider, hour)
+    # The hour as a number: building a datetime for every request's lookup cost more
+    # than the lookup (this runs once per attempt costed).
+    return _catalogue_price(model, base_url, provider, int(time.time() // 3600))
 
 
 @lru_cache(maxsize=1024)
-def _catalogue_price(
-    model: str, base_url: str | None, provider: str, hour: datetime
-) -> Price | None:
+def _catalogue_price(model: str, base_url: str | None, provider: str, hour: int) -> Price | None:
     from genai_prices import data_snapshot  # loads the snapshot: only when asked
 
     snapshot = data_snapshot.get_snapshot()
@@ -146,7 +146,7 @@ def _catalogue_price(
             _provider, info = snapshot.find_provider_model(model, None, provider_id, url)
         except LookupError:
             continue
-        return _price_of(info.get_prices(hour))
+        return _price_of(info.get_prices(datetime.fromtimestamp(hour * 3600, UTC)))
     return None
 
 

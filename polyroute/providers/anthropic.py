@@ -148,8 +148,9 @@ class Anthropic(AsyncGeneratorProvider):
         request: ChatRequest,
         *,
         continue_from: str | None = None,
-        prefill: bool = True,
+        prefill: bool | None = None,
     ) -> dict[str, Any]:
+        prefill = self.supports_prefill if prefill is None else prefill
         if request.native is not None and self.takes_native(request):
             return _native_body(model, request.native.body, continue_from, prefill=prefill)
         messages = request.messages

@@ -13,6 +13,7 @@ the answer ended there. HTTP, framing, timeouts and status errors come from
 from __future__ import annotations
 
 import asyncio
+import time
 import types
 from collections.abc import AsyncGenerator, Callable, Iterator, Mapping
 from typing import Any, ClassVar, Generic, NamedTuple, NoReturn, TypeVar
@@ -39,6 +40,7 @@ from polyroute.core.http import (
 )
 from polyroute.core.logging import get_logger
 from polyroute.core.messages import Messages
+from polyroute.core.overload import own_timeout
 from polyroute.core.ratelimit import exhausted_for
 from polyroute.core.redaction import redact, register_secret
 from polyroute.core.request import CAPABILITY_FLAGS, Capability, ChatRequest
@@ -483,7 +485,9 @@ class Provider:
         parse = self.stream_parser(continue_from)
         try:
             try:
-                first, ended, failure = await self._first_batch(events, timeouts.first_chunk, parse)
+                first, ended, failure = await self._first_batch(
+                    events, timeouts.first_chunk, parse, end
+                )
                 end.seen = ended  # before the yield: the consumer may close us there
                 if first:
                     yield first
@@ -562,10 +566,17 @@ class Provider:
             raise CapabilityNotSupportedError(missing, provider=self.entry_name)
 
     async def _first_batch(
-        self, events: AsyncGenerator[list[SSEEvent], None], limit: float | None, parse: EventParser
+        self,
+        events: AsyncGenerator[list[SSEEvent], None],
+        limit: float | None,
+        parse: EventParser,
+        end: AnswerEnd | None = None,
     ) -> tuple[list[Delta], bool, PolyrouteError | None]:
-        """Deltas up to and including the first piece of the answer (or the end)."""
+        """Deltas up to and including the first piece of the answer (or the end). A
+        timeout the gateway caused (``end`` still waiting for a connection slot, or its
+        event loop behind) is :class:`GatewayOverloaded`, not the upstream's."""
         pending: list[Delta] = []
+        since = time.monotonic()
         try:
             async with asyncio.timeout(limit):
                 async for batch in events:
@@ -576,7 +587,9 @@ class Provider:
         except UpstreamTimeout:
             raise
         except TimeoutError as error:
-            raise UpstreamTimeout(
+            waiting = end is not None and end.waiting_for_slot
+            own = own_timeout(since, limit, waiting_for_slot=waiting, provider=self.entry_name)
+            raise own or UpstreamTimeout(
                 f"no answer within the first-chunk timeout of {limit} s",
                 provider=self.entry_name,
             ) from error

@@ -1,6 +1,6 @@
 """A simulated upstream (``type: simulated``): starts its own server on 127.0.0.1 on
-first use and talks to it through the real DarkAI or OpenAI provider, so routing,
-retries and failures are exercised end to end with no network and no keys."""
+first use and talks to it through the real DarkAI, OpenAI or Anthropic provider, so
+routing, retries and failures are exercised end to end with no network and no keys."""
 
 from __future__ import annotations
 
@@ -13,18 +13,25 @@ from pydantic import ValidationError
 from polyroute.core.deltas import Delta
 from polyroute.core.errors import ConfigError, describe_validation_error
 from polyroute.core.request import ChatRequest
+from polyroute.providers.anthropic import Anthropic
+from polyroute.providers.base import Provider
 from polyroute.providers.compat import AsyncGeneratorProvider
 from polyroute.providers.darkai import DarkAI
 from polyroute.providers.openai import OpenAI
 from polyroute.simulator.profile import SimulatedUpstream
 from polyroute.simulator.server import SimulatorServer
 
-_PROFILE_KEYS = ("format", "seed", "words", "latency", "failures", "continuation_overlap")
+_PROFILE_KEYS = (
+    *("format", "seed", "words", "latency", "failures", "continuation_overlap"),
+    "prompt_cache",
+)
+_INNER: dict[str, type[Provider]] = {"openai": OpenAI, "darkai": DarkAI, "anthropic": Anthropic}
 
 
 class Simulated(AsyncGeneratorProvider):
-    """Options (``options:`` in a router config): ``format`` (``darkai`` or ``openai``),
-    ``seed``, ``words``, ``latency`` and ``failures``, as in docs/simulator.md."""
+    """Options (``options:`` in a router config): ``format`` (``darkai``, ``openai`` or
+    ``anthropic``), ``seed``, ``words``, ``latency``, ``failures`` and ``prompt_cache``,
+    as in docs/simulator.md."""
 
     type_name = "simulated"
     url = "http://127.0.0.1"
@@ -34,23 +41,28 @@ class Simulated(AsyncGeneratorProvider):
     def __init__(self, *, timeout: Any = None, **kwargs: Any) -> None:
         options = {key: kwargs.pop(key) for key in _PROFILE_KEYS if key in kwargs}
         tools = kwargs.pop("supports_tools", None)
+        prefill = kwargs.get("supports_prefill")
         super().__init__(timeout=timeout, **kwargs)
         try:
             self.profile = SimulatedUpstream(name=self.entry_name, **options)
         except ValidationError as error:
             problems = describe_validation_error(error, prefix="options.")
             raise ConfigError(f"simulated provider {self.entry_name!r}: {problems}") from None
-        openai_format = self.profile.format == "openai"
-        self.supports_system_message = self.supports_message_history = openai_format
+        wire = self.profile.format
+        openai_format = wire == "openai"
+        self.supports_system_message = self.supports_message_history = wire != "darkai"
         # An openai-format simulator answers a request that offers tools with a call.
         self.supports_tools = openai_format if tools is None else tools
         self.server = SimulatorServer(self.profile)
         self.supports_continuation = True
-        inner_type = OpenAI if self.profile.format == "openai" else DarkAI
+        self.prompt_format = wire == "darkai"
+        if prefill is None and wire == "anthropic":
+            self.supports_prefill = True  # as the real type: auto, unless configured
         # The inner provider accepts any model name: this entry's own list decides.
-        self._inner = inner_type(
+        self._inner = _INNER[wire](
             name=self.entry_name, timeout=self.timeouts, models=[], working=True
         )
+        self._inner.supports_prefill = self.supports_prefill
         self._starting = asyncio.Lock()
 
     def dropped(self, request: ChatRequest) -> list[str]:
@@ -64,6 +76,7 @@ class Simulated(AsyncGeneratorProvider):
             if self.api_endpoint is None:
                 await self.server.start()
                 self._inner.api_endpoint = self.api_endpoint = self.server.url
+                self._inner.base_url = self.server.base_url
 
     async def aclose(self) -> None:
         await self._inner.aclose()

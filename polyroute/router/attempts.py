@@ -26,15 +26,18 @@ from polyroute.core.attempts import Attempt
 from polyroute.core.errors import (
     AllProvidersFailed,
     AuthenticationError,
+    GatewayOverloaded,
     InvalidRequestError,
     PolyrouteError,
     UpstreamError,
     UpstreamStatusError,
     describe_error,
 )
+from polyroute.core.http import adding_headers
 from polyroute.core.logging import EventLogger, get_logger
 from polyroute.core.request import Capability
 from polyroute.router.context import RouteContext
+from polyroute.router.observe import NO_WATCHES, AttemptTarget, Watches
 from polyroute.router.policy import Candidate
 from polyroute.router.state import Denied, Lease
 from polyroute.router.state.contract import TokenEstimate
@@ -113,12 +116,17 @@ class AttemptEngine:
         needs: frozenset[Capability],
         estimate: TokenEstimate,
         attempts: list[Attempt],
+        watches: Watches = NO_WATCHES,
     ) -> None:
         self.context = context
         self.requested_model = requested_model
         self.chain = chain
         self.attempts = attempts
         self.log: EventLogger = _log.bind(request_id=request_id)
+        self.watches = watches
+        """The request's live observers (tracing): told of each attempt and event."""
+        if watches:
+            self.log = self.log.listened(watches.routing_event)
         self.reasons: list[str] = []
         self.started = time.perf_counter()
         self.stopped = False
@@ -130,9 +138,13 @@ class AttemptEngine:
 
     # Walking the candidates --------------------------------------------------------
 
-    def begin(self) -> None:
-        """Count the request, list the first model's candidates (``route.start``)."""
+    def begin(self, preferred: str | None = None) -> None:
+        """Count the request, list the first model's candidates (``route.start``);
+        the entry named ``preferred`` (affinity's pin) first, if it is one of them."""
         candidates, excluded = self._candidates(self.chain[0])
+        if preferred is not None:
+            # sorted() is stable: the others keep the order policy and balance gave them.
+            candidates = sorted(candidates, key=lambda candidate: candidate.name != preferred)
         self.context.state.count_request()
         self.log.info(
             "route.start",
@@ -241,6 +253,11 @@ class AttemptEngine:
             )
         except InvalidRequestError:
             raise
+        except GatewayOverloaded:
+            # The gateway's own trouble (recorded by _try_once): another entry would
+            # fare no better now, and a retry would only add to the load.
+            self.stopped = True
+            return None
         except NotTriedError as error:
             self.reasons.append(f"{candidate.name} ({candidate.model}): {error}")
             self.stopped = self.stopped or error.stop
@@ -258,8 +275,12 @@ class AttemptEngine:
             model=candidate.upstream_model,
             attempt=len(self.attempts),
         )
+        headers = self._added_headers(attempt, candidate) if self.watches else None
         try:
-            return await call(attempt, lease)
+            if headers is None:
+                return await call(attempt, lease)
+            with adding_headers(headers):  # around the call: its upstream requests carry them
+                return await call(attempt, lease)
         except PolyrouteError as error:
             lease.end()
             await self.fail(attempt, candidate, error)
@@ -267,6 +288,13 @@ class AttemptEngine:
         except BaseException:
             lease.end()  # cancelled (a hedge that lost, a consumer that left)
             raise
+
+    def _added_headers(self, attempt: Attempt, candidate: Candidate) -> dict[str, str] | None:
+        """What the request's watches add to the attempt's upstream request."""
+        provider = candidate.entry.provider
+        url = provider.request_url(candidate.upstream_model) or provider.base_url
+        target = AttemptTarget(candidate.name, candidate.upstream_model, provider.type_name, url)
+        return self.watches.attempt_headers(attempt, target)
 
     async def _claim(self, candidate: Candidate) -> Lease:
         """A place on the entry and, past a request's first attempt, one attempt out of
@@ -297,8 +325,10 @@ class AttemptEngine:
 
     async def fail(self, attempt: Attempt, candidate: Candidate, error: PolyrouteError) -> None:
         """Record a failed attempt: its outcome, the event, the entry's figures and
-        circuit (when the failure says something about the entry)."""
-        attempt.outcome = "failed"
+        circuit (when the failure says something about the entry; the gateway's own
+        trouble, :class:`GatewayOverloaded`, never does)."""
+        own = isinstance(error, GatewayOverloaded)  # no fault of the entry's
+        attempt.outcome = "gateway_overloaded" if own else "failed"
         attempt.error = error
         attempt.duration_ms = attempt.elapsed_ms()
         self.log.warning(

@@ -8,8 +8,11 @@ budget exact: no request settles above its reservation.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+import time
+import weakref
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from polyroute.core.errors import BudgetExceededError, InvalidRequestError
 from polyroute.core.pricing import Cost
@@ -34,13 +37,31 @@ class BudgetPlan:
 
 
 def cost_ceiling(
-    policy: RoutingPolicy, chain: Iterable[str], input_tokens: int, output_tokens: int
+    policy: RoutingPolicy, chain: Sequence[str], input_tokens: int, output_tokens: int
 ) -> float:
     """The most a request may cost: ``input_tokens`` at the dearest input-side price
     (input or cache write) and ``output_tokens`` at the dearest output-side price
     (output or reasoning), over every entry that serves a model of ``chain``. Raises
     :class:`InvalidRequestError` naming an entry and model without a known price: such
     a request cannot be held to a budget."""
+    # The dearest prices of a chain, once per policy (a config's entries) and hour (the
+    # catalogue's prices may change with the date): every budgeted request asks.
+    known = _DEAREST.setdefault(policy, {})
+    key = (tuple(chain), int(time.time() // 3600))
+    dearest = known.get(key)
+    if dearest is None:
+        if len(known) >= 1024:
+            known.clear()  # bounded: callers choose the names
+        dearest = known[key] = _dearest_prices(policy, chain)
+    return (input_tokens * dearest[0] + output_tokens * dearest[1]) / 1_000_000
+
+
+_DEAREST: weakref.WeakKeyDictionary[RoutingPolicy, dict[tuple[Any, ...], tuple[float, float]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _dearest_prices(policy: RoutingPolicy, chain: Iterable[str]) -> tuple[float, float]:
     dearest_in = dearest_out = 0.0
     for model in chain:
         for entry, upstream_model in policy.serving(model):
@@ -55,7 +76,7 @@ def cost_ceiling(
                 reasoning = tier.reasoning if tier.reasoning is not None else tier.output
                 dearest_in = max(dearest_in, tier.input, write)
                 dearest_out = max(dearest_out, tier.output, reasoning)
-    return (input_tokens * dearest_in + output_tokens * dearest_out) / 1_000_000
+    return dearest_in, dearest_out
 
 
 class BudgetKeeper:

@@ -25,6 +25,7 @@ from polyroute.core.config_file import read_config_of_kind
 from polyroute.core.errors import ConfigError, describe_validation_error
 from polyroute.core.schema import StrictModel as _Strict
 from polyroute.store.config import LogsConfig, StoreConfig
+from polyroute.telemetry.config import TelemetryConfig
 
 Order = Literal["priority", "latency", "adaptive"]
 Balance = Literal["weighted", "least_busy", "latency"]
@@ -462,6 +463,34 @@ class GatewayConfig(_Strict):
     protect_metrics: bool = Field(
         False, description="/metrics and /readyz need a gateway key or the admin key"
     )
+    # Limits and timeouts of the gateway's own (docs/gateway.md#limits-and-overload).
+    header_timeout_s: float = Field(
+        10.0, gt=0, description="a connection's request line and headers arrive within this"
+    )
+    body_timeout_s: float = Field(
+        30.0, gt=0, description="a request body arrives within this, else 408"
+    )
+    keepalive_s: float = Field(
+        75.0, gt=0, description="an idle keep-alive connection is closed after this"
+    )
+    max_connections: int | None = Field(
+        None,
+        ge=1,
+        description="open client connections; more are refused at once with 503. "
+        "null: from the process's file limit, leaving room for upstreams",
+    )
+    max_in_flight: int | None = Field(
+        None,
+        ge=0,
+        description="requests served at once; more get 503 with Retry-After. "
+        "null: 256 (measured, docs/performance.md), fewer under a low file limit; 0: no cap",
+    )
+    max_loop_lag_ms: float | None = Field(
+        None, gt=0, description="also refuse new requests while the event loop lags this much"
+    )
+    backlog: int = Field(
+        2048, ge=1, description="the listen backlog (capped by the system's somaxconn)"
+    )
 
     @model_validator(mode="after")
     def _teams_known(self) -> GatewayConfig:
@@ -485,6 +514,11 @@ class RouterConfig(RouterSettings):
     logs: LogsConfig = Field(
         default_factory=LogsConfig,
         description="the request log, in the store (docs/observability.md)",
+    )
+    telemetry: TelemetryConfig | None = Field(
+        None,
+        description="OpenTelemetry traces and metrics over OTLP/HTTP, from the gateway "
+        "(docs/observability.md#opentelemetry; the otel extra)",
     )
 
 

@@ -2,11 +2,16 @@
 the router's observers (docs/observability.md).
 
 This is the seam between the router and whatever keeps records: the gateway's request
-log (a store, written in the background), a user's own log, later tracing. The router
+log (a store, written in the background), a user's own log, tracing. The router
 does not know who listens: it is handed :class:`RequestObserver` s and calls each once
 per request, when the request ends (a stream complete, failed, cut or closed by its
 consumer; an embeddings call answered or failed). The record is built then, once, off
 the per-chunk path, by :func:`build_record`, and only when someone listens.
+
+Tracing needs a little more, live: a ``traceparent`` on each upstream request naming
+the attempt's span, and the routing events as they happen. An observer that is also a
+:class:`RequestWatcher` gets a :class:`RequestWatch` per request as it starts, asked
+once per attempt (for headers) and per routing event, never per chunk.
 
 A record holds names, never secrets: the key's and team's names, errors redacted
 (polyroute.core.redaction). Message content and the answer are in it only when the
@@ -21,7 +26,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal, Protocol, TypeAlias, get_args
+from typing import Any, Literal, NamedTuple, Protocol, TypeAlias, cast, get_args
 
 from polyroute.core.attempts import Attempt
 from polyroute.core.errors import describe_error
@@ -49,13 +54,16 @@ _STREAM_STATUSES: dict[str, RecordStatus] = {
 class RequestLabels:
     """What the caller of a request knows and the router does not: the gateway's
     endpoint, the key's and team's names (never a secret), and whether the record may
-    hold the messages and the answer (``log_content``). ``endpoint`` ``None``: the
-    operation's own (``chat`` for a stream, ``embeddings``)."""
+    hold the messages and the answer (``log_content``), and the client's
+    ``traceparent``. ``endpoint`` ``None``: the operation's own (``chat`` for a stream,
+    ``embeddings``)."""
 
     endpoint: str | None = None
     key: str | None = None
     team: str | None = None
     log_content: bool = False
+    traceparent: str | None = None
+    """The client's W3C ``traceparent`` header, for tracing to continue its trace."""
 
 
 NO_LABELS = RequestLabels()
@@ -214,6 +222,9 @@ class RequestRecord:
     error: str | None
     attempts: tuple[AttemptRecord, ...]
     content: Mapping[str, Any] | None = None
+    traceparent: str | None = None
+    """The labels' ``traceparent``, for tracing; not part of the JSON shape (the
+    request log does not keep it)."""
 
     def as_json(self) -> dict[str, Any]:
         """The record's one JSON shape: what the store keeps, the admin API answers
@@ -287,6 +298,127 @@ class RequestObserver(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class RequestStart:
+    """A request as it starts, for an observer that watches requests live
+    (:class:`RequestWatcher`): its id and labels, the operation (``chat``,
+    ``embeddings``), the model as requested and its options (OpenAI's names:
+    ``temperature``, ``max_tokens``...; ``dimensions`` for embeddings)."""
+
+    request_id: str
+    labels: RequestLabels
+    operation: str
+    model: str
+    options: Mapping[str, Any]
+
+
+class AttemptTarget(NamedTuple):
+    """Where an attempt goes: the entry's name, the upstream model, the entry's
+    provider type (``openai``, ``anthropic``, ``gemini``...) and the URL it posts to,
+    when known. (A tuple: one is made per attempt, only when someone watches.)"""
+
+    entry: str
+    model: str
+    provider_type: str | None
+    url: str | None
+
+
+class RequestWatch(Protocol):
+    """One request, watched while it runs (what :meth:`RequestWatcher.watch` returns).
+
+    Every method runs on the event loop, on the request's path, and must return at
+    once; an exception is logged (``observer.failed``) and never reaches the request.
+    """
+
+    def attempt_started(self, attempt: Attempt, target: AttemptTarget) -> Mapping[str, str]:
+        """An attempt begins (``attempt`` is filled in as it runs): the headers to add
+        to its upstream request (a ``traceparent`` naming it), or none."""
+        ...
+
+    def routing_event(self, event: str, fields: Mapping[str, Any]) -> None:
+        """A routing event of the request (``attempt.retry``, ``route.relay``,
+        ``route.skip``, ``attempt.hedge``...: docs/reliability.md), as it is logged."""
+        ...
+
+    def request_ended(self, record: RequestRecord) -> None:
+        """The request ended: told instead of the watcher's own ``request_ended``."""
+        ...
+
+
+class RequestWatcher(RequestObserver, Protocol):
+    """An observer that also watches each request live (tracing: its upstream requests
+    carry a header naming their span, its routing events become span events). The
+    router asks :meth:`watch` as a request starts; the watch, if any, is told what the
+    observer would be, and the observer itself is not told of that request."""
+
+    def watch(self, start: RequestStart) -> RequestWatch | None:
+        """A watch for the request starting, or ``None`` to be told only as it ends."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Watches:
+    """The watches of one request, each with the observer it stands for."""
+
+    pairs: tuple[tuple[RequestObserver, RequestWatch], ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.pairs)
+
+    def attempt_headers(self, attempt: Attempt, target: AttemptTarget) -> dict[str, str] | None:
+        """The headers every watch adds to an attempt's upstream request (``None``: none)."""
+        headers: dict[str, str] = {}
+        for _, watch in self.pairs:
+            try:
+                headers.update(watch.attempt_started(attempt, target) or {})
+            except Exception as error:  # a watch must never fail its request
+                _watch_failed(watch, "attempt_started", error)
+        return headers or None
+
+    def routing_event(self, event: str, fields: Mapping[str, Any]) -> None:
+        """Tell every watch of a routing event (an :class:`EventLogger` listener)."""
+        for _, watch in self.pairs:
+            try:
+                watch.routing_event(event, fields)
+            except Exception as error:  # nor may an event
+                _watch_failed(watch, "routing_event", error)
+
+    def stand_in(self, observer: RequestObserver) -> RequestObserver:
+        """Whom to tell of the request's end in ``observer``'s place: its watch, if any."""
+        return next((watch for seen, watch in self.pairs if seen is observer), observer)
+
+
+NO_WATCHES = Watches()
+
+
+def watch_request(
+    observers: Sequence[RequestObserver], start: Callable[[], RequestStart]
+) -> Watches:
+    """Ask each observer that watches requests (:class:`RequestWatcher`) for a watch of
+    the request that ``start`` describes (made only if one does). An observer whose
+    ``watch`` raises is logged and told at the end as any other."""
+    watchers = [observer for observer in observers if callable(getattr(observer, "watch", None))]
+    if not watchers:
+        return NO_WATCHES
+    begun = start()
+    pairs: list[tuple[RequestObserver, RequestWatch]] = []
+    for observer in watchers:
+        try:
+            watch = cast(RequestWatcher, observer).watch(begun)
+        except Exception as error:  # as for request_ended: never the request's problem
+            _watch_failed(observer, "watch", error)
+            continue
+        if watch is not None:
+            pairs.append((observer, watch))
+    return Watches(tuple(pairs))
+
+
+def _watch_failed(who: object, stage: str, error: Exception) -> None:
+    _log.warning(
+        "observer.failed", observer=type(who).__name__, stage=stage, **describe_error(error)
+    )
+
+
 def build_record(
     *,
     request_id: str,
@@ -345,6 +477,7 @@ def build_record(
         error=message,
         attempts=tuple(AttemptRecord.of(attempt, started) for attempt in attempts),
         content=content() if labels.log_content and content is not None else None,
+        traceparent=labels.traceparent,
     )
 
 
@@ -369,10 +502,15 @@ def error_text(error: BaseException) -> str:
     return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 1] + "…"
 
 
-def notify(observers: Sequence[RequestObserver], build: Callable[[], RequestRecord]) -> None:
-    """Build a request's record and hand it to every observer. Neither a failure to
-    build it nor an observer that raises reaches the request: each is logged
-    (``observer.failed``), and the other observers are still told."""
+def notify(
+    observers: Sequence[RequestObserver],
+    build: Callable[[], RequestRecord],
+    watches: Watches = NO_WATCHES,
+) -> None:
+    """Build a request's record and hand it to every observer (to its watch of the
+    request, in ``watches``, if it has one). Neither a failure to build it nor an
+    observer that raises reaches the request: each is logged (``observer.failed``),
+    and the other observers are still told."""
     try:
         record = build()
     except Exception as error:  # a record must never fail its request
@@ -380,7 +518,7 @@ def notify(observers: Sequence[RequestObserver], build: Callable[[], RequestReco
         return
     for observer in observers:
         try:
-            observer.request_ended(record)
+            (watches.stand_in(observer) if watches else observer).request_ended(record)
         except Exception as error:  # nor may whoever reads it
             _log.warning(
                 "observer.failed",

@@ -35,10 +35,12 @@ from polyroute.core.request import (
 )
 from polyroute.providers.base import Provider
 from polyroute.providers.registry import Registry, default_registry
+from polyroute.router.affinity import affinity_plan
 from polyroute.router.attempts import AttemptEngine
 from polyroute.router.budget import BudgetKeeper, BudgetPlan, cost_ceiling, remaining_usd
 from polyroute.router.cache import CachePlan, ResponseCache, build_cache, cache_key
 from polyroute.router.config import (
+    Limits,
     ProviderEntry,
     RouterConfig,
     RouterSettings,
@@ -52,13 +54,17 @@ from polyroute.router.health import HealthStore
 from polyroute.router.health import describe as describe_health
 from polyroute.router.observe import (
     NO_LABELS,
+    NO_WATCHES,
     RecordStatus,
     RequestLabels,
     RequestObserver,
     RequestRecord,
+    RequestStart,
+    Watches,
     build_record,
     is_cancellation,
     notify,
+    watch_request,
 )
 from polyroute.router.policy import Candidate, Entry, RoutingPolicy, unusable
 from polyroute.router.retry import RetryPolicy, Sleep
@@ -108,6 +114,10 @@ class EntryStatus:
     """The models it lists (empty: it takes any name)."""
     cooling_down: bool
     """Its circuit is open (across every process sharing the state)."""
+    in_flight: int = 0
+    """Its attempts running now (across every process sharing the state)."""
+    limits: Limits | None = None
+    """Its configured ``rpm``, ``tpm`` and ``concurrent``, if any."""
 
     @property
     def usable(self) -> bool:
@@ -319,6 +329,8 @@ class Router:
                 discovery_error=self.discovery_errors.get(entry.name),
                 models=list(entry.provider.models),
                 cooling_down=self.state.state(entry.name) == "open",
+                in_flight=self.state.load(entry.name).in_flight,
+                limits=entry.limits,
             )
             for entry in self.policy.entries
         ]
@@ -452,6 +464,7 @@ class Router:
         cache: str | None = None,
         budget: BudgetPlan | None = None,
         labels: RequestLabels | None = None,
+        headers: Mapping[str, str] | None = None,
         **options: Any,
     ) -> RouterStream:
         """Start routing ``messages`` to ``model``; iterate the result for text, or
@@ -470,7 +483,9 @@ class Router:
         most it may cost is reserved before its first attempt (the first iteration
         raises :class:`BudgetExceededError` when a budget has no room) and settled at
         its cost when it ends (docs/governance.md). ``labels`` go into the request's
-        record, which observers get when it ends (docs/observability.md). Raises
+        record, which observers get when it ends (docs/observability.md). ``headers``
+        are the client's request headers, read only for an ``affinity`` keyed by one
+        (``by: header:NAME``, docs/router.md#affinity). Raises
         at once (before any I/O) :class:`InvalidRequestError` for a bad argument
         (:class:`InvalidMessagesError` for bad messages), :class:`ModelNotSupportedError`
         for a model no entry serves and
@@ -490,8 +505,9 @@ class Router:
         request = ChatRequest.build(messages, options, native)
         chain = self.policy.model_chain(model, request.needs)
         plan = self._cache_plan(cache, chain[0], request)
+        context = self._context_for(chain[0])
         return RouterStream(
-            self._context_for(chain[0]),
+            context,
             request,
             model,
             chain,
@@ -499,6 +515,7 @@ class Router:
             caching=plan,
             budget=budget,
             labels=labels,
+            affinity=affinity_plan(context.settings.affinity, chain[0], request, headers),
         )
 
     def _requested(self, model: str | None) -> str:
@@ -592,20 +609,25 @@ class Router:
                 model, input, dimensions, encoding_format, request_id, budget, attempts
             )
         call = _EmbeddingCall(request_id, labels or NO_LABELS, model, input, time.perf_counter())
+        watches = watch_request(self._observers, lambda: _embedding_start(call, dimensions))
         try:
             embeddings = await self._embed_request(
-                model, input, dimensions, encoding_format, request_id, budget, attempts
+                model, input, dimensions, encoding_format, request_id, budget, attempts, watches
             )
         except BaseException as error:
-            self._embedding_ended(call, attempts, error)
+            self._embedding_ended(call, attempts, error, watches)
             raise
-        self._embedding_ended(call, attempts, embeddings)
+        self._embedding_ended(call, attempts, embeddings, watches)
         return embeddings
 
     def _embedding_ended(
-        self, call: _EmbeddingCall, attempts: list[Attempt], outcome: Embeddings | BaseException
+        self,
+        call: _EmbeddingCall,
+        attempts: list[Attempt],
+        outcome: Embeddings | BaseException,
+        watches: Watches,
     ) -> None:
-        notify(self._observers, lambda: self._embedding_record(call, attempts, outcome))
+        notify(self._observers, lambda: self._embedding_record(call, attempts, outcome), watches)
 
     def _embedding_record(
         self, call: _EmbeddingCall, attempts: list[Attempt], outcome: Embeddings | BaseException
@@ -647,8 +669,10 @@ class Router:
         request_id: str,
         budget: BudgetPlan | None,
         attempts: list[Attempt],
+        watches: Watches = NO_WATCHES,
     ) -> Embeddings:
-        """:meth:`embed`'s routing, its tries recorded in ``attempts``."""
+        """:meth:`embed`'s routing, its tries recorded in ``attempts`` (and told to
+        ``watches``)."""
         inputs = [input] if isinstance(input, str) else list(input)
         if not inputs or not all(isinstance(text, str) for text in inputs):
             raise InvalidRequestError("input must be a string or a non-empty list of strings")
@@ -671,6 +695,7 @@ class Router:
             needs=frozenset({"embeddings"}),
             estimate=estimate,
             attempts=attempts,
+            watches=watches,
         )
         if budget is None:
             return await self._embed(engine, inputs, dimensions, encoding_format, estimate)
@@ -811,6 +836,13 @@ class _EmbeddingCall(NamedTuple):
     started: float
 
 
+def _embedding_start(call: _EmbeddingCall, dimensions: int | None) -> RequestStart:
+    """An embeddings call as it starts, for the observers that watch it live."""
+    model = call.model if isinstance(call.model, str) else ""
+    options = {"dimensions": dimensions} if dimensions is not None else {}
+    return RequestStart(call.request_id, call.labels, "embeddings", model, options)
+
+
 class _Shared(NamedTuple):
     """What a router hands on to the router of a reloaded config."""
 
@@ -920,7 +952,9 @@ def _build_provider(
 
 def _settings_of(config: RouterConfig) -> dict[str, Any]:
     """The router's keyword settings of a whole config (as given: defaults stay unset)."""
-    return config.model_dump(exclude={"providers", "gateway", "store", "logs"}, exclude_unset=True)
+    return config.model_dump(
+        exclude={"providers", "gateway", "store", "logs", "telemetry"}, exclude_unset=True
+    )
 
 
 def _policy(built: list[_Built], settings: RouterSettings) -> RoutingPolicy:

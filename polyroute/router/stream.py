@@ -49,6 +49,7 @@ from polyroute.core.errors import (
 from polyroute.core.logging import EventLogger, get_logger, new_request_id
 from polyroute.core.pricing import Cost, CostStatus
 from polyroute.core.request import ChatRequest, estimated_input_tokens
+from polyroute.router.affinity import AffinityPlan, pinned, repin
 from polyroute.router.attempts import AttemptEngine, elapsed_ms
 from polyroute.router.budget import BudgetPlan, cost_ceiling, remaining_usd
 from polyroute.router.cache import CachePlan, StoredAnswer, decode_answer, encode_answer
@@ -56,17 +57,20 @@ from polyroute.router.context import Choice, Mode, RouteContext
 from polyroute.router.hedge import Hedge
 from polyroute.router.observe import (
     NO_LABELS,
+    NO_WATCHES,
     RequestLabels,
     RequestRecord,
+    RequestStart,
     build_record,
     is_cancellation,
     notify,
     record_status,
+    watch_request,
 )
 from polyroute.router.policy import Candidate
 from polyroute.router.prefill import Continuation, asks_for_reasoning, choose, learn_refusal
 from polyroute.router.relay import Seam, StreamRestarted
-from polyroute.router.state import Lease
+from polyroute.router.state import Lease, Reservation
 
 Status = Literal[
     "pending", "streaming", "complete", "switched", "restarted", "truncated", "failed", "cancelled"
@@ -214,8 +218,12 @@ class RouterStream:
         caching: CachePlan | None = None,
         budget: BudgetPlan | None = None,
         labels: RequestLabels | None = None,
+        affinity: AffinityPlan | None = None,
     ) -> None:
         self.request_id = request_id or new_request_id()
+        self._affinity = affinity
+        self._pinned: str | None = None
+        """The entry affinity's pin named before the first attempt, if any."""
         self._labels = labels or NO_LABELS
         self._started = time.perf_counter()
         self._recorded = False
@@ -250,6 +258,9 @@ class RouterStream:
         self._generator: weakref.ref[AsyncGenerator[Any, None]] | None = None
         self._held: AsyncGenerator[Any, None] | None = None
         self._in_context = False
+        self._watches = NO_WATCHES
+        if context.observers:  # tracing watches a request live, from here
+            self._watches = watch_request(context.observers, self._start_of(requested_model))
 
     @property
     def text(self) -> str:
@@ -348,7 +359,7 @@ class RouterStream:
     def _start(self, mode: _Mode) -> AsyncGenerator[Any, None]:
         if self._generator is not None:
             raise RuntimeError("a RouterStream can be iterated only once")
-        generator = self._run(mode) if self._budget is None else self._held_to(self._budget, mode)
+        generator = self._run(mode)
         self._generator = weakref.ref(generator)
         if self._in_context:
             self._held = generator
@@ -376,29 +387,19 @@ class RouterStream:
 
     # The routing loop -----------------------------------------------------------
 
-    async def _held_to(self, budget: BudgetPlan, mode: _Mode) -> AsyncGenerator[Any, None]:
-        """:meth:`_run` under ``budget``: its worst case reserved first, its cost settled
-        however it ends (a generator of its own, so unbudgeted streams pay nothing)."""
-        keeper = self._context.budgets
-        try:
-            ceiling = cost_ceiling(
-                self._context.policy,
-                self._chain,
-                self._input_tokens(),
-                _max_tokens(self._request) or budget.default_max_tokens,
-            )
-            held = await keeper.reserve(budget, ceiling)
-        except BaseException as error:  # refused (no room, no price), or the consumer left
-            self._ended(error)
-            raise
+    async def _reserve(self, budget: BudgetPlan) -> Reservation:
+        """Hold the request's worst case on ``budget`` (raises
+        :class:`BudgetExceededError` without room, :class:`InvalidRequestError` for a
+        model without a price)."""
+        ceiling = cost_ceiling(
+            self._context.policy,
+            self._chain,
+            self._input_tokens(),
+            _max_tokens(self._request) or budget.default_max_tokens,
+        )
+        held = await self._context.budgets.reserve(budget, ceiling)
         self.budget_remaining_usd = remaining_usd(held)
-        run = self._run(mode)
-        try:
-            async for item in run:
-                yield item
-        finally:
-            await run.aclose()
-            keeper.settle(held, self.cost)
+        return held
 
     async def _run(self, mode: _Mode) -> AsyncGenerator[Any, None]:
         # Longer than the other steps on purpose: deliver is inline (see below). Every
@@ -409,12 +410,19 @@ class RouterStream:
         self._context.state.ensure_started()
         run: _Run | None = None
         ended: BaseException | None = None
+        held: Reservation | None = None
         try:
+            # Under a budget, its worst case first; settled below however it ends. (In
+            # this generator, not one around it: that would cost an async hop per read.)
+            if self._budget is not None:
+                held = await self._reserve(self._budget)
             if self._caching is not None and (stored := await self._lookup(self._caching)):
                 if replayed := self._replay(stored):
                     for item in deliverable(replayed):
                         yield item
                 return
+            if self._affinity is not None:
+                self._pinned = await pinned(self._context.state, self._affinity)
             run = self._begin()
             builder = self._builder
             while (opened := await self._open_next(run)) is not None:
@@ -472,6 +480,9 @@ class RouterStream:
                     opened.end()
                     await upstream.aclose()
                 self._succeed(run, opened)
+                if self._affinity is not None:  # before the answer ends: its next turn may follow
+                    serving, log = opened.choice.candidate.name, run.engine.log
+                    await repin(self._context.state, self._affinity, self._pinned, serving, log)
                 if self._caching is not None and self.status in ("complete", "switched"):
                     self._store(self._caching)
                 return
@@ -483,6 +494,8 @@ class RouterStream:
             raise
         finally:
             self._ended(ended)  # however it ended: one record
+            if held is not None:
+                self._context.budgets.settle(held, self.cost)
 
     # The response cache ------------------------------------------------------------
 
@@ -526,8 +539,9 @@ class RouterStream:
             needs=request.needs,
             estimate=lambda: estimate_tokens(request, self._input_tokens()),
             attempts=self.attempts,
+            watches=self._watches,
         )
-        engine.begin()
+        engine.begin(self._pinned)
         self.status = "streaming"
         return _Run(engine)
 
@@ -811,7 +825,13 @@ class RouterStream:
         observers = self._context.observers
         if observers and not self._recorded:
             self._recorded = True
-            notify(observers, lambda: self._request_record(error))
+            notify(observers, lambda: self._request_record(error), self._watches)
+
+    def _start_of(self, model: str) -> Callable[[], RequestStart]:
+        """The request as it starts, for the observers that watch it live."""
+        return lambda: RequestStart(
+            self.request_id, self._labels, "chat", model, self._request.options
+        )
 
     def _request_record(self, error: BaseException | None) -> RequestRecord:
         return build_record(

@@ -336,6 +336,15 @@ class AdminApi:
 
         return guarded
 
+    def refusal(self, request: web.Request) -> web.Response | None:
+        """The 401 or 403 of a request without the admin key, as the admin API's own
+        routes answer it; ``None`` when it carries the key (the console's routes)."""
+        try:
+            self._check_admin(request)
+        except _RefusedError as refused:
+            return error_response(refused.wire, request_id_of(request))
+        return None
+
     def _check_admin(self, request: web.Request) -> None:
         scheme, _, given = request.headers.get("Authorization", "").partition(" ")
         presented = given.strip() if scheme.lower() == "bearer" else ""

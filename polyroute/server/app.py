@@ -32,14 +32,20 @@ from polyroute.core.errors import (
     InvalidRequestError,
     ModelNotSupportedError,
     PolyrouteError,
+    RequestTimeoutError,
+    clipped,
 )
 from polyroute.core.logging import get_logger, new_request_id
+from polyroute.core.overload import LOOP_LAG
 from polyroute.core.pricing import FREE, Cost
 from polyroute.router.config import GatewayConfig
 from polyroute.router.observe import RequestLabels, RequestRecord, build_record
 from polyroute.router.router import Router
 from polyroute.router.state import Denied, Lease
 from polyroute.router.stream import RouterStream
+from polyroute.server.admission import Admission
+from polyroute.server.connections import ConnectionGuard, tracked
+from polyroute.server.console import Console
 from polyroute.server.dialects import Dialect, Exchange
 from polyroute.server.dialects.chat import ChatDialect, polyroute_facts
 from polyroute.server.dialects.embeddings import embeddings_body, read_embeddings_body
@@ -47,12 +53,16 @@ from polyroute.server.dialects.errors import WireError
 from polyroute.server.dialects.messages import MessagesDialect
 from polyroute.server.dialects.responses import ResponsesDialect
 from polyroute.server.governance import Governance, Spent
+from polyroute.server.headers import authorization_problem, bad_header
 from polyroute.server.keys import ClientKey, KeyRing, presented_key
+from polyroute.server.limits import file_limit, limits_for, somaxconn
+from polyroute.server.memory import MemoryReturn
 from polyroute.server.metrics import GatewayMetrics
 from polyroute.server.reload import ConfigReloader, Generation, ReloadSummary, Retirements
 from polyroute.server.responses import error_response, json_response, request_id_of
 from polyroute.server.store_keys import TOPIC
 from polyroute.store import LogsConfig, Store
+from polyroute.telemetry.observer import Tracing
 
 _log = get_logger()
 _Answer = Callable[[web.Request, Dialect, str, "_Outcome"], Awaitable[web.StreamResponse]]
@@ -61,6 +71,13 @@ _SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"
 _CACHE_MODES = ("use", "refresh", "off")
 _BUDGET_HEADER = "x-polyroute-budget-remaining-usd"
 _KEY_REQUIRED = "a valid gateway key is required (Authorization: Bearer ..., or x-api-key)"
+_ENDPOINTS = {
+    "/v1/chat/completions": "chat",
+    "/v1/messages": "messages",
+    "/v1/responses": "responses",
+    "/v1/embeddings": "embeddings",
+}
+"""The ``endpoint`` label of each path served by :meth:`Gateway._serve`."""
 
 
 @dataclass(slots=True)
@@ -86,6 +103,8 @@ class _Outcome:
     """Handed to the router, which records it; else the gateway records its refusal."""
     refusal: tuple[str, str] | None = None
     """The error code and message of a refusal before routing, for its record."""
+    traceparent: str | None = None
+    """The client's W3C ``traceparent``: its trace goes on through the router."""
 
     @property
     def attempts(self) -> list[Attempt]:
@@ -137,9 +156,12 @@ class Gateway:
         *,
         reloader: ConfigReloader | None = None,
         logs: LogsConfig | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         config = config or GatewayConfig()
         self.governance = Governance(config, store, logs=logs)
+        self.tracing = tracing
+        """OpenTelemetry (``telemetry:``): told of every request, refusals included."""
         keys = KeyRing(
             config.keys, config.teams, config.budget_hold_s, runtime=self.governance.keys
         )
@@ -151,6 +173,10 @@ class Gateway:
             lambda: self.router.announce(TOPIC),
             self.reload if reloader is not None else None,
         )
+        self.console: Console | None = None
+        """The console's page and live figures (docs/console.md): with the admin API."""
+        if self.admin is not None:
+            self.console = Console(self.admin, lambda: self.router, lambda: len(self._in_flight))
         self.metrics = GatewayMetrics()
         self.chat: Dialect = ChatDialect()
         self.messages: Dialect = MessagesDialect()
@@ -164,6 +190,12 @@ class Gateway:
         self._reloading = asyncio.Lock()
         self._retirements = Retirements()
         self._max_body_bytes = config.max_body_bytes
+        files = file_limit()
+        self.limits = limits_for(config, files, somaxconn())
+        """The connection limits, read once (docs/gateway.md#limits-and-overload)."""
+        self.admission = Admission(LOOP_LAG, files)
+        self.connections = ConnectionGuard(self.limits, config.header_timeout_s, self._shaped)
+        self.memory = MemoryReturn()
         self._endpoints: list[str] = []
         """What the application serves (``POST /v1/chat/completions``...), told with a 404."""
         if config.protect_metrics and not keys and self.governance.admin_key is None:
@@ -188,7 +220,11 @@ class Gateway:
         return self.generation.keys
 
     async def start(self) -> None:
-        """Load the store's keys and start the ledger (nothing without a store)."""
+        """Load the store's keys and start the ledger (nothing without a store); trace
+        the router's requests (with ``tracing``)."""
+        if self.tracing is not None:
+            self.router.observe(self.tracing)
+        LOOP_LAG.start()
         await self.governance.start(self.router)
 
     async def reload(self) -> ReloadSummary:
@@ -220,12 +256,18 @@ class Gateway:
         configurations held, flush the ledger and close the store. The router in service
         is the caller's to close (it holds the routing state every configuration
         shared)."""
+        LOOP_LAG.stop()
         await self._retirements.aclose()
         await self.governance.aclose()
+        if self.tracing is not None:
+            await self.tracing.aclose()  # exports what is left
 
     async def drain(self, seconds: float) -> None:
-        """Wait up to ``seconds`` for the requests in flight to finish, then cancel the
-        rest: their streams end with an error event (see :meth:`_stream`)."""
+        """Refuse new requests (503, ``Connection: close`` on every answer), wait up to
+        ``seconds`` for the requests in flight to finish, then cancel the rest: each
+        still gets an answer, a 503 before its answer began, an error event in its
+        stream (see :meth:`_serve` and :meth:`_stream`)."""
+        self.admission.draining = True
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._idle.wait(), seconds)
         tasks = list(self._in_flight)
@@ -237,10 +279,10 @@ class Gateway:
     def app(self) -> web.Application:
         # Read once: the body limit needs a restart (docs/gateway.md#reload).
         self._max_body_bytes = self.config.max_body_bytes
-        app = web.Application(
-            client_max_size=self._max_body_bytes, middlewares=[self._as_dialect_errors]
-        )
+        middlewares = [tracked, self._as_dialect_errors, self._refuse_bad_headers]
+        app = web.Application(client_max_size=self._max_body_bytes, middlewares=middlewares)
         app.on_response_prepare.append(_name_the_server)
+        app.on_response_prepare.append(self._close_when_draining)
         app.router.add_post("/v1/chat/completions", self.handler(self.chat))
         app.router.add_post("/v1/messages", self.handler(self.messages))
         app.router.add_post("/v1/messages/count_tokens", self.count_tokens)
@@ -255,6 +297,8 @@ class Gateway:
         if self.admin is not None:
             self.admin.add_routes(app)
         self._endpoints = served_endpoints(app)
+        if self.console is not None:
+            self.console.add_routes(app)  # after: an operator's page, not a client endpoint
         return app
 
     def _dialect_of(self, path: str) -> Dialect:
@@ -275,6 +319,33 @@ class Gateway:
             error = dialect.refusal(refused.status, message, _code_for(refused.status))
             return error_response(error, request_id_of(request))
         return response
+
+    @web.middleware
+    async def _refuse_bad_headers(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        """A header value that is not ASCII: 400 (401 for a key's header), before
+        anything reads it."""
+        if (bad := bad_header(request.headers)) is not None:
+            refusal = self._dialect_of(request.path).refusal(bad.status, bad.message, bad.code)
+            if (endpoint := _ENDPOINTS.get(request.path)) is not None:
+                self.metrics.record(endpoint, "", str(bad.status), [])
+            return error_response(refusal, request_id_of(request))
+        response: web.StreamResponse = await handler(request)
+        return response
+
+    def _shaped(self, path: str, status: int, message: str, code: str | None) -> WireError:
+        """A refusal in the dialect of ``path`` (for the connections' own answers)."""
+        refusal = self._dialect_of(path).refusal(status, message, code)
+        if status == 503:
+            return WireError(refusal.status, refusal.body, 1.0, refusal.code)
+        return refusal
+
+    async def _close_when_draining(
+        self, _request: web.Request, response: web.StreamResponse
+    ) -> None:
+        """While the gateway drains, every answer closes its connection."""
+        if self.admission.draining:
+            response.headers["Connection"] = "close"
+            response.force_close()
 
     def _refused_because(self, request: web.Request, refused: web.HTTPException) -> str:
         """What aiohttp's refusal means here, and what to do instead."""
@@ -308,10 +379,16 @@ class Gateway:
     async def _serve(
         self, request: web.Request, endpoint: str, answer: _Answer, dialect: Dialect
     ) -> web.StreamResponse:
-        """``answer`` the request, counted in flight (for the drain), then accounted."""
+        """``answer`` the request, counted in flight (for the drain), then accounted;
+        refused at once (503) when the gateway is at its limits or stopping."""
+        config = self.config
+        if (shed := self.admission.refuses(config, len(self._in_flight))) is not None:
+            self.metrics.shed(endpoint, shed)
+            return self.admission.refusal(config, dialect, shed, request_id_of(request))
         started = time.perf_counter()
         request_id = request_id_of(request)
         outcome = _Outcome(endpoint, self.generation.enter(), ledger_id=request_id)
+        outcome.traceparent = request.headers.get("traceparent")
         if request_id == request.headers.get("x-request-id"):  # the client's: maybe reused
             outcome.ledger_id = f"{request_id}/{new_request_id()}"
         task = asyncio.current_task()
@@ -324,10 +401,22 @@ class Gateway:
                 outcome.status = str(response.status)
             if not outcome.routed and response.status >= 400:
                 outcome.refusal = _refusal_in(response)
+            if response.status == 408:
+                response.force_close()  # the rest of its body may still be on its way
+            await self.memory.answered(request, response)
             return response
         except web.HTTPException as refused:  # 413 from reading the body
             outcome.status = str(refused.status)
             outcome.refusal = (f"http_{refused.status}", refused.reason)
+            raise
+        except asyncio.CancelledError:
+            if not self._stopping:
+                raise  # the client went away: nobody to tell
+            return self._stopped(task, dialect, request_id, outcome)
+        except ConnectionError:  # the client went away while its answer was written
+            return web.Response(status=499)  # never sent: aiohttp only sees it is gone
+        except Exception:
+            outcome.status = "500"  # a failure of the gateway's: aiohttp answers it
             raise
         finally:
             self._in_flight.discard(task)
@@ -335,6 +424,19 @@ class Gateway:
                 self._idle.set()
             outcome.generation.leave()  # first: whatever the accounting does, it is let go
             self._account(outcome, request_id, started)
+
+    def _stopped(
+        self, task: asyncio.Task[Any] | None, dialect: Dialect, request_id: str, outcome: _Outcome
+    ) -> web.Response:
+        """The answer of a request the drain cancelled before its answer began."""
+        if task is not None:
+            task.uncancel()  # answered: aiohttp goes on to send it
+        outcome.status = "503"
+        message = "the gateway stopped before the answer began: retry, another instance will answer"
+        refusal = dialect.refusal(503, message, "gateway_stopping")
+        response = error_response(WireError(503, refusal.body, 1.0, refusal.code), request_id)
+        response.force_close()
+        return response
 
     async def _answer(
         self, request: web.Request, dialect: Dialect, request_id: str, outcome: _Outcome
@@ -344,7 +446,8 @@ class Gateway:
         if isinstance(key, web.Response):
             return key
         try:
-            exchange = await dialect.read(await _json_body(request), request.headers)
+            body = await _json_body(request, outcome.generation.config.body_timeout_s)
+            exchange = await dialect.read(body, request.headers)
         except PolyrouteError as error:
             return error_response(dialect.error(error), request_id)
         if not exchange.model and not outcome.generation.config.default_model_when_missing:
@@ -357,7 +460,7 @@ class Gateway:
             return error_response(refused, request_id)
         cache = request.headers.get("x-polyroute-cache")
         if cache is not None and cache not in _CACHE_MODES:
-            message = f"x-polyroute-cache must be use, refresh or off, got {cache!r}"
+            message = f"x-polyroute-cache must be use, refresh or off, got {clipped(cache)!r}"
             return error_response(dialect.refusal(400, message, "invalid_request"), request_id)
         try:
             stream = router.stream(
@@ -368,6 +471,7 @@ class Gateway:
                 cache=cache or (key.cache if key is not None else None),
                 budget=key.budget if key is not None else None,
                 labels=_labels(outcome),
+                headers=request.headers,  # for an affinity keyed by a header
                 **exchange.options,
             )
         except PolyrouteError as error:
@@ -397,7 +501,8 @@ class Gateway:
         if isinstance(key, web.Response):
             return key
         try:
-            call = read_embeddings_body(await _json_body(request))
+            body = await _json_body(request, outcome.generation.config.body_timeout_s)
+            call = read_embeddings_body(body)
             if not call.model and not outcome.generation.config.default_model_when_missing:
                 return error_response(_missing_model(dialect), request_id)
             outcome.model = call.model or router.default_model or ""
@@ -443,9 +548,8 @@ class Gateway:
         keys = generation.keys
         key = keys.find(request.headers)
         if keys and key is None:
-            return error_response(
-                dialect.refusal(401, _KEY_REQUIRED, "invalid_api_key"), request_id
-            )
+            message = authorization_problem(request.headers) or _KEY_REQUIRED
+            return error_response(dialect.refusal(401, message, "invalid_api_key"), request_id)
         if outcome is not None:
             outcome.key = key
         return key
@@ -462,7 +566,7 @@ class Gateway:
         or tokens per minute. Tokens are counted only for a request that will use some
         (``outcome`` given): its places are ended in :meth:`_account`."""
         if not key.allows(model, router.resolve_model(model)):
-            message = f"key {key.name!r} may not use model {model!r}"
+            message = f"key {key.name!r} may not use model {clipped(model)!r}"
             return dialect.refusal(403, message, "model_not_allowed")
         limits = key.limits()
         for limit in limits:
@@ -486,8 +590,12 @@ class Gateway:
     def _account(self, outcome: _Outcome, request_id: str, started: float) -> None:
         """One metrics update and one access-log event per request (and the record of a
         request refused before routing: the router records the others)."""
-        if not outcome.routed and self.governance.request_log is not None:
-            self.governance.log_refusal(_refusal_record(outcome, request_id, started))
+        recorded = self.governance.request_log is not None or self.tracing is not None
+        if not outcome.routed and recorded:
+            record = _refusal_record(outcome, request_id, started)
+            self.governance.log_refusal(record)
+            if self.tracing is not None:
+                self.tracing.request_ended(record)
         stream = outcome.stream
         self.metrics.record(
             outcome.endpoint,
@@ -497,12 +605,25 @@ class Gateway:
             ttft_ms=stream.ttft_ms if stream is not None else None,
             relays=len(stream.switches) if stream is not None else 0,
         )
+        if outcome.status == "cancelled":  # routine: no traceback, the request's id
+            _log.info("gateway.client_gone", request_id=request_id, endpoint=outcome.endpoint)
         client = outcome.key
         spent = outcome.spent()
         self.metrics.record_spend(client.name if client else None, spent)
         cost = Cost.of_attempts(cost for _, cost in spent if cost is not None)
         self._govern(outcome, cost)
         usage = outcome.usage
+        if self.console is not None and outcome.routed:
+            self.console.tally.add(
+                request_id,
+                # An error status, or an error event ending a stream (a cut answer).
+                failed=outcome.status == "stream_error" or outcome.status[:1] in ("4", "5"),
+                ttft_ms=outcome.ttft_ms,
+                cost_usd=cost.usd,
+                attempts=outcome.attempts,
+                provider=outcome.provider,
+                tokens=usage.prompt_tokens + usage.completion_tokens if usage else 0,
+            )
         fields: dict[str, Any] = {
             "request_id": request_id,
             "endpoint": outcome.endpoint,
@@ -607,7 +728,7 @@ class Gateway:
             return names
         name = request.match_info["model"]
         if name not in names:
-            message = f"model {name!r} is not served here"
+            message = f"model {clipped(name)!r} is not served here"
             refusal = self.chat.refusal(404, message, "model_not_found")
             return error_response(refusal, request_id_of(request))
         return json_response(_model(name, self.router.settings.aliases.get(name)))
@@ -634,7 +755,8 @@ class Gateway:
             if isinstance(key, web.Response):
                 return key
             router = generation.router
-            exchange = await dialect.read(await _json_body(request), request.headers)
+            body = await _json_body(request, generation.config.body_timeout_s)
+            exchange = await dialect.read(body, request.headers)
             if not exchange.model and not generation.config.default_model_when_missing:
                 return error_response(_missing_model(dialect), request_id)
             model = exchange.model or router.default_model or ""
@@ -691,6 +813,9 @@ class Gateway:
         circuits = {entry.name: entry.cooling_down for entry in self.router.entry_status()}
         in_flight = len(self._in_flight)
         self.metrics.observe_governance(self.governance.figures(self.router))
+        self.metrics.observe_gateway(
+            self.admission.saturation(self.config, in_flight, self.connections)
+        )
         body = self.metrics.exposition(in_flight, circuits, *self.router.state_figures())
         return web.Response(body=body, content_type="text/plain", charset="utf-8")
 
@@ -699,7 +824,8 @@ class Gateway:
 
     async def readyz(self, request: web.Request) -> web.Response:
         """Ready while at least one entry can serve a request now (by the router's own
-        rule: a key set, working, not cooling down); otherwise 503 with each reason."""
+        rule: a key set, working, not cooling down); otherwise 503 with each reason.
+        The gateway's own load is told apart (``gateway``), and does not make it 503."""
         if (refused := self._refuses_probe(request)) is not None:
             return refused
         entries = self.router.entry_status()
@@ -709,6 +835,9 @@ class Gateway:
             "status": "ready" if ready else "not ready",
             "unavailable": reasons,
             "state": self.router.describe_state(),
+            "gateway": self.admission.saturation(
+                self.config, len(self._in_flight), self.connections
+            ).as_dict(),
         }
         return json_response(body, status=200 if ready else 503)
 
@@ -729,11 +858,19 @@ def _take(pending: list[bytes]) -> bytes:
     return data
 
 
-async def _json_body(request: web.Request) -> Any:
+async def _json_body(request: web.Request, timeout_s: float) -> Any:
     """The request's body, decoded; raises :class:`InvalidRequestError` when it is not
-    JSON (and aiohttp's 413 when it is over ``max_body_bytes``)."""
+    JSON, :class:`RequestTimeoutError` when it is not all there within ``timeout_s``
+    (``gateway.body_timeout_s``), and aiohttp's 413 when it is over ``max_body_bytes``."""
     try:
-        return orjson.loads(await request.read())
+        async with asyncio.timeout(timeout_s):
+            raw = await request.read()
+    except TimeoutError:
+        raise RequestTimeoutError(
+            f"the request body did not arrive within {timeout_s} s (gateway.body_timeout_s)"
+        ) from None
+    try:
+        return orjson.loads(raw)
     except orjson.JSONDecodeError as error:
         if "surrogate" in str(error):  # "\ud800" escaped: JSON's syntax, not Unicode
             raise InvalidRequestError(
@@ -761,8 +898,10 @@ def _labels(outcome: _Outcome) -> RequestLabels:
     if log_content is None:
         log_content = outcome.generation.config.log_content
     if key is None:
-        return RequestLabels(outcome.endpoint, log_content=log_content)
-    return RequestLabels(outcome.endpoint, key.name, key.team, log_content)
+        return RequestLabels(
+            outcome.endpoint, log_content=log_content, traceparent=outcome.traceparent
+        )
+    return RequestLabels(outcome.endpoint, key.name, key.team, log_content, outcome.traceparent)
 
 
 def _refusal_in(response: web.StreamResponse) -> tuple[str, str]:

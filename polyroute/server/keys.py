@@ -15,7 +15,7 @@ from __future__ import annotations
 import hmac
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from polyroute.core.errors import ConfigError
@@ -60,6 +60,9 @@ class ClientKey:
     team_tpm: int | None = None
     log_content: bool | None = None
     """Whether its requests' content goes in the access log; ``None``: the gateway's."""
+    _limits: tuple[KeyLimit, ...] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
 
     def allows(self, *models: str) -> bool:
         return self.models is None or any(model in self.models for model in models)
@@ -73,15 +76,19 @@ class ClientKey:
     def ledger_team(self) -> str | None:
         return self.team_id or self.team
 
-    def limits(self) -> list[KeyLimit]:
-        """Its own counter, then its team's, each with its limits."""
-        own = KeyLimit(f"key:{self.id}" if self.id else self.name, f"key {self.name!r}",
-                       self.rpm, self.tpm)  # fmt: skip
-        if self.team is None:
-            return [own]
-        team = KeyLimit(f"team:{self.team_id or self.team}", f"team {self.team!r}",
-                        self.team_rpm, self.team_tpm)  # fmt: skip
-        return [own, team]
+    def limits(self) -> tuple[KeyLimit, ...]:
+        """Its own counter, then its team's, each with its limits (made once: a key is
+        made anew when its settings change)."""
+        if self._limits is None:
+            own = KeyLimit(f"key:{self.id}" if self.id else self.name, f"key {self.name!r}",
+                           self.rpm, self.tpm)  # fmt: skip
+            if self.team is None:
+                self._limits = (own,)
+            else:
+                team = KeyLimit(f"team:{self.team_id or self.team}", f"team {self.team!r}",
+                                self.team_rpm, self.team_tpm)  # fmt: skip
+                self._limits = (own, team)
+        return self._limits
 
 
 class RuntimeKeys(Protocol):

@@ -3,11 +3,17 @@ that two gateways in one process, as in tests, do not collide)."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from polyroute.core.attempts import Attempt
+from polyroute.core.errors import GatewayOverloaded
 from polyroute.core.pricing import Cost
 from polyroute.server.governance import GovernanceFigures
+
+if TYPE_CHECKING:
+    from polyroute.server.admission import Saturation
 
 TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
@@ -66,6 +72,14 @@ class GatewayMetrics:
             ["kind", "model", "provider", "key"],
             registry=self.registry,
         )
+        self.cached_input = Counter(
+            "polyroute_cached_input_tokens",
+            "Input tokens upstreams read from their prompt cache, by provider entry "
+            "(what affinity routing is for: docs/router.md#affinity)",
+            ["provider"],
+            registry=self.registry,
+        )
+        self._children: dict[tuple[int, tuple[str, ...]], Counter] = {}
         self.cost = Counter(
             "polyroute_cost_usd",
             "What answers cost, in USD, by the attempt's model and entry (priced ones)",
@@ -114,12 +128,56 @@ class GatewayMetrics:
             ["scope"],
             registry=self.registry,
         )
+        # The gateway's own load and trouble, apart from the upstreams' (docs/gateway.md
+        # #limits-and-overload).
+        self.requests_shed = Counter(
+            "polyroute_requests_shed",
+            "Requests refused at once with 503, before any work: reason in_flight "
+            "(gateway.max_in_flight), loop_lag (gateway.max_loop_lag_ms) or draining",
+            ["endpoint", "reason"],
+            registry=self.registry,
+        )
+        self.gateway_overloaded = Counter(
+            "polyroute_gateway_overloaded",
+            "Attempts the gateway itself failed (no file descriptor, no connection slot, "
+            "its loop too far behind), never counted against an entry, by cause",
+            ["cause"],
+            registry=self.registry,
+        )
+        self.client_connections = Gauge(
+            "polyroute_client_connections",
+            "Client connections open now",
+            registry=self.registry,
+        )
+        self.max_in_flight = Gauge(
+            "polyroute_max_in_flight",
+            "Requests served at once before new ones are refused (0: no cap)",
+            registry=self.registry,
+        )
+        self.connections_refused = Counter(
+            "polyroute_connections_refused",
+            "Client connections refused at once: gateway.max_connections were open",
+            registry=self.registry,
+        )
+        self.client_timeouts = Counter(
+            "polyroute_client_timeouts",
+            "Requests given up because the client was too slow, by what was late "
+            "(headers: gateway.header_timeout_s; the body's 408s are in polyroute_requests)",
+            ["phase"],
+            registry=self.registry,
+        )
+        self.loop_lag = Gauge(
+            "polyroute_event_loop_lag_seconds",
+            "How late the event loop ran its timers, worst of the last second",
+            registry=self.registry,
+        )
         self._counted = {"dropped": 0, "failed": 0, "log_dropped": 0}
         """The counters' values already exposed: a scrape adds what grew since."""
         # Each label set's child, kept: labels() takes a lock and checks its arguments
         # on every call, a measurable share of a short request's CPU.
         self._requests: dict[tuple[str, str, str], Counter] = {}
         self._attempts: dict[tuple[str, str], Counter] = {}
+        self._shed: dict[tuple[str, str], Counter] = {}
 
     def record(
         self,
@@ -142,6 +200,8 @@ class GatewayMetrics:
             if (tried := self._attempts.get(pair)) is None:
                 tried = self._attempts[pair] = self.attempts.labels(*pair)
             tried.inc()
+            if isinstance(own := attempt.error, GatewayOverloaded):
+                self.gateway_overloaded.labels(own.cause).inc()
         if ttft_ms is not None:
             self.ttft.observe(ttft_ms / 1000)
         if relays:
@@ -154,6 +214,8 @@ class GatewayMetrics:
             labels = (attempt.model, attempt.provider, named)
             if (usage := attempt.usage) is not None:
                 cached, reasoning = usage.cache_read_tokens, usage.reasoning_tokens
+                if cached > 0:
+                    self._child(self.cached_input, (attempt.provider,)).inc(cached)
                 for kind, count in (
                     ("input", usage.prompt_tokens - cached),
                     ("cached_input", cached),
@@ -161,9 +223,18 @@ class GatewayMetrics:
                     ("reasoning", reasoning),
                 ):
                     if count > 0:
-                        self.tokens.labels(kind, *labels).inc(count)
+                        self._child(self.tokens, (kind, *labels)).inc(count)
             if cost is not None and cost.usd:
-                self.cost.labels(*labels).inc(cost.usd)
+                self._child(self.cost, labels).inc(cost.usd)
+
+    def _child(self, metric: Counter, labels: tuple[str, ...]) -> Counter:
+        """``metric.labels(*labels)``, kept: prometheus-client checks and locks at every
+        ``labels()`` call (about 2 us), and a request makes up to five."""
+        key = (id(metric), labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     def observe_governance(self, figures: GovernanceFigures) -> None:
         """The store's, the ledger's, the request log's and the budgets' figures as of now."""
@@ -180,6 +251,26 @@ class GatewayMetrics:
         self.runtime_keys.set(figures.runtime_keys)
         for scope, usd in figures.budget_remaining.items():
             self.budget_remaining.labels(scope=scope).set(usd)
+
+    def shed(self, endpoint: str, reason: str) -> None:
+        """A request refused at the front door (cheaply: a flood of them is the case)."""
+        labels = (endpoint, reason)
+        if (shed := self._shed.get(labels)) is None:
+            shed = self._shed[labels] = self.requests_shed.labels(*labels)
+        shed.inc()
+
+    def observe_gateway(self, load: Saturation) -> None:
+        """The gateway's own load as of now."""
+        counted = self._counted
+        self.client_connections.set(load.connections)
+        self.max_in_flight.set(load.max_in_flight or 0)
+        self.loop_lag.set(load.loop_lag_ms / 1000)
+        self.connections_refused.inc(max(0, load.refused_connections - counted.get("refused", 0)))
+        grown = load.header_timeouts - counted.get("headers", 0)
+        if grown > 0:
+            self.client_timeouts.labels("headers").inc(grown)
+        counted["refused"] = load.refused_connections
+        counted["headers"] = load.header_timeouts
 
     def exposition(
         self, in_flight: int, circuits: dict[str, bool], degraded: bool, decisions: dict[str, int]

@@ -10,8 +10,9 @@ spend, the response cache, the store's keys) is never rebuilt.
 
 A file that does not load changes nothing: the error is the one ``polyroute serve``
 would stop on at start. What only a restart can change (``state``, ``store``,
-``cache``, ``logs``, ``gateway.max_body_bytes``, ``gateway.admin_key_env``) keeps its running
-value, and the reload says so.
+``cache``, ``logs``, ``gateway.max_body_bytes``, ``gateway.admin_key_env`` and the
+connection limits: ``GATEWAY_NEEDS_RESTART``) keeps its running value, and the reload
+says so.
 """
 
 from __future__ import annotations
@@ -34,12 +35,19 @@ from polyroute.server.keys import KeyRing, RuntimeKeys
 
 _log = get_logger()
 
-NEEDS_RESTART = ("state", "store", "cache", "logs")
+NEEDS_RESTART = ("state", "store", "cache", "logs", "telemetry")
 """Top-level keys a reload leaves as they run: the routing state and the response cache
 hold what must survive (budgets' spend, circuits, stored answers), the store its
-connections, the request log its writer."""
-GATEWAY_NEEDS_RESTART = ("max_body_bytes", "admin_key_env")
-"""``gateway`` keys read once, when the HTTP application is made."""
+connections, the request log its writer, telemetry its exporters."""
+GATEWAY_NEEDS_RESTART = (
+    "max_body_bytes",
+    "admin_key_env",
+    "header_timeout_s",
+    "keepalive_s",
+    "max_connections",
+    "backlog",
+)
+"""``gateway`` keys read once, when the HTTP application is made or starts listening."""
 
 
 @dataclass(eq=False, slots=True)

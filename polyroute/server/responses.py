@@ -28,8 +28,9 @@ def error_response(error: WireError, request_id: str) -> web.Response:
 
 
 def request_id_of(request: web.Request) -> str:
-    """The client's ``x-request-id`` when it is a sane one, else a new id."""
+    """The client's ``x-request-id`` when it is a sane one (printable ASCII, at most
+    128 characters), else a new id."""
     given = request.headers.get("x-request-id", "")
-    if given and len(given) <= 128 and given.isprintable():
+    if given and len(given) <= 128 and given.isascii() and given.isprintable():
         return given
     return new_request_id()

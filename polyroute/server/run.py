@@ -7,19 +7,30 @@ import asyncio
 import contextlib
 import gc
 import ipaddress
+import os
 import signal
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
 from aiohttp import web, web_response
 
-from polyroute.core.errors import ConfigError, refusals_to_listen
+from polyroute.core.errors import ConfigError, describe_error, refusals_to_listen
+from polyroute.core.logging import get_logger
 from polyroute.router.config import RouterConfig
 from polyroute.router.router import Router
 from polyroute.server.app import Gateway
+from polyroute.server.connections import listen
+from polyroute.server.floods import quiet_floods
+from polyroute.server.listener import Listener
+from polyroute.server.memory import tune_allocator
 from polyroute.server.reload import ConfigReloader
 from polyroute.store import build_store
+from polyroute.telemetry.config import TelemetryConfig, telemetry_in_service
+from polyroute.telemetry.observer import Tracing
+
+_log = get_logger()
 
 
 def is_loopback(host: str) -> bool:
@@ -77,15 +88,35 @@ async def serve(
     reloader = ConfigReloader(
         config, source, check=lambda new: refuse_exposure(new, host, insecure), out=out
     )
+    tracing = gateway_tracing(config.telemetry, os.environ)
     router = Router.from_config(config)
     await router.start()
     gateway = None
     try:
-        gateway = Gateway(router, config.gateway, store, reloader=reloader, logs=config.logs)
+        gateway = Gateway(
+            router, config.gateway, store, reloader=reloader, logs=config.logs, tracing=tracing
+        )
         await _serve_until_stopped(gateway, host, port, reuse_port, out, ready, stop, hangup)
     finally:
         # The router in service last: its routing state is every configuration's.
         await (gateway.router if gateway is not None else router).aclose()
+
+
+def gateway_tracing(config: TelemetryConfig | None, environ: Mapping[str, str]) -> Tracing | None:
+    """The gateway's tracing: as ``telemetry:`` says, else as the standard variables
+    say when one names an OTLP endpoint, else none (nothing is exported). Raises
+    :class:`ConfigError` when ``telemetry:`` is set and the ``otel`` extra is missing;
+    with only the variables set, that is a warning (``telemetry.unavailable``)."""
+    telemetry = telemetry_in_service(config, environ)
+    if telemetry is None:
+        return None
+    try:
+        return Tracing(telemetry, server=True)
+    except ConfigError as error:
+        if config is not None:
+            raise
+        _log.warning("telemetry.unavailable", **describe_error(error))
+        return None
 
 
 async def _serve_until_stopped(
@@ -102,15 +133,33 @@ async def _serve_until_stopped(
     # aiohttp makes before a request reaches it (a malformed request line or header),
     # which would otherwise tell the versions of Python and aiohttp.
     vars(web_response)["SERVER_SOFTWARE"] = "polyroute"  # the name aiohttp reads at each answer
-    runner = web.AppRunner(gateway.app(), handler_cancellation=True, access_log=None)
+    # The connections' settings, for the runner's server and for each connection
+    # (connections.listen makes them; docs/gateway.md#limits-and-overload).
+    handler_args: dict[str, Any] = {
+        "access_log": None,
+        "keepalive_timeout": gateway.config.keepalive_s,
+    }
+    runner = web.AppRunner(gateway.app(), handler_cancellation=True, **handler_args)
     await runner.setup()
     following = None
+    listener: Listener | None = None
+    loud_again = quiet_floods()
     try:
         await gateway.start()
-        site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None)
+        tune_allocator()
+        for warning in gateway.limits.warnings:
+            print(f"polyroute: {warning}", file=out, flush=True)
+        assert runner.server is not None
         with refusals_to_listen(host, port):
-            await site.start()
-        bound = runner.addresses[0]
+            listener = listen(
+                runner.server,
+                gateway.connections,
+                host,
+                port,
+                reuse_port=reuse_port,
+                handler_args=handler_args,
+            )
+        bound = listener.address
         # Everything made so far (modules, schemas, the router) lives as long as the
         # process: out of the collector's generations, it is never traversed again.
         # Measured in the gateway benchmark: 10% more streams/s, 10% less CPU per
@@ -123,15 +172,18 @@ async def _serve_until_stopped(
         following = asyncio.get_running_loop().create_task(_follow_hangups(gateway, hangup))
         await stop.wait()
         following.cancel()
-        await site.stop()  # no new connections; those in flight go on
+        listener.close()  # no new connections; those in flight go on
         await gateway.drain(gateway.config.drain_seconds)
     finally:
         if following is not None:
             following.cancel()  # a reload under way is dropped: nothing of it is in service
             with contextlib.suppress(asyncio.CancelledError):
                 await following  # raises what broke it, if anything did
+        if listener is not None:
+            listener.close()
         await runner.cleanup()
         await gateway.aclose()  # after the requests: their spend rows are queued
+        loud_again()
 
 
 async def _follow_hangups(gateway: Gateway, hangup: asyncio.Event) -> None:

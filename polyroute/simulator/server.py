@@ -14,11 +14,12 @@ from aiohttp import web
 from polyroute.core.deltas import Delta, FinishDelta, TextDelta, ToolCallDelta, Usage, UsageDelta
 from polyroute.core.errors import refusals_to_listen
 from polyroute.core.messages import CONTINUE_INSTRUCTION
-from polyroute.core.sse import DONE_EVENT, OpenAIChunkEncoder, encode_event
+from polyroute.core.sse import DONE_EVENT, OpenAIChunkEncoder, encode_event, named_event
+from polyroute.simulator.prefix_cache import CacheRead, PrefixCache, prompt_text
 from polyroute.simulator.profile import SimulatedUpstream
 from polyroute.simulator.text import answer_words, tag, words_already_given
 
-PATHS = {"darkai": "/chat", "openai": "/v1/chat/completions"}
+PATHS = {"darkai": "/chat", "openai": "/v1/chat/completions", "anthropic": "/v1/messages"}
 
 
 class SimulatorServer:
@@ -35,6 +36,10 @@ class SimulatorServer:
         self.requests = 0
         self.outcomes: Counter[str] = Counter()
         """How each request was answered: ``ok``, ``status 503``, ``reset``, ``stall``, ``drop``."""
+        self.prefix_cache = PrefixCache(profile.prompt_cache) if profile.prompt_cache else None
+        """This upstream's own prompt cache (``prompt_cache`` in the profile), or ``None``."""
+        self.cache_reads: list[CacheRead] = []
+        """With a prompt cache: what each answered request's prompt found in it."""
         self._runner: web.AppRunner | None = None
 
     @property
@@ -49,9 +54,13 @@ class SimulatorServer:
     @property
     def config_url(self) -> str:
         """What a provider entry for this upstream is given: ``base_url`` for the openai
-        format (``http://127.0.0.1:8001/v1``; the provider adds ``/chat/completions``),
-        ``api_endpoint`` for darkai's, which is the endpoint itself."""
-        return self.base_url + "/v1" if self.profile.format == "openai" else self.url
+        format (``http://127.0.0.1:8001/v1``; the provider adds ``/chat/completions``)
+        and the anthropic one (``http://127.0.0.1:8001``; the provider adds
+        ``/v1/messages``), ``api_endpoint`` for darkai's, which is the endpoint itself."""
+        wire = self.profile.format
+        if wire == "openai":
+            return self.base_url + "/v1"
+        return self.base_url if wire == "anthropic" else self.url
 
     async def start(self) -> SimulatorServer:
         """Listen; raises :class:`PortInUseError` when the profile's port is taken."""
@@ -117,25 +126,33 @@ class SimulatorServer:
         cut = limit is not None and len(pieces) > limit  # one chunk counts as one token
         if cut:
             pieces = pieces[:limit]
+        read = self._read_cache(body)
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
-        await self._pause(rng, profile.latency.first_chunk_ms)
-        encoder = OpenAIChunkEncoder(str(body.get("model", "simulated")), id="chatcmpl-simulated")
-        if profile.format == "openai":
-            await response.write(encode_event(encoder.chunk({"role": "assistant", "content": ""})))
+        extra_ms = 0.0
+        if self.prefix_cache is not None and read is not None:
+            extra_ms = self.prefix_cache.first_chunk_extra_ms(read)  # a hit comes sooner
+        await self._pause(rng, profile.latency.first_chunk_ms + extra_ms)
+        writer = _Writer(profile.format, str(body.get("model", "simulated")), read)
+        await response.write(writer.opening())
         for index, piece in enumerate(pieces):
             if index == drop_after:
                 return await _hang_up(request)
             if index:
                 await self._pause(rng, profile.latency.chunk_gap_ms)
-            if profile.format == "openai":
-                await response.write(encoder.encode(piece))
-            else:
-                text = piece.text if isinstance(piece, TextDelta) else ""
-                await response.write(encode_event({"event": "text-chunk", "data": {"text": text}}))
-        await response.write(self._ending(encoder, body, pieces, cut=cut))
+            await response.write(writer.piece(piece))
+        await response.write(writer.ending(body, pieces, cut=cut))
         await response.write_eof()
         return response
+
+    def _read_cache(self, body: dict[str, Any]) -> CacheRead | None:
+        """What the prompt finds in this upstream's prompt cache (which then holds it)."""
+        if self.prefix_cache is None:
+            return None
+        messages = _messages(self.profile.format, body)
+        read = self.prefix_cache.read(prompt_text(body.get("tools"), messages))
+        self.cache_reads.append(read)
+        return read
 
     def _answer_pieces(self, body: dict[str, Any], number: int) -> list[Delta]:
         """The answer, one delta per chunk: a call to a tool when the request offers
@@ -156,22 +173,94 @@ class SimulatorServer:
             words = words[max(0, given - profile.continuation_overlap) :]
         return [TextDelta(word) for word in words]
 
-    def _ending(
-        self, encoder: OpenAIChunkEncoder, body: dict[str, Any], pieces: list[Delta], *, cut: bool
-    ) -> bytes:
-        if self.profile.format == "darkai":
-            return encode_event({"event": "stream-end", "data": {}})
-        calls = pieces and isinstance(pieces[0], ToolCallDelta)
-        reason = "length" if cut else "tool_calls" if calls else "stop"
-        ending = encoder.encode(FinishDelta(reason))
-        if (body.get("stream_options") or {}).get("include_usage"):
-            ending += encoder.encode(UsageDelta(Usage(0, len(pieces), len(pieces))))
-        return ending + DONE_EVENT
-
     async def _pause(self, rng: random.Random, milliseconds: float) -> None:
         delay = milliseconds + rng.uniform(0, self.profile.latency.jitter_ms)
         if delay:
             await asyncio.sleep(delay / 1000)
+
+
+class _Writer:
+    """One answer's bytes in the upstream's wire format; usage says what the prompt
+    cache read (``read``), as each API reports it, when the upstream has one."""
+
+    def __init__(self, wire: str, model: str, read: CacheRead | None) -> None:
+        self.wire = wire
+        self.model = model
+        self.read = read
+        self.encoder = OpenAIChunkEncoder(model, id="chatcmpl-simulated")
+
+    def opening(self) -> bytes:
+        if self.wire == "openai":
+            return encode_event(self.encoder.chunk({"role": "assistant", "content": ""}))
+        if self.wire == "darkai":
+            return b""
+        usage = {"input_tokens": 0, "output_tokens": 1, **self._anthropic_input()}
+        message: dict[str, Any] = {
+            "id": "msg_simulated",
+            "type": "message",
+            "role": "assistant",
+            "content": [],
+            "model": self.model,
+            "stop_reason": None,
+            "stop_sequence": None,
+            "usage": usage,
+        }
+        block = {"type": "text", "text": ""}
+        start = {"type": "content_block_start", "index": 0, "content_block": block}
+        return named_event("message_start", {"type": "message_start", "message": message}) + (
+            named_event("content_block_start", start)
+        )
+
+    def piece(self, piece: Delta) -> bytes:
+        if self.wire == "openai":
+            return self.encoder.encode(piece)
+        text = piece.text if isinstance(piece, TextDelta) else ""
+        if self.wire == "darkai":
+            return encode_event({"event": "text-chunk", "data": {"text": text}})
+        delta = {"type": "text_delta", "text": text}
+        event = {"type": "content_block_delta", "index": 0, "delta": delta}
+        return named_event("content_block_delta", event)
+
+    def ending(self, body: dict[str, Any], pieces: list[Delta], *, cut: bool) -> bytes:
+        if self.wire == "darkai":
+            return encode_event({"event": "stream-end", "data": {}})
+        calls = pieces and isinstance(pieces[0], ToolCallDelta)
+        reason = "length" if cut else "tool_calls" if calls else "stop"
+        if self.wire == "anthropic":
+            stop = {"type": "content_block_stop", "index": 0}
+            delta = {
+                "type": "message_delta",
+                "delta": {"stop_reason": "max_tokens" if cut else "end_turn"},
+                "usage": {"output_tokens": len(pieces)},
+            }
+            return (
+                named_event("content_block_stop", stop)
+                + named_event("message_delta", delta)
+                + named_event("message_stop", {"type": "message_stop"})
+            )
+        ending = self.encoder.encode(FinishDelta(reason))
+        if (body.get("stream_options") or {}).get("include_usage"):
+            ending += self.encoder.encode(UsageDelta(self._openai_usage(len(pieces))))
+        return ending + DONE_EVENT
+
+    def _openai_usage(self, completion: int) -> Usage:
+        read = self.read
+        if read is None:
+            return Usage(0, completion, completion)
+        details = {"prompt_tokens_details": {"cached_tokens": read.cached_tokens}}
+        return Usage(read.prompt_tokens, completion, read.prompt_tokens + completion, details)
+
+    def _anthropic_input(self) -> dict[str, int]:
+        """Anthropic's input fields: uncached input apart from cache reads and writes."""
+        read = self.read
+        if read is None:
+            return {}
+        uncached = read.prompt_tokens - read.cached_tokens - read.written_tokens
+        return {
+            "input_tokens": uncached,
+            "cache_read_input_tokens": read.cached_tokens,
+            "cache_creation_input_tokens": read.written_tokens,
+        }
 
 
 def max_tokens(body: dict[str, Any]) -> int | None:
@@ -217,10 +306,10 @@ _CUE = "\nAssistant:"
 
 
 def read_conversation(wire: str, body: dict[str, Any]) -> tuple[str, str | None]:
-    """The conversation a request is about (as a stable key) and, for a request to
-    continue an answer, the partial answer it carries."""
-    if wire == "openai":
-        messages = [(str(m.get("role")), str(m.get("content"))) for m in body.get("messages") or []]
+    """The conversation a request is about (as a stable key: the same in every chat
+    format) and, for a request to continue an answer, the partial answer it carries."""
+    if wire != "darkai":
+        messages = _messages(wire, body)
         partial = None
         if len(messages) >= 2 and messages[-1] == ("user", CONTINUE_INSTRUCTION):
             partial, messages = messages[-2][1], messages[:-2]
@@ -238,6 +327,25 @@ def read_conversation(wire: str, body: dict[str, Any]) -> tuple[str, str | None]
         for role, text in zip(parts[::2], parts[1::2], strict=True)
     ]
     return json.dumps(messages), (rest.removeprefix(" ") if rest else None)
+
+
+def _messages(wire: str, body: dict[str, Any]) -> list[tuple[str, str]]:
+    """A chat request's messages as (role, text): Anthropic's ``system`` first, content
+    blocks' texts joined; a DarkAI request's prompt as one user message."""
+    if wire == "darkai":
+        return [("user", str(body.get("query", "")))]
+    messages = []
+    if wire == "anthropic" and (system := body.get("system")):
+        messages.append(("system", _text(system)))
+    for message in body.get("messages") or []:
+        messages.append((str(message.get("role")), _text(message.get("content"))))
+    return messages
+
+
+def _text(content: Any) -> str:
+    if isinstance(content, list):
+        return "".join(str(block.get("text", "")) for block in content if isinstance(block, dict))
+    return str(content)
 
 
 async def _hang_up(request: web.Request) -> web.StreamResponse:

@@ -144,3 +144,88 @@ def test_cache_benchmark_counts_only_hits_on_the_hit_row(tmp_path: Path) -> None
         assert refresh["cache"]["refresh"] == sum(run["streams"] for run in refresh["runs"]) > 0
         assert rows[("polyroute", concurrency)]["cache"] == {"hit": 0, "miss": 0, "refresh": 0}
     assert "target: a hit's added TTFT p50" in done.stdout
+
+
+def test_affinity_benchmark_runs_two_gateways_on_one_redis(tmp_path: Path) -> None:
+    """benchmarks.affinity: both runs answer every turn, the affinity run keeps each
+    conversation on one entry and reads more of its input from the caches."""
+    out = tmp_path / "affinity.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.affinity", "--quick", "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = {r["run"]: r for r in json.loads(out.read_text())["rows"]}
+    assert set(rows) == {"affinity", "no-affinity"}
+    for row in rows.values():
+        assert row["errors"] == 0
+        assert row["turns"] == row["conversations"] * 3
+        assert row["ttft_p50_ms"] > 0
+    pinned = rows["affinity"]
+    assert pinned["conversations_on_one_entry"] == pinned["conversations"]
+    assert pinned["cached_share_after_first"] > rows["no-affinity"]["cached_share_after_first"]
+    assert pinned["state_decisions"]["shared"] > 0  # the pins were read in Redis
+    assert "target: >= 90% of input tokens cached" in done.stdout
+
+
+def test_console_benchmark_keeps_five_live_streams_open_under_load(tmp_path: Path) -> None:
+    """benchmarks.console: the plain gateway, the console idle and with five live streams
+    open, each answering every request; the streams got a snapshot about every second."""
+    out = tmp_path / "console.json"
+    done = subprocess.run(
+        [
+            *(sys.executable, "-m", "benchmarks.console", "--quick"),
+            *("--concurrency", "4", "--seconds", "1", "--out", str(out)),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = {r["gateway"]: r for r in json.loads(out.read_text())["rows"]}
+    assert set(rows) == {"polyroute", "console-idle", "console-5-tabs"}
+    assert all(r["streams_per_s"] > 0 and r["cpu_ms_per_stream"] > 0 for r in rows.values())
+    tabs = rows["console-5-tabs"]
+    assert len(tabs["live_snapshots"]) == 5
+    assert all(abs(count - tabs["live_seconds"]) <= 2 for count in tabs["live_snapshots"])
+    assert all(r["idle_cpu_ms_per_s"] > 0 for r in rows.values())  # schedstat was read
+    assert tabs["tabs_share_under_load"] is not None
+    assert "target: console-5-tabs" in done.stdout
+
+
+def test_observability_benchmark_measures_the_log_and_tracing(tmp_path: Path) -> None:
+    """benchmarks.observability: the plain gateway, one with a store, and one with the
+    request log and tracing on; the log's lag measured from the SQLite file, and two
+    spans received for every logged request (the request's and its attempt's)."""
+    out = tmp_path / "observability.json"
+    done = subprocess.run(
+        [
+            *(sys.executable, "-m", "benchmarks.observability", "--quick"),
+            *("--seconds", "0.5", "--concurrency", "1,4", "--out", str(out)),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads(out.read_text())
+    assert {(r["gateway"], r["concurrency"]) for r in results["rows"]} == {
+        (gateway, concurrency)
+        for gateway in ("polyroute", "stored", "observed")
+        for concurrency in (1, 4)
+    }
+    assert all(r["streams_per_s"] > 0 and r["cpu_ms_per_stream"] > 0 for r in results["rows"])
+    lag = results["lag"]
+    assert lag["rows"] > 0
+    assert 0 < lag["lag_p50_ms"] <= lag["lag_p99_ms"] <= lag["lag_max_ms"]
+    exported = results["exported"]
+    assert exported["spans bench-observed"] == 2 * exported["logged_requests"] > 0
+    assert "target: observed" in done.stdout

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import resource
 import signal
 import socket
 import sys
@@ -54,10 +55,16 @@ class Process:
 
 @asynccontextmanager
 async def gateway(
-    config: Path | None, *args: str, env: dict[str, str] | None = None
+    config: Path | None, *args: str, env: dict[str, str] | None = None, files: int | None = None
 ) -> AsyncIterator[Process]:
     """The gateway serving ``config`` (``None``: the built-in default); yields once it
-    says it listens, then stops it with SIGTERM and checks it exits 0."""
+    says it listens, then stops it with SIGTERM and checks it exits 0. ``files``: its
+    limit on open files (``RLIMIT_NOFILE``, soft and hard), else the test's."""
+
+    def limit_files() -> None:
+        if files is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (files, files))
+
     port = free_port()
     environment = {k: v for k, v in os.environ.items() if k != "POLYROUTE_CONFIG"}
     process = await asyncio.create_subprocess_exec(
@@ -72,6 +79,7 @@ async def gateway(
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
         env={**environment, **(env or {})},
+        preexec_fn=limit_files if files is not None else None,
     )
     assert process.stderr is not None
     served = Process(f"http://127.0.0.1:{port}", process)

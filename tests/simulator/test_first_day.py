@@ -133,5 +133,5 @@ async def test_simulate_prints_the_url_a_config_takes(tmp_path: Path) -> None:
     assert base_url.endswith("/v1")
     assert endpoint.startswith("http://127.0.0.1:")
     assert endpoint.endswith("/chat")
-    assert "an openai entry's base_url, a darkai entry's api_endpoint" in note
+    assert "an openai or anthropic entry's base_url, a darkai entry's api_endpoint" in note
     assert answer.startswith("[simulated a]")

@@ -17,14 +17,25 @@ from anthropic.types import RawMessageStreamEvent
 from pydantic import TypeAdapter
 
 from tests.upstreams.scripted import Chunk, Script, ScriptedUpstream
+from tests.upstreams.server import RecordedRequest
 
 _EVENT = TypeAdapter(RawMessageStreamEvent)
 STOP_REASONS = {"stop": "end_turn", "tool_calls": "tool_use", "length": "max_tokens"}
+NO_PREFILL = (
+    "This model does not support assistant message prefill. "
+    "The conversation must end with a user message."
+)
+"""The API's words for a final assistant turn to a model that takes none (Claude
+Sonnet/Opus 4.6 and later), as quoted from real 400s in Skyvern-AI/skyvern#4795 and
+decolua/9router#2302."""
 
 
-def anthropic_error(kind: str, message: str) -> str:
-    """A non-2xx body as the API writes it."""
-    return json.dumps({"type": "error", "error": {"type": kind, "message": message}})
+def anthropic_error(kind: str, message: str, request_id: str | None = None) -> str:
+    """A non-2xx body as the API writes it (with its ``request_id`` when given)."""
+    body: dict[str, Any] = {"type": "error", "error": {"type": kind, "message": message}}
+    if request_id is not None:
+        body["request_id"] = request_id
+    return json.dumps(body)
 
 
 class AnthropicUpstream(ScriptedUpstream):
@@ -44,6 +55,10 @@ class AnthropicUpstream(ScriptedUpstream):
         """What ``/v1/messages/count_tokens`` answers."""
         self.counted: list[Any] = []
         """The bodies ``/v1/messages/count_tokens`` was sent."""
+        self.refuses_prefill = False
+        """Answer a conversation that ends with an assistant turn as the real API does
+        for Claude Sonnet/Opus 4.6 and later: 400 ``invalid_request_error``."""
+        self.prefills_refused = 0
 
     @property
     def base_url(self) -> str:
@@ -72,6 +87,13 @@ class AnthropicUpstream(ScriptedUpstream):
             self.counted.append(body)
             return web.json_response({"input_tokens": self.token_count})
         return await super()._handle(request)
+
+    async def _answer(self, request: web.Request, record: RecordedRequest) -> web.StreamResponse:
+        if self.refuses_prefill and _ends_with_assistant(record.body):
+            self.prefills_refused += 1
+            body = anthropic_error("invalid_request_error", NO_PREFILL, "req_011CprefillLocal")
+            return web.Response(status=400, text=body, content_type="application/json")
+        return await super()._answer(request, record)
 
     def _event(self, payload: dict[str, Any], script: Script) -> bytes:
         if payload["type"] not in ("error", "ping"):  # the SDK reads these two apart
@@ -153,3 +175,8 @@ class AnthropicUpstream(ScriptedUpstream):
         delta = {"stop_reason": reason, "stop_sequence": None}
         out += self._event({"type": "message_delta", "delta": delta, "usage": usage}, script)
         return out + self._event({"type": "message_stop"}, script)
+
+
+def _ends_with_assistant(body: Any) -> bool:
+    messages = (body.get("messages") if isinstance(body, dict) else None) or [{}]
+    return bool(messages[-1].get("role") == "assistant")

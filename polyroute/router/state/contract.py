@@ -204,6 +204,23 @@ class RoutingState(HealthStore, Protocol):
         0); a shared backend asks its store, or answers from this process's figures."""
         ...
 
+    # Affinity pins: which entry a conversation (or user, or key) was served by ----------
+
+    async def get_pin(self, key: str, ttl_s: float) -> str | None:
+        """The entry pinned under ``key``, its idle time to expiry renewed to ``ttl_s``;
+        ``None`` when there is none (never pinned, or idle past its TTL). A shared
+        backend answers from this process's copy of a pin it made or read (copies follow
+        the moves other processes make), and asks its store, within its timeout, for a
+        pin it holds no copy of (``None`` when the store cannot answer)."""
+        ...
+
+    async def put_pin(self, key: str, entry: str, ttl_s: float) -> None:
+        """Pin ``key`` to ``entry`` for ``ttl_s`` seconds of idleness, for every process
+        sharing the state: a shared backend returns once its store has the pin (the
+        conversation's next turn may come through another process at once), waiting at
+        most its timeout, and keeps a copy in this process. Never raises for the store."""
+        ...
+
     def listen(self, topic: str, listener: Callable[[], None]) -> bool:
         """Call ``listener`` (on this process's loop) whenever a process sharing the
         state, this one included, announces ``topic``, and after a shared store that was

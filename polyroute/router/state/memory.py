@@ -34,6 +34,8 @@ MAX_RECORDS = 10_000
 """Records a process keeps at most (stored responses: docs/shared-state.md)."""
 MAX_RECORD_BYTES = 256 * 1024 * 1024
 """Bytes of record keys and values a process keeps at most; also the largest one record."""
+MAX_PINS = 100_000
+"""Affinity pins a process keeps at most (the least recently written go first)."""
 
 Clock = Callable[[], float]
 
@@ -464,6 +466,46 @@ class MemoryState:
     async def remaining(self, scope: str, limit: BudgetLimit) -> float:
         (window,) = self.spend.windows({scope: limit})
         return to_usd(max(0, self.spend.left(window)))
+
+    # Affinity pins -----------------------------------------------------------------
+
+    async def get_pin(self, key: str, ttl_s: float) -> str | None:
+        return self.get_pin_now(key, ttl_s)
+
+    def get_pin_now(self, key: str, ttl_s: float) -> str | None:
+        """:meth:`get_pin`, without a coroutine."""
+        pins = self._pin_store()
+        value = pins.get(key)
+        if value is None:
+            return None
+        pins.put(key, value, ttl_s)  # used: idle from now
+        return value.decode()
+
+    async def put_pin(self, key: str, entry: str, ttl_s: float) -> None:
+        self.put_pin_now(key, entry, ttl_s)
+
+    def put_pin_now(self, key: str, entry: str, ttl_s: float) -> None:
+        """:meth:`put_pin`, without a coroutine."""
+        self._pin_store().put(key, entry.encode(), ttl_s)
+
+    def follow_pin_now(self, key: str, entry: str, ttl_s: float) -> None:
+        """Another process made or moved ``key``'s pin: follow it, if this process holds
+        a copy (pins it never used are not kept)."""
+        pins = self._pin_store()
+        held = pins.get(key)
+        if held is not None and held != entry.encode():  # its own move: nothing to follow
+            pins.put(key, entry.encode(), ttl_s)
+
+    def forget_pins(self) -> None:
+        """Drop every pin this process holds (moves made elsewhere may have been missed)."""
+        self._pins: RecordStore | None = None
+
+    def _pin_store(self) -> RecordStore:
+        # Made on first use: a router without affinity never holds one.
+        pins: RecordStore | None = getattr(self, "_pins", None)
+        if pins is None:
+            pins = self._pins = RecordStore(self._clock, max_records=MAX_PINS)
+        return pins
 
     # Lifecycle ---------------------------------------------------------------------
 

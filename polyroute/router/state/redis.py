@@ -30,6 +30,11 @@ Design (docs/shared-state.md says why):
 - Announcements (the gateway's "keys changed") are ``s<TAB>topic`` messages on the
   same channel: each process runs its listeners when one arrives, and all of them after
   it reconnects (a message sent while it was away is lost).
+- Affinity pins are strings with an idle TTL, mirrored as circuits are: a pin made or
+  moved is written by an awaited script that publishes it (``p<TAB>key<TAB>entry``),
+  each process answers from its copy of a pin it made or read and renews the shared
+  TTL with a queued write; only a pin it holds no copy of is read from Redis. Copies
+  are dropped after a reconnect.
 - Records (stored responses) are plain strings with a TTL, written and read by one
   command each on a pooled connection of their own, not in the scripts' pipeline: a
   value of hundreds of KB must not hold up the small decisions queued behind it. A
@@ -781,6 +786,49 @@ class RedisState:
     def _record_key(self, key: str) -> str:
         return "{" + self._config.prefix + "}:record:" + key
 
+    # Affinity pins -----------------------------------------------------------------
+
+    # Pins are mirrored like circuits: a process answers from its copy of a pin it used
+    # or read, without waiting (an awaited read measured 23 ms of a gateway's TTFT p50 on
+    # a busy 2-core machine), renews the shared TTL with a queued write, and hears every
+    # move on the channel. Only a pin it holds no copy of is read from Redis, awaited.
+    # After a reconnect the copies are dropped: moves made meanwhile were not heard.
+
+    async def get_pin(self, key: str, ttl_s: float) -> str | None:
+        ms = max(1, math.ceil(ttl_s * 1000))
+        self._follow_pins()
+        if (held := self.local.get_pin_now(key, ttl_s)) is not None:
+            self._write("PIN_TOUCH", [self._pin_key(key)], ms)
+            return held
+        # A decision like a limit's: counted in `decisions`, shared or taken locally.
+        result = await self._call_keys("PIN_GET", [self._pin_key(key)], ms)
+        if result is _FAILED or result is None:
+            return None
+        entry: str = result.decode()
+        self.local.put_pin_now(key, entry, ttl_s)
+        return entry
+
+    async def put_pin(self, key: str, entry: str, ttl_s: float) -> None:
+        self._follow_pins()
+        self.local.put_pin_now(key, entry, ttl_s)  # this process's copy, and for outages
+        ms = max(1, math.ceil(ttl_s * 1000))
+        # Awaited, not queued: a queued write can reach Redis after the conversation's
+        # next turn has read the pin on another process (measured: most of them did).
+        await self._ask_if_up("PIN_PUT", [self._pin_key(key)], (entry, ms, self.channel, key))
+
+    def _heard_pin(self, key: str, entry: str, ttl_ms: int) -> None:
+        """A process made or moved a pin: follow it, if this process holds a copy."""
+        self.local.follow_pin_now(key, entry, ttl_ms / 1000)
+
+    def _follow_pins(self) -> None:
+        # Once: after every (re)connect the state tells all listeners (see _connect).
+        if not getattr(self, "_following_pins", False):
+            self._following_pins = True
+            self.local.listen(_PINS_STALE, self.local.forget_pins)
+
+    def _pin_key(self, key: str) -> str:
+        return "{" + self._config.prefix + "}:pin:" + key
+
     async def _on_redis(self, command: Callable[[], Awaitable[Any]]) -> tuple[Any, str]:
         """One record command, bounded by the timeout plus :data:`RECORD_MARGIN_S`: its
         answer and ``""``, or ``_FAILED`` and why (unreachable, late, or refused).
@@ -917,6 +965,8 @@ class RedisState:
             self.local.block(name, int(fields[0]) / 1000, fields[1])
         elif kind == "s":
             self.local.tell(name)
+        elif kind == "p":
+            self._heard_pin(name, fields[0], int(fields[1]))
 
     def _degrade(self, error: BaseException) -> None:
         if self._down_since is not None:
@@ -1088,3 +1138,5 @@ class RedisState:
 
 
 _ENTRY_KINDS = ("circuit", "block", "rpm", "tpm", "leases")
+_PINS_STALE = "\0polyroute:pins-stale"
+"""A listener topic no announcement uses: its listener runs after every reconnect."""

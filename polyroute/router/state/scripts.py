@@ -396,3 +396,25 @@ local h = redis.call('HMGET', KEYS[1], 's', 'h')
 return {tonumber(h[1]) or 0, tonumber(h[2]) or 0}
 """
 )
+
+# Affinity pins -------------------------------------------------------------------------
+# A pin is a plain string (the entry's name) under {prefix}:pin:<key>, expiring after its
+# TTL of idleness: reading or touching it renews that TTL. A pin made or moved is
+# published (p<TAB>key<TAB>entry<TAB>ttl ms), so that processes holding a copy follow.
+
+PIN_GET = """
+-- KEYS: the pin. ARGV: its TTL in ms. The entry's name, or nil; the TTL renewed.
+return redis.call('GETEX', KEYS[1], 'PX', ARGV[1])
+"""
+
+PIN_TOUCH = """
+-- KEYS: the pin. ARGV: its TTL in ms (a copy of it was used in a process).
+return redis.call('PEXPIRE', KEYS[1], ARGV[1])
+"""
+
+PIN_PUT = """
+-- KEYS: the pin. ARGV: the entry's name, the TTL in ms, the channel, the pin's key.
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+redis.call('PUBLISH', ARGV[3], 'p\t' .. ARGV[4] .. '\t' .. ARGV[1] .. '\t' .. ARGV[2])
+return 1
+"""

@@ -51,6 +51,13 @@ def polyroute_facts(stream: RouterStream) -> dict[str, Any]:
     return facts
 
 
+def takes_back_text(delta: RestartDelta) -> bool:
+    """Whether a restart takes back text the client was sent: a stream cannot, so that
+    one ends it (:func:`restart_error`). A restart after reasoning alone (an upstream cut
+    while it reasoned) goes on: the new provider's reasoning follows what was shown."""
+    return delta.discarded > 0
+
+
 def restart_error(delta: RestartDelta) -> UpstreamError:
     """A stream cannot take back what it sent: a restarted answer ends it."""
     return UpstreamError(
@@ -98,7 +105,8 @@ class ChatExchange:
             elif isinstance(delta, FinishDelta):
                 self._finish = delta.reason  # it goes out last, with the usage
             elif isinstance(delta, RestartDelta):
-                raise restart_error(delta)
+                if takes_back_text(delta):
+                    raise restart_error(delta)
             elif not isinstance(delta, UsageDelta):
                 out.append(encoder.encode(delta))
 

@@ -12,13 +12,16 @@ from polyroute.core.errors import (
     AuthenticationError,
     BudgetExceededError,
     CapabilityNotSupportedError,
+    GatewayOverloaded,
     InvalidRequestError,
     ModelNotSupportedError,
     PolyrouteError,
     RateLimitedError,
+    RequestTimeoutError,
     UpstreamError,
     UpstreamStatusError,
     UpstreamTimeout,
+    clipped,
 )
 
 
@@ -54,6 +57,11 @@ def classify(error: PolyrouteError) -> Failure:
     message = (
         " ".join(str(error).split()) if not isinstance(error, AllProvidersFailed) else str(error)
     )
+    message = clip_message(message)
+    if (own := _own_trouble(error)) is not None:
+        return Failure(503, "server_error", "gateway_overloaded", message, own.retry_after)
+    if isinstance(error, RequestTimeoutError):
+        return Failure(408, "invalid_request_error", "request_timeout", message)
     if isinstance(error, CapabilityNotSupportedError):
         return Failure(400, "invalid_request_error", "unsupported_capability", message)
     if isinstance(error, BudgetExceededError):
@@ -79,6 +87,31 @@ def classify(error: PolyrouteError) -> Failure:
     return Failure(500, "server_error", None, message)
 
 
+def _own_trouble(error: PolyrouteError) -> GatewayOverloaded | None:
+    """The gateway's own trouble that stopped the request, if any stopped it: then it
+    is a 503 to retry, not an upstream's failure (whatever the entries tried before)."""
+    if isinstance(error, GatewayOverloaded):
+        return error
+    if isinstance(error, AllProvidersFailed):
+        causes = (attempt.error for attempt in error.attempts)
+        return next((cause for cause in causes if isinstance(cause, GatewayOverloaded)), None)
+    return None
+
+
+MESSAGE_LIMIT = 4000
+"""The longest error message sent (a whole failure of several entries fits)."""
+_LONG_RUN = re.compile(r"\S{201,}")
+
+
+def clip_message(message: str) -> str:
+    """``message`` with any run of over 200 characters without a space (a client's
+    value echoed back: a model name, a role) cut to 200, and the whole to
+    :data:`MESSAGE_LIMIT`."""
+    if len(message) > 200:
+        message = _LONG_RUN.sub(lambda run: clipped(run.group(), 200), message)
+    return clipped(message, MESSAGE_LIMIT)
+
+
 def error_code(error: BaseException) -> str:
     """The ``code`` of an upstream's failure: its class name in snake_case, as every
     other code is (``UpstreamConnectionError`` -> ``upstream_connection_error``)."""
@@ -93,7 +126,7 @@ def own_failure(
 ) -> Failure:
     """A failure of the gateway's own (bad JSON, body too large, unknown route...)."""
     kind = "invalid_request_error" if status < 500 else "server_error"
-    return Failure(status, kind, code, message, param=param)
+    return Failure(status, kind, code, clip_message(message), param=param)
 
 
 def _is_overloaded(error: BaseException | None) -> bool:

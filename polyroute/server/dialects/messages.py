@@ -36,7 +36,7 @@ from polyroute.core.request import NativeRequest
 from polyroute.core.sse import TEXT_MARKER, cut_at_marker, named_event
 from polyroute.router.stream import RouterStream
 from polyroute.server.dialects import model_and_stream
-from polyroute.server.dialects.chat import polyroute_facts, restart_error
+from polyroute.server.dialects.chat import polyroute_facts, restart_error, takes_back_text
 from polyroute.server.dialects.errors import Failure, WireError, classify, own_failure
 from polyroute.server.dialects.messages_request import translate
 
@@ -212,7 +212,9 @@ class MessagesExchange:
             elif isinstance(delta, FinishDelta):
                 self._finish = delta
             elif isinstance(delta, RestartDelta):
-                raise restart_error(delta)
+                if takes_back_text(delta):
+                    raise restart_error(delta)
+                blocks.close(out)  # the cut thinking block ends; the new one follows
             elif not isinstance(delta, UsageDelta):
                 blocks.add(delta, out)
 

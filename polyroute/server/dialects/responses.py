@@ -41,7 +41,7 @@ from polyroute.core.request import NativeRequest
 from polyroute.core.sse import TEXT_MARKER, cut_at_marker, named_event
 from polyroute.router.stream import RouterStream
 from polyroute.server.dialects import Records, model_and_stream
-from polyroute.server.dialects.chat import polyroute_facts, restart_error
+from polyroute.server.dialects.chat import polyroute_facts, restart_error, takes_back_text
 from polyroute.server.dialects.errors import WireError, classify, openai_error, own_failure
 from polyroute.server.dialects.responses_request import input_items, translate
 
@@ -271,7 +271,9 @@ class ResponsesExchange:
             elif isinstance(delta, FinishDelta):
                 self._finish = delta.reason
             elif isinstance(delta, RestartDelta):
-                raise restart_error(delta)
+                if takes_back_text(delta):
+                    raise restart_error(delta)
+                items.close(out)  # the cut reasoning item ends; the new one follows
             elif not isinstance(delta, UsageDelta):
                 items.add(delta, out)
 

@@ -1,0 +1,195 @@
+"""OTLP/HTTP export of spans, encoded by hand.
+
+The exporter's own encoder (opentelemetry-exporter-otlp-proto-common) builds a protobuf
+object for every attribute of every span: about 65 us for one of polyroute's spans
+(measured; 10 attributes), on the gateway's CPU, twice or more per request. This module
+writes the same bytes directly (the OTLP protobuf wire format: a few dozen lines, and
+the tests' receiver reads them back with the official ``opentelemetry-proto``), in
+about a quarter of that. Everything else is the SDK's ``OTLPSpanExporter``: the
+endpoint, headers, timeout, compression and retries, from the standard variables. A
+span this encoder does not cover (links, dropped attributes: never polyroute's) is
+encoded by the exporter's own encoder.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import SpanExportResult
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+
+_HAS_IS_REMOTE, _IS_REMOTE = 0x100, 0x200
+"""``SpanFlags``: the parent's remoteness is known; the parent is remote."""
+_KEYS: dict[str, bytes] = {}
+"""A KeyValue's key, encoded (field 1), by key: attribute names are few."""
+_KEYS_MAX = 4096
+_PAIRS: dict[tuple[int, str, str | bool], bytes] = {}
+"""Text and boolean attributes, encoded as a field with their tag, by tag, key and value."""
+_PAIRS_MAX = 16384
+
+
+class NotCoveredError(Exception):
+    """A span with something the hand encoder does not write."""
+
+
+def _varint(value: int) -> bytes:
+    if 0 <= value < 0x80:
+        return bytes((value,))
+    if value < 0:
+        value += 1 << 64  # int64: two's complement, ten bytes
+    out = bytearray()
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _delimited(tag: int, payload: bytes) -> bytes:
+    """A length-delimited field (wire type 2); ``tag`` is ``field << 3 | 2``."""
+    size = len(payload)
+    if size < 0x80:
+        return bytes((tag, size)) + payload
+    return bytes((tag,)) + _varint(size) + payload
+
+
+def _text(tag: int, text: str) -> bytes:
+    return _delimited(tag, text.encode())
+
+
+def _value(value: Any) -> bytes:
+    """An ``AnyValue``'s fields."""
+    if isinstance(value, str):
+        return _text(0x0A, value)
+    if isinstance(value, bool):
+        return b"\x10\x01" if value else b"\x10\x00"
+    if isinstance(value, int):
+        return b"\x18" + _varint(value)
+    if isinstance(value, float):
+        return b"\x21" + struct.pack("<d", value)
+    if isinstance(value, bytes):
+        return _delimited(0x3A, value)
+    if isinstance(value, Sequence):
+        return _delimited(0x2A, b"".join(_delimited(0x0A, _value(item)) for item in value))
+    raise NotCoveredError(f"attribute value of type {type(value).__name__}")
+
+
+def _key_value(key: str, value: Any) -> bytes:
+    encoded = _KEYS.get(key)
+    if encoded is None:
+        if len(_KEYS) >= _KEYS_MAX:
+            _KEYS.clear()
+        encoded = _KEYS[key] = _text(0x0A, key)
+    return encoded + _delimited(0x12, _value(value))
+
+
+def _attributes(tag: int, attributes: Mapping[str, Any] | None) -> bytes:
+    """Repeated ``KeyValue`` fields. A text or boolean attribute is kept encoded, by
+    key and value: most repeat from request to request (models, entries, statuses)."""
+    if not attributes:
+        return b""
+    out = []
+    for key, value in attributes.items():
+        if type(value) is str or type(value) is bool:
+            pair = (tag, key, value)
+            encoded = _PAIRS.get(pair)
+            if encoded is None:
+                if len(_PAIRS) >= _PAIRS_MAX:
+                    _PAIRS.clear()  # a bound, not an eviction policy: refilled at once
+                encoded = _PAIRS[pair] = _delimited(tag, _key_value(key, value))
+            out.append(encoded)
+        else:
+            out.append(_delimited(tag, _key_value(key, value)))
+    return b"".join(out)
+
+
+def encode_span(span: ReadableSpan) -> bytes:
+    """One ``Span`` message's fields."""
+    if span.links or span.dropped_attributes or span.dropped_events:
+        raise NotCoveredError("links or dropped attributes")
+    context, parent = span.context, span.parent
+    if context is None or span.start_time is None or span.end_time is None:
+        raise NotCoveredError("a span without context or times")
+    out = [
+        b"\x0a\x10" + context.trace_id.to_bytes(16, "big"),
+        b"\x12\x08" + context.span_id.to_bytes(8, "big"),
+    ]
+    if context.trace_state:
+        out.append(_text(0x1A, ",".join(f"{k}={v}" for k, v in context.trace_state.items())))
+    if parent is not None:
+        out.append(b"\x22\x08" + parent.span_id.to_bytes(8, "big"))
+    out.append(_text(0x2A, span.name))
+    out.append(b"\x30" + _varint(span.kind.value + 1))  # OTLP's kinds count from 1
+    out.append(b"\x39" + struct.pack("<Q", span.start_time))
+    out.append(b"\x41" + struct.pack("<Q", span.end_time))
+    out.append(_attributes(0x4A, span.attributes))
+    for event in span.events:
+        fields = b"\x09" + struct.pack("<Q", event.timestamp) + _text(0x12, event.name)
+        out.append(_delimited(0x5A, fields + _attributes(0x1A, event.attributes)))
+    status, code = span.status, span.status.status_code.value
+    message = _text(0x12, status.description) if status.description else b""
+    out.append(_delimited(0x7A, message + (b"\x18" + _varint(code) if code else b"")))
+    flags = _HAS_IS_REMOTE | (_IS_REMOTE if parent is not None and parent.is_remote else 0)
+    out.append(b"\x85\x01" + struct.pack("<I", flags))  # field 16, fixed32
+    return b"".join(out)
+
+
+def _resource(resource: Resource) -> bytes:
+    return _attributes(0x0A, resource.attributes)
+
+
+def _scope(scope: InstrumentationScope | None) -> bytes:
+    if scope is None:
+        return b""
+    fields = _text(0x0A, scope.name) + (_text(0x12, scope.version) if scope.version else b"")
+    return fields + _attributes(0x1A, scope.attributes)
+
+
+def _scope_spans(scope: InstrumentationScope | None, spans: list[bytes]) -> bytes:
+    body = _delimited(0x0A, _scope(scope)) + b"".join(_delimited(0x12, span) for span in spans)
+    if scope is not None and scope.schema_url:
+        body += _text(0x1A, scope.schema_url)
+    return body
+
+
+def encode_request(spans: Sequence[ReadableSpan]) -> bytes:
+    """An ``ExportTraceServiceRequest`` of ``spans``, grouped by resource and scope as
+    the exporter's own encoder groups them. Raises :class:`NotCoveredError`."""
+    # By identity, not equality: a Resource hashes by dumping its attributes as JSON,
+    # per span. (Equal resources apart are two groups: still one valid request.)
+    grouped: dict[int, tuple[Resource, dict[InstrumentationScope | None, list[bytes]]]] = {}
+    for span in spans:
+        resource = span.resource
+        _, scopes = grouped.setdefault(id(resource), (resource, {}))
+        scopes.setdefault(span.instrumentation_scope, []).append(encode_span(span))
+    out = []
+    for resource, scopes in grouped.values():
+        scope_spans = b"".join(
+            _delimited(0x12, _scope_spans(scope, encoded)) for scope, encoded in scopes.items()
+        )
+        body = _delimited(0x0A, _resource(resource)) + scope_spans
+        if resource.schema_url:
+            body += _text(0x1A, resource.schema_url)
+        out.append(_delimited(0x0A, body))
+    return b"".join(out)
+
+
+class SpanExporter(OTLPSpanExporter):
+    """``OTLPSpanExporter``, encoding with :func:`encode_request`."""
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        client = getattr(self, "_client", None)  # the SDK's, pinned by the otel extra
+        if client is None or getattr(self, "_shutdown", True):
+            return super().export(spans)
+        try:
+            data = encode_request(spans)
+        except NotCoveredError:
+            return super().export(spans)
+        if client.export(data).success:
+            return SpanExportResult.SUCCESS
+        return SpanExportResult.FAILURE
