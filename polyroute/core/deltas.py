@@ -133,6 +133,22 @@ class RestartDelta(_Delta):
         self.provider = provider
 
 
+class WireDelta(_Delta):
+    """Text chunks relayed as the upstream sent them (``Router.stream(...,
+    pass_through="openai")``): ``data``, the bytes of whole Server-Sent Events in the
+    consumer's own format, each one a plain piece of text (core/wire.py says which
+    chunks qualify); ``texts``, each chunk's text, decoded; ``id`` and ``model``, what
+    the first chunk says of itself (the consumer may show its own instead)."""
+
+    __slots__ = ("data", "id", "model", "texts")
+
+    def __init__(self, data: bytes, texts: list[str], id: Any = None, model: Any = None) -> None:
+        self.data = data
+        self.texts = texts
+        self.id = id
+        self.model = model
+
+
 Delta: TypeAlias = (
     TextDelta
     | ReasoningDelta
@@ -143,11 +159,13 @@ Delta: TypeAlias = (
     | FinishDelta
     | ExtraDelta
     | RestartDelta
+    | WireDelta
 )
 """Everything a stream can carry."""
 
 CONTENT_DELTAS = (
     TextDelta,
+    WireDelta,
     ReasoningDelta,
     ToolCallDelta,
     ReasoningSignatureDelta,
@@ -332,6 +350,8 @@ class MessageBuilder:
         """Take one delta into account (a restart forgets everything before it)."""
         if isinstance(delta, TextDelta):
             self.text_parts.append(delta.text)
+        elif isinstance(delta, WireDelta):
+            self.text_parts += delta.texts
         elif isinstance(delta, ReasoningDelta):
             self._reasoning.append(delta.text)
         elif isinstance(delta, ToolCallDelta):

@@ -11,7 +11,7 @@ import asyncio
 import email.utils
 import socket
 import time
-from collections.abc import AsyncGenerator, Callable, Iterator, Mapping
+from collections.abc import AsyncGenerator, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, replace
@@ -32,7 +32,8 @@ from polyroute.core.errors import (
 )
 from polyroute.core.overload import own_shortage
 from polyroute.core.redaction import redact
-from polyroute.core.sse import DEFAULT_MAX_LINE_BYTES, Framing, SSEDecoder, SSEEvent
+from polyroute.core.sse import DEFAULT_MAX_LINE_BYTES, Framing, SSEDecoder
+from polyroute.core.wire import PassThroughReader, Relayed
 
 _BODY_EXCERPT_BYTES = 2048
 _FIRST_SLICE_BYTES = 1024
@@ -280,7 +281,8 @@ async def stream_event_batches(
     framing: Framing = "events",
     on_headers: Callable[[Mapping[str, str]], None] | None = None,
     end: AnswerEnd | None = None,
-) -> AsyncGenerator[list[SSEEvent], None]:
+    pass_through: bool = False,
+) -> AsyncGenerator[Sequence[Relayed], None]:
     """POST ``body`` as JSON to ``url`` and yield the answer's SSE events, one list per
     socket read (one async hop per read rather than per event keeps the hot path short).
 
@@ -289,9 +291,11 @@ async def stream_event_batches(
     :class:`UpstreamProtocolError`. Closing the generator (``aclose()``, or
     cancellation) closes the connection at once, unless ``end.seen`` says the answer
     was complete (see :class:`AnswerEnd`). ``on_headers`` sees the headers of a
-    successful answer (rate-limit figures).
+    successful answer (rate-limit figures). ``pass_through``: an OpenAI-format answer's
+    text chunks come as :class:`WireDelta` runs of their bytes (core/wire.py).
     """
     decoder = SSEDecoder(provider=provider, max_line_bytes=max_line_bytes, framing=framing)
+    reader: SSEDecoder | PassThroughReader = PassThroughReader(decoder) if pass_through else decoder
     watch: _IdleWatch | None = None
     response: aiohttp.ClientResponse | None = None
     try:
@@ -330,13 +334,13 @@ async def stream_event_batches(
             if first_read and len(data) > _FIRST_SLICE_BYTES:
                 # An upstream that answers at once sends it all in one read: its first
                 # events go up before the rest is decoded (and parsed, above us).
-                if events := decoder.feed(data[:_FIRST_SLICE_BYTES]):
+                if events := reader.feed(data[:_FIRST_SLICE_BYTES]):
                     yield events
                 data = data[_FIRST_SLICE_BYTES:]
             first_read = False
-            if events := decoder.feed(data):
+            if events := reader.feed(data):
                 yield events
-        if events := decoder.close():
+        if events := reader.close():
             yield events
     except UpstreamError:
         raise

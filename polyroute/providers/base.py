@@ -15,11 +15,11 @@ from __future__ import annotations
 import asyncio
 import time
 import types
-from collections.abc import AsyncGenerator, Callable, Iterator, Mapping
+from collections.abc import AsyncGenerator, Callable, Iterator, Mapping, Sequence
 from typing import Any, ClassVar, Generic, NamedTuple, NoReturn, TypeVar
 from urllib.parse import urlsplit
 
-from polyroute.core.deltas import CONTENT_DELTAS, Delta
+from polyroute.core.deltas import CONTENT_DELTAS, Delta, WireDelta
 from polyroute.core.embeddings import Embedded, EncodingFormat
 from polyroute.core.errors import (
     CapabilityNotSupportedError,
@@ -45,6 +45,7 @@ from polyroute.core.ratelimit import exhausted_for
 from polyroute.core.redaction import redact, register_secret
 from polyroute.core.request import CAPABILITY_FLAGS, Capability, ChatRequest
 from polyroute.core.sse import Framing, SSEEvent
+from polyroute.core.wire import Relayed, WireFormat
 
 _log = get_logger()
 _JSON_HEADERS = {"accept": "application/json", "content-type": "application/json"}
@@ -116,6 +117,9 @@ class Provider:
     """Headers sent with every request, before per-instance ``headers``."""
     framing: ClassVar[Framing] = "events"
     """``events``: SSE events end at a blank line; ``lines``: every ``data:`` line is one."""
+    wire_format: ClassVar[WireFormat | None] = None
+    """The consumers' format in which this type can relay plain text chunks as the
+    upstream sent them (``Router.stream(pass_through=...)``, core/wire.py)."""
     end_event_name: ClassVar[str] = "the end-of-stream event"
     """How errors name the event that ends a complete answer."""
     accepted_options: ClassVar[frozenset[str] | None] = None
@@ -467,6 +471,7 @@ class Provider:
         timeout: Timeouts | float | None = None,  # noqa: ASYNC109 - the documented override
         api_endpoint: str | None = None,
         prefill: bool | None = None,
+        pass_through: bool = False,
     ) -> AsyncGenerator[list[Delta], None]:
         """The machine under :meth:`stream`, for callers that resolved ``model`` (the
         upstream's name) and validated ``request`` already: deltas in one list per
@@ -476,11 +481,14 @@ class Provider:
         call); ``timeouts.first_chunk`` limits the wait for it, and only for it, so a
         timeout never fires while the consumer holds the generator suspended.
         ``prefill`` says how to continue ``continue_from`` (see :meth:`build_request`);
-        ``None``: as the type does by default.
+        ``None``: as the type does by default. ``pass_through``: plain text chunks come
+        as :class:`WireDelta` runs of the upstream's bytes, where the type's
+        :attr:`wire_format` allows (the consumer speaks that format: core/wire.py).
         """
         timeouts = self.timeouts.merged(timeout)
         end = AnswerEnd()
-        post = _Post(continue_from, proxy, timeouts, api_endpoint, end, prefill)
+        relay = pass_through and self.wire_format is not None
+        post = _Post(continue_from, proxy, timeouts, api_endpoint, end, prefill, relay)
         events = self._post(model, request, post)
         parse = self.stream_parser(continue_from)
         try:
@@ -526,7 +534,7 @@ class Provider:
 
     def _post(
         self, model: str, request: ChatRequest, post: _Post
-    ) -> AsyncGenerator[list[SSEEvent], None]:
+    ) -> AsyncGenerator[Sequence[Relayed], None]:
         """The request, checked and built, and the generator of its answer's events."""
         continue_from, timeouts, end = post.continue_from, post.timeouts, post.end
         self._check(request, continue_from)
@@ -552,6 +560,7 @@ class Provider:
             framing=self.framing,
             on_headers=self._read_rate_limit if self.on_rate_limit is not None else None,
             end=end,
+            pass_through=post.pass_through,
         )
 
     def _read_rate_limit(self, headers: Mapping[str, str]) -> None:
@@ -567,7 +576,7 @@ class Provider:
 
     async def _first_batch(
         self,
-        events: AsyncGenerator[list[SSEEvent], None],
+        events: AsyncGenerator[Sequence[Relayed], None],
         limit: float | None,
         parse: EventParser,
         end: AnswerEnd | None = None,
@@ -607,18 +616,21 @@ class _Post(NamedTuple):
     api_endpoint: str | None
     end: AnswerEnd
     prefill: bool | None
+    pass_through: bool
 
 
 def _parse(
-    batch: list[SSEEvent], parse: EventParser
+    batch: Sequence[Relayed], parse: EventParser
 ) -> tuple[list[Delta], bool, PolyrouteError | None]:
     """The deltas in ``batch``, whether the upstream ended the answer there, and the
     error a later event in it raised: returned, not raised, so that what the upstream
-    sent before it is delivered first."""
+    sent before it is delivered first. Text chunks relayed as they came pass as they are."""
     out: list[Delta] = []
     try:
         for event in batch:
-            if parse(event, out):
+            if isinstance(event, WireDelta):
+                out.append(event)
+            elif parse(event, out):
                 return out, True, None
     except PolyrouteError as error:
         return out, False, error

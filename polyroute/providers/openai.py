@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, ClassVar
 
 import orjson
 
@@ -52,6 +52,7 @@ from polyroute.core.jsoncodec import loads
 from polyroute.core.messages import Message, continuation_messages
 from polyroute.core.request import ChatRequest
 from polyroute.core.sse import SSEEvent, excerpt
+from polyroute.core.wire import WireFormat
 from polyroute.providers.base import EventParser
 from polyroute.providers.compat import AsyncGeneratorProvider
 
@@ -86,6 +87,7 @@ class OpenAI(AsyncGeneratorProvider):
     default_model = "gpt-4o-mini"
     headers = {"accept": "text/event-stream", "content-type": "application/json"}
     end_event_name = "data: [DONE]"
+    wire_format: ClassVar[WireFormat | None] = "openai"
     include_usage = True
     """Ask for the final usage chunk (``stream_options``); some old servers reject it."""
 
@@ -127,6 +129,11 @@ class OpenAI(AsyncGeneratorProvider):
         if self.include_usage:
             body["stream_options"] = {"include_usage": True}
         return body
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.parse_event is not OpenAI.parse_event:
+            cls.wire_format = None  # its own reading of events must see every chunk
 
     def stream_parser(self, continue_from: str | None = None) -> EventParser:
         if type(self).parse_event is not OpenAI.parse_event:

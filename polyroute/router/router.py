@@ -33,6 +33,7 @@ from polyroute.core.request import (
     NativeRequest,
     estimated_input_tokens,
 )
+from polyroute.core.wire import WireFormat
 from polyroute.providers.base import Provider
 from polyroute.providers.registry import Registry, default_registry
 from polyroute.router.affinity import affinity_plan
@@ -465,6 +466,7 @@ class Router:
         budget: BudgetPlan | None = None,
         labels: RequestLabels | None = None,
         headers: Mapping[str, str] | None = None,
+        pass_through: WireFormat | None = None,
         **options: Any,
     ) -> RouterStream:
         """Start routing ``messages`` to ``model``; iterate the result for text, or
@@ -485,8 +487,11 @@ class Router:
         its cost when it ends (docs/governance.md). ``labels`` go into the request's
         record, which observers get when it ends (docs/observability.md). ``headers``
         are the client's request headers, read only for an ``affinity`` keyed by one
-        (``by: header:NAME``, docs/router.md#affinity). Raises
-        at once (before any I/O) :class:`InvalidRequestError` for a bad argument
+        (``by: header:NAME``, docs/router.md#affinity). ``pass_through="openai"``: the
+        consumer speaks OpenAI's chat chunks, so an OpenAI-format entry's plain text
+        chunks come as :class:`WireDelta` runs of the upstream's own bytes (the gateway's
+        chat completions; docs/router.md#pass-through); every other delta is as without
+        it. Raises at once (before any I/O) :class:`InvalidRequestError` for a bad argument
         (:class:`InvalidMessagesError` for bad messages), :class:`ModelNotSupportedError`
         for a model no entry serves and
         :class:`CapabilityNotSupportedError` when no entry serving it can do what the
@@ -516,6 +521,7 @@ class Router:
             budget=budget,
             labels=labels,
             affinity=affinity_plan(context.settings.affinity, chain[0], request, headers),
+            pass_through=pass_through,
         )
 
     def _requested(self, model: str | None) -> str:

@@ -37,6 +37,7 @@ from polyroute.core.deltas import (
     ToolCallDelta,
     Usage,
     UsageDelta,
+    WireDelta,
 )
 from polyroute.core.errors import (
     PolyrouteError,
@@ -49,6 +50,7 @@ from polyroute.core.errors import (
 from polyroute.core.logging import EventLogger, get_logger, new_request_id
 from polyroute.core.pricing import Cost, CostStatus
 from polyroute.core.request import ChatRequest, estimated_input_tokens
+from polyroute.core.wire import WireFormat
 from polyroute.router.affinity import AffinityPlan, pinned, repin
 from polyroute.router.attempts import AttemptEngine, elapsed_ms
 from polyroute.router.budget import BudgetPlan, cost_ceiling, remaining_usd
@@ -85,6 +87,8 @@ def _texts(out: list[Delta]) -> Iterator[str]:
     for delta in out:
         if type(delta) is TextDelta:
             yield delta.text
+        elif type(delta) is WireDelta:
+            yield from delta.texts
         elif type(delta) is RestartDelta:
             yield StreamRestarted.of(delta)
 
@@ -219,8 +223,10 @@ class RouterStream:
         budget: BudgetPlan | None = None,
         labels: RequestLabels | None = None,
         affinity: AffinityPlan | None = None,
+        pass_through: WireFormat | None = None,
     ) -> None:
         self.request_id = request_id or new_request_id()
+        self._pass_through = pass_through
         self._affinity = affinity
         self._pinned: str | None = None
         """The entry affinity's pin named before the first attempt, if any."""
@@ -451,6 +457,10 @@ class RouterStream:
                                 parts.append(text)
                                 out.append(delta)
                                 continue
+                            if type(delta) is WireDelta:  # relayed: never under a seam or hold
+                                parts += delta.texts
+                                out.append(delta)
+                                continue
                             if type(delta) is ToolCallDelta and hold is None and seam is None:
                                 # The tool-call hot path: a fragment passed on as it is.
                                 self._tool_call_delivered = True
@@ -677,12 +687,26 @@ class RouterStream:
         continuation: Continuation | None = None
         if choice.mode == "continue":
             upstream, first, continuation = await self._continued(candidate)
+        elif self._relays(choice):
+            upstream = provider.stream_batches(candidate.upstream_model, request, pass_through=True)
+            first = await anext(upstream, None)
         else:
             upstream = provider.stream_batches(candidate.upstream_model, request)
             first = await anext(upstream, None)
         attempt.ttft_ms = attempt.elapsed_ms()
         self._context.state.stats[candidate.name].record_first_chunk(attempt.ttft_ms)
         return _Opened(upstream, first, attempt, choice, lease, continuation=continuation)
+
+    def _relays(self, choice: Choice) -> bool:
+        """Whether ``choice``'s text chunks may reach the consumer as they came: it speaks
+        the consumer's format, and nothing must read each text first (a continuation's
+        seam, ``tool_calls: atomic``'s hold)."""
+        return (
+            self._pass_through is not None
+            and choice.candidate.entry.provider.wire_format == self._pass_through
+            and choice.mode != "continue"
+            and self._context.tool_call_mode(choice.candidate) != "atomic"
+        )
 
     async def _continued(
         self, candidate: Candidate

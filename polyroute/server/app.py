@@ -472,6 +472,7 @@ class Gateway:
                 budget=key.budget if key is not None else None,
                 labels=_labels(outcome),
                 headers=request.headers,  # for an affinity keyed by a header
+                pass_through=exchange.pass_through,
                 **exchange.options,
             )
         except PolyrouteError as error:

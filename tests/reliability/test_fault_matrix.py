@@ -174,15 +174,17 @@ def entry(name: str, wire: str, url: str, **extra: Any) -> dict[str, Any]:
     return {"name": name, "type": "openai", "api_endpoint": url, "models": [], **extra}
 
 
-@pytest.fixture(params=["darkai", "openai"])
+@pytest.fixture(params=["darkai", "openai", "openai relayed as it came"])
 async def upstreams(
     request: pytest.FixtureRequest,
-) -> AsyncIterator[tuple[str, ScriptedUpstream, ScriptedUpstream]]:
-    wire = request.param
+) -> AsyncIterator[tuple[str, ScriptedUpstream, ScriptedUpstream, bool]]:
+    """The format's two upstreams, and whether the consumer takes its text chunks as
+    the upstream sent them (``pass_through``: the gateway's chat completions)."""
+    wire, relayed = request.param.split(" ")[0], request.param.endswith("came")
     faulty, healthy = make_upstream(wire), make_upstream(wire)
     await faulty.start()
     await healthy.start()
-    yield wire, faulty, healthy
+    yield wire, faulty, healthy, relayed
     await faulty.stop()
     await healthy.stop()
 
@@ -197,9 +199,9 @@ def script_for(fault: Fault, wire: str) -> Script:
 
 @pytest.mark.parametrize("fault", FAULTS, ids=[fault.name for fault in FAULTS])
 async def test_fault(
-    fault: Fault, upstreams: tuple[str, ScriptedUpstream, ScriptedUpstream]
+    fault: Fault, upstreams: tuple[str, ScriptedUpstream, ScriptedUpstream, bool]
 ) -> None:
-    wire, faulty, healthy = upstreams
+    wire, faulty, healthy, relayed = upstreams
     faulty_url = faulty.url
     if fault.name == "connection refused":
         await faulty.stop()
@@ -224,7 +226,7 @@ async def test_fault(
             error = aiohttp.ClientConnectorDNSError(key, OSError(-2, "Name or service not known"))  # type: ignore[arg-type]
             mocked.post(faulty_url, exception=error, repeat=True)
         async with Router.from_config(config, sleep=sleep) as router:
-            stream = router.stream("gpt-4o", HI)
+            stream = router.stream("gpt-4o", HI, pass_through="openai" if relayed else None)
             received: list[str] = []
             raised: Exception | None = None
             try:

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 from polyroute.core.deltas import Delta
 from polyroute.core.errors import InvalidRequestError, PolyrouteError
 from polyroute.core.request import NativeRequest
+from polyroute.core.wire import WireFormat
 from polyroute.router.stream import RouterStream
 from polyroute.server.dialects.errors import WireError
 
@@ -43,6 +44,12 @@ class Exchange(Protocol):
     options: dict[str, Any]
     native: NativeRequest | None
     stream: bool
+
+    @property
+    def pass_through(self) -> WireFormat | None:
+        """The format the answer is written in, when an upstream's text chunks in that
+        format may be relayed as they came (``Router.stream(pass_through=...)``)."""
+        ...
 
     def opening(self, stream: RouterStream, request_id: str) -> list[bytes]:
         """The events that begin a streamed answer."""

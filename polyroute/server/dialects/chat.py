@@ -9,6 +9,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from polyroute.core.deltas import (
     AssistantMessage,
     Delta,
@@ -19,10 +21,12 @@ from polyroute.core.deltas import (
     ToolCallDelta,
     Usage,
     UsageDelta,
+    WireDelta,
 )
 from polyroute.core.errors import InvalidRequestError, PolyrouteError, UpstreamError
 from polyroute.core.request import NativeRequest, RequestOptions
 from polyroute.core.sse import DONE_EVENT, OpenAIChunkEncoder, encode_event
+from polyroute.core.wire import WireFormat
 from polyroute.router.stream import RouterStream
 from polyroute.server.dialects import model_and_stream
 from polyroute.server.dialects.errors import WireError, classify, openai_error, own_failure
@@ -79,6 +83,13 @@ class ChatExchange:
     native: NativeRequest | None = None
     _encoder: OpenAIChunkEncoder | None = None
     _finish: str | None = None
+    _said: tuple[bytes, bytes] = (b"", b"")
+    """The id and model every chunk of the answer says, as JSON strings."""
+
+    @property
+    def pass_through(self) -> WireFormat | None:
+        """A streamed answer takes an OpenAI-format upstream's text chunks as they came."""
+        return "openai" if self.stream else None
 
     def collect(self, batch: list[Delta]) -> None:
         pass  # the whole answer is the stream's message
@@ -93,7 +104,9 @@ class ChatExchange:
         )
 
     def opening(self, stream: RouterStream, request_id: str) -> list[bytes]:
-        self._encoder = OpenAIChunkEncoder(stream.model or "", id=f"chatcmpl-{request_id}")
+        model, chunk_id = stream.model or "", f"chatcmpl-{request_id}"
+        self._encoder = OpenAIChunkEncoder(model, id=chunk_id)
+        self._said = (orjson.dumps(chunk_id), orjson.dumps(model))
         return [encode_event(self._encoder.chunk({"role": "assistant", "content": ""}))]
 
     def encode(self, batch: list[Delta], out: list[bytes]) -> None:
@@ -102,6 +115,8 @@ class ChatExchange:
         for delta in batch:
             if type(delta) in _PASSED_AS_THEY_ARE:
                 out.append(encoder.encode(delta))
+            elif isinstance(delta, WireDelta):
+                out.append(self._relayed(delta, encoder))
             elif isinstance(delta, FinishDelta):
                 self._finish = delta.reason  # it goes out last, with the usage
             elif isinstance(delta, RestartDelta):
@@ -109,6 +124,20 @@ class ChatExchange:
                     raise restart_error(delta)
             elif not isinstance(delta, UsageDelta):
                 out.append(encoder.encode(delta))
+
+    def _relayed(self, delta: WireDelta, encoder: OpenAIChunkEncoder) -> bytes:
+        """The upstream's chunks as it sent them, but for the id and model, which say
+        what every other chunk of the answer says; encoded anew when those cannot be
+        rewritten in every chunk (a server that writes them otherwise, or whose chunks
+        differ in them)."""
+        said_id, said_model = self._said
+        count = len(delta.texts)
+        data = _rewritten(delta.data, b'"id":', delta.id, said_id, count)
+        if data is not None:
+            data = _rewritten(data, b'"model":', delta.model, said_model, count)
+        if data is not None:
+            return data
+        return b"".join(encoder.encode(TextDelta(text)) for text in delta.texts)
 
     async def closing(self, stream: RouterStream) -> bytes:
         encoder = self._encoder
@@ -168,6 +197,25 @@ def read_chat_body(body: Any) -> ChatExchange:
         include_usage=bool(stream_options.get("include_usage")),
         options=options,
     )
+
+
+def _rewritten(data: bytes, key: bytes, theirs: Any, ours: bytes, count: int) -> bytes | None:
+    """``data`` with the JSON member ``key`` (``"id":``) saying ``ours`` (a JSON
+    string) rather than ``theirs`` in each of its ``count`` chunks (written with or
+    without a space after the colon), or ``None`` when that is not what it holds."""
+    if type(theirs) is not str:
+        return None
+    said = orjson.dumps(theirs)
+    if said == ours:
+        return data
+    for space in (b"", b" "):
+        old, new = key + space + said, key + space + ours
+        replaced = data.replace(old, new)
+        grew = len(replaced) - len(data)
+        found = grew // (len(new) - len(old)) if grew else data.count(old)
+        if found:
+            return replaced if found == count else None
+    return None
 
 
 def completion(

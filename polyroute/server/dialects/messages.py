@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import orjson
 
@@ -34,6 +34,7 @@ from polyroute.core.deltas import (
 from polyroute.core.errors import PolyrouteError, UpstreamProtocolError
 from polyroute.core.request import NativeRequest
 from polyroute.core.sse import TEXT_MARKER, cut_at_marker, named_event
+from polyroute.core.wire import WireFormat
 from polyroute.router.stream import RouterStream
 from polyroute.server.dialects import model_and_stream
 from polyroute.server.dialects.chat import polyroute_facts, restart_error, takes_back_text
@@ -184,6 +185,8 @@ def _arguments(pieces: list[str], name: str) -> Any:
 @dataclass(slots=True)
 class MessagesExchange:
     """One ``/v1/messages`` request, and its answer's writer."""
+
+    pass_through: ClassVar[WireFormat | None] = None  # translated, chunk by chunk
 
     model: str | None
     messages: Any

@@ -20,7 +20,7 @@ import secrets
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import orjson
 from orjson import dumps
@@ -39,6 +39,7 @@ from polyroute.core.deltas import (
 from polyroute.core.errors import InvalidRequestError, PolyrouteError, UpstreamProtocolError
 from polyroute.core.request import NativeRequest
 from polyroute.core.sse import TEXT_MARKER, cut_at_marker, named_event
+from polyroute.core.wire import WireFormat
 from polyroute.router.stream import RouterStream
 from polyroute.server.dialects import Records, model_and_stream
 from polyroute.server.dialects.chat import polyroute_facts, restart_error, takes_back_text
@@ -234,6 +235,8 @@ def _custom_input(arguments: str, name: str) -> str:
 @dataclass(slots=True)
 class ResponsesExchange:
     """One ``/v1/responses`` request, and its answer's writer."""
+
+    pass_through: ClassVar[WireFormat | None] = None  # translated, chunk by chunk
 
     model: str | None
     messages: Any
