@@ -21,6 +21,7 @@ a ``data`` over several lines, JSON spread over lines) sends the read to the dec
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any, Literal, TypeAlias
 
@@ -36,6 +37,9 @@ Relayed: TypeAlias = SSEEvent | WireDelta
 
 _SEPARATOR = b"\n\ndata: "
 _DONE = b"[DONE]"
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+_MAX_MISSES = 2
+"""Reads that may disprove a learned shape before a stream is decoded whole for good."""
 
 
 class PassThroughReader:
@@ -43,10 +47,14 @@ class PassThroughReader:
     chunks and decoded events, fed raw bytes as they arrive (as :class:`SSEDecoder`,
     which it uses for everything it does not relay itself)."""
 
-    __slots__ = ("_decoder", "_off", "_pending", "_pending_size")
+    __slots__ = ("_decoder", "_misses", "_off", "_pending", "_pending_size", "_shape")
 
     def __init__(self, decoder: SSEDecoder) -> None:
         self._decoder = decoder
+        self._shape: _ChunkShape | None = None
+        """How this upstream writes a plain text chunk, once seen."""
+        self._misses = 0
+        """Reads whose plain chunks did not fit the shape learned before them."""
         self._pending: list[bytes] = []
         """The bytes after the last blank line read: an event not complete yet."""
         self._pending_size = 0
@@ -114,40 +122,131 @@ class PassThroughReader:
             pieces.pop()
         if not pieces or events.count(b"\n") != 2 * (len(pieces) + done):
             return self._decoder.feed(events)
-        try:
-            chunks = loads(b"[" + b",".join(pieces) + b"]")
-        except ValueError:
-            return self._decoder.feed(events)  # it raises at the malformed event
-        if len(chunks) != len(pieces):  # a piece held more than one value
-            return self._decoder.feed(events)
+        shape = self._shape
+        texts = shape.texts(pieces) if shape is not None else None
+        if texts is not None and shape is not None:
+            head = shape.head
+        else:
+            decoded = self._decoded_texts(pieces)
+            if decoded is None:
+                return self._decoder.feed(events)  # it raises at the malformed event
+            texts, head = decoded
         out: list[Relayed] = []
         start = 0
-        texts: list[str] = []
-        for index, chunk in enumerate(chunks):
-            text = plain_text(chunk)
+        run: list[str] = []
+        for index, text in enumerate(texts):
             if text is not None:
-                texts.append(text)
+                run.append(text)
                 continue
-            if texts:
-                out.append(_run(pieces, start, index, texts, chunks[start]))
-                texts = []
+            if run:
+                out.append(_run(pieces, start, index, run, head))
+                run = []
             out.append(SSEEvent(pieces[index].decode()))
             start = index + 1
-        if texts and start == 0 and not done:  # the whole read: its bytes as they are
-            out.append(WireDelta(events, texts, chunks[0].get("id"), chunks[0].get("model")))
-        elif texts:
-            out.append(_run(pieces, start, len(pieces), texts, chunks[start]))
+        if run and start == 0 and not done:  # the whole read: its bytes as they are
+            out.append(WireDelta(events, run, *head))
+        elif run:
+            out.append(_run(pieces, start, len(pieces), run, head))
         if done:
             out.append(SSEEvent(_DONE.decode()))
         return out
 
+    def _decoded_texts(
+        self, pieces: list[bytes]
+    ) -> tuple[list[str | None], tuple[Any, Any]] | None:
+        """Each piece's text when it is a plain text chunk naming the id and model of
+        the read's first one (else ``None``), and that id and model, all decoded in one
+        call; ``None`` when a piece is not JSON. Learns the shape of that first plain
+        chunk for the next reads (:class:`_ChunkShape`), unless the stream has proved
+        it has none twice."""
+        try:
+            chunks = loads(b"[" + b",".join(pieces) + b"]")
+        except ValueError:
+            return None
+        if len(chunks) != len(pieces):  # a piece held more than one value
+            return None
+        texts: list[str | None] = []
+        head: tuple[Any, Any] | None = None
+        first = -1
+        for index, chunk in enumerate(chunks):
+            text = plain_text(chunk)
+            if text is not None:
+                said = (chunk.get("id"), chunk.get("model"))
+                if head is None:
+                    head, first = said, index
+                elif said != head:
+                    text = None  # one run names one id and model: this one is decoded
+            texts.append(text)
+        if head is None:
+            return texts, (None, None)
+        if self._shape is not None:  # its plain chunks did not fit the shape learned
+            self._misses += 1
+        text = texts[first]
+        assert text is not None
+        learned = None if self._misses >= _MAX_MISSES else _ChunkShape.learn(pieces[first], text)
+        self._shape = learned if learned is None else learned.naming(head)
+        return texts, head
+
 
 def _run(
-    pieces: list[bytes], start: int, end: int, texts: list[str], first: dict[str, Any]
+    pieces: list[bytes], start: int, end: int, texts: list[str], head: tuple[Any, Any]
 ) -> WireDelta:
     """The :class:`WireDelta` of the events ``pieces[start:end]``."""
     data = b"data: " + _SEPARATOR.join(pieces[start:end]) + b"\n\n"
-    return WireDelta(data, texts, first.get("id"), first.get("model"))
+    return WireDelta(data, texts, *head)
+
+
+class _ChunkShape:
+    """The bytes of a plain text chunk around its text's JSON string, as this upstream
+    writes them (``{"id":...,"delta":{"content":`` and ``},...}``): a chunk made of
+    the same bytes around another non-empty JSON string is a plain text chunk too, with
+    that text, so a read of such chunks needs only their strings decoded, not each
+    chunk's objects. Upstreams that vary other bytes per chunk (OpenAI's
+    ``obfuscation``, a per-chunk id or time) do not fit one shape: their reads are
+    decoded whole (:meth:`PassThroughReader._decoded_texts`)."""
+
+    __slots__ = ("after", "before", "head")
+
+    def __init__(self, before: bytes, after: bytes) -> None:
+        self.before = before
+        self.after = after
+        self.head: tuple[Any, Any] = (None, None)
+        """The id and model its chunks name (they are in ``before`` or ``after``)."""
+
+    def naming(self, head: tuple[Any, Any]) -> _ChunkShape:
+        self.head = head
+        return self
+
+    @classmethod
+    def learn(cls, piece: bytes, text: str) -> _ChunkShape | None:
+        """The shape of ``piece``, a plain chunk whose text is ``text``; ``None`` when
+        its text's string cannot be told apart (written in more than one place)."""
+        at = piece.rfind(b'"content":') + 10
+        at += piece[at : at + 1] == b" "
+        string = _JSON_STRING.match(piece, at)
+        if at < 10 or string is None or loads(string[0]) != text:
+            return None
+        return cls(piece[:at], piece[string.end() :])
+
+    def texts(self, pieces: list[bytes]) -> list[str | None] | None:
+        """Each piece's text if it has this shape, else ``None`` (decoded as an event);
+        ``None`` for the read when too few pieces have it, or a string is not JSON."""
+        before, after = self.before, self.after
+        start, end = len(before), -len(after)
+        strings = [
+            p[start:end] if p.startswith(before) and p.endswith(after) else None for p in pieces
+        ]
+        found = [string for string in strings if string is not None]
+        if len(found) * 2 < len(pieces):
+            return None  # not this upstream's shape after all: decoded whole
+        try:
+            decoded = loads(b"[" + b",".join(found) + b"]")
+        except ValueError:
+            return None
+        if len(decoded) != len(found) or not all(type(t) is str and t for t in decoded):
+            return None
+        texts = iter(decoded)
+        return [None if string is None else next(texts) for string in strings]
 
 
 def plain_text(chunk: Any) -> str | None:

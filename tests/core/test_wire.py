@@ -45,6 +45,12 @@ FINISH = chunk({}, "stop")
 USAGE = {**chunk({}), "choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 4}}
 DONE = b"[DONE]"
 
+
+def shaped(string: bytes) -> bytes:
+    """A chunk written as the others are, around ``string`` (a JSON string, or not)."""
+    return orjson.dumps(chunk({"content": "PLACEHOLDER"})).replace(b'"PLACEHOLDER"', string)
+
+
 ANSWERS = {
     "compact, as OpenAI writes": events(
         ROLE, *[chunk({"content": t}) for t in TEXTS], FINISH, USAGE, DONE
@@ -129,6 +135,17 @@ ANSWERS = {
         FINISH,
         DONE,
     ),
+    "a bad string in a chunk shaped as the others": events(
+        chunk({"content": "one "}), chunk({"content": "two "}), shaped(b'"bad \\q"'), FINISH, DONE
+    ),
+    "an empty string in a chunk shaped as the others": events(
+        chunk({"content": "one "}),
+        chunk({"content": "two "}),
+        shaped(b'""'),
+        chunk({"content": "three"}),
+        FINISH,
+        DONE,
+    ),
     "malformed chunk after text": events(
         chunk({"content": "ok "}), chunk({"content": "fine"}), b'{"choices": [', FINISH, DONE
     ),
@@ -192,7 +209,7 @@ def test_relayed_and_decoded_give_the_same_deltas_at_every_cut(name: str) -> Non
     # Also in pieces of three bytes: a character split over reads, events over many.
     deltas, _, error = read(answer, list(range(3, len(answer), 3)), relay=True)
     assert (deltas, error) == expected[::2]
-    if name.startswith(("compact", "spaced", "per-chunk", "role", "tool", "escaped")):
+    if name.startswith(("compact", "spaced", "per-chunk", "role", "tool", "escaped", "an empty")):
         assert relayed_any
     if name in ("CRLF line ends", "named events"):
         assert not relayed_any  # framed otherwise: every byte goes to the decoder
