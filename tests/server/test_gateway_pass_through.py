@@ -134,11 +134,10 @@ async def test_spaced_json_is_relayed_with_the_id_rewritten(served: Served) -> N
     assert text_of(chunks) == "".join(TEXTS)
 
 
-async def test_chunks_that_each_name_another_id_are_encoded_anew(served: Served) -> None:
+async def test_chunks_that_each_name_another_id_all_say_ours(served: Served) -> None:
     sent = [{**chunk(text), "id": f"chatcmpl-{i}"} for i, text in enumerate(TEXTS)]
     served.upstream.queue.append(Script(raw=answer(*sent, chunk(None, finish="stop"))))
-    raw, request_id, chunks = await post(served)
-    assert b"fp_up" not in raw  # written by the gateway's encoder, not relayed
+    _, request_id, chunks = await post(served)
     assert {c["id"] for c in chunks} == {f"chatcmpl-{request_id}"}
     assert text_of(chunks) == "".join(TEXTS)
 
