@@ -19,6 +19,7 @@ from polyroute.core.deltas import (
     ToolCallDelta,
     Usage,
     UsageDelta,
+    WireDelta,
 )
 from polyroute.core.embeddings import Embedded, Embeddings
 from polyroute.core.errors import (
@@ -136,6 +137,7 @@ __all__ = [
     "UpstreamTimeout",
     "Usage",
     "UsageDelta",
+    "WireDelta",
     "__version__",
     "configure_logging",
     "format_prompt",

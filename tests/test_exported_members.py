@@ -26,6 +26,7 @@ PUBLIC = {
     "GatewayOverloaded",
     *("AttemptRecord", "RequestLabels", "RequestObserver", "RequestRecord"),
     *("TelemetryConfig", "Tracing"),
+    "WireDelta",
 }
 PROVIDERS = {
     "Gemini",
