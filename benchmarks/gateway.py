@@ -80,7 +80,16 @@ GATEWAYS = [
     "litellm",
     "portkey",
 ]
-WORKLOADS = [("saturated", 1), ("saturated", 50), ("saturated", 200), ("paced", 100)]
+WORKLOADS = [
+    ("saturated", 1),
+    ("saturated", 50),
+    ("saturated", 200),
+    ("paced", 100),
+    ("relayed", 50),
+]
+RELAYING = {"polyroute"}
+"""The rows measured on ``relayed`` (every stream cut halfway and continued by a second
+entry): the floor proxy and direct cannot relay, and the dialects add nothing to it."""
 PROMPT = "Say something."
 MESSAGES = [{"role": "user", "content": PROMPT}]
 EMBED_INPUTS = [f"a short passage to embed, number {index}" for index in range(16)]
@@ -252,8 +261,14 @@ def gateway(name: str, ups: dict[str, str], core: int, both: set[int], stack: Ex
             {"name": w, "type": "openai", "base_url": f"{base}/v1", "models": [w]}
             for w, base in ups.items()
         ]
+        if "relayed" in ups:  # first an entry that always cuts the answer halfway
+            cut = f"{ups['relayed']}/cut/v1"
+            entries.insert(
+                0, {"name": "cut", "type": "openai", "base_url": cut, "models": ["relayed"]}
+            )
         config = PEERS / f"polyroute-{port}.json"
-        config.write_text(json.dumps({"providers": entries}))
+        # Never cooled down: every stream starts on the entry that cuts it.
+        config.write_text(json.dumps({"providers": entries, "cooldown": {"failures": 1_000_000}}))
         command = [sys.executable, "-m", "polyroute", "serve", "-c", str(config)]
         command += ["--port", str(port), "--workers", str(workers)]
         process = stack.enter_context(started(command, f"{root}/healthz", cores))
@@ -488,11 +503,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "saturated": stack.enter_context(upstream(64, 0.0, shared)),
             "paced": stack.enter_context(upstream(64, 10.0, shared)),
         }
+        ups["relayed"] = ups["saturated"]  # its /cut route, then its whole answer
         targets = [gateway(name, ups, own, both, stack) for name in args.gateways]
         for repeat in range(args.repeats):
             for workload, concurrency in args.workloads:
                 shift = repeat % len(targets)
                 for target in targets[shift:] + targets[:shift]:
+                    if workload == "relayed" and target.name not in RELAYING:
+                        continue
                     outcome = measure(target, workload, concurrency, args.seconds, shared)
                     results.setdefault((target.name, workload, concurrency), []).append(outcome)
                     print(
@@ -672,7 +690,7 @@ def main() -> None:
     args.gateways = args.gateways.split(",")
     args.workloads = WORKLOADS
     if args.quick:
-        args.workloads = [("saturated", 1), ("paced", 10)]
+        args.workloads = [("saturated", 1), ("paced", 10), ("relayed", 5)]
     results = run(args)
     print_table(results["rows"])
     print_dialects(results["rows"])

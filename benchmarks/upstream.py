@@ -4,6 +4,7 @@ Routes: ``POST /v1/chat/completions`` (openai chunks), ``POST /chat`` (darkai ev
 ``POST /tools/v1/chat/completions`` (one tool call streamed in as many fragments as a
 text answer has chunks),
 ``POST /fail/v1/chat/completions`` (an instant 503, for the failover figure),
+``POST /cut/v1/chat/completions`` (half the answer, then the connection dropped),
 ``POST /idle/v1/chat/completions`` (one chunk, then the stream is held open) and
 ``POST /v1/embeddings`` (a fixed answer in OpenAI's shape: 16 vectors of 256 floats,
 whatever the input, encoded once per ``encoding_format``, naming the model asked).
@@ -84,6 +85,7 @@ def make_app(chunks: int, delay: float) -> web.Application:
         "darkai": darkai_body(chunks),
     }
     whole = {name: b"".join(parts) for name, parts in bodies.items()}
+    half = b"".join(bodies["openai"][: chunks // 2 + 1])  # the role chunk and half the text
     embedded = embeddings_bodies()
 
     async def answer(request: web.Request, wire: str) -> web.StreamResponse:
@@ -100,6 +102,17 @@ def make_app(chunks: int, delay: float) -> web.Application:
         else:
             await response.write(whole[wire])
         await response.write_eof()
+        return response
+
+    async def cut(request: web.Request) -> web.StreamResponse:
+        """Half the answer, then the connection dropped: every stream is relayed."""
+        await request.read()
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(half)
+        assert request.transport is not None
+        request.transport.abort()
+        await asyncio.Event().wait()  # aiohttp cancels the handler of a lost connection
         return response
 
     async def fail(request: web.Request) -> web.Response:
@@ -124,6 +137,7 @@ def make_app(chunks: int, delay: float) -> web.Application:
     app.router.add_post("/v1/chat/completions", lambda r: answer(r, "openai"))
     app.router.add_post("/tools/v1/chat/completions", lambda r: answer(r, "tools"))
     app.router.add_post("/chat", lambda r: answer(r, "darkai"))
+    app.router.add_post("/cut/v1/chat/completions", cut)
     app.router.add_post("/fail/v1/chat/completions", fail)
     app.router.add_post("/idle/v1/chat/completions", idle)
     app.router.add_post("/v1/embeddings", embeddings)
