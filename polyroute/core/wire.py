@@ -221,10 +221,10 @@ class _ChunkShape:
     def learn(cls, piece: bytes, text: str) -> _ChunkShape | None:
         """The shape of ``piece``, a plain chunk whose text is ``text``; ``None`` when
         its text's string cannot be told apart (written in more than one place)."""
-        at = piece.rfind(b'"content":') + 10
-        at += piece[at : at + 1] == b" "
+        key = piece.rfind(b'"content":')
+        at = key + 10 + (piece[key + 10 : key + 11] == b" ")
         string = _JSON_STRING.match(piece, at)
-        if at < 10 or string is None or loads(string[0]) != text:
+        if key < 0 or string is None or string.end() == len(piece) or loads(string[0]) != text:
             return None
         return cls(piece[:at], piece[string.end() :])
 
@@ -240,11 +240,14 @@ class _ChunkShape:
         if len(found) * 2 < len(pieces):
             return None  # not this upstream's shape after all: decoded whole
         try:
-            decoded = loads(b"[" + b",".join(found) + b"]")
+            decoded: list[str | None] = loads(b"[" + b",".join(found) + b"]")
         except ValueError:
             return None
-        if len(decoded) != len(found) or not all(type(t) is str and t for t in decoded):
+        # Each a JSON string, none of them empty: a plain chunk's text.
+        if len(decoded) != len(found) or set(map(type, decoded)) != {str} or "" in decoded:
             return None
+        if len(found) == len(strings):  # the common read: every chunk of it is text
+            return decoded
         texts = iter(decoded)
         return [None if string is None else next(texts) for string in strings]
 
