@@ -19,6 +19,8 @@ from tests.server.helpers import free_port
 from tests.upstreams.openai import OpenAIUpstream
 from tests.upstreams.scripted import Script
 
+pytestmark = pytest.mark.usefixtures("chunk_path")  # decoded, and relayed as it came
+
 CALL = ToolCall("call_w", "get_weather", '{"city": "Paris"}')
 TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": {}}}]
 

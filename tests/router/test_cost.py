@@ -19,6 +19,8 @@ from tests.upstreams.gemini import GeminiUpstream
 from tests.upstreams.openai import OpenAIUpstream
 from tests.upstreams.scripted import Script
 
+pytestmark = pytest.mark.usefixtures("chunk_path")  # decoded, and relayed as it came
+
 HI = [{"role": "user", "content": "Hi"}]
 PRICE = {"input": 2.0, "output": 8.0, "cache_read": 0.5, "cache_write": 2.5, "reasoning": 10.0}
 M = 1e-6  # USD per token for a price of 1 per million

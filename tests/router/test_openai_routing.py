@@ -19,6 +19,8 @@ from tests.upstreams.darkai import DarkAIUpstream
 from tests.upstreams.openai import OpenAIUpstream
 from tests.upstreams.scripted import Script
 
+pytestmark = pytest.mark.usefixtures("chunk_path")  # decoded, and relayed as it came
+
 
 @pytest.fixture
 async def second_openai() -> AsyncIterator[OpenAIUpstream]:

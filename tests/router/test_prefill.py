@@ -19,6 +19,8 @@ from tests.upstreams.anthropic import NO_PREFILL, AnthropicUpstream, anthropic_e
 from tests.upstreams.openai import OpenAIUpstream
 from tests.upstreams.scripted import Script
 
+pytestmark = pytest.mark.usefixtures("chunk_path")  # decoded, and relayed as it came
+
 HI = [{"role": "user", "content": "Why is the sky blue?"}]
 CUT = Script(chunks=["The sky ", "is "], reset_after=2)
 

@@ -26,6 +26,8 @@ from tests.upstreams.gemini import GeminiUpstream
 from tests.upstreams.openai import OpenAIUpstream
 from tests.upstreams.scripted import Chunk, Script, ScriptedUpstream
 
+pytestmark = pytest.mark.usefixtures("chunk_path")  # decoded, and relayed as it came
+
 HI = [{"role": "user", "content": "Why is the sky blue?"}]
 FORMATS = ["anthropic", "openai", "gemini"]
 SERVERS: dict[str, type[AnthropicUpstream | OpenAIUpstream | GeminiUpstream]] = {

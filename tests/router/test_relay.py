@@ -20,6 +20,8 @@ from polyroute.providers import Registry, default_registry
 from polyroute.providers.simulated import Simulated
 from polyroute.simulator.text import simulated_words
 
+pytestmark = pytest.mark.usefixtures("chunk_path")  # decoded, and relayed as it came
+
 HI = [{"role": "user", "content": "Tell me about Alice"}]
 WORDS = 20
 FAST = {"first_chunk_ms": 0, "chunk_gap_ms": 0}

@@ -25,6 +25,8 @@ from polyroute.simulator.text import simulated_words
 from tests.upstreams.openai import OpenAIUpstream
 from tests.upstreams.scripted import Script
 
+pytestmark = pytest.mark.usefixtures("chunk_path")  # decoded, and relayed as it came
+
 HI = [{"role": "user", "content": "Hi"}]
 USAGE = {"prompt_tokens": 10, "completion_tokens": 4, "total_tokens": 14,
          "prompt_tokens_details": {"cached_tokens": 3}}  # fmt: skip

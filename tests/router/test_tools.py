@@ -24,6 +24,8 @@ from tests.router.helpers import HI
 from tests.upstreams.openai import OpenAIUpstream
 from tests.upstreams.scripted import Chunk, Script
 
+pytestmark = pytest.mark.usefixtures("chunk_path")  # decoded, and relayed as it came
+
 TOOLS = [
     {
         "type": "function",
