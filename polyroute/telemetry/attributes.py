@@ -147,28 +147,6 @@ def attempt_attributes(
     return attributes
 
 
-def metric_attributes(
-    operation: str, attempt: AttemptRecord, seen: SeenAttempt | None
-) -> Attributes:
-    """The attributes of an attempt's GenAI metrics: the conventions' own, each of few
-    values (no ids, no counts, no port), as a metric's attributes must be."""
-    attributes: Attributes = {
-        "gen_ai.operation.name": operation,
-        "gen_ai.request.model": attempt.model,
-    }
-    target = seen.target if seen is not None else None
-    if target is not None and target.provider_type is not None:
-        kind = target.provider_type
-        attributes["gen_ai.provider.name"] = PROVIDER_NAMES.get(kind, kind)
-    if target is not None and target.url and (server := _server(target.url)) is not None:
-        attributes["server.address"] = server[0]
-    if attempt.ttft_ms is not None:
-        attributes["gen_ai.response.model"] = attempt.model
-    if attempt.error_type is not None:
-        attributes["error.type"] = attempt.error_type
-    return attributes
-
-
 def event_attributes(fields: Mapping[str, Any]) -> Attributes:
     """A routing event's fields as span event attributes: scalars and lists of text as
     they are, texts masked as the event log masks them, the rest left out."""
@@ -238,13 +216,13 @@ def _upstream(target: AttemptTarget | None) -> Attributes:
     attributes: Attributes = {}
     if kind is not None:
         attributes["gen_ai.provider.name"] = PROVIDER_NAMES.get(kind, kind)
-    if target.url and (server := _server(target.url)) is not None:
+    if target.url and (server := server_of(target.url)) is not None:
         attributes["server.address"], attributes["server.port"] = server
     return attributes
 
 
 @lru_cache(maxsize=256)
-def _server(url: str) -> tuple[str, int] | None:
+def server_of(url: str) -> tuple[str, int] | None:
     """The host and port of an entry's URL (few: parsed once each)."""
     parts = urlsplit(url)
     if not parts.hostname:

@@ -23,9 +23,7 @@ from typing import Any
 from opentelemetry import context as context_api
 from opentelemetry import trace as trace_api
 from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
-from opentelemetry.metrics import Meter
 from opentelemetry.sdk.environment_variables import OTEL_SDK_DISABLED
-from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import Event, ReadableSpan, TracerProvider
@@ -45,61 +43,18 @@ from polyroute.telemetry.attributes import (
     attempt_attributes,
     attempt_name,
     event_attributes,
-    metric_attributes,
     operation_of,
     request_attributes,
     request_name,
 )
 from polyroute.telemetry.config import TelemetryConfig
+from polyroute.telemetry.metrics import GenAIMetrics
 from polyroute.telemetry.otlp import SpanExporter
 
 SCOPE = "polyroute"
 """The instrumentation scope of polyroute's spans and metrics."""
-DURATION_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24,
-                    20.48, 40.96, 81.92)  # fmt: skip
-"""Seconds: the GenAI conventions' advice for ``gen_ai.client.operation.duration``."""
-TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304,
-                 16777216, 67108864)  # fmt: skip
-"""Tokens: the conventions' advice for ``gen_ai.client.token.usage``."""
 _PROPAGATOR = TraceContextTextMapPropagator()
 _UNSET = Status(StatusCode.UNSET)
-
-
-class GenAIMetrics:
-    """``gen_ai.client.operation.duration`` and ``gen_ai.client.token.usage``: one
-    measure per attempt (each is one call to a model)."""
-
-    def __init__(self, meter: Meter) -> None:
-        self.duration = meter.create_histogram(
-            "gen_ai.client.operation.duration",
-            unit="s",
-            description="GenAI operation duration",
-            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
-        )
-        self.tokens = meter.create_histogram(
-            "gen_ai.client.token.usage",
-            unit="{token}",
-            description="Number of input and output tokens used",
-            explicit_bucket_boundaries_advisory=TOKEN_BUCKETS,
-        )
-
-    def record(
-        self,
-        operation: str,
-        attempts: Sequence[AttemptRecord],
-        seen: Sequence[SeenAttempt | None],
-    ) -> None:
-        for attempt, saw in zip(attempts, seen, strict=True):
-            attributes = metric_attributes(operation, attempt, saw)
-            if attempt.duration_ms is not None:
-                self.duration.record(attempt.duration_ms / 1000, attributes)
-            usage = saw.attempt.usage if saw is not None else None
-            if usage is None:
-                continue
-            self.tokens.record(usage.prompt_tokens, {**attributes, "gen_ai.token.type": "input"})
-            if operation != "embeddings":
-                output = {**attributes, "gen_ai.token.type": "output"}
-                self.tokens.record(usage.completion_tokens, output)
 
 
 class Pipeline:
@@ -121,14 +76,11 @@ class Pipeline:
         )
         self.processor = BatchSpanProcessor(SpanExporter(endpoint=config.signal_url("traces")))
         self.traces.add_span_processor(self.processor)
-        reader = PeriodicExportingMetricReader(
+        self.scope = InstrumentationScope(SCOPE, __version__)
+        self.meters = PeriodicExportingMetricReader(
             OTLPMetricExporter(endpoint=config.signal_url("metrics"))
         )
-        self.meters = MeterProvider(
-            resource=self.resource, metric_readers=[reader], shutdown_on_exit=False
-        )
-        self.scope = InstrumentationScope(SCOPE, __version__)
-        self.metrics = GenAIMetrics(self.meters.get_meter(SCOPE, __version__))
+        self.metrics = GenAIMetrics(self.resource, self.scope, self.meters)
         self.sampler = self.traces.sampler
         self.ids = RandomIdGenerator()
         self.server = server
