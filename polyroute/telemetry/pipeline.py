@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 from opentelemetry import context as context_api
 from opentelemetry import trace as trace_api
@@ -26,12 +26,12 @@ from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExp
 from opentelemetry.sdk.environment_variables import OTEL_SDK_DISABLED
 from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
-from opentelemetry.sdk.trace import Event, ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.sdk.trace.sampling import Decision, ParentBased, Sampler, TraceIdRatioBased
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
+from opentelemetry.trace import SpanKind
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from polyroute.core.attempts import Attempt
@@ -49,12 +49,14 @@ from polyroute.telemetry.attributes import (
 )
 from polyroute.telemetry.config import TelemetryConfig
 from polyroute.telemetry.metrics import GenAIMetrics
-from polyroute.telemetry.otlp import SpanExporter
+from polyroute.telemetry.otlp import RequestSpans, SpanData, SpanExporter
 
 SCOPE = "polyroute"
 """The instrumentation scope of polyroute's spans and metrics."""
 _PROPAGATOR = TraceContextTextMapPropagator()
-_UNSET = Status(StatusCode.UNSET)
+_SERVER, _INTERNAL, _CLIENT = (kind.value + 1 for kind in (SpanKind.SERVER, SpanKind.INTERNAL,
+                                                           SpanKind.CLIENT))  # fmt: skip
+"""OTLP's kinds (counting from 1, the SDK's from 0)."""
 
 
 class Pipeline:
@@ -117,47 +119,48 @@ class Pipeline:
         operation: str,
         seen: Sequence[SeenAttempt | None],
     ) -> None:
-        """The request's span and a child per attempt, with the times they had."""
+        """The request's span and a child per attempt, with the times they had, queued
+        as one item (encoded in the exporter's thread)."""
         end = int(record.time.timestamp() * 1e9)
         start = end - int(record.duration_ms * 1e6)
-        sampled = TraceFlags(TraceFlags.SAMPLED)
-        context = SpanContext(trace.trace_id, trace.span_id, False, sampled)
-        parent = trace_api.get_current_span(trace.parent).get_span_context()
+        trace_id, request_id = trace.trace_id, trace.span_id
         failed = record.status in ("failed", "truncated")
-        events = [Event(name, event_attributes(fields), at) for name, at, fields in trace.events]
-        self.processor.on_end(
-            ReadableSpan(
+        events = [(name, at, event_attributes(fields)) for name, at, fields in trace.events]
+        spans = [
+            SpanData(
                 request_name(record, self.server),
-                context,
-                parent if parent.is_valid else None,
-                self.resource,
+                trace_id,
+                request_id,
+                trace.parent_id,
+                trace.parent_remote,
+                _SERVER if self.server else _INTERNAL,
+                start,
+                end,
                 request_attributes(record, self.server),
                 events,
-                kind=SpanKind.SERVER if self.server else SpanKind.INTERNAL,
-                status=Status(StatusCode.ERROR, record.error) if failed else _UNSET,
-                start_time=start,
-                end_time=end,
-                instrumentation_scope=self.scope,
+                (record.error or "") if failed else None,
             )
-        )
+        ]
         for attempt, saw in zip(record.attempts, seen, strict=True):
             began = start + int(attempt.started_ms * 1e6)
-            span_id = saw.span_id if saw is not None else self.ids.generate_span_id()
             failed = attempt.outcome == "failed"
-            self.processor.on_end(
-                ReadableSpan(
+            spans.append(
+                SpanData(
                     attempt_name(operation, attempt),
-                    SpanContext(trace.trace_id, span_id, False, sampled),
-                    context,
-                    self.resource,
+                    trace_id,
+                    saw.span_id if saw is not None else self.ids.generate_span_id(),
+                    request_id,
+                    False,
+                    _CLIENT,
+                    began,
+                    min(end, began + int((attempt.duration_ms or 0.0) * 1e6)),
                     attempt_attributes(operation, attempt, saw, trace.options),
-                    kind=SpanKind.CLIENT,
-                    status=Status(StatusCode.ERROR, attempt.error) if failed else _UNSET,
-                    start_time=began,
-                    end_time=min(end, began + int((attempt.duration_ms or 0.0) * 1e6)),
-                    instrumentation_scope=self.scope,
+                    (),
+                    (attempt.error or "") if failed else None,
                 )
             )
+        # The processor takes it as a span: it only asks whether it is sampled.
+        self.processor.on_end(cast(ReadableSpan, RequestSpans(spans, self.resource, self.scope)))
 
     # The providers -------------------------------------------------------------------
 
@@ -179,8 +182,8 @@ class RequestTrace:
     id as it starts, and the routing events as they happen (a
     :class:`~polyroute.router.observe.RequestWatch`)."""
 
-    __slots__ = ("_pipeline", "attempts", "events", "options", "parent", "sampled",
-                 "span_id", "trace_id")  # fmt: skip
+    __slots__ = ("_pipeline", "attempts", "events", "options", "parent", "parent_id",
+                 "parent_remote", "sampled", "span_id", "trace_id")  # fmt: skip
 
     def __init__(
         self,
@@ -196,6 +199,8 @@ class RequestTrace:
         self.parent = _parent(traceparent, follow_current)
         parent = trace_api.get_current_span(self.parent).get_span_context()
         ids = pipeline.ids
+        self.parent_id = parent.span_id if parent.is_valid else None
+        self.parent_remote = parent.is_remote
         self.trace_id = parent.trace_id if parent.is_valid else ids.generate_trace_id()
         self.span_id = ids.generate_span_id()
         kind = SpanKind.SERVER if pipeline.server else SpanKind.INTERNAL
