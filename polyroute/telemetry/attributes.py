@@ -140,7 +140,7 @@ def attempt_attributes(
     if seen is not None:
         live = seen.attempt
         if live.finish_reason is not None:
-            attributes["gen_ai.response.finish_reasons"] = [live.finish_reason]
+            attributes["gen_ai.response.finish_reasons"] = (live.finish_reason,)
         if live.usage is not None:
             attributes["gen_ai.usage.input_tokens"] = live.usage.prompt_tokens
             attributes["gen_ai.usage.output_tokens"] = live.usage.completion_tokens
@@ -157,7 +157,7 @@ def event_attributes(fields: Mapping[str, Any]) -> Attributes:
         elif isinstance(value, bool | int | float):
             attributes[name] = value
         elif isinstance(value, list | tuple) and all(isinstance(item, str) for item in value):
-            attributes[name] = [redact(item) for item in value]
+            attributes[name] = tuple(redact(item) for item in value)
     return attributes
 
 

@@ -35,8 +35,9 @@ _HAS_IS_REMOTE, _IS_REMOTE = 0x100, 0x200
 _KEYS: dict[str, bytes] = {}
 """A KeyValue's key, encoded (field 1), by key: attribute names are few."""
 _KEYS_MAX = 4096
-_PAIRS: dict[tuple[int, str, str | bool], bytes] = {}
-"""Text and boolean attributes, encoded as a field with their tag, by tag, key and value."""
+_PAIRS: dict[tuple[int, str, str | bool | tuple[str, ...]], bytes] = {}
+"""Text, boolean and tuple-of-text attributes, encoded as a field with their tag, by tag,
+key and value."""
 _PAIRS_MAX = 16384
 _NUMBERS: dict[tuple[int, str, int], bytes] = {}
 """Whole-number attributes likewise (apart: ``True == 1`` as a key)."""
@@ -113,6 +114,14 @@ def _attributes(tag: int, attributes: Mapping[str, Any] | None) -> bytes:
                 if len(_PAIRS) >= _PAIRS_MAX:
                     _PAIRS.clear()  # a bound, not an eviction policy: refilled at once
                 encoded = _PAIRS[pair] = _delimited(tag, _key_value(key, value))
+            out.append(encoded)
+        elif type(value) is tuple and all(type(item) is str for item in value):
+            listed = (tag, key, value)  # finish reasons: few, and repeated
+            encoded = _PAIRS.get(listed)
+            if encoded is None:
+                if len(_PAIRS) >= _PAIRS_MAX:
+                    _PAIRS.clear()
+                encoded = _PAIRS[listed] = _delimited(tag, _key_value(key, value))
             out.append(encoded)
         elif type(value) is int:
             number = (tag, key, value)
@@ -268,17 +277,22 @@ def _scope_spans(scope: InstrumentationScope | None, spans: list[bytes]) -> byte
     return body
 
 
+_Scopes = dict[int, tuple[InstrumentationScope | None, list[bytes]]]
+"""A resource's spans, encoded, by their scope's identity."""
+
+
 def encode_request(spans: Sequence[ReadableSpan | RequestSpans]) -> bytes:
     """An ``ExportTraceServiceRequest`` of ``spans`` (a :class:`RequestSpans` counts as
     its spans), grouped by resource and scope as the exporter's own encoder groups
     them. Raises :class:`NotCoveredError`."""
     # By identity, not equality: a Resource hashes by dumping its attributes as JSON,
-    # per span. (Equal resources apart are two groups: still one valid request.)
-    grouped: dict[int, tuple[Resource, dict[InstrumentationScope | None, list[bytes]]]] = {}
+    # and a scope by formatting its fields, per span. (Equal ones apart are two groups:
+    # still one valid request.)
+    grouped: dict[int, tuple[Resource, _Scopes]] = {}
     for span in spans:
-        resource = span.resource
+        resource, scope = span.resource, span.instrumentation_scope
         _, scopes = grouped.setdefault(id(resource), (resource, {}))
-        encoded = scopes.setdefault(span.instrumentation_scope, [])
+        _, encoded = scopes.setdefault(id(scope), (scope, []))
         if isinstance(span, RequestSpans):
             encoded += [encode_data(data) for data in span.spans]
         else:
@@ -286,7 +300,7 @@ def encode_request(spans: Sequence[ReadableSpan | RequestSpans]) -> bytes:
     out = []
     for resource, scopes in grouped.values():
         scope_spans = b"".join(
-            _delimited(0x12, _scope_spans(scope, encoded)) for scope, encoded in scopes.items()
+            _delimited(0x12, _scope_spans(scope, encoded)) for scope, encoded in scopes.values()
         )
         body = _delimited(0x0A, _resource(resource)) + scope_spans
         if resource.schema_url:
