@@ -266,35 +266,7 @@ _REQUEST_LOG = Migration(
     ),
 )
 
-# Each index of the request log costs its writer about 5 us a row (SQLite, measured on
-# 125-row batches; 40 us a row with the six of version 3, 31 without these two). A
-# provider is one of a few entries: a page filtered by one reads the newest rows by
-# the key, as an unfiltered page does. Most requests are `complete`: the others, which
-# a status filter looks for, keep an index of their own, small and cheap to write
-# (RequestQuery.select adds its condition; `complete` reads by the key).
-_LEANER_REQUEST_LOG = Migration(
-    version=4,
-    description="the request log without its provider and status indexes",
-    sqlite=(
-        "DROP INDEX request_log_provider",
-        "DROP INDEX request_log_status",
-        "CREATE INDEX request_log_unserved ON request_log (status, time)"
-        " WHERE status <> 'complete'",
-    ),
-    postgres=(
-        "DROP INDEX request_log_provider",
-        "DROP INDEX request_log_status",
-        "CREATE INDEX request_log_unserved ON request_log (status, time)"
-        " WHERE status <> 'complete'",
-    ),
-)
-
-MIGRATIONS: tuple[Migration, ...] = (
-    _TEAMS_AND_KEYS,
-    _SPEND_LEDGER,
-    _REQUEST_LOG,
-    _LEANER_REQUEST_LOG,
-)
+MIGRATIONS: tuple[Migration, ...] = (_TEAMS_AND_KEYS, _SPEND_LEDGER, _REQUEST_LOG)
 LATEST = MIGRATIONS[-1].version
 
 

@@ -48,8 +48,6 @@ INSERT = (
     f"INSERT INTO request_log ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
     " ON CONFLICT (time, id) DO NOTHING"
 )
-UNSERVED = "status <> 'complete'"
-"""The condition of the index of the requests not ``complete`` (migration 4)."""
 GET = "SELECT * FROM request_log WHERE id = ? ORDER BY time DESC LIMIT 1"
 PRUNE = (
     "DELETE FROM request_log WHERE (time, id) IN"
@@ -98,8 +96,6 @@ class RequestQuery:
             if value is not None:
                 where.append(f"{column} = ?")
                 params.append(value)
-        if self.status is not None and self.status != "complete":
-            where.append(UNSERVED)  # the partial index's own condition: it may be used
         if self.model is not None:
             where.append("(model = ? OR resolved_model = ?)")
             params += [self.model, self.model]
@@ -143,7 +139,7 @@ def row_of(record: Mapping[str, Any]) -> list[Any]:
     a datetime, ``attempts`` and ``content`` still objects: each backend encodes
     them its way). Raises :class:`InvalidValueError` for a mapping that is not one."""
     # Written out, not a loop over COLUMNS through dicts: this runs for every request
-    # logged (about 3 us here against 9, measured).
+    # logged (1.7 us a record against 9 to 12, measured).
     try:
         get = record.get
         usage = get("usage") or _NO_USAGE

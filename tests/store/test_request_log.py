@@ -5,7 +5,6 @@ background writer through an outage."""
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -23,7 +22,6 @@ from polyroute.store import (
     Retention,
     Store,
 )
-from polyroute.store.migrations import MIGRATIONS
 from polyroute.store.request_log import REQUEST_STATUSES, encode_cursor
 from tests.store.conftest import Database
 
@@ -133,23 +131,6 @@ async def test_pages_follow_the_cursor_without_a_gap_or_a_repeat(store: Store) -
     assert pages == 3
     exact = await store.list_requests(RequestQuery(limit=2, key="none-such"))
     assert (exact.data, exact.next_cursor) == ([], None)
-
-
-def test_a_status_filter_other_than_complete_reads_the_index_of_the_unserved() -> None:
-    # Migration 4 keeps one index for the statuses a filter looks for (not `complete`);
-    # the query must carry its condition for SQLite to use it.
-    db = sqlite3.connect(":memory:")
-    for migration in MIGRATIONS:
-        for statement in migration.sqlite:
-            db.execute(statement)
-
-    def plan(query: RequestQuery) -> str:
-        sql, params = query.select()
-        found = db.execute(f"EXPLAIN QUERY PLAN {sql}", params).fetchall()
-        return " ".join(row[3] for row in found)
-
-    assert "request_log_unserved" in plan(RequestQuery(status="failed"))
-    assert "request_log_unserved" not in plan(RequestQuery(status="complete"))
 
 
 def test_the_store_takes_every_status_the_router_names() -> None:
