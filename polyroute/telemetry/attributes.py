@@ -84,18 +84,20 @@ def request_attributes(record: RequestRecord, server: bool) -> Attributes:
         "polyroute.status": record.status,
         "polyroute.attempts": len(record.attempts),
     }
-    optional: dict[str, Any] = {
-        "polyroute.entry": record.provider,
-        "polyroute.key": record.key,
-        "polyroute.team": record.team,
-        "polyroute.cache": record.cache,
-        "polyroute.cost_usd": record.cost_usd,
-        "error.type": record.error_type,
-    }
-    attributes.update({name: value for name, value in optional.items() if value is not None})
+    for name, value in (
+        ("polyroute.entry", record.provider),
+        ("polyroute.key", record.key),
+        ("polyroute.team", record.team),
+        ("polyroute.cache", record.cache),
+        ("polyroute.cost_usd", record.cost_usd),
+        ("error.type", record.error_type),
+    ):
+        if value is not None:
+            attributes[name] = value
     route = SERVER_ROUTES.get(record.endpoint)
     if server and route is not None:
-        attributes.update({"http.request.method": "POST", "http.route": route})
+        attributes["http.request.method"] = "POST"
+        attributes["http.route"] = route
     if record.content is not None:
         attributes.update(content_attributes(record.content, record.finish_reason))
     return attributes
@@ -210,8 +212,15 @@ def _message(message: Mapping[str, Any]) -> dict[str, Any]:
 
 def _upstream(target: AttemptTarget | None) -> Attributes:
     """``gen_ai.provider.name`` and ``server.address``/``server.port`` of a target."""
-    if target is None:
-        return {}
+    return _NO_ATTRIBUTES if target is None else _target_attributes(target)
+
+
+_NO_ATTRIBUTES: Attributes = {}
+
+
+@lru_cache(maxsize=256)
+def _target_attributes(target: AttemptTarget) -> Attributes:
+    """As :func:`_upstream` (targets are few: made once each; read, never changed)."""
     kind = target.provider_type
     attributes: Attributes = {}
     if kind is not None:
