@@ -73,7 +73,7 @@ POLL_S = 0.01
 """How often the lag's reader asks the SQLite file for new rows."""
 SETTLE_S = 3.0
 """After the lag's load: time for the last rows to be written (the writer flushes every
-second) before the reader stops."""
+quarter second) before the reader stops."""
 
 
 @contextmanager
@@ -168,7 +168,7 @@ def lag_run(target: Target, concurrency: int, seconds: float, core: int) -> dict
     reader = LagReader(database(port))
     reader.start()
     outcome = measure(target, WORKLOAD, concurrency, seconds, core)
-    time.sleep(SETTLE_S)  # the writer's last batch: it flushes every second
+    time.sleep(SETTLE_S)  # the writer's last batch
     lags = sorted(reader.stop())
     if not lags:
         raise SystemExit("observed: no row of the request log was seen")

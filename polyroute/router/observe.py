@@ -136,22 +136,26 @@ class AttemptRecord:
     @classmethod
     def of(cls, attempt: Attempt, request_started: float) -> AttemptRecord:
         error = attempt.error
-        status = getattr(error, "status", None)
         duration = attempt.duration_ms
         if duration is None:  # cancelled: it ran until now
             duration = attempt.elapsed_ms()
-        return cls(
-            provider=attempt.provider,
-            model=attempt.model,
-            outcome=attempt.outcome,
-            error_type=type(error).__name__ if error is not None else None,
-            error=error_text(error) if error is not None else None,
-            status_code=status if isinstance(status, int) else None,
-            started_ms=round(max(0.0, attempt.started - request_started) * 1000, 3),
-            ttft_ms=attempt.ttft_ms,
-            duration_ms=duration,
-            chars=attempt.chars,
-            relay_offset=attempt.relay_offset,
+        error_type = message = status_code = None
+        if error is not None:
+            status = getattr(error, "status", None)
+            error_type, message = type(error).__name__, error_text(error)
+            status_code = status if isinstance(status, int) else None
+        return cls(  # positional, in the fields' order: made for every attempt
+            attempt.provider,
+            attempt.model,
+            attempt.outcome,
+            error_type,
+            message,
+            status_code,
+            round(max(0.0, attempt.started - request_started) * 1000, 3),
+            attempt.ttft_ms,
+            duration,
+            attempt.chars,
+            attempt.relay_offset,
         )
 
     def as_json(self) -> dict[str, Any]:
@@ -444,40 +448,38 @@ def build_record(
     message of a request refused before it was routed (the gateway's 401, 403...);
     ``content`` is asked only with ``labels.log_content``."""
     now = time.perf_counter()
-    ttft = next(
-        (
-            round((attempt.started - started) * 1000 + attempt.ttft_ms, 3)
-            for attempt in attempts
-            if attempt.ttft_ms is not None
-        ),
-        None,
-    )
+    ttft = None
+    for attempt in attempts:  # a loop, not next() over a generator: runs per request
+        if attempt.ttft_ms is not None:
+            ttft = round((attempt.started - started) * 1000 + attempt.ttft_ms, 3)
+            break
     failure = None if status in ("complete", "switched", "cancelled") else error
     error_type, message = refusal or (None, None)
     if failure is not None:
         error_type, message = type(failure).__name__, error_text(failure)
+    # Positional, in the fields' order: binding 21 keywords costs about 1 us more.
     return RequestRecord(
-        id=request_id,
-        time=datetime.now(UTC),
-        endpoint=labels.endpoint or endpoint,
-        key=labels.key,
-        team=labels.team,
-        model=model,
-        resolved_model=resolved_model,
-        provider=provider,
-        status=status,
-        finish_reason=finish_reason,
-        ttft_ms=ttft,
-        duration_ms=round((now - started) * 1000, 3),
-        usage=TokenCounts.of(attempts),
-        cost_usd=cost.usd,
-        cost_status=cost.status,
-        cache=cache,
-        error_type=error_type,
-        error=message,
-        attempts=tuple(AttemptRecord.of(attempt, started) for attempt in attempts),
-        content=content() if labels.log_content and content is not None else None,
-        traceparent=labels.traceparent,
+        request_id,
+        datetime.now(UTC),
+        labels.endpoint or endpoint,
+        labels.key,
+        labels.team,
+        model,
+        resolved_model,
+        provider,
+        status,
+        finish_reason,
+        ttft,
+        round((now - started) * 1000, 3),
+        TokenCounts.of(attempts),
+        cost.usd,
+        cost.status,
+        cache,
+        error_type,
+        message,
+        tuple([AttemptRecord.of(attempt, started) for attempt in attempts]),
+        content() if labels.log_content and content is not None else None,
+        labels.traceparent,
     )
 
 

@@ -46,7 +46,7 @@ class RequestLogWriter(BatchWriter[Loggable]):
         store: Store,
         *,
         batch: int = 500,
-        interval_s: float = 1.0,
+        interval_s: float = 0.25,
         max_queued: int = 20_000,
         backoff_s: float = 0.5,
         backoff_max_s: float = 30.0,

@@ -84,18 +84,20 @@ def request_attributes(record: RequestRecord, server: bool) -> Attributes:
         "polyroute.status": record.status,
         "polyroute.attempts": len(record.attempts),
     }
-    optional: dict[str, Any] = {
-        "polyroute.entry": record.provider,
-        "polyroute.key": record.key,
-        "polyroute.team": record.team,
-        "polyroute.cache": record.cache,
-        "polyroute.cost_usd": record.cost_usd,
-        "error.type": record.error_type,
-    }
-    attributes.update({name: value for name, value in optional.items() if value is not None})
+    for name, value in (
+        ("polyroute.entry", record.provider),
+        ("polyroute.key", record.key),
+        ("polyroute.team", record.team),
+        ("polyroute.cache", record.cache),
+        ("polyroute.cost_usd", record.cost_usd),
+        ("error.type", record.error_type),
+    ):
+        if value is not None:
+            attributes[name] = value
     route = SERVER_ROUTES.get(record.endpoint)
     if server and route is not None:
-        attributes.update({"http.request.method": "POST", "http.route": route})
+        attributes["http.request.method"] = "POST"
+        attributes["http.route"] = route
     if record.content is not None:
         attributes.update(content_attributes(record.content, record.finish_reason))
     return attributes
@@ -140,32 +142,10 @@ def attempt_attributes(
     if seen is not None:
         live = seen.attempt
         if live.finish_reason is not None:
-            attributes["gen_ai.response.finish_reasons"] = [live.finish_reason]
+            attributes["gen_ai.response.finish_reasons"] = (live.finish_reason,)
         if live.usage is not None:
             attributes["gen_ai.usage.input_tokens"] = live.usage.prompt_tokens
             attributes["gen_ai.usage.output_tokens"] = live.usage.completion_tokens
-    return attributes
-
-
-def metric_attributes(
-    operation: str, attempt: AttemptRecord, seen: SeenAttempt | None
-) -> Attributes:
-    """The attributes of an attempt's GenAI metrics: the conventions' own, each of few
-    values (no ids, no counts, no port), as a metric's attributes must be."""
-    attributes: Attributes = {
-        "gen_ai.operation.name": operation,
-        "gen_ai.request.model": attempt.model,
-    }
-    target = seen.target if seen is not None else None
-    if target is not None and target.provider_type is not None:
-        kind = target.provider_type
-        attributes["gen_ai.provider.name"] = PROVIDER_NAMES.get(kind, kind)
-    if target is not None and target.url and (server := _server(target.url)) is not None:
-        attributes["server.address"] = server[0]
-    if attempt.ttft_ms is not None:
-        attributes["gen_ai.response.model"] = attempt.model
-    if attempt.error_type is not None:
-        attributes["error.type"] = attempt.error_type
     return attributes
 
 
@@ -179,7 +159,7 @@ def event_attributes(fields: Mapping[str, Any]) -> Attributes:
         elif isinstance(value, bool | int | float):
             attributes[name] = value
         elif isinstance(value, list | tuple) and all(isinstance(item, str) for item in value):
-            attributes[name] = [redact(item) for item in value]
+            attributes[name] = tuple(redact(item) for item in value)
     return attributes
 
 
@@ -232,19 +212,26 @@ def _message(message: Mapping[str, Any]) -> dict[str, Any]:
 
 def _upstream(target: AttemptTarget | None) -> Attributes:
     """``gen_ai.provider.name`` and ``server.address``/``server.port`` of a target."""
-    if target is None:
-        return {}
+    return _NO_ATTRIBUTES if target is None else _target_attributes(target)
+
+
+_NO_ATTRIBUTES: Attributes = {}
+
+
+@lru_cache(maxsize=256)
+def _target_attributes(target: AttemptTarget) -> Attributes:
+    """As :func:`_upstream` (targets are few: made once each; read, never changed)."""
     kind = target.provider_type
     attributes: Attributes = {}
     if kind is not None:
         attributes["gen_ai.provider.name"] = PROVIDER_NAMES.get(kind, kind)
-    if target.url and (server := _server(target.url)) is not None:
+    if target.url and (server := server_of(target.url)) is not None:
         attributes["server.address"], attributes["server.port"] = server
     return attributes
 
 
 @lru_cache(maxsize=256)
-def _server(url: str) -> tuple[str, int] | None:
+def server_of(url: str) -> tuple[str, int] | None:
     """The host and port of an entry's URL (few: parsed once each)."""
     parts = urlsplit(url)
     if not parts.hostname:

@@ -102,6 +102,8 @@ async def test_records_are_listed_newest_first_and_filtered(store: Store) -> Non
     assert await ids(store, key="ci") == ["c", "a"]
     assert await ids(store, provider="dark") == ["b"]
     assert await ids(store, status="failed") == ["d"]
+    assert await ids(store, status="switched") == ["c", "a"]
+    assert await ids(store, status="complete") == ["b"]
     assert await ids(store, model="gpt-4o-mini") == ["c"]  # the resolved model
     assert await ids(store, model="cheap") == ["c"]  # or the requested one
     assert await ids(store, model="gpt-4o") == ["d", "b", "a"]

@@ -19,7 +19,13 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from opentelemetry.trace.span import TraceState
 
-from polyroute.telemetry.otlp import NotCoveredError, SpanExporter, encode_request
+from polyroute.telemetry.otlp import (
+    NotCoveredError,
+    RequestSpans,
+    SpanData,
+    SpanExporter,
+    encode_request,
+)
 from tests.telemetry.receiver import OTLPReceiver
 
 TRACE = 0x4BF92F3577B34DA6A3CE929D0E0E4736
@@ -79,6 +85,32 @@ def test_polyroutes_spans_encode_as_the_exporter_encodes_them() -> None:
     root = _span(0x3333)
     other = _span(0x4444, resource=Resource({"service.name": "other"}), scope=None)
     _same_as_the_exporters([request, attempt, root, other])
+
+
+def test_a_requests_spans_encode_as_the_exporter_encodes_them_as_sdk_spans() -> None:
+    # What the pipeline queues per request: a server span continuing a remote parent,
+    # failed, with events; an attempt that failed with no message; one that served.
+    remote_parent = 0xB7AD6B7169203331
+    request = SpanData(
+        "POST /v1/chat/completions", TRACE, 0x1111, remote_parent, True, 2,
+        1_700_000_000_000_000_000, 1_700_000_000_500_000_000,
+        {"polyroute.request.id": "req-1", "polyroute.attempts": 2, "polyroute.cost_usd": 0.5},
+        [("attempt.retry", 42, {"delay_s": 0.5, "retry": 1}), ("route.relay", 43, {})],
+        "every provider failed: é",
+    )  # fmt: skip
+    failed = SpanData(
+        "chat m", TRACE, 0x2222, 0x1111, False, 3, 1_700_000_000_000_000_001,
+        1_700_000_000_100_000_000, {"error.type": "UpstreamError", "server.port": 8000}, (), "",
+    )  # fmt: skip
+    served = SpanData(
+        "chat m", TRACE, 0x3333, 0x1111, False, 3, 1_700_000_000_100_000_001,
+        1_700_000_000_400_000_000,
+        {"gen_ai.response.finish_reasons": ["stop"], "gen_ai.usage.input_tokens": 12}, (), None,
+    )  # fmt: skip
+    library = SpanData("chat m", TRACE, 0x4444, None, False, 1, 5, 6, {}, (), None)
+    spans = RequestSpans([request, failed, served, library], RESOURCE, SCOPE)
+    ours = ExportTraceServiceRequest.FromString(encode_request([spans]))
+    assert ours == encode_spans(spans.readable())
 
 
 texts = st.text(max_size=40)
