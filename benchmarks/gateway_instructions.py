@@ -1,0 +1,136 @@
+"""``python -m benchmarks.gateway_instructions``: CPU instructions per stream of a gateway,
+counted by valgrind's callgrind, for figures that a shared machine's noise cannot move.
+
+Each row runs under ``valgrind --tool=callgrind`` with collection off, takes a warm-up
+of gateway.py's load client, then counts every instruction its process executes while
+the client streams gateway.py's "saturated" answer (64 chunks at once) for ``seconds``
+at concurrency ``conc``; the count divided by the streams started in that window. At
+concurrency 1 only one stream is ever in flight at the window's edges, so the figure is
+the cost of one stream to within a stream (benchmarks/instructions.py counts the
+library's routed streams in-process the same way); at higher concurrency the work of streams in
+flight at the edges is counted too (the window should hold many more). Rows:
+
+  floor-proxy   benchmarks/floor_proxy.py, the least an aiohttp relay does
+  polyroute     polyroute serve (chat completions) from this tree
+  TREE          polyroute serve from another checkout (``--tree NAME=PATH``), such as
+                a ``git worktree`` of an earlier commit, to measure a change
+
+  python -m benchmarks.gateway_instructions                # about 2 minutes
+  python -m benchmarks.gateway_instructions --tree before=/tmp/old --conc 50
+
+Needs valgrind (``apt-get install valgrind``). Valgrind runs the process about 50 times
+slower: streams/s here mean nothing, instructions per stream do. An instruction count is
+not a time (it does not see cache misses or system calls' waits), but two rows' ratio
+says how much more work one does per stream, and the same code measures the same twice.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import ExitStack
+from pathlib import Path
+
+from benchmarks.__main__ import upstream
+from benchmarks.gateway import WIRES, Target, free_port, measure, wait_until_ready
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def instructions_per_stream(
+    name: str, tree: Path | None, base: str, conc: int, seconds: float, scratch: Path
+) -> dict[str, float | str]:
+    """Run row ``name`` (``tree``: polyroute's checkout; ``None``: the floor proxy)
+    under callgrind and count its instructions per stream."""
+    port = free_port()
+    root = f"http://127.0.0.1:{port}"
+    if tree is None:
+        command = [sys.executable, "-m", "benchmarks.floor_proxy", json.dumps({"saturated": base})]
+        command.append(str(port))
+        url, cwd = f"{root}/saturated/v1/chat/completions", ROOT
+    else:
+        config = scratch / f"{name}.json"
+        entry = {"name": "saturated", "type": "openai", "base_url": f"{base}/v1"}
+        config.write_text(json.dumps({"providers": [{**entry, "models": ["saturated"]}]}))
+        command = [sys.executable, "-m", "polyroute", "serve", "-c", str(config)]
+        command += ["--port", str(port)]
+        url, cwd = root + WIRES["chat"].path, tree  # the checkout's own package first
+    out = scratch / f"callgrind-{name}.out"
+    valgrind = ["valgrind", "--tool=callgrind", "--instr-atstart=no"]
+    process = subprocess.Popen(
+        [*valgrind, f"--callgrind-out-file={out}", *command],
+        cwd=cwd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        preexec_fn=lambda: os.sched_setaffinity(0, {1}),
+    )
+    try:
+        wait_until_ready(f"{root}/healthz", process, seconds=300)
+        target = Target(name, {"saturated": url}, {}, process.pid, "1")
+        measure(target, "saturated", conc, 3, 0)  # warm-up: imports, pools, caches
+        control = ["callgrind_control"]
+        subprocess.run([*control, "-i", "on", str(process.pid)], check=True, capture_output=True)
+        outcome = measure(target, "saturated", conc, seconds, 0)
+        subprocess.run([*control, "-i", "off", str(process.pid)], check=True, capture_output=True)
+        subprocess.run([*control, "-d", str(process.pid)], check=True, capture_output=True)
+        total = _counted(out)
+    finally:
+        process.terminate()
+        process.wait(120)
+    streams = max(outcome["streams"], 1)
+    return {"row": name, "streams": streams, "instructions_per_stream": total / streams}
+
+
+def _counted(out: Path) -> int:
+    """The instructions in callgrind's dumps of ``out`` (it writes them as it is told)."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        totals = [
+            int(line.split()[1])
+            for dump in glob.glob(f"{out}*")
+            for line in Path(dump).read_text().splitlines()
+            if line.startswith(("summary:", "totals:"))
+        ]
+        if totals:
+            return max(totals)
+        time.sleep(0.2)  # the dump is written by the process, after callgrind_control returns
+    raise RuntimeError(f"callgrind wrote no totals to {out}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--conc", type=int, default=1)
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--tree", action="append", default=[], metavar="NAME=PATH")
+    parser.add_argument(
+        "--out", type=Path, default=Path("benchmarks/gateway-instructions-results.json")
+    )
+    args = parser.parse_args()
+    rows: list[tuple[str, Path | None]] = [("floor-proxy", None), ("polyroute", ROOT)]
+    rows += [(name, Path(path)) for name, _, path in (t.partition("=") for t in args.tree)]
+    results = []
+    with ExitStack() as stack, tempfile.TemporaryDirectory() as scratch:
+        base = stack.enter_context(upstream(64, 0.0, 0))
+        for name, tree in rows:
+            results.append(
+                instructions_per_stream(name, tree, base, args.conc, args.seconds, Path(scratch))
+            )
+    floor = float(results[0]["instructions_per_stream"])
+    print(f"concurrency {args.conc}, {args.seconds:g} s counted per row")
+    print(f"{'row':14} {'streams':>8} {'M instructions/stream':>22} {'vs floor':>9}")
+    for row in results:
+        per = float(row["instructions_per_stream"])
+        print(f"{row['row']:14} {row['streams']:>8} {per / 1e6:>22.3f} {per / floor:>8.2f}x")
+    settings = {"conc": args.conc, "seconds": args.seconds}
+    args.out.write_text(json.dumps({"settings": settings, "rows": results}, indent=2))
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
