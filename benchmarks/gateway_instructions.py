@@ -3,7 +3,8 @@ counted by valgrind's callgrind, for figures that a shared machine's noise canno
 
 Each row runs under ``valgrind --tool=callgrind`` with collection off, takes a warm-up
 of gateway.py's load client, then counts every instruction its process executes while
-the client streams gateway.py's "saturated" answer (64 chunks at once) for ``seconds``
+the client streams gateway.py's "saturated" answer (``--chunks``, 64 by default, at
+once) for ``seconds``
 at concurrency ``conc``; the count divided by the streams started in that window. At
 concurrency 1 only one stream is ever in flight at the window's edges, so the figure is
 the cost of one stream to within a stream (benchmarks/instructions.py counts the
@@ -106,6 +107,7 @@ def _counted(out: Path) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--conc", type=int, default=1)
+    parser.add_argument("--chunks", type=int, default=64, help="text chunks per answer")
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--tree", action="append", default=[], metavar="NAME=PATH")
     parser.add_argument(
@@ -116,18 +118,18 @@ def main() -> None:
     rows += [(name, Path(path)) for name, _, path in (t.partition("=") for t in args.tree)]
     results = []
     with ExitStack() as stack, tempfile.TemporaryDirectory() as scratch:
-        base = stack.enter_context(upstream(64, 0.0, 0))
+        base = stack.enter_context(upstream(args.chunks, 0.0, 0))
         for name, tree in rows:
             results.append(
                 instructions_per_stream(name, tree, base, args.conc, args.seconds, Path(scratch))
             )
     floor = float(results[0]["instructions_per_stream"])
-    print(f"concurrency {args.conc}, {args.seconds:g} s counted per row")
+    print(f"concurrency {args.conc}, {args.chunks} chunks an answer, {args.seconds:g} s a row")
     print(f"{'row':14} {'streams':>8} {'M instructions/stream':>22} {'vs floor':>9}")
     for row in results:
         per = float(row["instructions_per_stream"])
         print(f"{row['row']:14} {row['streams']:>8} {per / 1e6:>22.3f} {per / floor:>8.2f}x")
-    settings = {"conc": args.conc, "seconds": args.seconds}
+    settings = {"conc": args.conc, "chunks": args.chunks, "seconds": args.seconds}
     args.out.write_text(json.dumps({"settings": settings, "rows": results}, indent=2))
     print(f"\nwrote {args.out}")
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import Any, Literal, TypeAlias
+from typing import Any, Literal, TypeAlias, cast
 
 from polyroute.core.deltas import WireDelta
 from polyroute.core.jsoncodec import loads
@@ -37,6 +37,7 @@ Relayed: TypeAlias = SSEEvent | WireDelta
 
 _SEPARATOR = b"\n\ndata: "
 _DONE = b"[DONE]"
+_DONE_EVENT = b"data: [DONE]\n\n"
 _JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
 _MAX_MISSES = 2
 """Reads that may disprove a learned shape before a stream is decoded whole for good."""
@@ -131,6 +132,10 @@ class PassThroughReader:
             if decoded is None:
                 return self._decoder.feed(events)  # it raises at the malformed event
             texts, head = decoded
+        if None not in texts:  # every chunk is text: one run, the read's own bytes
+            data = events[: -len(_DONE_EVENT)] if done else events
+            whole = WireDelta(data, cast(list[str], texts), *head)
+            return [whole, SSEEvent(_DONE.decode())] if done else [whole]
         out: list[Relayed] = []
         start = 0
         run: list[str] = []
