@@ -7,9 +7,10 @@ new encoding. :class:`PassThroughReader` hands runs of such chunks on as their b
 the finish reason, usage, errors, ``[DONE]``) as a decoded :class:`SSEEvent` for the
 provider's parser, as without it.
 
-Each read's chunks are still decoded, in one ``orjson.loads`` call for all of them: a
-malformed chunk must never reach the consumer (such a read goes to the SSE decoder
-and the parser raises at the chunk, after delivering what came before it, as without
+Each read's chunks are still decoded, in one ``orjson.loads`` call for all of them (for
+chunks written alike, over their texts' strings alone: :class:`_ChunkShape`): a
+malformed chunk must never reach the consumer (such a read goes to the SSE decoder and
+the parser raises at the chunk, after delivering what came before it, as without
 pass-through), the router counts the text delivered (a relay continues from it), and
 telling plain text from the rest needs the contents. What is saved is all the work per
 chunk after that: event objects, typed deltas, a new chunk's encoding.
