@@ -365,7 +365,13 @@ async def test_simulate_port_without_room_for_every_upstream_is_a_config_error(
 
 async def test_config_errors_keep_their_caret_and_name_the_right_command(tmp_path: Path) -> None:
     (tmp_path / "r.yaml").write_text("providers:\n  - name: a\n    type: [openai\n")
-    broken = await run_cli("chat", "-c", "r.yaml", "Hi", cwd=tmp_path)
+    (tmp_path / "sim.yaml").write_text("upstreams:\n  - {name: a}\n")
+    router_file = write_config(tmp_path / "routes.yaml", simulated("a", ["m"]))
+    broken, simulator_file, wrong = await asyncio.gather(  # independent runs: at once
+        run_cli("chat", "-c", "r.yaml", "Hi", cwd=tmp_path),
+        run_cli("chat", "-c", "sim.yaml", "Hi", cwd=tmp_path),
+        run_cli("simulate", "-c", str(router_file), cwd=tmp_path),
+    )
     assert broken.code == 2
     assert broken.err.splitlines()[-3:] == [
         "polyroute: r.yaml:3:11: while parsing a flow sequence: expected ',' or ']', "
@@ -373,13 +379,9 @@ async def test_config_errors_keep_their_caret_and_name_the_right_command(tmp_pat
         "      type: [openai",
         "            ^",
     ]
-    (tmp_path / "sim.yaml").write_text("upstreams:\n  - {name: a}\n")
-    simulator_file = await run_cli("chat", "-c", "sim.yaml", "Hi", cwd=tmp_path)
     assert simulator_file.code == 2
     assert "sim.yaml is a simulator file (upstreams:)" in simulator_file.err
     assert "`polyroute simulate -c sim.yaml`" in simulator_file.err
-    router_file = write_config(tmp_path / "routes.yaml", simulated("a", ["m"]))
-    wrong = await run_cli("simulate", "-c", str(router_file), cwd=tmp_path)
     assert wrong.code == 2
     assert "is a router config (providers:), not a simulator file" in wrong.err
 
