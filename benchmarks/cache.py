@@ -27,26 +27,22 @@ and the plain chat row's (medians of per-repeat ratios), with the target verdict
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
-import sys
 from contextlib import ExitStack
 from typing import Any
 
 from benchmarks.__main__ import machine, upstream
 from benchmarks.gateway import (
     PEERS,
-    WIRES,
     Target,
     cell,
     focused_main,
-    free_port,
+    focused_runs,
     gateway,
-    measure,
-    median,
     median_ratio,
-    started,
+    medians,
+    serve_polyroute,
 )
 
 WORKLOAD = "saturated"  # also the model asked for, and the polyroute entry's name
@@ -61,21 +57,16 @@ TTFT_TARGET = (1, 0.5)
 
 def cached_gateway(name: str, base: str, core: int, stack: ExitStack) -> Target:
     """polyroute serve (1 worker, on ``core``) with the memory cache configured."""
-    port = free_port()
-    root = f"http://127.0.0.1:{port}"
     entry = {"name": WORKLOAD, "type": "openai", "base_url": f"{base}/v1", "models": [WORKLOAD]}
-    config = PEERS / f"polyroute-cache-{port}.json"
-    config.write_text(json.dumps({"providers": [entry], "cache": {"backend": "memory"}}))
-    command = [sys.executable, "-m", "polyroute", "serve", "-c", str(config)]
-    command += ["--port", str(port), "--workers", "1"]
-    process = stack.enter_context(started(command, f"{root}/healthz", {core}))
-    headers = {WORKLOAD: {"x-polyroute-cache": MODES[name]}}
-    url = root + WIRES["chat"].path
-    return Target(name, {WORKLOAD: url}, headers, process.pid, str(core))
+    config = {"providers": [entry], "cache": {"backend": "memory"}}
+    target = serve_polyroute(name, config, WORKLOAD, core, stack)
+    target.headers = {WORKLOAD: {"x-polyroute-cache": MODES[name]}}
+    return target
 
 
-def checked(name: str, outcome: dict[str, Any]) -> None:
+def checked(target: Target, outcome: dict[str, Any]) -> None:
     """Fail loudly unless every measured stream of a cache row said what it must."""
+    name = target.name
     if name not in EXPECTED:
         return
     said = outcome.get("cache", {})
@@ -90,7 +81,6 @@ def checked(name: str, outcome: dict[str, Any]) -> None:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     available = sorted(os.sched_getaffinity(0))
     shared, own = available[0], available[-1]  # upstream + client | the gateway
-    results: dict[tuple[str, int], list[dict[str, Any]]] = {}
     PEERS.mkdir(exist_ok=True)
     with ExitStack() as stack:
         base = stack.enter_context(upstream(64, 0.0, shared))
@@ -100,20 +90,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             else gateway(name, {WORKLOAD: base}, own, {own}, stack)
             for name in ROWS
         ]
-        for repeat in range(args.repeats):
-            for concurrency in args.concurrency:
-                shift = repeat % len(targets)
-                for target in targets[shift:] + targets[:shift]:
-                    outcome = measure(target, WORKLOAD, concurrency, args.seconds, shared)
-                    checked(target.name, outcome)
-                    results.setdefault((target.name, concurrency), []).append(outcome)
-                    print(
-                        f"  c={concurrency} {target.name} repeat {repeat + 1}: "
-                        f"{outcome['streams_per_s']:.0f} streams/s, errors {outcome['errors']}, "
-                        f"cache {outcome['cache']}",
-                        file=sys.stderr,
-                        flush=True,
-                    )
+        results = focused_runs(targets, args, WORKLOAD, shared, checked)
         cores = {target.name: target.cores for target in targets}
     rows = []
     for (name, concurrency), runs in sorted(
@@ -129,16 +106,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "cache": {
                 k: sum(r["cache"].get(k, 0) for r in runs) for k in ("hit", "miss", "refresh")
             },
-            **{
-                k: median(runs, k)
-                for k in (
-                    "streams_per_s",
-                    "ttft_p50_ms",
-                    "ttft_p99_ms",
-                    "cpu_ms_per_stream",
-                    "peak_rss_mb",
-                )
-            },
+            **medians(runs),
             "vs_direct": median_ratio(runs, direct, "streams_per_s"),
         }
         for p in ("p50", "p99"):  # per repeat against direct, then the median

@@ -45,16 +45,15 @@ import aiohttp
 from benchmarks.__main__ import machine, upstream
 from benchmarks.gateway import (
     PEERS,
-    WIRES,
     Target,
     cell,
     focused_main,
+    focused_runs,
     free_port,
-    measure,
-    median,
     median_ratio,
+    medians,
     process_tree,
-    started,
+    serve_polyroute,
 )
 
 WORKLOAD = "saturated"  # also the model asked for, and the polyroute entry's name
@@ -71,20 +70,15 @@ def served(name: str, base: str, core: int, shared: int, stack: ExitStack) -> Ta
     """polyroute serve (``console-*``: with an admin key; ``console-5-tabs``: and five
     live streams read by :func:`watch` in a process on the ``shared`` core)."""
     port = free_port()
-    root = f"http://127.0.0.1:{port}"
     entry = {"name": WORKLOAD, "type": "openai", "base_url": f"{base}/v1", "models": [WORKLOAD]}
     config: dict[str, Any] = {"providers": [entry]}
     if name.startswith("console"):
         config["gateway"] = {"admin_key_env": "BENCH_ADMIN_KEY"}
-    path = PEERS / f"polyroute-{name}-{port}.json"
-    path.write_text(json.dumps(config))
-    command = [sys.executable, "-m", "polyroute", "serve", "-c", str(path)]
-    command += ["--port", str(port), "--workers", "1"]
     env = {"BENCH_ADMIN_KEY": ADMIN_KEY}
-    process = stack.enter_context(started(command, f"{root}/healthz", {core}, env=env))
+    target = serve_polyroute(name, config, WORKLOAD, core, stack, port=port, env=env)
     if name == "console-5-tabs":
-        stack.enter_context(Watchers(root, shared))
-    return Target(name, {WORKLOAD: root + WIRES["chat"].path}, {}, process.pid, str(core))
+        stack.enter_context(Watchers(f"http://127.0.0.1:{port}", shared))
+    return target
 
 
 class Watchers:
@@ -174,26 +168,12 @@ def idle_cpu(targets: list[Target], seconds: float) -> dict[str, float]:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     available = sorted(os.sched_getaffinity(0))
     shared, own = available[0], available[-1]  # upstream + client + tabs | the gateway
-    results: dict[tuple[str, int], list[dict[str, Any]]] = {}
     PEERS.mkdir(exist_ok=True)
     with ExitStack() as stack:
         base = stack.enter_context(upstream(64, 0.0, shared))
         targets = [served(name, base, own, shared, stack) for name in ROWS]
         idle = idle_cpu(targets, 4 * args.seconds)
-        for repeat in range(args.repeats):
-            for concurrency in args.concurrency:
-                shift = repeat % len(targets)
-                for target in targets[shift:] + targets[:shift]:
-                    outcome = measure(target, WORKLOAD, concurrency, args.seconds, shared)
-                    if outcome["errors"] or not outcome["streams"]:
-                        raise SystemExit(f"{target.name}: {outcome['errors']} errors")
-                    results.setdefault((target.name, concurrency), []).append(outcome)
-                    print(
-                        f"  c={concurrency} {target.name} repeat {repeat + 1}: "
-                        f"{outcome['streams_per_s']:.0f} streams/s",
-                        file=sys.stderr,
-                        flush=True,
-                    )
+        results = focused_runs(targets, args, WORKLOAD, shared)
         cores = {target.name: target.cores for target in targets}
     rows = []
     for (name, concurrency), runs in sorted(
@@ -204,9 +184,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "gateway": name,
             "cores": cores[name],
             "concurrency": concurrency,
-            "streams_per_s": median(runs, "streams_per_s"),
-            "ttft_p50_ms": median(runs, "ttft_p50_ms"),
-            "cpu_ms_per_stream": median(runs, "cpu_ms_per_stream"),
+            **medians(runs, ("streams_per_s", "ttft_p50_ms", "cpu_ms_per_stream")),
             "vs_plain_streams": median_ratio(runs, plain, "streams_per_s"),
             "vs_plain_cpu": median_ratio(runs, plain, "cpu_ms_per_stream"),
             "idle_cpu_ms_per_s": idle[name],

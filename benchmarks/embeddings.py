@@ -27,12 +27,21 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 from contextlib import ExitStack
 from typing import Any
 
 from benchmarks.__main__ import machine, upstream
-from benchmarks.gateway import PEERS, WIRES, Target, cell, focused_main, gateway, measure, median
+from benchmarks.gateway import (
+    PEERS,
+    WIRES,
+    Target,
+    cell,
+    focused_main,
+    gateway,
+    measure,
+    median,
+    rotated_runs,
+)
 
 WORKLOAD = "embeddings"  # also the model asked for, and the polyroute entry's name
 CONCURRENCY = [1, 50]
@@ -45,7 +54,6 @@ TARGET = (50, 0.8)
 def run(args: argparse.Namespace) -> dict[str, Any]:
     available = sorted(os.sched_getaffinity(0))
     shared, own = available[0], available[-1]  # upstream + client | the gateway
-    results: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
     PEERS.mkdir(exist_ok=True)  # polyroute serve's config goes there
     with ExitStack() as stack:
         base = stack.enter_context(upstream(1, 0.0, shared))
@@ -58,21 +66,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         served = gateway("polyroute-embeddings", {WORKLOAD: base}, own, {own}, stack)
         served.name = "polyroute"
         targets = [direct, floor, served]
-        for repeat in range(args.repeats):
-            for form, wire in FORMS.items():
-                for concurrency in args.concurrency:
-                    shift = repeat % len(targets)
-                    for target in targets[shift:] + targets[:shift]:
-                        target.dialect = wire
-                        outcome = measure(target, WORKLOAD, concurrency, args.seconds, shared)
-                        results.setdefault((form, target.name, concurrency), []).append(outcome)
-                        print(
-                            f"  {form} c={concurrency} {target.name} repeat {repeat + 1}: "
-                            f"{outcome['streams_per_s']:.0f} requests/s, "
-                            f"errors {outcome['errors']}",
-                            file=sys.stderr,
-                            flush=True,
-                        )
+
+        def run_one(target: Target, point: tuple[str, int]) -> dict[str, Any]:
+            form, concurrency = point
+            target.dialect = FORMS[form]
+            return measure(target, WORKLOAD, concurrency, args.seconds, shared)
+
+        points = [(form, concurrency) for form in FORMS for concurrency in args.concurrency]
+        measured = rotated_runs(targets, args.repeats, points, run_one)
+        results = {(form, name, c): runs for (name, (form, c)), runs in measured.items()}
         cores = {target.name: target.cores for target in targets}
     rows = []
     order = [target.name for target in targets]

@@ -47,11 +47,11 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from benchmarks.__main__ import machine, upstream
 
@@ -637,6 +637,94 @@ def print_dialects(rows: list[dict[str, Any]]) -> None:
             )
 
 
+# Focused runs (benchmarks.cache, .console, .embeddings, ...) -------------------------
+
+FIGURES = ("streams_per_s", "ttft_p50_ms", "ttft_p99_ms", "cpu_ms_per_stream", "peak_rss_mb")
+"""What :func:`measure` reports that a row gives as the median of its repeats."""
+Point = TypeVar("Point", bound=Hashable)
+
+
+def serve_polyroute(
+    name: str,
+    config: dict[str, Any],
+    workload: str,
+    core: int,
+    stack: ExitStack,
+    *,
+    port: int | None = None,
+    env: dict[str, str] | None = None,
+) -> Target:
+    """``polyroute serve`` with ``config`` (one worker, on ``core``, stopped with
+    ``stack``): the target of row ``name``, its chat URL asked for ``workload``. Give
+    ``port`` when the config names it (a file per gateway); set the target's ``headers``
+    after, when they come from the running gateway (a key made by its admin API)."""
+    port = port or free_port()
+    root = f"http://127.0.0.1:{port}"
+    path = PEERS / f"polyroute-{name}-{port}.json"
+    path.write_text(json.dumps(config))
+    command = [sys.executable, "-m", "polyroute", "serve", "-c", str(path)]
+    command += ["--port", str(port), "--workers", "1"]
+    process = stack.enter_context(started(command, f"{root}/healthz", {core}, env=env))
+    return Target(name, {workload: root + WIRES["chat"].path}, {}, process.pid, str(core))
+
+
+def rotated_runs(
+    targets: list[Target],
+    repeats: int,
+    points: list[Point],
+    run_one: Callable[[Target, Point], dict[str, Any]],
+) -> dict[tuple[str, Point], list[dict[str, Any]]]:
+    """Each target at each point (a concurrency, or what else a run varies), ``repeats``
+    times: repeat by repeat, point by point, the targets in an order that rotates between
+    repeats, so that the machine's drift hits all alike. The outcomes of ``run_one`` by
+    (target name, point), in the repeats' order; a line on stderr for each."""
+    results: dict[tuple[str, Point], list[dict[str, Any]]] = {}
+    for repeat in range(repeats):
+        for point in points:
+            shift = repeat % len(targets)
+            for target in targets[shift:] + targets[:shift]:
+                outcome = run_one(target, point)
+                results.setdefault((target.name, point), []).append(outcome)
+                where = point if isinstance(point, tuple) else (point,)
+                label = " ".join(f"c={p}" if isinstance(p, int) else str(p) for p in where)
+                print(
+                    f"  {label} {target.name} repeat {repeat + 1}: "
+                    f"{outcome['streams_per_s']:.0f}/s, errors {outcome['errors']}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+    return results
+
+
+def no_errors(target: Target, outcome: dict[str, Any]) -> None:
+    """A focused run's check of each outcome: it stops at the first error."""
+    if outcome["errors"] or not outcome["streams"]:
+        raise SystemExit(f"{target.name}: {outcome['errors']} errors")
+
+
+def focused_runs(
+    targets: list[Target],
+    args: argparse.Namespace,
+    workload: str,
+    core: int,
+    check: Callable[[Target, dict[str, Any]], None] = no_errors,
+) -> dict[tuple[str, int], list[dict[str, Any]]]:
+    """:func:`rotated_runs` over ``args.concurrency`` of :func:`measure` (the load client
+    on ``core`` for ``args.seconds``), each outcome checked by ``check``."""
+
+    def run_one(target: Target, concurrency: int) -> dict[str, Any]:
+        outcome = measure(target, workload, concurrency, args.seconds, core)
+        check(target, outcome)
+        return outcome
+
+    return rotated_runs(targets, args.repeats, args.concurrency, run_one)
+
+
+def medians(runs: list[dict[str, Any]], figures: tuple[str, ...] = FIGURES) -> dict[str, Any]:
+    """Each of ``figures`` as the median over ``runs`` (None where none has it)."""
+    return {figure: median(runs, figure) for figure in figures}
+
+
 def focused_main(
     doc: str | None,
     results: str,
@@ -644,7 +732,7 @@ def focused_main(
     run: Callable[[argparse.Namespace], dict[str, Any]],
     show: Callable[[list[dict[str, Any]]], None],
 ) -> None:
-    """The command line of a focused run (benchmarks.embeddings, benchmarks.cache):
+    """The command line of a focused run (benchmarks.embeddings, benchmarks.cache...):
     ``--concurrency``, ``--seconds``, ``--repeats``, ``--quick``, ``--out`` (``results``);
     runs, shows the rows and writes the JSON."""
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawTextHelpFormatter)

@@ -18,6 +18,7 @@ from hypothesis import settings
 from polyroute import configure_logging
 from polyroute.core.logging import LOGGER_NAME
 from tests.redis_server import RedisServer
+from tests.store.postgres_server import PostgresServer
 from tests.upstreams.anthropic import AnthropicUpstream
 from tests.upstreams.darkai import DarkAIUpstream
 from tests.upstreams.gemini import GeminiUpstream
@@ -180,6 +181,16 @@ async def start_darkai() -> AsyncIterator[Callable[[], Awaitable[DarkAIUpstream]
 def redis_server() -> Iterator[RedisServer]:
     """One real redis-server for the session; each test gets it empty (``redis_url``)."""
     server = RedisServer().start()
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator[PostgresServer]:
+    """One PostgreSQL cluster for the gateway's and the CLI's store tests, started on
+    first use (an initdb is about a second); a test that stops it starts it again.
+    tests/store keep their own: they stop theirs mid-load."""
+    server = PostgresServer().init().start()
     yield server
     server.close()
 

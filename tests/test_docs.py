@@ -301,23 +301,27 @@ async def test_readme_tour_commands_run_as_pasted(tmp_path: Path) -> None:
     assert commands[-1] == "kill %1"
     env = {k: v for k, v in os.environ.items() if k != "POLYROUTE_CONFIG"}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    outputs = {}
+    run = [command for command in commands[1:-1] if command != "polyroute serve &"]
+
+    async def shell(command: str, url: str) -> str:
+        process = await asyncio.create_subprocess_shell(
+            command.replace("http://127.0.0.1:8000", url),
+            cwd=tmp_path,
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await asyncio.wait_for(process.communicate(), 60)
+        # The built-in sim-flaky fails on purpose, and --check says so with exit 1.
+        expected = 1 if command == "polyroute providers --check" else 0
+        assert process.returncode == expected, (command, err.decode())
+        return out.decode()
+
+    # No command of the tour reads what another left (the chat commands start their own
+    # simulated upstreams): they run at once, each an interpreter of its own.
     async with gateway(None) as served:
-        for command in commands[1:-1]:
-            if command == "polyroute serve &":
-                continue
-            process = await asyncio.create_subprocess_shell(
-                command.replace("http://127.0.0.1:8000", served.url),
-                cwd=tmp_path,
-                env=env,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-            )
-            out, err = await asyncio.wait_for(process.communicate(), 60)
-            # The built-in sim-flaky fails on purpose, and --check says so with exit 1.
-            expected = 1 if command == "polyroute providers --check" else 0
-            assert process.returncode == expected, (command, err.decode())
-            outputs[command.split()[1]] = out.decode()
+        said = await asyncio.gather(*(shell(command, served.url) for command in run))
+    outputs = {command.split()[1]: out for command, out in zip(run, said, strict=True)}
     assert json.loads(outputs["chat"].splitlines()[-1])["provider"] == "sim-steady"
     assert "sim-large" in outputs["models"]
     checks = {line.split()[0]: line for line in outputs["providers"].splitlines()[2:]}
@@ -362,10 +366,10 @@ async def test_agents_guide_sdk_examples_run_against_a_default_gateway() -> None
     serve` with no config (on a free port instead of 8000)."""
     examples = blocks(ROOT / "docs" / "agents.md", "python")
     assert len(examples) == 2
-    async with gateway(None) as served:
-        outputs = [
-            await run_python(code.replace("http://127.0.0.1:8000", served.url)) for code in examples
-        ]
+    async with gateway(None) as served:  # the two examples are independent: at once
+        outputs = await asyncio.gather(
+            *(run_python(code.replace("http://127.0.0.1:8000", served.url)) for code in examples)
+        )
     messages, responses = (output.splitlines() for output in outputs)
     assert messages[-1].endswith(" end_turn")
     assert "[simulated" in messages[0]

@@ -4,30 +4,18 @@ answer fails."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.benchmarks.command import run_benchmark
 
 
 def test_overload_benchmark_sheds_past_the_cap_and_fails_nothing(tmp_path: Path) -> None:
-    out = tmp_path / "overload.json"
-    done = subprocess.run(
-        [
-            *(sys.executable, "-m", "benchmarks.overload", "--quick"),
-            *("--rows", "uncapped,cap-4", "--concurrency", "16", "--seconds", "1"),
-            *("--out", str(out)),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
+    results, _ = run_benchmark(
+        "benchmarks.overload",
+        tmp_path / "overload.json",
+        *("--rows", "uncapped,cap-4", "--concurrency", "16", "--seconds", "1"),
     )
-    assert done.returncode == 0, done.stderr[-3000:]
-    rows = {row["row"]: row for row in json.loads(out.read_text())["rows"]}
+    rows = {row["row"]: row for row in results["rows"]}
     assert set(rows) == {"uncapped", "cap-4"}
     assert rows["uncapped"]["shed"] == 0
     assert rows["cap-4"]["shed"] > 0

@@ -2,45 +2,18 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.benchmarks.command import run_benchmark
 
 
 def test_benchmark_suite_runs_on_a_tiny_workload(tmp_path: Path) -> None:
-    out = tmp_path / "results.json"
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "benchmarks",
-            "--quick",
-            "--clients",
-            "floor,provider,router",
-            "--concurrency",
-            "1,4",
-            "--chunks",
-            "8",
-            "--seconds",
-            "0.2",
-            "--paced-seconds",
-            "0.3",
-            "--out",
-            str(out),
-            "--plot",
-            str(tmp_path / "plot.png"),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
+    results, stdout = run_benchmark(
+        "benchmarks",
+        tmp_path / "results.json",
+        *("--clients", "floor,provider,router", "--concurrency", "1,4", "--chunks", "8"),
+        *("--seconds", "0.2", "--paced-seconds", "0.3", "--plot", str(tmp_path / "plot.png")),
     )
-    assert done.returncode == 0, done.stderr[-3000:]
-    results = json.loads(out.read_text())
     rows = results["streaming"]
     assert {(r["client"], r["concurrency"]) for r in rows} == {
         (client, concurrency)
@@ -52,28 +25,20 @@ def test_benchmark_suite_runs_on_a_tiny_workload(tmp_path: Path) -> None:
     assert {r["workload"] for r in rows} == {"throughput", "paced 10 ms"}
     assert results["failover"]["failover_ttft_p50_ms"] > 0
     assert results["idle"]["idle_streams"] == 50
-    assert "vs floor" in done.stdout
+    assert "vs floor" in stdout
 
 
 def test_gateway_benchmark_runs_against_polyroute_serve(tmp_path: Path) -> None:
     """The gateway benchmark's own parts (no peer installed): direct and polyroute,
     spoken to in each of its dialects (a dialect's stream counts only when the load
     client found its first text and its end)."""
-    out = tmp_path / "gateway.json"
     gateways = ("direct", "polyroute", "polyroute-messages", "polyroute-responses")
-    done = subprocess.run(
-        [
-            *(sys.executable, "-m", "benchmarks.gateway", "--quick"),
-            *("--gateways", ",".join(gateways), "--seconds", "1", "--out", str(out)),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
+    results, stdout = run_benchmark(
+        "benchmarks.gateway",
+        tmp_path / "gateway.json",
+        *("--gateways", ",".join(gateways), "--seconds", "1"),
     )
-    assert done.returncode == 0, done.stderr[-3000:]
-    rows = json.loads(out.read_text())["rows"]
+    rows = results["rows"]
     assert {(r["gateway"], r["workload"]) for r in rows} == {
         (gateway, workload) for gateway in gateways for workload in ("saturated", "paced")
     } | {("polyroute", "relayed")}  # every stream cut and continued: polyroute's row only
@@ -84,26 +49,16 @@ def test_gateway_benchmark_runs_against_polyroute_serve(tmp_path: Path) -> None:
     dialects = [r for r in served if r["gateway"] != "polyroute"]
     assert {r["dialect"] for r in dialects} == {"messages", "responses"}
     assert all(r["cpu_vs_chat"] > 0 and r["ttft_p50_over_chat_ms"] is not None for r in dialects)
-    assert "against chat completions" in done.stdout
+    assert "against chat completions" in stdout
 
 
 def test_embeddings_benchmark_runs_against_polyroute_serve(tmp_path: Path) -> None:
     """benchmarks/embeddings.py: direct, the floor proxy and polyroute, each answering
     every request whole (its first vector and its usage seen), and the target printed."""
-    out = tmp_path / "embeddings.json"
-    done = subprocess.run(
-        [
-            *(sys.executable, "-m", "benchmarks.embeddings", "--quick"),
-            *("--seconds", "0.5", "--out", str(out)),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
+    results, stdout = run_benchmark(
+        "benchmarks.embeddings", tmp_path / "embeddings.json", "--seconds", "0.5"
     )
-    assert done.returncode == 0, done.stderr[-3000:]
-    rows = json.loads(out.read_text())["rows"]
+    rows = results["rows"]
     assert {(r["gateway"], r["concurrency"]) for r in rows} == {
         (gateway, concurrency)
         for gateway in ("direct", "floor-proxy", "polyroute")
@@ -112,26 +67,16 @@ def test_embeddings_benchmark_runs_against_polyroute_serve(tmp_path: Path) -> No
     assert all(r["errors"] == 0 and r["requests_per_s"] > 0 for r in rows)
     assert all(r["latency_p50_ms"] > 0 and r["vs_direct"] > 0 for r in rows)
     assert all(r["cpu_ms_per_request"] > 0 for r in rows if r["gateway"] != "direct")
-    assert "target: polyroute embeddings" in done.stdout
+    assert "target: polyroute embeddings" in stdout
 
 
 def test_cache_benchmark_counts_only_hits_on_the_hit_row(tmp_path: Path) -> None:
     """benchmarks.cache: the hit row's measured streams all said x-polyroute-cache: hit
     (the run fails otherwise), the refresh row's all said refresh."""
-    out = tmp_path / "cache.json"
-    done = subprocess.run(
-        [
-            *(sys.executable, "-m", "benchmarks.cache", "--quick"),
-            *("--concurrency", "1,4", "--seconds", "0.6", "--out", str(out)),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
+    results, stdout = run_benchmark(
+        "benchmarks.cache", tmp_path / "cache.json", "--concurrency", "1,4", "--seconds", "0.6"
     )
-    assert done.returncode == 0, done.stderr[-3000:]
-    rows = {(r["gateway"], r["concurrency"]): r for r in json.loads(out.read_text())["rows"]}
+    rows = {(r["gateway"], r["concurrency"]): r for r in results["rows"]}
     assert set(rows) == {
         (gateway, concurrency)
         for gateway in ("direct", "polyroute", "polyroute-cache-hit", "polyroute-cache-refresh")
@@ -143,23 +88,14 @@ def test_cache_benchmark_counts_only_hits_on_the_hit_row(tmp_path: Path) -> None
         assert hit["cache"]["hit"] == sum(run["streams"] for run in hit["runs"]) > 0
         assert refresh["cache"]["refresh"] == sum(run["streams"] for run in refresh["runs"]) > 0
         assert rows[("polyroute", concurrency)]["cache"] == {"hit": 0, "miss": 0, "refresh": 0}
-    assert "target: a hit's added TTFT p50" in done.stdout
+    assert "target: a hit's added TTFT p50" in stdout
 
 
 def test_affinity_benchmark_runs_two_gateways_on_one_redis(tmp_path: Path) -> None:
     """benchmarks.affinity: both runs answer every turn, the affinity run keeps each
     conversation on one entry and reads more of its input from the caches."""
-    out = tmp_path / "affinity.json"
-    done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.affinity", "--quick", "--out", str(out)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    rows = {r["run"]: r for r in json.loads(out.read_text())["rows"]}
+    results, stdout = run_benchmark("benchmarks.affinity", tmp_path / "affinity.json")
+    rows = {r["run"]: r for r in results["rows"]}
     assert set(rows) == {"affinity", "no-affinity"}
     for row in rows.values():
         assert row["errors"] == 0
@@ -169,26 +105,16 @@ def test_affinity_benchmark_runs_two_gateways_on_one_redis(tmp_path: Path) -> No
     assert pinned["conversations_on_one_entry"] == pinned["conversations"]
     assert pinned["cached_share_after_first"] > rows["no-affinity"]["cached_share_after_first"]
     assert pinned["state_decisions"]["shared"] > 0  # the pins were read in Redis
-    assert "target: >= 90% of input tokens cached" in done.stdout
+    assert "target: >= 90% of input tokens cached" in stdout
 
 
 def test_console_benchmark_keeps_five_live_streams_open_under_load(tmp_path: Path) -> None:
     """benchmarks.console: the plain gateway, the console idle and with five live streams
     open, each answering every request; the streams got a snapshot about every second."""
-    out = tmp_path / "console.json"
-    done = subprocess.run(
-        [
-            *(sys.executable, "-m", "benchmarks.console", "--quick"),
-            *("--concurrency", "4", "--seconds", "1", "--out", str(out)),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
+    results, stdout = run_benchmark(
+        "benchmarks.console", tmp_path / "console.json", "--concurrency", "4", "--seconds", "1"
     )
-    assert done.returncode == 0, done.stderr[-3000:]
-    rows = {r["gateway"]: r for r in json.loads(out.read_text())["rows"]}
+    rows = {r["gateway"]: r for r in results["rows"]}
     assert set(rows) == {"polyroute", "console-idle", "console-5-tabs"}
     assert all(r["streams_per_s"] > 0 and r["cpu_ms_per_stream"] > 0 for r in rows.values())
     tabs = rows["console-5-tabs"]
@@ -196,27 +122,21 @@ def test_console_benchmark_keeps_five_live_streams_open_under_load(tmp_path: Pat
     assert all(abs(count - tabs["live_seconds"]) <= 2 for count in tabs["live_snapshots"])
     assert all(r["idle_cpu_ms_per_s"] > 0 for r in rows.values())  # schedstat was read
     assert tabs["tabs_share_under_load"] is not None
-    assert "target: console-5-tabs" in done.stdout
+    assert "target: console-5-tabs" in stdout
 
 
 def test_observability_benchmark_measures_the_log_and_tracing(tmp_path: Path) -> None:
     """benchmarks.observability: the plain gateway, one with a store, and one with the
     request log and tracing on; the log's lag measured from the SQLite file, and two
     spans received for every logged request (the request's and its attempt's)."""
-    out = tmp_path / "observability.json"
-    done = subprocess.run(
-        [
-            *(sys.executable, "-m", "benchmarks.observability", "--quick"),
-            *("--seconds", "0.5", "--concurrency", "1,4", "--out", str(out)),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
+    results, stdout = run_benchmark(
+        "benchmarks.observability",
+        tmp_path / "observability.json",
+        "--seconds",
+        "0.5",
+        "--concurrency",
+        "1,4",
     )
-    assert done.returncode == 0, done.stderr[-3000:]
-    results = json.loads(out.read_text())
     assert {(r["gateway"], r["concurrency"]) for r in results["rows"]} == {
         (gateway, concurrency)
         for gateway in ("polyroute", "stored", "observed")
@@ -228,4 +148,4 @@ def test_observability_benchmark_measures_the_log_and_tracing(tmp_path: Path) ->
     assert 0 < lag["lag_p50_ms"] <= lag["lag_p99_ms"] <= lag["lag_max_ms"]
     exported = results["exported"]
     assert exported["spans bench-observed"] == 2 * exported["logged_requests"] > 0
-    assert "target: observed" in done.stdout
+    assert "target: observed" in stdout

@@ -239,24 +239,28 @@ async def test_every_upstream_saying_no_such_model_exits_3(
 
 
 async def test_version_and_common_options_before_or_after_the_command(tmp_path: Path) -> None:
-    version = await run_cli("--version", cwd=tmp_path)
-    assert (version.code, version.out.strip()) == (0, "polyroute 0.1.0")
     config = write_config(tmp_path / "r.yaml", simulated("only", ["m"]))
-    for args in (
+    chats = (
         ["-c", str(config), "-v", "--log-format", "json", "chat", "Hi"],
         ["chat", "-c", str(config), "-v", "--log-format", "json", "Hi"],
         ["-c", str(config), "chat", "-v", "--log-format", "json", "Hi"],
-    ):
-        result = await run_cli(*args, cwd=tmp_path)
+    )
+    listings = (
+        ["--debug", "models", "-c", str(config)],
+        ["models", "--debug", "-c", str(config)],
+    )
+    # Independent runs, each an interpreter of its own: at once.
+    version, *results = await asyncio.gather(
+        run_cli("--version", cwd=tmp_path),
+        *(run_cli(*args, cwd=tmp_path) for args in (*chats, *listings)),
+    )
+    assert (version.code, version.out.strip()) == (0, "polyroute 0.1.0")
+    for args, result in zip(chats, results, strict=False):
         assert result.code == 0, (args, result.err)
         assert result.out.startswith("[simulated only]")
         events = [json.loads(line) for line in result.err.splitlines() if line.startswith("{")]
         assert "route.done" in [event["event"] for event in events]
-    for args in (
-        ["--debug", "models", "-c", str(config)],
-        ["models", "--debug", "-c", str(config)],
-    ):
-        assert (await run_cli(*args, cwd=tmp_path)).code == 0
+    assert [result.code for result in results[len(chats) :]] == [0] * len(listings)
 
 
 async def test_a_missing_key_skips_one_entry_not_the_run(tmp_path: Path) -> None:
@@ -269,16 +273,18 @@ async def test_a_missing_key_skips_one_entry_not_the_run(tmp_path: Path) -> None
     }
     config = write_config(tmp_path / "r.yaml", paid, simulated("local", ["llama3.1"]))
     env = {"OPENAI_API_KEY": ""}
-    chat = await run_cli("chat", "-c", str(config), "-m", "llama3.1", "Hi", cwd=tmp_path, env=env)
+    chat, listed, entries, refused = await asyncio.gather(  # independent runs: at once
+        run_cli("chat", "-c", str(config), "-m", "llama3.1", "Hi", cwd=tmp_path, env=env),
+        run_cli("models", "-c", str(config), cwd=tmp_path, env=env),
+        run_cli("providers", "-c", str(config), "--check", cwd=tmp_path, env=env),
+        run_cli("chat", "-c", str(config), "-m", "gpt-4o", "Hi", cwd=tmp_path, env=env),
+    )
     assert chat.code == 0, chat.err
     assert chat.out.startswith("[simulated local]")
-    listed = await run_cli("models", "-c", str(config), cwd=tmp_path, env=env)
     assert "gpt-4o    openai (no key: OPENAI_API_KEY)" in listed.out
-    entries = await run_cli("providers", "-c", str(config), "--check", cwd=tmp_path, env=env)
     assert "no key: OPENAI_API_KEY" in entries.out
     assert "skipped (no key: OPENAI_API_KEY)" in entries.out
     assert entries.code == 0
-    refused = await run_cli("chat", "-c", str(config), "-m", "gpt-4o", "Hi", cwd=tmp_path, env=env)
     assert refused.code == 1
     assert "no key: OPENAI_API_KEY is not set" in refused.err
 
@@ -359,7 +365,13 @@ async def test_simulate_port_without_room_for_every_upstream_is_a_config_error(
 
 async def test_config_errors_keep_their_caret_and_name_the_right_command(tmp_path: Path) -> None:
     (tmp_path / "r.yaml").write_text("providers:\n  - name: a\n    type: [openai\n")
-    broken = await run_cli("chat", "-c", "r.yaml", "Hi", cwd=tmp_path)
+    (tmp_path / "sim.yaml").write_text("upstreams:\n  - {name: a}\n")
+    router_file = write_config(tmp_path / "routes.yaml", simulated("a", ["m"]))
+    broken, simulator_file, wrong = await asyncio.gather(  # independent runs: at once
+        run_cli("chat", "-c", "r.yaml", "Hi", cwd=tmp_path),
+        run_cli("chat", "-c", "sim.yaml", "Hi", cwd=tmp_path),
+        run_cli("simulate", "-c", str(router_file), cwd=tmp_path),
+    )
     assert broken.code == 2
     assert broken.err.splitlines()[-3:] == [
         "polyroute: r.yaml:3:11: while parsing a flow sequence: expected ',' or ']', "
@@ -367,13 +379,9 @@ async def test_config_errors_keep_their_caret_and_name_the_right_command(tmp_pat
         "      type: [openai",
         "            ^",
     ]
-    (tmp_path / "sim.yaml").write_text("upstreams:\n  - {name: a}\n")
-    simulator_file = await run_cli("chat", "-c", "sim.yaml", "Hi", cwd=tmp_path)
     assert simulator_file.code == 2
     assert "sim.yaml is a simulator file (upstreams:)" in simulator_file.err
     assert "`polyroute simulate -c sim.yaml`" in simulator_file.err
-    router_file = write_config(tmp_path / "routes.yaml", simulated("a", ["m"]))
-    wrong = await run_cli("simulate", "-c", str(router_file), cwd=tmp_path)
     assert wrong.code == 2
     assert "is a router config (providers:), not a simulator file" in wrong.err
 

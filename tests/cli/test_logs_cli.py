@@ -10,7 +10,6 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,16 +17,7 @@ import pytest
 from tests.cli.helpers import run_cli
 from tests.server.helpers import ADMIN_KEY
 from tests.server.test_gateway_request_log import KEYS, Stage, staged, unique_id
-from tests.store.postgres_server import PostgresServer
 from tests.upstreams.scripted import Script
-
-
-@pytest.fixture(scope="module")
-def postgres_cluster() -> Iterator[PostgresServer]:
-    """A PostgreSQL cluster of its own on a free loopback port, for this module."""
-    server = PostgresServer().init().start()
-    yield server
-    server.close()
 
 
 async def _three_requests(stage: Stage) -> list[str]:
@@ -57,26 +47,53 @@ async def test_the_store_and_the_admin_api_give_the_same_records(
             assert result.code == 0, result.err
             return result.out
 
-        as_json = await logs(*store, "--json")
-        assert as_json == await logs(*api, "--json")
+        # The questions to the store are asked at once (each is a process of its own,
+        # reading a store that no longer changes): a dozen interpreters started one after
+        # another were most of this test's time. The admin API's are asked one after
+        # another, beside them: this test is not about concurrent admin requests.
+        from_store = {
+            "json": (*store, "--json"),
+            "switched": (*store, "--status", "switched"),
+            "poor": (*store, "--key", "poor"),
+            "since": (*store, "--since", "1h", "--limit", "1"),
+            "nowhere": (*store, "--provider", "nowhere"),
+            "show": ("show", relay, *store),
+            "show json": ("show", relay, *store, "--json"),
+        }
+        from_api = {
+            "api json": (*api, "--json"),
+            "api switched": (*api, "--status", "switched"),
+            "api show": ("show", relay, *api),
+        }
+
+        async def one_by_one() -> list[str]:
+            return [await logs(*args) for args in from_api.values()]
+
+        at_once = asyncio.gather(*(logs(*args) for args in from_store.values()))
+        store_answers, api_answers = await asyncio.gather(at_once, one_by_one())
+        said = dict(zip(from_store, store_answers, strict=True))
+        said |= dict(zip(from_api, api_answers, strict=True))
+
+        as_json = said["json"]
+        assert as_json == said["api json"]
         records = [json.loads(line) for line in as_json.splitlines()]
         assert [record["id"] for record in records] == [clean, refused, relay]  # newest first
         assert records[2]["attempts"][1]["relay_offset"] == len("Hello, ")
 
-        text = await logs(*store, "--status", "switched")
-        assert text == await logs(*api, "--status", "switched")
+        text = said["switched"]
+        assert text == said["api switched"]
         (line,) = text.splitlines()
         assert "switched" in line
         assert "key=ci  m -> backup" in line
         assert line.endswith(f"2 attempts  {relay}")
-        (line,) = (await logs(*store, "--key", "poor")).splitlines()
+        (line,) = said["poor"].splitlines()
         assert f"  0 attempts  {refused}  BudgetExceededError: budget exceeded: " in line
         assert "key:poor has $0.000001 left this period" in line
-        assert (await logs(*store, "--since", "1h", "--limit", "1")).endswith(f"{clean}\n")
-        assert await logs(*store, "--provider", "nowhere") == ""
+        assert said["since"].endswith(f"{clean}\n")
+        assert said["nowhere"] == ""
 
-        shown = await logs("show", relay, *store)
-        assert shown == await logs("show", relay, *api)
+        shown = said["show"]
+        assert shown == said["api show"]
         assert f"id        {relay}" in shown
         assert "status    switched (stop)" in shown
         first, second = shown.split("attempts\n")[1].splitlines()
@@ -89,7 +106,7 @@ async def test_the_store_and_the_admin_api_give_the_same_records(
         assert second.endswith("  6 chars")  # "world!": what repeated "Hello, " was dropped
         assert "  backup (m)  ok  from char 7  ttft " in second
         assert "model     m\n" in shown  # no alias: nothing resolved to show
-        assert json.loads(await logs("show", relay, *store, "--json")) == records[2]
+        assert json.loads(said["show json"]) == records[2]
 
 
 async def test_follow_prints_a_record_once_it_is_written(tmp_path: Path) -> None:
@@ -118,16 +135,18 @@ async def test_follow_prints_a_record_once_it_is_written(tmp_path: Path) -> None
 
 
 async def test_without_a_store_or_an_admin_key_it_says_what_to_give(tmp_path: Path) -> None:
-    nothing = await run_cli("logs", cwd=tmp_path)
+    config = tmp_path / "no-store.yaml"
+    config.write_text("providers: [{name: sim, type: simulated}]\n")
+    nothing, no_store, no_key, bad_since = await asyncio.gather(  # independent: at once
+        run_cli("logs", cwd=tmp_path),
+        run_cli("logs", "-c", str(config), cwd=tmp_path),
+        run_cli("logs", "--url", "http://127.0.0.1:9", cwd=tmp_path),
+        run_cli("logs", "--since", "yesterday", cwd=tmp_path),
+    )
     assert nothing.code == 2
     assert "-c FILE" in nothing.err
     assert "--url URL" in nothing.err
-    config = tmp_path / "no-store.yaml"
-    config.write_text("providers: [{name: sim, type: simulated}]\n")
-    no_store = await run_cli("logs", "-c", str(config), cwd=tmp_path)
     assert (no_store.code, "has no store: section" in no_store.err) == (2, True)
-    no_key = await run_cli("logs", "--url", "http://127.0.0.1:9", cwd=tmp_path)
     assert (no_key.code, "POLYROUTE_ADMIN_KEY is not set" in no_key.err) == (2, True)
-    bad_since = await run_cli("logs", "--since", "yesterday", cwd=tmp_path)
     assert bad_since.code == 2
     assert "give a duration (10m, 2h, 7d)" in bad_since.err

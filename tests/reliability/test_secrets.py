@@ -3,6 +3,7 @@ exception messages, reprs, or the command line's output (-v and --debug included
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 from pathlib import Path
@@ -90,11 +91,11 @@ async def test_cli_output_shows_neither_with_verbose_or_debug(
         yaml.safe_dump({**config_for(openai_upstream, recording_proxy), "default_model": "m"})
     )
     env = {"TEST_KEY": KEY}
-    runs = [
-        await run_cli("chat", "-c", str(config), "-vv", "Hi", cwd=tmp_path, env=env),
-        await run_cli("--debug", "chat", "-c", str(config), "-vv", "Hi", cwd=tmp_path, env=env),
-        await run_cli("providers", "-c", str(config), "--check", "-vv", cwd=tmp_path, env=env),
-    ]
+    runs = await asyncio.gather(  # independent runs, an interpreter each: at once
+        run_cli("chat", "-c", str(config), "-vv", "Hi", cwd=tmp_path, env=env),
+        run_cli("--debug", "chat", "-c", str(config), "-vv", "Hi", cwd=tmp_path, env=env),
+        run_cli("providers", "-c", str(config), "--check", "-vv", cwd=tmp_path, env=env),
+    )
     assert [run.code for run in runs] == [1, 1, 1]  # the check fails: the key is refused
     assert "Traceback" in runs[1].err
     for run in runs:

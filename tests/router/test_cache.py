@@ -14,6 +14,7 @@ from polyroute import Router, TextDelta, ToolCall, ToolCallDelta
 from polyroute.core.errors import AllProvidersFailed, InvalidRequestError, UpstreamError
 from polyroute.router.cache import MemoryCache, RedisCache
 from polyroute.router.config import CacheConfig, load_config
+from tests.clock import Clock
 from tests.router.helpers import HI
 from tests.server.helpers import free_port
 from tests.upstreams.openai import OpenAIUpstream
@@ -179,14 +180,6 @@ async def test_a_replay_delivers_text_deltas_in_order(openai_upstream: OpenAIUps
     assert deltas[0] == TextDelta("Hello, world!")
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 async def test_the_memory_cache_evicts_the_least_recently_used_past_max_bytes() -> None:
     cache = MemoryCache(CacheConfig(max_bytes=25, max_entry_bytes=20))
     await cache.put("a", b"x" * 10)
@@ -203,7 +196,7 @@ async def test_the_memory_cache_evicts_the_least_recently_used_past_max_bytes() 
 
 
 async def test_the_memory_cache_forgets_an_entry_after_its_ttl() -> None:
-    clock = Clock()
+    clock = Clock(now=0.0)
     cache = MemoryCache(CacheConfig(ttl_s=10), clock=clock)
     await cache.put("a", b"answer")
     clock.now = 9.9

@@ -8,19 +8,12 @@ import pytest
 from structlog.testing import capture_logs
 
 from polyroute import AllProvidersFailed, InMemoryHealth, Router
+from tests.clock import Clock
 from tests.router.helpers import FakeSleep, collect, entry
 from tests.upstreams.darkai import DarkAIUpstream
 from tests.upstreams.scripted import Script
 
 Start = Callable[[], Awaitable[DarkAIUpstream]]
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 async def test_circuit_half_opens_for_one_probe_when_the_cooldown_is_over() -> None:

@@ -6,16 +6,9 @@ from __future__ import annotations
 from polyroute.router.state import BudgetLimit
 from polyroute.router.state.budgets import ScopeWindow
 from polyroute.router.state.grants import GRANT_MAX_AGE_S, Grant, GrantBook
+from tests.clock import Clock
 
 WINDOWS = (ScopeWindow("key:a", BudgetLimit(100.0, "total"), "total", None),)
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def book_with_grant(micros: int, clock: Clock) -> tuple[GrantBook, Grant]:

@@ -13,16 +13,9 @@ from polyroute.router.health import InMemoryHealth
 from polyroute.router.state import MemoryState, RoutingState
 from polyroute.router.state.redis import RedisState
 from polyroute.router.stats import StatsBook
+from tests.clock import Clock
 from tests.redis_server import RedisServer
 from tests.state.helpers import make_state, until
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def memory(clock: Clock) -> MemoryState:
