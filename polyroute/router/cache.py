@@ -36,18 +36,9 @@ from polyroute.core.redaction import redact, register_secret
 from polyroute.core.request import ChatRequest
 from polyroute.router.config import CacheConfig, CacheMode
 
-try:
-    import redis.asyncio as aioredis
-    from redis.exceptions import RedisError
-except ImportError:  # pragma: no cover - depends on the install
-    aioredis = None  # type: ignore[assignment]
-
 _log = get_logger()
 _TIMEOUT_S = 1.0
 """A Redis slower than this is a miss: a replay must not be slower than the upstream."""
-_REDIS_ERRORS: tuple[type[BaseException], ...] = (OSError, TimeoutError)
-if aioredis is not None:
-    _REDIS_ERRORS = (RedisError, OSError, TimeoutError)
 
 
 def cache_key(model: str, request: ChatRequest) -> str:
@@ -152,22 +143,28 @@ class RedisCache(ResponseCache):
     ``SET ... PX`` per request, on a client of its own."""
 
     def __init__(self, config: CacheConfig, url: str) -> None:
-        if aioredis is None:
+        # Imported here, not with the module: redis takes about 90 ms to import, which
+        # every `polyroute` command would pay without a Redis cache.
+        try:
+            import redis.asyncio as aioredis
+            from redis.exceptions import RedisError
+        except ImportError:  # pragma: no cover - depends on the install
             raise ConfigError(
                 "cache.backend redis needs the redis package: pip install 'polyroute[redis]'"
-            )
+            ) from None
         super().__init__(config)
         register_secret(urlsplit(url).password)
         self.url = redact(url)
         self._client = aioredis.Redis.from_url(
             url, socket_timeout=_TIMEOUT_S, socket_connect_timeout=_TIMEOUT_S
         )
+        self._errors: tuple[type[BaseException], ...] = (RedisError, OSError, TimeoutError)
         self._down = False
 
     async def get(self, key: str) -> bytes | None:
         try:
             value: Any = await self._client.get(self._name(key))
-        except _REDIS_ERRORS as error:
+        except self._errors as error:
             self._unavailable("get", error)
             return None
         self._down = False
@@ -177,7 +174,7 @@ class RedisCache(ResponseCache):
         ttl_ms = max(1, round(self.config.ttl_s * 1000))
         try:
             await self._client.set(self._name(key), value, px=ttl_ms)
-        except _REDIS_ERRORS as error:
+        except self._errors as error:
             self._unavailable("put", error)
             return
         self._down = False
