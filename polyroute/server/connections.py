@@ -136,6 +136,10 @@ class GuardedHandler(web.RequestHandler):
         (until then the next request's clock must not run: a 408 would land inside
         the answer still being written)."""
         self._busy = False
+        if response.status == 408:
+            # The body stopped coming: aiohttp would linger up to 10 s reading the rest
+            # of it before it closes. Nothing is coming; close once the 408 is sent.
+            self._lingering_time = 0.0
         super().log_access(request, response, time)
 
     def _await_request(self) -> None:
