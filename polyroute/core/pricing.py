@@ -51,19 +51,37 @@ class Price:
 
     def cost(self, usage: Usage) -> float:
         """USD for ``usage`` (see the module for how each count is priced)."""
+        details = usage.details
+        if not details:  # nothing cached, written or reasoned (Usage reads them from here)
+            return self.cost_of(usage.prompt_tokens, usage.completion_tokens)
+        return self.cost_of(
+            usage.prompt_tokens,
+            usage.completion_tokens,
+            usage.cache_read_tokens,
+            usage.cache_write_tokens,
+            usage.reasoning_tokens,
+        )
+
+    def cost_of(
+        self, prompt: int, completion: int, cached: int = 0, written: int = 0, reasoning: int = 0
+    ) -> float:
+        """USD for these counts, as :class:`Usage` keeps them: ``cached`` and ``written``
+        within ``prompt``, ``reasoning`` within ``completion``."""
         price = self
         for start, tier in self.tiers:
-            if usage.prompt_tokens > start:
+            if prompt > start:
                 price = tier
-        cached, written = usage.cache_read_tokens, usage.cache_write_tokens
-        reasoning = min(usage.reasoning_tokens, usage.completion_tokens)
-        total = (
-            max(usage.prompt_tokens - cached - written, 0) * price.input
-            + cached * _or(price.cache_read, price.input)
-            + written * _or(price.cache_write, price.input)
-            + (usage.completion_tokens - reasoning) * price.output
-            + reasoning * _or(price.reasoning, price.output)
-        )
+        reasoning = min(reasoning, completion)
+        # Summed in this order whatever is 0 (adding 0.0 changes no float): the same
+        # USD to the last digit as before the zero terms were skipped.
+        total = max(prompt - cached - written, 0) * price.input
+        if cached:
+            total += cached * _or(price.cache_read, price.input)
+        if written:
+            total += written * _or(price.cache_write, price.input)
+        total += (completion - reasoning) * price.output
+        if reasoning:
+            total += reasoning * _or(price.reasoning, price.output)
         return total * _PER_TOKEN
 
 
@@ -106,12 +124,12 @@ def attempt_cost(
     if usage is not None and attempt.outcome == "ok":
         return Cost(price.cost(usage), "exact")
     delivered = math.ceil(attempt.chars / CHARS_PER_OUTPUT_TOKEN)
-    prompt = usage.prompt_tokens if usage is not None and usage.prompt_tokens else 0
-    completion = usage.completion_tokens if usage is not None else 0
+    if usage is None:  # cut before its upstream counted anything
+        return Cost(price.cost_of(estimate_input(), delivered), "estimated")
     estimated = Usage(
-        prompt_tokens=prompt or estimate_input(),
-        completion_tokens=max(completion, delivered),
-        details=usage.details if usage is not None else {},
+        prompt_tokens=usage.prompt_tokens or estimate_input(),
+        completion_tokens=max(usage.completion_tokens, delivered),
+        details=usage.details,
     )
     return Cost(price.cost(estimated), "estimated")
 

@@ -566,7 +566,7 @@ class Gateway:
         """403 for a model the key may not use, 429 over its (or its team's) requests
         or tokens per minute. Tokens are counted only for a request that will use some
         (``outcome`` given): its places are ended in :meth:`_account`."""
-        if not key.allows(model, router.resolve_model(model)):
+        if key.models is not None and not key.allows(model, router.resolve_model(model)):
             message = f"key {key.name!r} may not use model {clipped(model)!r}"
             return dialect.refusal(403, message, "model_not_allowed")
         limits = key.limits()

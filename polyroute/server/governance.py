@@ -20,6 +20,7 @@ from polyroute.core.logging import get_logger
 from polyroute.core.periods import utc_now
 from polyroute.core.pricing import Cost
 from polyroute.core.redaction import register_secret
+from polyroute.router.budget import BudgetPlan
 from polyroute.router.config import GatewayConfig
 from polyroute.router.observe import RequestRecord, TokenCounts
 from polyroute.router.router import Router
@@ -93,6 +94,8 @@ class Governance:
         )
         self._budgets: dict[str, BudgetLimit] = {}
         """Scope -> limit, for the budgets requests were held to (their gauge)."""
+        self._noted: BudgetPlan | None = None
+        """The plan whose limits were noted last."""
 
     def admin_api(
         self,
@@ -161,25 +164,28 @@ class Governance:
         cost: Cost,
     ) -> None:
         """Queue a served request's row for the ledger; note its budgets for /metrics."""
-        if client is not None and client.budget is not None:
-            self._budgets.update(client.budget.limits)
+        budget = client.budget if client is not None else None
+        if budget is not None and budget is not self._noted:  # a key's plan is made once
+            self._budgets.update(budget.limits)
+            self._noted = budget
         if self.ledger is None:
             return
         spent = Spent.of(attempts)
+        key_id, team_id = (client.ledger_key, client.ledger_team) if client else (None, None)
         self.ledger.add(
             SpendRow(
-                request_id=request_id,
-                time=utc_now(),
-                key_id=client.ledger_key if client else None,
-                team_id=client.ledger_team if client else None,
-                model=model,
-                provider=provider,
-                input_tokens=spent.input_tokens,
-                cached_input_tokens=spent.cached_input_tokens,
-                output_tokens=spent.output_tokens,
-                reasoning_tokens=spent.reasoning_tokens,
-                cost_usd=cost.usd,
-                cost_status=cost.status,
+                request_id,
+                utc_now(),
+                key_id,
+                team_id,
+                model,
+                provider,
+                spent.input_tokens,
+                spent.cached_input_tokens,
+                spent.output_tokens,
+                spent.reasoning_tokens,
+                cost.usd,
+                cost.status,
             )
         )
 

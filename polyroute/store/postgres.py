@@ -314,7 +314,7 @@ class PostgresStore:
     async def append_spend(self, rows: Sequence[SpendRow]) -> int:
         if not rows:
             return 0
-        columns = list(zip(*(row.columns() for row in rows), strict=True))
+        columns = list(zip(*rows, strict=True))  # a row is its columns (SpendRow)
         async with self._transaction() as db:
             return int(await db.fetchval(_APPEND_SPEND, *columns))
 

@@ -521,7 +521,9 @@ def _prune_requests(db: sqlite3.Connection, before: str, limit: int) -> int:
 def _text(moment: datetime) -> str:
     """Fixed-width ISO text in UTC (``2025-01-31T09:00:00.000000+00:00``): it sorts as
     time does, so ranges are plain string comparisons."""
-    return moment.astimezone(UTC).isoformat(timespec="microseconds")
+    if moment.tzinfo is not UTC:  # the gateway's rows are in UTC already: kept as they are
+        moment = moment.astimezone(UTC)
+    return moment.isoformat(timespec="microseconds")
 
 
 def _time(text: str | None) -> datetime | None:
@@ -541,8 +543,7 @@ def _encode(field: str, value: Any) -> Any:
 
 
 def _spend_values(row: SpendRow) -> tuple[Any, ...]:
-    request_id, time, *rest = row.columns()
-    return (request_id, _text(time), *rest)  # times as text here (see _text)
+    return (row[0], _text(row[1]), *row[2:])  # the row is its columns; times as text here
 
 
 def _log_values(record: Mapping[str, Any]) -> list[Any]:

@@ -57,11 +57,14 @@ class BudgetLimit:
 
     usd: float
     period: Period
+    micros: int = field(init=False, repr=False, compare=False)
+    """``usd`` in micro-dollars (every reservation compares against it)."""
 
     def __post_init__(self) -> None:
         check_usd("a budget's usd", self.usd)
         if self.period not in PERIODS:
             raise ValueError(f"a budget's period is one of {PERIODS}, not {self.period!r}")
+        object.__setattr__(self, "micros", to_micros(self.usd))
 
 
 class ScopeWindow(NamedTuple):
@@ -118,6 +121,8 @@ class Reservation:
     """Held in the shared store (not decided by this process alone)."""
     is_done: bool = False
     """Settled or released already."""
+    tallies: tuple[_Tally, ...] = field(default=(), repr=False)
+    """Where this process holds it (one per window; empty: held in the shared store)."""
 
     @property
     def scopes(self) -> tuple[str, ...]:
@@ -142,6 +147,8 @@ class _Tally:
     holds: dict[str, tuple[int, float]] = field(default_factory=dict)
     """Reservation id -> (micro-dollars, deadline on the monotonic clock)."""
     next_deadline: float = math.inf
+    replaced: bool = False
+    """A new period's tally took its place: what it counts no longer matters."""
 
     def purge(self, now: float) -> None:
         """Stop counting the reservations whose deadline has passed."""
@@ -155,19 +162,22 @@ class _Tally:
 
     def left(self, limit: BudgetLimit, now: float, shared_held: int = 0) -> int:
         """Micro-dollars left under ``limit``, with ``shared_held`` held elsewhere."""
-        self.purge(now)
-        return to_micros(limit.usd) - self.seen - self.own - self.held - shared_held
+        if now >= self.next_deadline:
+            self.purge(now)
+        return limit.micros - self.seen - self.own - self.held - shared_held
 
     def room(self, limit: BudgetLimit, now: float, share: int) -> int:
         """What this process may still reserve: of what the shared store's figures leave,
         its ``share``-th part (all of it for a process alone)."""
-        self.purge(now)
-        return (to_micros(limit.usd) - self.seen) // share - self.own - self.held
+        if now >= self.next_deadline:
+            self.purge(now)
+        return (limit.micros - self.seen) // share - self.own - self.held
 
     def hold(self, rid: str, micros: int, deadline: float) -> None:
         self.holds[rid] = (micros, deadline)
         self.held += micros
-        self.next_deadline = min(self.next_deadline, deadline)
+        if deadline < self.next_deadline:
+            self.next_deadline = deadline
 
 
 class SpendLedger:
@@ -181,32 +191,51 @@ class SpendLedger:
         self.utc_now = utc_now
         self._tallies: dict[tuple[str, Period], _Tally] = {}
         """One per scope and period: a new window replaces the last one's figures."""
+        # Every request of a key asks for the same windows and tallies until a period
+        # ends: both are kept, by the identity of the limits and of the windows.
+        self._windows: dict[int, tuple[Mapping[str, BudgetLimit], _Current]] = {}
+        self._held_on: dict[int, tuple[tuple[ScopeWindow, ...], int, tuple[_Tally, ...]]] = {}
+        self._replaced = 0
+        """Tallies replaced by a new period's so far (a kept tuple of older ones is stale)."""
 
     def windows(self, limits: Mapping[str, BudgetLimit]) -> tuple[ScopeWindow, ...]:
-        return scope_windows(limits, self.utc_now())
+        """Every scope of ``limits`` in its window current now (the same tuple, asked
+        again with the same ``limits`` while those windows last)."""
+        now = self.utc_now()
+        kept = self._windows.get(id(limits))
+        if kept is not None and kept[0] is limits and kept[1].holds(now):
+            return kept[1].windows
+        windows = scope_windows(limits, now)
+        if len(self._windows) >= _KEPT:
+            self._windows.clear()  # bounded: a reload or new keys make new limits
+        self._windows[id(limits)] = (limits, _Current.of(windows, limits, now))
+        return windows
 
     def reserve(
         self, windows: tuple[ScopeWindow, ...], micros: int, ttl_s: float, rid: str, share: int = 1
     ) -> Reservation | BudgetDenied:
         """Hold ``micros`` on every window, or on none (the first without room is named)."""
         now = self.clock()
-        tallies = [self._tally(window) for window in windows]
+        tallies = self._tallies_of(windows)
+        share = max(1, share)
         for window, tally in zip(windows, tallies, strict=True):
-            if micros > tally.room(window.limit, now, max(1, share)):
+            if micros > tally.room(window.limit, now, share):
                 return BudgetDenied(window.scope, to_usd(max(0, tally.left(window.limit, now))))
         remaining = {}
+        deadline = now + ttl_s
         for window, tally in zip(windows, tallies, strict=True):
-            tally.hold(rid, micros, now + ttl_s)
+            tally.hold(rid, micros, deadline)
             remaining[window.scope] = to_usd(max(0, tally.left(window.limit, now)))
-        return Reservation(rid, windows, to_usd(micros), remaining, ttl_s)
+        return Reservation(rid, windows, to_usd(micros), remaining, ttl_s, tallies=tallies)
 
     def finish(self, reservation: Reservation, micros: int) -> None:
         """Stop holding ``reservation`` here and count ``micros`` of settled spend, in the
         windows it was reserved in (a window since replaced by a new period: nothing)."""
-        for window in reservation.windows:
-            tally = self._current(window)
-            if tally is not None:
-                held = tally.holds.pop(reservation.id, None)
+        tallies = reservation.tallies or [self._current(w) for w in reservation.windows]
+        rid = reservation.id
+        for tally in tallies:
+            if tally is not None and not tally.replaced:
+                held = tally.holds.pop(rid, None)
                 if held is not None:
                     tally.held -= held[0]
                 tally.own += micros
@@ -242,5 +271,43 @@ class SpendLedger:
         key = (window.scope, window.limit.period)
         tally = self._tallies.get(key)
         if tally is None or tally.window < window.window:
+            if tally is not None:
+                tally.replaced = True
+                self._replaced += 1
             tally = self._tallies[key] = _Tally(window.window)
         return tally
+
+    def _tallies_of(self, windows: tuple[ScopeWindow, ...]) -> tuple[_Tally, ...]:
+        """The tally of each window (made when missing)."""
+        kept = self._held_on.get(id(windows))
+        if kept is not None and kept[0] is windows and kept[1] == self._replaced:
+            return kept[2]
+        tallies = tuple(self._tally(window) for window in windows)
+        if len(self._held_on) >= _KEPT:
+            self._held_on.clear()
+        self._held_on[id(windows)] = (windows, self._replaced, tallies)
+        return tallies
+
+
+_KEPT = 1024
+"""Limits and windows kept at most (each budgeted key's, until a period ends)."""
+
+
+class _Current(NamedTuple):
+    """Windows as they were made, and the span of time in which they are all current."""
+
+    windows: tuple[ScopeWindow, ...]
+    since: datetime
+    until: datetime | None
+
+    @classmethod
+    def of(
+        cls, windows: tuple[ScopeWindow, ...], limits: Mapping[str, BudgetLimit], now: datetime
+    ) -> _Current:
+        starts = [period_window(limit.period, now).starts_at for limit in limits.values()]
+        since = max(starts, default=now)
+        ends = [window.ends_at for window in windows if window.ends_at is not None]
+        return cls(windows, since, min(ends, default=None))
+
+    def holds(self, now: datetime) -> bool:
+        return self.since <= now and (self.until is None or now < self.until)
