@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import urllib.request
 from contextlib import ExitStack
 from typing import Any
@@ -37,15 +36,14 @@ from typing import Any
 from benchmarks.__main__ import machine, upstream
 from benchmarks.gateway import (
     PEERS,
-    WIRES,
     Target,
     cell,
     focused_main,
+    focused_runs,
     free_port,
-    measure,
-    median,
     median_ratio,
-    started,
+    medians,
+    serve_polyroute,
 )
 from tests.redis_server import RedisServer
 
@@ -76,7 +74,6 @@ def served(name: str, base: str, core: int, redis_url: str | None, stack: ExitSt
     """polyroute serve (``governed-*``: a store with a key in a team, both with budgets
     and created through the admin API, and a priced entry)."""
     port = free_port()
-    root = f"http://127.0.0.1:{port}"
     entry: dict[str, Any] = {
         "name": WORKLOAD,
         "type": "openai",
@@ -84,7 +81,6 @@ def served(name: str, base: str, core: int, redis_url: str | None, stack: ExitSt
         "models": [WORKLOAD],
     }
     config: dict[str, Any] = {"providers": [entry]}
-    headers: dict[str, dict[str, str]] = {}
     if name.startswith("governed"):
         entry["price"] = {"input": 2.5, "output": 10.0}
         config["gateway"] = {"admin_key_env": "BENCH_ADMIN_KEY"}
@@ -92,24 +88,19 @@ def served(name: str, base: str, core: int, redis_url: str | None, stack: ExitSt
         config["logs"] = {"enabled": False}  # the request log is issue 26's benchmark
     if redis_url is not None:
         config["state"] = {"backend": "redis", "url": redis_url}
-    path = PEERS / f"polyroute-{name}-{port}.json"
-    path.write_text(json.dumps(config))
-    command = [sys.executable, "-m", "polyroute", "serve", "-c", str(path)]
-    command += ["--port", str(port), "--workers", "1"]
-    ready = f"{root}/healthz"
     env = {"BENCH_ADMIN_KEY": ADMIN_KEY}
-    process = stack.enter_context(started(command, ready, {core}, env=env))
+    target = serve_polyroute(name, config, WORKLOAD, core, stack, port=port, env=env)
     if name.startswith("governed"):
+        root = f"http://127.0.0.1:{port}"
         admin_post(root, "/admin/teams", {"name": "bench", "budget": BUDGET})
         key = admin_post(root, "/admin/keys", {"name": "bench", "team": "bench", "budget": BUDGET})
-        headers = {WORKLOAD: {"Authorization": f"Bearer {key['key']}"}}
-    return Target(name, {WORKLOAD: root + WIRES["chat"].path}, headers, process.pid, str(core))
+        target.headers = {WORKLOAD: {"Authorization": f"Bearer {key['key']}"}}
+    return target
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     available = sorted(os.sched_getaffinity(0))
     shared, own = available[0], available[-1]  # upstream + client + redis | the gateway
-    results: dict[tuple[str, int], list[dict[str, Any]]] = {}
     PEERS.mkdir(exist_ok=True)
     redis = RedisServer().start()
     try:
@@ -119,20 +110,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 served(name, base, own, redis.url if name.endswith("redis") else None, stack)
                 for name in ROWS
             ]
-            for repeat in range(args.repeats):
-                for concurrency in args.concurrency:
-                    shift = repeat % len(targets)
-                    for target in targets[shift:] + targets[:shift]:
-                        outcome = measure(target, WORKLOAD, concurrency, args.seconds, shared)
-                        if outcome["errors"] or not outcome["streams"]:
-                            raise SystemExit(f"{target.name}: {outcome['errors']} errors")
-                        results.setdefault((target.name, concurrency), []).append(outcome)
-                        print(
-                            f"  c={concurrency} {target.name} repeat {repeat + 1}: "
-                            f"{outcome['streams_per_s']:.0f} streams/s",
-                            file=sys.stderr,
-                            flush=True,
-                        )
+            results = focused_runs(targets, args, WORKLOAD, shared)
             cores = {target.name: target.cores for target in targets}
     finally:
         redis.close()
@@ -146,9 +124,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "gateway": name,
                 "cores": cores[name],
                 "concurrency": concurrency,
-                "streams_per_s": median(runs, "streams_per_s"),
-                "ttft_p50_ms": median(runs, "ttft_p50_ms"),
-                "cpu_ms_per_stream": median(runs, "cpu_ms_per_stream"),
+                **medians(runs, ("streams_per_s", "ttft_p50_ms", "cpu_ms_per_stream")),
                 "vs_plain_streams": median_ratio(runs, plain, "streams_per_s"),
                 "vs_plain_cpu": median_ratio(runs, plain, "cpu_ms_per_stream"),
                 "runs": runs,

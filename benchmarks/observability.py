@@ -50,13 +50,14 @@ from typing import Any
 from benchmarks.__main__ import machine, upstream
 from benchmarks.gateway import (
     PEERS,
-    WIRES,
     Target,
     cell,
+    focused_runs,
     free_port,
     measure,
-    median,
     median_ratio,
+    medians,
+    serve_polyroute,
     started,
 )
 
@@ -96,7 +97,6 @@ def served(name: str, base: str, core: int, collector: str, stack: ExitStack) ->
     """polyroute serve; ``observed`` with a SQLite store (the request log on) and
     tracing every request to ``collector``."""
     port = free_port()
-    root = f"http://127.0.0.1:{port}"
     entry = {"name": WORKLOAD, "type": "openai", "base_url": f"{base}/v1", "models": [WORKLOAD]}
     keys = [{"name": "bench", "key_env": "BENCH_KEY"}]
     config: dict[str, Any] = {"providers": [entry], "gateway": {"keys": keys}}
@@ -109,13 +109,10 @@ def served(name: str, base: str, core: int, collector: str, stack: ExitStack) ->
             "service_name": f"bench-{name}",
             "sample_ratio": 1.0,
         }
-    path = PEERS / f"polyroute-{name}-{port}.json"
-    path.write_text(json.dumps(config))
-    command = [sys.executable, "-m", "polyroute", "serve", "-c", str(path)]
-    command += ["--port", str(port), "--workers", "1"]
-    process = stack.enter_context(started(command, f"{root}/healthz", {core}, {"BENCH_KEY": KEY}))
-    headers = {WORKLOAD: {"Authorization": f"Bearer {KEY}"}}
-    return Target(name, {WORKLOAD: root + WIRES["chat"].path}, headers, process.pid, str(core))
+    env = {"BENCH_KEY": KEY}
+    target = serve_polyroute(name, config, WORKLOAD, core, stack, port=port, env=env)
+    target.headers = {WORKLOAD: {"Authorization": f"Bearer {KEY}"}}
+    return target
 
 
 def database(port: int) -> Path:
@@ -188,27 +185,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     available = sorted(os.sched_getaffinity(0))
     shared, own = available[0], available[-1]  # upstream + client + receiver | the gateway
     os.sched_setaffinity(0, {shared})  # this process (the lag's reader) beside the client
-    results: dict[tuple[str, int], list[dict[str, Any]]] = {}
     PEERS.mkdir(exist_ok=True)
     with ExitStack() as outer:
         base = outer.enter_context(upstream(64, 0.0, shared))
         collector = outer.enter_context(receiver(shared))
         with ExitStack() as stack:
             targets = [served(name, base, own, collector, stack) for name in args.rows]
-            for repeat in range(args.repeats):
-                for concurrency in args.concurrency:
-                    shift = repeat % len(targets)
-                    for target in targets[shift:] + targets[:shift]:
-                        outcome = measure(target, WORKLOAD, concurrency, args.seconds, shared)
-                        if outcome["errors"] or not outcome["streams"]:
-                            raise SystemExit(f"{target.name}: {outcome['errors']} errors")
-                        results.setdefault((target.name, concurrency), []).append(outcome)
-                        print(
-                            f"  c={concurrency} {target.name} repeat {repeat + 1}: "
-                            f"{outcome['streams_per_s']:.0f} streams/s",
-                            file=sys.stderr,
-                            flush=True,
-                        )
+            results = focused_runs(targets, args, WORKLOAD, shared)
             observed = targets[args.rows.index("observed")]
             lag = lag_run(observed, max(args.concurrency), args.seconds, shared)
             port = int(observed.urls[WORKLOAD].split(":")[2].split("/")[0])
@@ -225,9 +208,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             {
                 "gateway": name,
                 "concurrency": concurrency,
-                "streams_per_s": median(runs, "streams_per_s"),
-                "ttft_p50_ms": median(runs, "ttft_p50_ms"),
-                "cpu_ms_per_stream": median(runs, "cpu_ms_per_stream"),
+                **medians(runs, ("streams_per_s", "ttft_p50_ms", "cpu_ms_per_stream")),
                 "vs_plain_streams": median_ratio(runs, plain, "streams_per_s"),
                 "vs_plain_cpu": median_ratio(runs, plain, "cpu_ms_per_stream"),
                 "vs_stored_streams": median_ratio(runs, stored, "streams_per_s"),
