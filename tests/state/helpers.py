@@ -8,7 +8,16 @@ from collections.abc import Callable
 from typing import Any
 
 from polyroute.router.config import Limits, RetryBudget, StateConfig
-from polyroute.router.state import RoutingState, build_state
+from polyroute.router.health import InMemoryHealth
+from polyroute.router.state import MemoryState, RoutingState, build_state
+from polyroute.router.stats import StatsBook
+from tests.clock import Clock
+
+
+def memory(clock: Clock, **bounds: int) -> MemoryState:
+    """A state in this process on ``clock`` (``bounds``: its records' limits)."""
+    health = InMemoryHealth(failures=2, seconds=30, clock=clock)
+    return MemoryState(health, StatsBook(), limits={}, budget=None, clock=clock, **bounds)
 
 
 def make_state(

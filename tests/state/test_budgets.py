@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -86,13 +86,6 @@ async def make(request: pytest.FixtureRequest) -> AsyncIterator[Make]:
     yield build
     for state in made:
         await state.aclose()
-
-
-@pytest.fixture
-def own_redis() -> Iterator[RedisServer]:
-    server = RedisServer()
-    yield server
-    server.close()
 
 
 async def reserved(state: RoutingState, scopes: Any, usd: float, ttl_s: float = 60) -> Reservation:

@@ -4,9 +4,8 @@ knows, one ``state.degraded`` event, then ``state.restored`` once Redis is back.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
-import pytest
 from structlog.testing import capture_logs
 
 from polyroute import Router
@@ -17,13 +16,6 @@ from tests.state.helpers import make_state, until
 from tests.upstreams.darkai import DarkAIUpstream
 
 Start = Callable[[], Awaitable[DarkAIUpstream]]
-
-
-@pytest.fixture
-def own_redis() -> AsyncIterator[RedisServer]:
-    server = RedisServer()
-    yield server
-    server.close()
 
 
 def _events(logs: list[dict[str, object]], *names: str) -> list[str]:

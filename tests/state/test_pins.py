@@ -4,45 +4,11 @@ in this process alone while Redis is down."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
-from typing import Any, cast
+from typing import Any
 
-import pytest
-
-from polyroute.router.health import InMemoryHealth
-from polyroute.router.state import MemoryState, RoutingState
-from polyroute.router.state.redis import RedisState
-from polyroute.router.stats import StatsBook
 from tests.clock import Clock
 from tests.redis_server import RedisServer
-from tests.state.helpers import make_state, until
-
-
-def memory(clock: Clock) -> MemoryState:
-    health = InMemoryHealth(failures=2, seconds=30, clock=clock)
-    return MemoryState(health, StatsBook(), limits={}, budget=None, clock=clock)
-
-
-@pytest.fixture
-async def redis_states(redis_url: str) -> AsyncIterator[Any]:
-    made: list[RoutingState] = []
-
-    async def build(url: str = redis_url, **keys: Any) -> RedisState:
-        state = make_state("redis", url, **keys)
-        await state.start()
-        made.append(state)
-        return cast(RedisState, state)
-
-    yield build
-    for state in made:
-        await state.aclose()
-
-
-@pytest.fixture
-def own_redis() -> Iterator[RedisServer]:
-    server = RedisServer()
-    yield server
-    server.close()
+from tests.state.helpers import memory, until
 
 
 async def test_a_memory_pin_lasts_while_it_is_used_and_goes_after_ttl_idle() -> None:
