@@ -62,7 +62,16 @@ def upstream(chunks: int, delay_ms: float, cpu: int | None) -> Iterator[str]:
     ]
     if cpu is not None:
         command += ["--cpu", str(cpu)]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    with announced(command) as url:
+        yield url
+
+
+@contextmanager
+def announced(command: list[str], core: int | None = None) -> Iterator[str]:
+    """A server process (on ``core``, if given) that prints ``ready PORT`` once it
+    listens: its base URL, until the block ends and it is stopped."""
+    pin = (lambda: os.sched_setaffinity(0, {core})) if core is not None else None
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, preexec_fn=pin)
     try:
         assert process.stdout is not None
         ready = process.stdout.readline().split()

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from benchmarks.__main__ import machine
+from benchmarks.__main__ import announced, machine
 from benchmarks.gateway import (
     PEERS,
     WIRES,
@@ -79,21 +79,8 @@ def served(row: str, base: str, core: int, stack: ExitStack) -> tuple[str, int]:
 def lean_upstream(core: int) -> Iterator[str]:
     """The paced upstream (benchmarks.lean) on ``core``: its base URL."""
     command = [sys.executable, "-m", "benchmarks.lean", "--upstream", str(CHUNKS), str(DELAY_MS)]
-    process = subprocess.Popen(
-        command,
-        stdout=subprocess.PIPE,
-        text=True,
-        preexec_fn=lambda: os.sched_setaffinity(0, {core}),
-    )
-    try:
-        assert process.stdout is not None
-        ready = process.stdout.readline().split()
-        if ready[:1] != ["ready"]:
-            raise RuntimeError(f"the upstream did not start: {ready}")
-        yield f"http://127.0.0.1:{ready[1]}"
-    finally:
-        process.terminate()
-        process.wait(10)
+    with announced(command, core) as url:
+        yield url
 
 
 def measure(url: str, pid: int, concurrency: int, seconds: float, core: int) -> dict[str, Any]:
