@@ -53,12 +53,7 @@ class LocalServer:
         self._runner = web.AppRunner(
             app, handler_cancellation=True, shutdown_timeout=0.5, access_log=None
         )
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        server = site._server
-        assert server is not None
-        self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.port = await listen(self._runner)
         return self
 
     async def stop(self) -> None:
@@ -88,3 +83,13 @@ class LocalServer:
 async def wait_closed(record: RecordedRequest, within: float = 5.0) -> None:
     """Wait until the upstream saw ``record``'s exchange end (bounded, never a sleep)."""
     await asyncio.wait_for(record.closed.wait(), within)
+
+
+async def listen(runner: web.AppRunner, port: int = 0) -> int:
+    """Set ``runner`` up on 127.0.0.1:``port`` (0: a free one); the port it listens on."""
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", port)
+    await site.start()
+    server = site._server
+    assert server is not None
+    return int(server.sockets[0].getsockname()[1])  # type: ignore[attr-defined]
