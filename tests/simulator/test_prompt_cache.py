@@ -5,10 +5,8 @@ sooner on a hit; and the Anthropic wire format it speaks for that."""
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
-import pytest
 from anthropic.types import RawMessageStreamEvent
 from pydantic import TypeAdapter
 
@@ -34,14 +32,6 @@ def turns(n: int) -> list[dict[str, str]]:
             {"role": "user", "content": f"More {k}?"},
         ]
     return messages
-
-
-@pytest.fixture
-async def started() -> AsyncIterator[list[SimulatorServer]]:
-    servers: list[SimulatorServer] = []
-    yield servers
-    for server in servers:
-        await server.stop()
 
 
 async def start(

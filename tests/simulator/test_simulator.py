@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 
 import pytest
 from openai.types.chat import ChatCompletionChunk
@@ -28,14 +27,6 @@ from polyroute.simulator.server import SimulatorServer
 from polyroute.simulator.text import answer_words, simulated_words, words_already_given
 
 HI = [{"role": "user", "content": "Hi"}]
-
-
-@pytest.fixture
-async def started() -> AsyncIterator[list[SimulatorServer]]:
-    servers: list[SimulatorServer] = []
-    yield servers
-    for server in servers:
-        await server.stop()
 
 
 async def start(servers: list[SimulatorServer], **profile: object) -> SimulatorServer:
