@@ -445,8 +445,15 @@ def percentile_ms(seconds: list[float], q: float) -> float | None:
 
 
 def measure(
-    target: Target, workload: str, concurrency: int, seconds: float, core: int
+    target: Target,
+    workload: str,
+    concurrency: int,
+    seconds: float,
+    core: int,
+    window: tuple[Callable[[], None], Callable[[], None]] | None = None,
 ) -> dict[str, Any]:
+    """One load client's run against ``target``; ``window``: called as the measured
+    window opens and as it closes (after the warm-up, before the last streams end)."""
     command = [sys.executable, "-m", "benchmarks.gateway", "--load", target.urls[workload]]
     command += [
         json.dumps(target.headers.get(workload, {})),
@@ -466,9 +473,13 @@ def measure(
     if client.stdout.readline().strip() != "measure":
         raise RuntimeError(f"{target.name}: the load client failed")
     cpu_before = cpu_seconds(pids)
+    if window:
+        window[0]()
     if client.stdout.readline().strip() != "end":
         raise RuntimeError(f"{target.name}: the load client failed")
     cpu = cpu_seconds(pids) - cpu_before
+    if window:
+        window[1]()
     result: dict[str, Any] = json.loads(client.stdout.readline())
     client.wait(30)
     streams = max(result["streams"], 1)

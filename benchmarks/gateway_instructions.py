@@ -2,10 +2,12 @@
 counted by valgrind's callgrind, for figures that a shared machine's noise cannot move.
 
 Each row runs under ``valgrind --tool=callgrind`` with collection off, takes a warm-up
-of gateway.py's load client, then counts every instruction its process executes while
-the client streams gateway.py's "saturated" answer (``--chunks``, 64 by default, at
-once) for ``seconds``
-at concurrency ``conc``; the count divided by the streams started in that window. At
+of gateway.py's load client, then counts every instruction its process executes in the
+load client's measured window, while it streams gateway.py's "saturated" answer
+(``--chunks``, 64 by default, at once) for ``seconds`` at concurrency ``conc``; less
+what the process executes in an idle window as long (timers, a store's polls, writers'
+flushes: work by the second, not by the stream, and under valgrind's slowness a large
+share of a window), divided by the streams started in that window. At
 concurrency 1 only one stream is ever in flight at the window's edges, so the figure is
 the cost of one stream to within a stream (benchmarks/instructions.py counts the
 library's routed streams in-process the same way); at higher concurrency the work of streams in
@@ -15,6 +17,8 @@ flight at the edges is counted too (the window should hold many more). Rows:
   polyroute     polyroute serve (chat completions) from this tree
   TREE          polyroute serve from another checkout (``--tree NAME=PATH``), such as
                 a ``git worktree`` of an earlier commit, to measure a change
+  governed      (``--governed``) this tree's gateway with keys, budgets and cost on, as
+                benchmarks/governance.py's governed-memory row
 
   python -m benchmarks.gateway_instructions                # about 2 minutes
   python -m benchmarks.gateway_instructions --tree before=/tmp/old --conc 50
@@ -28,7 +32,6 @@ says how much more work one does per stream, and the same code measures the same
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import os
 import subprocess
@@ -38,6 +41,7 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 
+from benchmarks import governance
 from benchmarks.__main__ import upstream
 from benchmarks.gateway import WIRES, Target, free_port, measure, wait_until_ready
 
@@ -47,18 +51,20 @@ ROOT = Path(__file__).resolve().parent.parent
 def instructions_per_stream(
     name: str, tree: Path | None, base: str, conc: int, seconds: float, scratch: Path
 ) -> dict[str, float | str]:
-    """Run row ``name`` (``tree``: polyroute's checkout; ``None``: the floor proxy)
+    """Run row ``name`` (``tree``: polyroute's checkout; ``None``: the floor proxy; a
+    name starting ``governed``: benchmarks/governance.py's governed-memory gateway)
     under callgrind and count its instructions per stream."""
     port = free_port()
     root = f"http://127.0.0.1:{port}"
+    env = None
     if tree is None:
         command = [sys.executable, "-m", "benchmarks.floor_proxy", json.dumps({"saturated": base})]
         command.append(str(port))
         url, cwd = f"{root}/saturated/v1/chat/completions", ROOT
     else:
         config = scratch / f"{name}.json"
-        entry = {"name": "saturated", "type": "openai", "base_url": f"{base}/v1"}
-        config.write_text(json.dumps({"providers": [{**entry, "models": ["saturated"]}]}))
+        config.write_text(json.dumps(governance.governed_config(name, base, port)))
+        env = {**os.environ, **governance.ADMIN_ENV}
         command = [sys.executable, "-m", "polyroute", "serve", "-c", str(config)]
         command += ["--port", str(port)]
         url, cwd = root + WIRES["chat"].path, tree  # the checkout's own package first
@@ -67,41 +73,61 @@ def instructions_per_stream(
     process = subprocess.Popen(
         [*valgrind, f"--callgrind-out-file={out}", *command],
         cwd=cwd,
+        env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         preexec_fn=lambda: os.sched_setaffinity(0, {1}),
     )
     try:
         wait_until_ready(f"{root}/healthz", process, seconds=300)
-        target = Target(name, {"saturated": url}, {}, process.pid, "1")
+        headers = governance.admit(root) if name.startswith("governed") else {}
+        target = Target(name, {"saturated": url}, headers, process.pid, "1")
         measure(target, "saturated", conc, 3, 0)  # warm-up: imports, pools, caches
         control = ["callgrind_control"]
-        subprocess.run([*control, "-i", "on", str(process.pid)], check=True, capture_output=True)
-        outcome = measure(target, "saturated", conc, seconds, 0)
-        subprocess.run([*control, "-i", "off", str(process.pid)], check=True, capture_output=True)
-        subprocess.run([*control, "-d", str(process.pid)], check=True, capture_output=True)
-        total = _counted(out)
+
+        def instrument(on: bool) -> None:
+            switch = [*control, "-i", "on" if on else "off", str(process.pid)]
+            subprocess.run(switch, check=True, capture_output=True)
+
+        window = (lambda: instrument(True), lambda: instrument(False))
+        outcome = measure(target, "saturated", conc, seconds, 0, window)
+        loaded = _dumped(out, process.pid, 1)
+        # What the gateway does with no request at all (timers, a store's polls, its
+        # writers' flushes) is not a stream's work: counted over an idle window of the
+        # same length and taken off.
+        instrument(True)
+        time.sleep(seconds)
+        instrument(False)
+        idle = _dumped(out, process.pid, 2)
     finally:
         process.terminate()
         process.wait(120)
     streams = max(outcome["streams"], 1)
-    return {"row": name, "streams": streams, "instructions_per_stream": total / streams}
+    return {
+        "row": name,
+        "streams": streams,
+        "instructions_per_stream": (loaded - idle) / streams,
+        "idle_instructions_per_s": idle / seconds,
+    }
 
 
-def _counted(out: Path) -> int:
-    """The instructions in callgrind's dumps of ``out`` (it writes them as it is told)."""
+def _dumped(out: Path, pid: int, part: int) -> int:
+    """Have callgrind dump what it counted since its last dump (``part`` of ``out``),
+    and return that count."""
+    subprocess.run(["callgrind_control", "-d", str(pid)], check=True, capture_output=True)
+    dump = Path(f"{out}.{part}")
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        totals = [
-            int(line.split()[1])
-            for dump in glob.glob(f"{out}*")
-            for line in Path(dump).read_text().splitlines()
-            if line.startswith(("summary:", "totals:"))
-        ]
-        if totals:
-            return max(totals)
+        if dump.exists():
+            totals = [
+                int(line.split()[1])
+                for line in dump.read_text().splitlines()
+                if line.startswith(("summary:", "totals:"))
+            ]
+            if totals:
+                return max(totals)
         time.sleep(0.2)  # the dump is written by the process, after callgrind_control returns
-    raise RuntimeError(f"callgrind wrote no totals to {out}")
+    raise RuntimeError(f"callgrind wrote no totals to {dump}")
 
 
 def main() -> None:
@@ -111,11 +137,16 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--tree", action="append", default=[], metavar="NAME=PATH")
     parser.add_argument(
+        "--governed", action="store_true", help="add this tree's governed-memory gateway"
+    )
+    parser.add_argument(
         "--out", type=Path, default=Path("benchmarks/gateway-instructions-results.json")
     )
     args = parser.parse_args()
     rows: list[tuple[str, Path | None]] = [("floor-proxy", None), ("polyroute", ROOT)]
     rows += [(name, Path(path)) for name, _, path in (t.partition("=") for t in args.tree)]
+    if args.governed:
+        rows.append(("governed", ROOT))
     results = []
     with ExitStack() as stack, tempfile.TemporaryDirectory() as scratch:
         base = stack.enter_context(upstream(args.chunks, 0.0, 0))
@@ -125,10 +156,14 @@ def main() -> None:
             )
     floor = float(results[0]["instructions_per_stream"])
     print(f"concurrency {args.conc}, {args.chunks} chunks an answer, {args.seconds:g} s a row")
-    print(f"{'row':14} {'streams':>8} {'M instructions/stream':>22} {'vs floor':>9}")
+    header = f"{'row':14} {'streams':>8} {'M instructions/stream':>22} {'vs floor':>9}"
+    print(f"{header} {'idle M/s':>9}")
     for row in results:
-        per = float(row["instructions_per_stream"])
-        print(f"{row['row']:14} {row['streams']:>8} {per / 1e6:>22.3f} {per / floor:>8.2f}x")
+        per, idle = float(row["instructions_per_stream"]), float(row["idle_instructions_per_s"])
+        print(
+            f"{row['row']:14} {row['streams']:>8} {per / 1e6:>22.3f} {per / floor:>8.2f}x"
+            f" {idle / 1e6:>9.2f}"
+        )
     settings = {"conc": args.conc, "chunks": args.chunks, "seconds": args.seconds}
     args.out.write_text(json.dumps({"settings": settings, "rows": results}, indent=2))
     print(f"\nwrote {args.out}")

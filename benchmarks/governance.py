@@ -70,10 +70,9 @@ def admin_post(root: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
     return created
 
 
-def served(name: str, base: str, core: int, redis_url: str | None, stack: ExitStack) -> Target:
-    """polyroute serve (``governed-*``: a store with a key in a team, both with budgets
-    and created through the admin API, and a priced entry)."""
-    port = free_port()
+def governed_config(name: str, base: str, port: int) -> dict[str, Any]:
+    """Row ``name``'s config for a gateway on ``port`` (``governed-*``: a store, the admin
+    API and a priced entry; the key and team come from :func:`admit` once it runs)."""
     entry: dict[str, Any] = {
         "name": WORKLOAD,
         "type": "openai",
@@ -86,15 +85,31 @@ def served(name: str, base: str, core: int, redis_url: str | None, stack: ExitSt
         config["gateway"] = {"admin_key_env": "BENCH_ADMIN_KEY"}
         config["store"] = {"backend": "sqlite", "path": str(PEERS / f"store-{name}-{port}.db")}
         config["logs"] = {"enabled": False}  # the request log is issue 26's benchmark
+    return config
+
+
+ADMIN_ENV = {"BENCH_ADMIN_KEY": ADMIN_KEY}
+"""The environment a governed gateway reads its admin key from."""
+
+
+def admit(root: str) -> dict[str, dict[str, str]]:
+    """A team and a key in it, both with budgets, made through the admin API of the
+    gateway at ``root``: the headers its requests send."""
+    admin_post(root, "/admin/teams", {"name": "bench", "budget": BUDGET})
+    key = admin_post(root, "/admin/keys", {"name": "bench", "team": "bench", "budget": BUDGET})
+    return {WORKLOAD: {"Authorization": f"Bearer {key['key']}"}}
+
+
+def served(name: str, base: str, core: int, redis_url: str | None, stack: ExitStack) -> Target:
+    """polyroute serve (``governed-*``: a store with a key in a team, both with budgets
+    and created through the admin API, and a priced entry)."""
+    port = free_port()
+    config = governed_config(name, base, port)
     if redis_url is not None:
         config["state"] = {"backend": "redis", "url": redis_url}
-    env = {"BENCH_ADMIN_KEY": ADMIN_KEY}
-    target = serve_polyroute(name, config, WORKLOAD, core, stack, port=port, env=env)
+    target = serve_polyroute(name, config, WORKLOAD, core, stack, port=port, env=ADMIN_ENV)
     if name.startswith("governed"):
-        root = f"http://127.0.0.1:{port}"
-        admin_post(root, "/admin/teams", {"name": "bench", "budget": BUDGET})
-        key = admin_post(root, "/admin/keys", {"name": "bench", "team": "bench", "budget": BUDGET})
-        target.headers = {WORKLOAD: {"Authorization": f"Bearer {key['key']}"}}
+        target.headers = admit(f"http://127.0.0.1:{port}")
     return target
 
 

@@ -166,7 +166,8 @@ class _SpendColumns(NamedTuple):
 
 
 class SpendRow(_SpendColumns):
-    """One request's usage and cost, as the ledger records it (once per ``request_id``).
+    """One request's usage and cost, as the ledger records it (once per ``time`` and
+    ``request_id``: a batch written twice counts once).
 
     ``cost_usd`` is ``None`` when the model has no price (``cost_status="unpriced"``).
     Raises :class:`InvalidValueError` for a naive ``time`` or an unknown status: the
@@ -350,8 +351,9 @@ class Store(Protocol):
         ...
 
     async def append_spend(self, rows: Sequence[SpendRow]) -> int:
-        """Record rows in one transaction; a ``request_id`` already recorded is skipped
-        (a batch sent again counts once). How many rows were new."""
+        """Record rows in one transaction; a row already recorded (the same ``time`` and
+        ``request_id``) is skipped (a batch sent again counts once). How many rows were
+        new."""
         ...
 
     async def spend(

@@ -1,6 +1,6 @@
 """The spend ledger's writer: the request path hands it rows, the background batch
 writer (polyroute.store.writer) writes them to the store. A batch sent twice counts
-once: the store skips request ids it has."""
+once: the store skips the rows it has (by time and request id)."""
 
 from __future__ import annotations
 

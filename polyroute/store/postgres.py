@@ -74,7 +74,7 @@ WITH added AS (
     SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::text[], $4::text[], $5::text[],
         $6::text[], $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[], $11::float8[],
         $12::text[])
-    ON CONFLICT (request_id) DO NOTHING
+    ON CONFLICT (time, request_id) DO NOTHING
     RETURNING 1)
 SELECT count(*) FROM added"""
 # The request log's batch likewise; the JSON columns travel as text, cast on the way in.

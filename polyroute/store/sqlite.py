@@ -497,7 +497,7 @@ def _append_spend(db: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> int:
     with _transaction(db):
         db.executemany(
             f"INSERT INTO spend ({_SPEND_COLUMNS}) VALUES ({', '.join('?' * 12)})"
-            " ON CONFLICT (request_id) DO NOTHING",
+            " ON CONFLICT (time, request_id) DO NOTHING",
             rows,
         )
     return db.total_changes - before

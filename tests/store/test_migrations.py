@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 
 import pytest
 
@@ -49,6 +50,32 @@ async def test_a_database_of_an_older_version_is_brought_up_to_date(database: Da
     rows = await database.query("SELECT version, description FROM schema_version")
     assert rows[0] == (1, "by an older polyroute")
     assert [version for version, _ in rows] == list(ALL)
+
+
+async def test_the_ledger_keeps_its_rows_when_keyed_by_time(database: Database) -> None:
+    dialect: Dialect = "sqlite" if database.backend == "sqlite" else "postgres"
+    before = [migration for migration in MIGRATIONS if migration.version < 4]
+    await database.execute(
+        SCHEMA_VERSION_TABLE[dialect],
+        *(statement for migration in before for statement in migration.statements(dialect)),
+        *(
+            "INSERT INTO schema_version (version, description, applied_at)"
+            f" VALUES ({m.version}, 'older', '2025-01-01T00:00:00.000000+00:00')"
+            for m in before
+        ),
+        "INSERT INTO spend VALUES ('r1', '2025-03-10T12:00:00.000000+00:00', 'k1', 't1',"
+        " 'gpt-test', 'openai', 100, 10, 20, 5, 0.25, 'exact')",
+    )
+    store = database.store()
+    await store.start()
+    try:
+        assert store.migrations_applied == ALL[3:]  # type: ignore[attr-defined]
+        assert [(g.group, g.requests, g.cost_usd) for g in await store.spend("key")] == [
+            ("k1", 1, 0.25)
+        ]
+        assert await store.spent("key", "k1", datetime(2025, 3, 10, tzinfo=UTC)) == 0.25
+    finally:
+        await store.aclose()
 
 
 async def test_a_database_of_a_newer_polyroute_is_refused(database: Database) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from polyroute.store import SqliteStore, Store, StoreError, StoreUnavailableError
+from polyroute.store.migrations import MIGRATIONS
 from polyroute.store.postgres import PostgresStore
 from tests.server.helpers import free_port
 from tests.store.conftest import Database, spend_row
@@ -37,7 +38,7 @@ async def test_a_sqlite_store_that_could_not_open_its_file_opens_it_later(tmp_pa
             await store.start()
         path.parent.mkdir()
         assert await store.append_spend([spend_row("r1")]) == 1  # opened and migrated now
-        assert store.migrations_applied == (1, 2, 3)
+        assert store.migrations_applied == tuple(m.version for m in MIGRATIONS)
     finally:
         await store.aclose()
 
@@ -49,7 +50,7 @@ async def test_a_store_that_could_not_start_starts_on_its_next_call(database: Da
             with pytest.raises(StoreUnavailableError):
                 await store.start()
         assert await store.append_spend([spend_row("r1")]) == 1  # connected and migrated
-        assert store.migrations_applied == (1, 2, 3)  # type: ignore[attr-defined]
+        assert store.migrations_applied == tuple(m.version for m in MIGRATIONS)  # type: ignore[attr-defined]
     finally:
         await store.aclose()
 

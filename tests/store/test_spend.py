@@ -19,15 +19,17 @@ from tests.store.conftest import Database, spend_row
 MONDAY = datetime(2025, 3, 10, 12, 0, tzinfo=UTC)
 
 
-async def test_a_request_id_is_recorded_once_however_often_it_is_sent(store: Store) -> None:
+async def test_a_row_is_recorded_once_however_often_it_is_sent(store: Store) -> None:
     batch = [spend_row("r1"), spend_row("r2")]
     assert await store.append_spend(batch) == 2
     assert await store.append_spend(batch) == 0  # the batch again: its answer was lost
     assert await store.append_spend([spend_row("r2"), spend_row("r3")]) == 1
     assert await store.append_spend([spend_row("r4"), spend_row("r4")]) == 1
     assert await store.append_spend([]) == 0
+    # A row is its time and id: the id again at another time is another request.
+    assert await store.append_spend([spend_row("r1", time=MONDAY + timedelta(seconds=1))]) == 1
     (total,) = await store.spend("key")
-    assert total == SpendGroup("k1", requests=4, input_tokens=400, output_tokens=80, cost_usd=1.0)
+    assert total == SpendGroup("k1", requests=5, input_tokens=500, output_tokens=100, cost_usd=1.25)
 
 
 async def test_a_batch_is_one_transaction(database: Database, store: Store) -> None:
