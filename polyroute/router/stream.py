@@ -244,6 +244,7 @@ class RouterStream:
         self._cached_usage: Usage | None = None
         self._budget = budget
         self._costs: list[Cost | None] | None = None
+        self._cost: Cost | None = None
         self._prompt_tokens: int | None = None
         self.budget_remaining_usd: float | None = None
         """With ``budget=``: what is left on the tightest budget once this request's
@@ -303,7 +304,12 @@ class RouterStream:
     def cost(self) -> Cost:
         """What the answer cost: the sum of its attempts' costs, each at its own
         entry's price (docs/governance.md); a replayed answer costs nothing."""
-        return Cost.of_attempts(cost for cost in self.attempt_costs() if cost is not None)
+        if self._cost is not None:
+            return self._cost
+        cost = Cost.of_attempts(cost for cost in self.attempt_costs() if cost is not None)
+        if self._costs is not None:  # final: the facts, the budget, the record, the log ask
+            self._cost = cost
+        return cost
 
     def attempt_costs(self) -> list[Cost | None]:
         """Each of :attr:`attempts`' costs, ``None`` for one that produced nothing."""

@@ -611,15 +611,19 @@ class Gateway:
         client = outcome.key
         spent = outcome.spent()
         self.metrics.record_spend(client.name if client else None, spent)
-        cost = Cost.of_attempts(cost for _, cost in spent if cost is not None)
+        cost = (
+            stream.cost
+            if stream is not None
+            else Cost.of_attempts(cost for _, cost in spent if cost is not None)
+        )
         self._govern(outcome, cost)
-        usage = outcome.usage
+        usage, ttft_ms = outcome.usage, outcome.ttft_ms
         if self.console is not None and outcome.routed:
             self.console.tally.add(
                 request_id,
                 # An error status, or an error event ending a stream (a cut answer).
                 failed=outcome.status == "stream_error" or outcome.status[:1] in ("4", "5"),
-                ttft_ms=outcome.ttft_ms,
+                ttft_ms=ttft_ms,
                 cost_usd=cost.usd,
                 attempts=outcome.attempts,
                 provider=outcome.provider,
@@ -632,7 +636,7 @@ class Gateway:
             "model": outcome.model,
             "provider": outcome.provider,
             "status": outcome.status,
-            "ttft_ms": outcome.ttft_ms,
+            "ttft_ms": ttft_ms,
             "duration_ms": round((time.perf_counter() - started) * 1000, 3),
             "prompt_tokens": usage.prompt_tokens if usage else None,
             "completion_tokens": usage.completion_tokens if usage else None,
