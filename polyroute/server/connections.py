@@ -93,12 +93,14 @@ class GuardedHandler(web.RequestHandler):
     the application, which stops the clock; aiohttp's ``log_access``, when its answer
     is written, which makes the connection idle again."""
 
-    __slots__ = ("_awaiting", "_busy", "_counted", "_guard", "_head", "_timer")
+    __slots__ = ("_awaiting", "_busy", "_counted", "_deadline", "_guard", "_head", "_timer")
 
     def __init__(self, manager: web.Server, guard: ConnectionGuard, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
         self._guard = guard
         self._timer: asyncio.TimerHandle | None = None
+        self._deadline = 0.0
+        """When the headers being awaited are late (the loop's clock)."""
         self._busy = False
         self._awaiting = False
         self._head = b""
@@ -112,7 +114,10 @@ class GuardedHandler(web.RequestHandler):
         self._await_request()
 
     def connection_lost(self, exc: BaseException | None) -> None:
-        self._stop_clock()
+        self._awaiting = False
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         self._guard.closed(self._counted)
         self._counted = False
         super().connection_lost(exc)
@@ -127,7 +132,6 @@ class GuardedHandler(web.RequestHandler):
     def request_began(self) -> None:
         self._busy = True
         self._awaiting = False
-        self._stop_clock()
 
     def log_access(
         self, request: web.BaseRequest, response: web.StreamResponse, time: float | None
@@ -145,18 +149,20 @@ class GuardedHandler(web.RequestHandler):
     def _await_request(self) -> None:
         self._awaiting = True
         self._head = b""
-        self._stop_clock()
-        loop = asyncio.get_running_loop()
-        self._timer = loop.call_later(self._guard.header_timeout_s, self._headers_late)
+        loop = self._loop
+        self._deadline = loop.time() + self._guard.header_timeout_s
+        # One clock a connection, not one a request: set when none is running, and
+        # when it rings for an earlier request's deadline it is set again for this
+        # one's (a timer made and cancelled per request cost the heap two operations).
+        if self._timer is None:
+            self._timer = loop.call_at(self._deadline, self._clock_rang)
 
-    def _stop_clock(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-
-    def _headers_late(self) -> None:
+    def _clock_rang(self) -> None:
         self._timer = None
         if not self._awaiting or self.transport is None:
+            return  # no request awaited now: the next one sets the clock again
+        if self._loop.time() < self._deadline:
+            self._timer = self._loop.call_at(self._deadline, self._clock_rang)
             return
         guard = self._guard
         guard.timed_out["headers"] += 1
@@ -221,6 +227,8 @@ class _Refused(asyncio.Protocol):
     def __init__(self, guard: ConnectionGuard) -> None:
         self._guard = guard
         self._timer: asyncio.TimerHandle | None = None
+        self._deadline = 0.0
+        """When the headers being awaited are late (the loop's clock)."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)

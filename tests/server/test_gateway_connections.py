@@ -70,6 +70,26 @@ async def test_half_a_request_gets_a_408_in_its_endpoints_shape_and_is_closed(
     assert 'polyroute_client_timeouts_total{phase="headers"} 1.0' in text
 
 
+async def test_a_kept_alive_connections_next_request_has_its_own_header_timeout(
+    tmp_path: Path, openai_upstream: OpenAIUpstream
+) -> None:
+    # One clock serves a connection's requests: it must run again for each of them,
+    # from when that request's first bytes came.
+    config = config_for(tmp_path, openai_upstream, header_timeout_s=0.3, keepalive_s=600)
+    async with gateway(config) as served:
+        client = await RawConnection.open(served.url)
+        body = json.dumps({**CHAT, "stream": False}).encode()
+        await client.send(request_bytes("POST", "/v1/chat/completions", body))
+        first = await client.answer()
+        await client.send(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        second = await client.answer()
+        assert await client.closed_by_peer() == b""
+        client.close()
+    assert first.status == 200
+    assert second.status == 408
+    assert "gateway.header_timeout_s" in second.json()["error"]["message"]
+
+
 async def test_a_body_that_stops_coming_gets_a_408_and_the_connection_closes(
     tmp_path: Path, openai_upstream: OpenAIUpstream
 ) -> None:
