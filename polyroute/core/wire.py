@@ -175,10 +175,14 @@ class PassThroughReader(EventRunReader):
             if text is not None:
                 run.append(text)
                 continue
+            try:
+                event = SSEEvent(pieces[index].decode())
+            except UnicodeDecodeError:  # not decoded by a shape: the decoder raises at it
+                return self._decoder.feed(events)
             if run:
                 out.append(_run(pieces, start, index, run, head))
                 run = []
-            out.append(SSEEvent(pieces[index].decode()))
+            out.append(event)
             start = index + 1
         if run and start == 0 and not done:  # the whole read: its bytes as they are
             out.append(WireDelta(events, run, *head))
