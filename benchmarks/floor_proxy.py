@@ -5,7 +5,8 @@ on top of this is its own cost.
 
   python -m benchmarks.floor_proxy '{"NAME": "UPSTREAM_BASE", ...}' PORT
       # POST /NAME/v1/chat/completions is relayed to UPSTREAM_BASE/v1/chat/completions,
-      # POST /NAME/v1/embeddings to UPSTREAM_BASE/v1/embeddings
+      # POST /NAME/v1/embeddings to UPSTREAM_BASE/v1/embeddings,
+      # POST /NAME/anthropic/v1/messages to UPSTREAM_BASE/anthropic/v1/messages
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ def make_app(upstreams: dict[str, str]) -> web.Application:
 
     app.router.add_post("/{name}/v1/chat/completions", relay)
     app.router.add_post("/{name}/v1/embeddings", relay)
+    app.router.add_post("/{name}/anthropic/v1/messages", relay)
     app.router.add_get("/healthz", healthz)
     app.on_cleanup.append(close)
     return app

@@ -22,6 +22,11 @@ flight at the edges is counted too (the window should hold many more). Rows:
 
   python -m benchmarks.gateway_instructions                # about 2 minutes
   python -m benchmarks.gateway_instructions --tree before=/tmp/old --conc 50
+  python -m benchmarks.gateway_instructions --dialect messages   # Anthropic's, end to end
+
+``--dialect messages``: the client speaks Anthropic's Messages, the upstream answers in
+Anthropic's events, and polyroute's entry is of type ``anthropic`` (its text deltas
+relayed as they came), against the floor proxy relaying the same.
 
 Needs valgrind (``apt-get install valgrind``). Valgrind runs the process about 50 times
 slower: streams/s here mean nothing, instructions per stream do. An instruction count is
@@ -48,26 +53,41 @@ from benchmarks.gateway import WIRES, Target, free_port, measure, wait_until_rea
 ROOT = Path(__file__).resolve().parent.parent
 
 
+ENTRIES = {
+    "chat": ("openai", "/v1", "/v1/chat/completions"),
+    "messages": ("anthropic", "/anthropic", "/anthropic/v1/messages"),
+}
+"""Per dialect: polyroute's entry type, its base URL's path on the upstream, and the
+floor proxy's path (after the upstream's name)."""
+
+
 def instructions_per_stream(
-    name: str, tree: Path | None, base: str, conc: int, seconds: float, scratch: Path
+    name: str, tree: Path | None, base: str, run: tuple[str, int, float], scratch: Path
 ) -> dict[str, float | str]:
     """Run row ``name`` (``tree``: polyroute's checkout; ``None``: the floor proxy; a
-    name starting ``governed``: benchmarks/governance.py's governed-memory gateway)
-    under callgrind and count its instructions per stream."""
+    name starting ``governed``: benchmarks/governance.py's governed-memory gateway, in
+    chat) under callgrind and count its instructions per stream; ``run``: the dialect,
+    the concurrency and the seconds counted."""
+    dialect, conc, seconds = run
+    kind, base_path, floor_path = ENTRIES[dialect]
     port = free_port()
     root = f"http://127.0.0.1:{port}"
     env = None
     if tree is None:
         command = [sys.executable, "-m", "benchmarks.floor_proxy", json.dumps({"saturated": base})]
         command.append(str(port))
-        url, cwd = f"{root}/saturated/v1/chat/completions", ROOT
+        url, cwd = f"{root}/saturated{floor_path}", ROOT
     else:
         config = scratch / f"{name}.json"
-        config.write_text(json.dumps(governance.governed_config(name, base, port)))
-        env = {**os.environ, **governance.ADMIN_ENV}
+        if name.startswith("governed"):
+            config.write_text(json.dumps(governance.governed_config(name, base, port)))
+            env = {**os.environ, **governance.ADMIN_ENV}
+        else:
+            entry = {"name": "saturated", "type": kind, "base_url": f"{base}{base_path}"}
+            config.write_text(json.dumps({"providers": [{**entry, "models": ["saturated"]}]}))
         command = [sys.executable, "-m", "polyroute", "serve", "-c", str(config)]
         command += ["--port", str(port)]
-        url, cwd = root + WIRES["chat"].path, tree  # the checkout's own package first
+        url, cwd = root + WIRES[dialect].path, tree  # the checkout's own package first
     out = scratch / f"callgrind-{name}.out"
     valgrind = ["valgrind", "--tool=callgrind", "--instr-atstart=no"]
     process = subprocess.Popen(
@@ -81,7 +101,7 @@ def instructions_per_stream(
     try:
         wait_until_ready(f"{root}/healthz", process, seconds=300)
         headers = governance.admit(root) if name.startswith("governed") else {}
-        target = Target(name, {"saturated": url}, headers, process.pid, "1")
+        target = Target(name, {"saturated": url}, headers, process.pid, "1", dialect)
         measure(target, "saturated", conc, 3, 0)  # warm-up: imports, pools, caches
         control = ["callgrind_control"]
 
@@ -133,6 +153,7 @@ def _dumped(out: Path, pid: int, part: int) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--conc", type=int, default=1)
+    parser.add_argument("--dialect", choices=sorted(ENTRIES), default="chat")
     parser.add_argument("--chunks", type=int, default=64, help="text chunks per answer")
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--tree", action="append", default=[], metavar="NAME=PATH")
@@ -146,16 +167,20 @@ def main() -> None:
     rows: list[tuple[str, Path | None]] = [("floor-proxy", None), ("polyroute", ROOT)]
     rows += [(name, Path(path)) for name, _, path in (t.partition("=") for t in args.tree)]
     if args.governed:
+        if args.dialect != "chat":
+            parser.error("--governed measures chat completions only")
         rows.append(("governed", ROOT))
     results = []
     with ExitStack() as stack, tempfile.TemporaryDirectory() as scratch:
         base = stack.enter_context(upstream(args.chunks, 0.0, 0))
         for name, tree in rows:
-            results.append(
-                instructions_per_stream(name, tree, base, args.conc, args.seconds, Path(scratch))
-            )
+            run = (args.dialect, args.conc, args.seconds)
+            results.append(instructions_per_stream(name, tree, base, run, Path(scratch)))
     floor = float(results[0]["instructions_per_stream"])
-    print(f"concurrency {args.conc}, {args.chunks} chunks an answer, {args.seconds:g} s a row")
+    print(
+        f"{args.dialect}, concurrency {args.conc}, {args.chunks} chunks an answer, "
+        f"{args.seconds:g} s a row"
+    )
     header = f"{'row':14} {'streams':>8} {'M instructions/stream':>22} {'vs floor':>9}"
     print(f"{header} {'idle M/s':>9}")
     for row in results:
@@ -164,7 +189,12 @@ def main() -> None:
             f"{row['row']:14} {row['streams']:>8} {per / 1e6:>22.3f} {per / floor:>8.2f}x"
             f" {idle / 1e6:>9.2f}"
         )
-    settings = {"conc": args.conc, "chunks": args.chunks, "seconds": args.seconds}
+    settings = {
+        "dialect": args.dialect,
+        "conc": args.conc,
+        "chunks": args.chunks,
+        "seconds": args.seconds,
+    }
     args.out.write_text(json.dumps({"settings": settings, "rows": results}, indent=2))
     print(f"\nwrote {args.out}")
 

@@ -7,7 +7,9 @@ text answer has chunks),
 ``POST /cut/v1/chat/completions`` (half the answer, then the connection dropped),
 ``POST /idle/v1/chat/completions`` (one chunk, then the stream is held open) and
 ``POST /v1/embeddings`` (a fixed answer in OpenAI's shape: 16 vectors of 256 floats,
-whatever the input, encoded once per ``encoding_format``, naming the model asked).
+whatever the input, encoded once per ``encoding_format``, naming the model asked) and
+``POST /anthropic/v1/messages`` (the text answer in Anthropic's events, as the API
+writes them).
 With no delay the whole answer is written at once, so that the client is what is
 measured; with a delay each chunk is written on its own, on a schedule ``delay``
 apart, and so arrives in its own socket read, as from a real upstream. (A schedule,
@@ -29,7 +31,7 @@ import struct
 from aiohttp import web
 
 from polyroute.core.deltas import FinishDelta, TextDelta, ToolCallDelta
-from polyroute.core.sse import DONE_EVENT, OpenAIChunkEncoder, encode_event
+from polyroute.core.sse import DONE_EVENT, OpenAIChunkEncoder, encode_event, named_event
 
 TEXT = "token "
 
@@ -50,6 +52,41 @@ def tools_body(chunks: int) -> list[bytes]:
     parts = [encode_event(encoder.chunk({"role": "assistant", "content": None}))]
     parts += [encoder.encode(fragment) for fragment in fragments]
     return [*parts, encoder.encode(FinishDelta("tool_calls")), DONE_EVENT]
+
+
+def anthropic_body(chunks: int) -> list[bytes]:
+    message = {
+        "id": "msg_bench",
+        "type": "message",
+        "role": "assistant",
+        "content": [],
+        "model": "bench",
+        "stop_reason": None,
+        "stop_sequence": None,
+        "usage": {"input_tokens": 8, "output_tokens": 1},
+    }
+    delta = {"type": "content_block_delta", "index": 0}
+    parts = [
+        named_event("message_start", {"type": "message_start", "message": message}),
+        named_event("ping", {"type": "ping"}),
+        named_event(
+            "content_block_start",
+            {
+                "type": "content_block_start",
+                "index": 0,
+                "content_block": {"type": "text", "text": ""},
+            },
+        ),
+    ]
+    text = {**delta, "delta": {"type": "text_delta", "text": TEXT}}
+    parts += [named_event("content_block_delta", text)] * chunks
+    stop = {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None}}
+    return [
+        *parts,
+        named_event("content_block_stop", {"type": "content_block_stop", "index": 0}),
+        named_event("message_delta", {**stop, "usage": {"output_tokens": chunks}}),
+        named_event("message_stop", {"type": "message_stop"}),
+    ]
 
 
 def darkai_body(chunks: int) -> list[bytes]:
@@ -83,6 +120,7 @@ def make_app(chunks: int, delay: float) -> web.Application:
         "openai": openai_body(chunks),
         "tools": tools_body(chunks),
         "darkai": darkai_body(chunks),
+        "anthropic": anthropic_body(chunks),
     }
     whole = {name: b"".join(parts) for name, parts in bodies.items()}
     half = b"".join(bodies["openai"][: chunks // 2 + 1])  # the role chunk and half the text
@@ -141,6 +179,7 @@ def make_app(chunks: int, delay: float) -> web.Application:
     app.router.add_post("/fail/v1/chat/completions", fail)
     app.router.add_post("/idle/v1/chat/completions", idle)
     app.router.add_post("/v1/embeddings", embeddings)
+    app.router.add_post("/anthropic/v1/messages", lambda r: answer(r, "anthropic"))
     return app
 
 

@@ -135,18 +135,28 @@ class RestartDelta(_Delta):
 
 class WireDelta(_Delta):
     """Text chunks relayed as the upstream sent them (``Router.stream(...,
-    pass_through="openai")``): ``data``, the bytes of whole Server-Sent Events in the
-    consumer's own format, each one a plain piece of text (core/wire.py says which
-    chunks qualify); ``texts``, each chunk's text, decoded; ``id`` and ``model``, what
-    the first chunk says of itself (the consumer may show its own instead)."""
+    pass_through="openai")`` or ``"anthropic"``): ``data``, the bytes of whole
+    Server-Sent Events in the consumer's own format, each one a plain piece of text
+    (core/wire.py and core/anthropic_wire.py say which chunks qualify); ``texts``, each
+    chunk's text, decoded; ``id`` and ``model``, what the first OpenAI chunk says of
+    itself, and ``index``, the content block Anthropic's text deltas name (the consumer
+    may show its own instead)."""
 
-    __slots__ = ("data", "id", "model", "texts")
+    __slots__ = ("data", "id", "index", "model", "texts")
 
-    def __init__(self, data: bytes, texts: list[str], id: Any = None, model: Any = None) -> None:
+    def __init__(
+        self,
+        data: bytes,
+        texts: list[str],
+        id: Any = None,
+        model: Any = None,
+        index: int | None = None,
+    ) -> None:
         self.data = data
         self.texts = texts
         self.id = id
         self.model = model
+        self.index = index
 
 
 Delta: TypeAlias = (

@@ -20,6 +20,7 @@ from typing import Any
 import aiohttp
 import orjson
 
+from polyroute.core.anthropic_wire import AnthropicPassThroughReader
 from polyroute.core.errors import (
     AuthenticationError,
     GatewayOverloaded,
@@ -33,8 +34,13 @@ from polyroute.core.errors import (
 from polyroute.core.overload import own_shortage
 from polyroute.core.redaction import redact
 from polyroute.core.sse import DEFAULT_MAX_LINE_BYTES, Framing, SSEDecoder
-from polyroute.core.wire import PassThroughReader, Relayed
+from polyroute.core.wire import EventRunReader, PassThroughReader, Relayed, WireFormat
 
+_READERS: dict[WireFormat, type[EventRunReader]] = {
+    "openai": PassThroughReader,
+    "anthropic": AnthropicPassThroughReader,
+}
+"""The reader that relays each format's plain text chunks (``pass_through=``)."""
 _BODY_EXCERPT_BYTES = 2048
 _FIRST_SLICE_BYTES = 1024
 """About the role chunk and a few chunks of text in OpenAI's format."""
@@ -281,7 +287,7 @@ async def stream_event_batches(
     framing: Framing = "events",
     on_headers: Callable[[Mapping[str, str]], None] | None = None,
     end: AnswerEnd | None = None,
-    pass_through: bool = False,
+    pass_through: WireFormat | None = None,
 ) -> AsyncGenerator[Sequence[Relayed], None]:
     """POST ``body`` as JSON to ``url`` and yield the answer's SSE events, one list per
     socket read (one async hop per read rather than per event keeps the hot path short).
@@ -291,11 +297,11 @@ async def stream_event_batches(
     :class:`UpstreamProtocolError`. Closing the generator (``aclose()``, or
     cancellation) closes the connection at once, unless ``end.seen`` says the answer
     was complete (see :class:`AnswerEnd`). ``on_headers`` sees the headers of a
-    successful answer (rate-limit figures). ``pass_through``: an OpenAI-format answer's
-    text chunks come as :class:`WireDelta` runs of their bytes (core/wire.py).
+    successful answer (rate-limit figures). ``pass_through``: the answer's format, whose
+    plain text chunks come as :class:`WireDelta` runs of their bytes (core/wire.py).
     """
     decoder = SSEDecoder(provider=provider, max_line_bytes=max_line_bytes, framing=framing)
-    reader: SSEDecoder | PassThroughReader = PassThroughReader(decoder) if pass_through else decoder
+    reader = _READERS[pass_through](decoder) if pass_through is not None else decoder
     watch: _IdleWatch | None = None
     response: aiohttp.ClientResponse | None = None
     try:

@@ -24,14 +24,15 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import Any, Literal, TypeAlias, cast
+from typing import Any, ClassVar, Literal, TypeAlias, cast
 
 from polyroute.core.deltas import WireDelta
 from polyroute.core.jsoncodec import loads
 from polyroute.core.sse import SSEDecoder, SSEEvent
 
-WireFormat: TypeAlias = Literal["openai"]
-"""The formats whose text chunks can be relayed as they came: OpenAI's chat chunks."""
+WireFormat: TypeAlias = Literal["openai", "anthropic"]
+"""The formats whose text chunks can be relayed as they came: OpenAI's chat chunks, and
+Anthropic's Messages events (core/anthropic_wire.py)."""
 
 Relayed: TypeAlias = SSEEvent | WireDelta
 """What a read of a passed-through answer yields: runs of text chunks, and the rest."""
@@ -44,12 +45,15 @@ _MAX_MISSES = 2
 """Reads that may disprove a learned shape before a stream is decoded whole for good."""
 
 
-class PassThroughReader:
-    """Splits an OpenAI-format event stream into :class:`WireDelta` runs of plain text
-    chunks and decoded events, fed raw bytes as they arrive (as :class:`SSEDecoder`,
-    which it uses for everything it does not relay itself)."""
+class EventRunReader:
+    """What every format's pass-through reader shares: fed raw bytes as they arrive (as
+    :class:`SSEDecoder`, which it uses for everything it does not relay itself), it
+    hands each run of whole events (up to the last blank line) to :meth:`_split`, and
+    keeps the learned shape of a plain text chunk (:class:`_ChunkShape`)."""
 
     __slots__ = ("_decoder", "_misses", "_off", "_pending", "_pending_size", "_shape")
+    text_key: ClassVar[bytes]
+    """The JSON member whose string is a plain chunk's text (``b'"content":'``)."""
 
     def __init__(self, decoder: SSEDecoder) -> None:
         self._decoder = decoder
@@ -115,6 +119,33 @@ class PassThroughReader:
 
     def _split(self, events: bytes) -> Sequence[Relayed]:
         """Whole events (``events`` ends with a blank line): text chunks relayed, the
+        rest decoded."""
+        raise NotImplementedError
+
+    def _learn(self, piece: bytes, text: str, head: tuple[Any, ...]) -> None:
+        """Learn the shape of ``piece``, a plain chunk of ``text`` naming ``head``, for
+        the next reads, unless the stream has proved it has none twice: a read whose
+        plain chunks did not fit the shape held, and that teaches another one."""
+        held = self._shape
+        learned = (
+            None if self._misses >= _MAX_MISSES else _ChunkShape.learn(piece, text, self.text_key)
+        )
+        if held is not None and not (learned is not None and learned.fits(held)):
+            self._misses += 1
+            if self._misses >= _MAX_MISSES:
+                learned = None
+        self._shape = learned if learned is None else learned.naming(head)
+
+
+class PassThroughReader(EventRunReader):
+    """Splits an OpenAI-format event stream into :class:`WireDelta` runs of plain text
+    chunks and decoded events."""
+
+    __slots__ = ()
+    text_key = b'"content":'
+
+    def _split(self, events: bytes) -> Sequence[Relayed]:
+        """Whole events (``events`` ends with a blank line): text chunks relayed, the
         rest decoded; all of it decoded unless it is only ``data: {...}`` events."""
         if events[:6] != b"data: ":
             return self._decoder.feed(events)
@@ -144,10 +175,14 @@ class PassThroughReader:
             if text is not None:
                 run.append(text)
                 continue
+            try:
+                event = SSEEvent(pieces[index].decode())
+            except UnicodeDecodeError:  # not decoded by a shape: the decoder raises at it
+                return self._decoder.feed(events)
             if run:
                 out.append(_run(pieces, start, index, run, head))
                 run = []
-            out.append(SSEEvent(pieces[index].decode()))
+            out.append(event)
             start = index + 1
         if run and start == 0 and not done:  # the whole read: its bytes as they are
             out.append(WireDelta(events, run, *head))
@@ -185,12 +220,9 @@ class PassThroughReader:
             texts.append(text)
         if head is None:
             return texts, (None, None)
-        if self._shape is not None:  # its plain chunks did not fit the shape learned
-            self._misses += 1
         text = texts[first]
         assert text is not None
-        learned = None if self._misses >= _MAX_MISSES else _ChunkShape.learn(pieces[first], text)
-        self._shape = learned if learned is None else learned.naming(head)
+        self._learn(pieces[first], text, head)
         return texts, head
 
 
@@ -216,21 +248,27 @@ class _ChunkShape:
     def __init__(self, before: bytes, after: bytes) -> None:
         self.before = before
         self.after = after
-        self.head: tuple[Any, Any] = (None, None)
-        """The id and model its chunks name (they are in ``before`` or ``after``)."""
+        self.head: tuple[Any, ...] = (None, None)
+        """What its chunks say of themselves, in ``before`` or ``after``: OpenAI's id and
+        model, Anthropic's block index."""
 
-    def naming(self, head: tuple[Any, Any]) -> _ChunkShape:
+    def naming(self, head: tuple[Any, ...]) -> _ChunkShape:
         self.head = head
         return self
 
+    def fits(self, other: _ChunkShape) -> bool:
+        """Whether ``other`` is this same shape (learned again from another read)."""
+        return self.before == other.before and self.after == other.after
+
     @classmethod
-    def learn(cls, piece: bytes, text: str) -> _ChunkShape | None:
-        """The shape of ``piece``, a plain chunk whose text is ``text``; ``None`` when
-        its text's string cannot be told apart (written in more than one place)."""
-        key = piece.rfind(b'"content":')
-        at = key + 10 + (piece[key + 10 : key + 11] == b" ")
+    def learn(cls, piece: bytes, text: str, key: bytes) -> _ChunkShape | None:
+        """The shape of ``piece``, a plain chunk whose text is ``text``, the string of
+        the member ``key`` (its last); ``None`` when that string cannot be told apart
+        (written in more than one place)."""
+        found = piece.rfind(key)
+        at = found + len(key) + (piece[found + len(key) : found + len(key) + 1] == b" ")
         string = _JSON_STRING.match(piece, at)
-        if key < 0 or string is None or string.end() == len(piece) or loads(string[0]) != text:
+        if found < 0 or string is None or string.end() == len(piece) or loads(string[0]) != text:
             return None
         return cls(piece[:at], piece[string.end() :])
 

@@ -10,13 +10,16 @@ as named events (``message_start``, ``content_block_start/delta/stop``,
 continued by prefill (the conversation ends with the partial assistant text) or, as the
 router asks (``prefill=False``: a model that refuses prefill, or reasoning), by an
 instruction after it. A model's refusal of prefill is a :class:`PrefillRefusedError`.
+For a consumer that writes these events itself (the gateway's ``/v1/messages``), plain
+text deltas can come as the upstream sent them (:attr:`Provider.wire_format`,
+core/anthropic_wire.py).
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 from polyroute.core.deltas import (
     Delta,
@@ -48,6 +51,7 @@ from polyroute.core.jsoncodec import loads
 from polyroute.core.messages import CONTINUE_INSTRUCTION, Message, continuation_messages
 from polyroute.core.request import ChatRequest
 from polyroute.core.sse import SSEEvent, excerpt
+from polyroute.core.wire import WireFormat
 from polyroute.providers.compat import AsyncGeneratorProvider
 from polyroute.providers.translate import (
     alternating_turns,
@@ -99,6 +103,7 @@ class Anthropic(AsyncGeneratorProvider):
     supports_prefill = True
     default_model = "claude-sonnet-4-5"
     end_event_name = "event: message_stop"
+    wire_format: ClassVar[WireFormat | None] = "anthropic"
     accepted_options = frozenset(_TAKEN)
     native_format = "anthropic"
     max_tokens = 4096
@@ -190,6 +195,14 @@ class Anthropic(AsyncGeneratorProvider):
         return body
 
     # The answer ------------------------------------------------------------------
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if (
+            cls.stream_parser is not Anthropic.stream_parser
+            or cls.parse_event is not Anthropic.parse_event
+        ):
+            cls.wire_format = None  # its own reading of events must see every text delta
 
     def stream_parser(self, continue_from: str | None = None) -> _AnswerParser:
         # The prefill left out the partial answer's trailing whitespace (see

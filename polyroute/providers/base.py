@@ -483,11 +483,14 @@ class Provider:
         ``prefill`` says how to continue ``continue_from`` (see :meth:`build_request`);
         ``None``: as the type does by default. ``pass_through``: plain text chunks come
         as :class:`WireDelta` runs of the upstream's bytes, where the type's
-        :attr:`wire_format` allows (the consumer speaks that format: core/wire.py).
+        :attr:`wire_format` allows (the consumer speaks that format: core/wire.py),
+        except in a continuation.
         """
         timeouts = self.timeouts.merged(timeout)
         end = AnswerEnd()
-        relay = pass_through and self.wire_format is not None
+        # Not a continuation's: its first text is read (Anthropic's parser drops the
+        # whitespace the prefill left out); the router never asks for both.
+        relay = self.wire_format if pass_through and not continue_from else None
         post = _Post(continue_from, proxy, timeouts, api_endpoint, end, prefill, relay)
         events = self._post(model, request, post)
         parse = self.stream_parser(continue_from)
@@ -616,7 +619,7 @@ class _Post(NamedTuple):
     api_endpoint: str | None
     end: AnswerEnd
     prefill: bool | None
-    pass_through: bool
+    pass_through: WireFormat | None
 
 
 def _parse(

@@ -490,10 +490,11 @@ class Router:
         (``by: header:NAME``, docs/router.md#affinity). ``pass_through="openai"``: the
         consumer speaks OpenAI's chat chunks, so an OpenAI-format entry's plain text
         chunks come as :class:`WireDelta` runs of the upstream's own bytes (the gateway's
-        chat completions; docs/router.md#pass-through); every other delta is as without
-        it. Raises at once (before any I/O) :class:`InvalidRequestError` for a bad argument
-        (:class:`InvalidMessagesError` for bad messages), :class:`ModelNotSupportedError`
-        for a model no entry serves and
+        chat completions; docs/router.md#pass-through); ``"anthropic"``: likewise, an
+        Anthropic entry's text deltas, for a consumer of Messages events; every other
+        delta is as without it. Raises at once (before any I/O)
+        :class:`InvalidRequestError` for a bad argument (:class:`InvalidMessagesError`
+        for bad messages), :class:`ModelNotSupportedError` for a model no entry serves and
         :class:`CapabilityNotSupportedError` when no entry serving it can do what the
         request needs (tools, images, JSON schemas). While iterating:
         :class:`AllProvidersFailed` when every candidate failed before its first chunk,

@@ -156,6 +156,9 @@ ANSWERS = {
         chunk({"content": "partial"}), {"error": {"message": "overloaded", "type": "server_error"}}
     ),
     "a chunk that is not an object": events(chunk({"content": "a"}), [1, 2], FINISH, DONE),
+    "invalid UTF-8 in a chunk among texts": events(
+        *[chunk({"content": t}) for t in TEXTS], b'{"choices": "\xff"}', FINISH, DONE
+    ),
     "content null": events(
         chunk({"content": "a"}), chunk({"content": None}), chunk({"content": "b"}), FINISH, DONE
     ),

@@ -30,6 +30,7 @@ from polyroute import (
     UpstreamTimeout,
 )
 from tests.router.helpers import HI, FakeSleep
+from tests.upstreams.anthropic import AnthropicUpstream
 from tests.upstreams.darkai import DarkAIUpstream
 from tests.upstreams.openai import OpenAIUpstream
 from tests.upstreams.scripted import Script, ScriptedUpstream
@@ -118,6 +119,9 @@ FAULTS = [
         per_format={
             "darkai": {"raw": b'data: {"event": "text-chunk"}\n\n'},
             "openai": {"raw": b'data: {"id": "chatcmpl-1", "object": "chat.completion.chunk"}\n\n'},
+            "anthropic": {
+                "raw": b'event: content_block_delta\ndata: {"type": "content_block_delta"}\n\n'
+            },
         },
     ),
     Fault(
@@ -165,21 +169,31 @@ FAULTS = [
 
 
 def make_upstream(wire: str) -> ScriptedUpstream:
-    return DarkAIUpstream() if wire == "darkai" else OpenAIUpstream()
+    servers = {"darkai": DarkAIUpstream, "openai": OpenAIUpstream, "anthropic": AnthropicUpstream}
+    return servers[wire]()
 
 
 def entry(name: str, wire: str, url: str, **extra: Any) -> dict[str, Any]:
     if wire == "darkai":
         return {"name": name, "type": "darkai", "api_endpoint": url, "working": True, **extra}
-    return {"name": name, "type": "openai", "api_endpoint": url, "models": [], **extra}
+    return {"name": name, "type": wire, "api_endpoint": url, "models": [], **extra}
 
 
-@pytest.fixture(params=["darkai", "openai", "openai relayed as it came"])
+@pytest.fixture(
+    params=[
+        "darkai",
+        "openai",
+        "openai relayed as it came",
+        "anthropic",
+        "anthropic relayed as it came",
+    ]
+)
 async def upstreams(
     request: pytest.FixtureRequest,
 ) -> AsyncIterator[tuple[str, ScriptedUpstream, ScriptedUpstream, bool]]:
     """The format's two upstreams, and whether the consumer takes its text chunks as
-    the upstream sent them (``pass_through``: the gateway's chat completions)."""
+    the upstream sent them (``pass_through``: the gateway's chat completions, or its
+    Messages for Anthropic's format)."""
     wire, relayed = request.param.split(" ")[0], request.param.endswith("came")
     faulty, healthy = make_upstream(wire), make_upstream(wire)
     await faulty.start()
@@ -226,7 +240,8 @@ async def test_fault(
             error = aiohttp.ClientConnectorDNSError(key, OSError(-2, "Name or service not known"))  # type: ignore[arg-type]
             mocked.post(faulty_url, exception=error, repeat=True)
         async with Router.from_config(config, sleep=sleep) as router:
-            stream = router.stream("gpt-4o", HI, pass_through="openai" if relayed else None)
+            relay = "anthropic" if wire == "anthropic" else "openai"
+            stream = router.stream("gpt-4o", HI, pass_through=relay if relayed else None)
             received: list[str] = []
             raised: Exception | None = None
             try:

@@ -24,14 +24,16 @@ def _as_texts(out: list[Delta]) -> list[Delta]:
 
 @pytest.fixture(params=["decoded", "relayed as it came"])
 def chunk_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Each test twice: as written, and with every stream asking for pass-through
-    (``pass_through="openai"``, the gateway's chat completions), its deltas read back
+    """Each test twice: as written, and with every stream asking for pass-through in
+    the format of the router's first entry that has one (``pass_through="openai"``, the
+    gateway's chat completions, or ``"anthropic"``, its Messages), its deltas read back
     as texts: the consumer must see the same answer, relays and errors either way."""
     if request.param != "decoded":
         original = Router.stream
 
         def stream(self: Router, *args: Any, **kwargs: Any) -> Any:
-            kwargs.setdefault("pass_through", "openai")
+            formats = [p.wire_format for p in self.providers if p.wire_format is not None]
+            kwargs.setdefault("pass_through", formats[0] if formats else "openai")
             return original(self, *args, **kwargs)
 
         monkeypatch.setattr(Router, "stream", stream)

@@ -30,6 +30,24 @@ Sonnet/Opus 4.6 and later), as quoted from real 400s in Skyvern-AI/skyvern#4795 
 decolua/9router#2302."""
 
 
+def anthropic_events(*payloads: dict[str, Any] | bytes, compact: bool = True) -> bytes:
+    """An answer's bytes as the API frames them: each payload under ``event: <its
+    type>``, its data (compact JSON, as the API writes it, or spaced as Python's
+    ``json`` does) and a blank line; bytes are one event's data as they are, named
+    ``content_block_delta`` (a malformed or odd text delta)."""
+
+    def framed(payload: dict[str, Any] | bytes) -> bytes:
+        if isinstance(payload, bytes):
+            name, data = b"content_block_delta", payload
+        else:
+            name = str(payload["type"]).encode()
+            separators = (",", ":") if compact else (", ", ": ")
+            data = json.dumps(payload, separators=separators, ensure_ascii=False).encode()
+        return b"event: " + name + b"\ndata: " + data + b"\n\n"
+
+    return b"".join(map(framed, payloads))
+
+
 def anthropic_error(kind: str, message: str, request_id: str | None = None) -> str:
     """A non-2xx body as the API writes it (with its ``request_id`` when given)."""
     body: dict[str, Any] = {"type": "error", "error": {"type": kind, "message": message}}

@@ -132,9 +132,9 @@ class ChatExchange:
         differ in them)."""
         said_id, said_model = self._said
         count = len(delta.texts)
-        data = _rewritten(delta.data, b'"id":', delta.id, said_id, count)
+        data = rewritten(delta.data, b'"id":', delta.id, said_id, count)
         if data is not None:
-            data = _rewritten(data, b'"model":', delta.model, said_model, count)
+            data = rewritten(data, b'"model":', delta.model, said_model, count)
         if data is not None:
             return data
         return b"".join(encoder.encode(TextDelta(text)) for text in delta.texts)
@@ -199,11 +199,11 @@ def read_chat_body(body: Any) -> ChatExchange:
     )
 
 
-def _rewritten(data: bytes, key: bytes, theirs: Any, ours: bytes, count: int) -> bytes | None:
-    """``data`` with the JSON member ``key`` (``"id":``) saying ``ours`` (a JSON
-    string) rather than ``theirs`` in each of its ``count`` chunks (written with or
+def rewritten(data: bytes, key: bytes, theirs: Any, ours: bytes, count: int) -> bytes | None:
+    """``data`` with the JSON member ``key`` (``"id":``) saying ``ours`` (a JSON string
+    or integer) rather than ``theirs`` in each of its ``count`` chunks (written with or
     without a space after the colon), or ``None`` when that is not what it holds."""
-    if type(theirs) is not str:
+    if type(theirs) is not str and type(theirs) is not int:
         return None
     said = orjson.dumps(theirs)
     if said == ours:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any
 
 import orjson
 
@@ -30,6 +30,7 @@ from polyroute.core.deltas import (
     ToolCallDelta,
     Usage,
     UsageDelta,
+    WireDelta,
 )
 from polyroute.core.errors import PolyrouteError, UpstreamProtocolError
 from polyroute.core.request import NativeRequest
@@ -37,7 +38,12 @@ from polyroute.core.sse import TEXT_MARKER, cut_at_marker, named_event
 from polyroute.core.wire import WireFormat
 from polyroute.router.stream import RouterStream
 from polyroute.server.dialects import model_and_stream
-from polyroute.server.dialects.chat import polyroute_facts, restart_error, takes_back_text
+from polyroute.server.dialects.chat import (
+    polyroute_facts,
+    restart_error,
+    rewritten,
+    takes_back_text,
+)
 from polyroute.server.dialects.errors import Failure, WireError, classify, own_failure
 from polyroute.server.dialects.messages_request import translate
 
@@ -93,12 +99,11 @@ class _Blocks:
     def add(self, delta: Delta, out: list[bytes]) -> None:
         if type(delta) is TextDelta:
             if self._open != "text":
-                self._start({"type": "text", "text": ""}, out)
-                # The bytes around a text delta's JSON string, cut once per block.
-                marked = self._event({"type": "text_delta", "text": TEXT_MARKER})
-                self._text_frame = cut_at_marker(marked)
+                self._text(out)
             self._pieces.append(delta.text)
             out.append(self._text_frame[0] + orjson.dumps(delta.text) + self._text_frame[1])
+        elif type(delta) is WireDelta:
+            self.relay(delta, out)
         elif isinstance(delta, ToolCallDelta):
             self._tool_call(delta, out)
         elif isinstance(delta, ReasoningDelta):
@@ -115,6 +120,23 @@ class _Blocks:
             self.close(out)
         elif isinstance(delta, ExtraDelta):
             self._extra(delta.fields, out)
+
+    def relay(self, delta: WireDelta, out: list[bytes]) -> None:
+        """Text deltas as an Anthropic upstream sent them, in the open text block (or a
+        new one, as for a :class:`TextDelta`), saying its index: the upstream numbers
+        its own blocks, which this answer may not show as it did (a block it sent
+        empty, two text blocks in a row, another entry's blocks before a restart).
+        Encoded anew when the index cannot be rewritten in every one of them."""
+        if self._open != "text":
+            self._text(out)
+        texts = delta.texts
+        self._pieces += texts
+        ours = str(self._index).encode()
+        data = rewritten(delta.data, b'"index":', delta.index, ours, len(texts))
+        if data is None:
+            before, after = self._text_frame
+            data = b"".join(before + orjson.dumps(text) + after for text in texts)
+        out.append(data)
 
     def close(self, out: list[bytes]) -> None:
         """End the open block, if any."""
@@ -142,6 +164,12 @@ class _Blocks:
         self._open = block["type"]
         start = {"type": "content_block_start", "index": self._index, "content_block": block}
         out.append(named_event("content_block_start", start))
+
+    def _text(self, out: list[bytes]) -> None:
+        self._start({"type": "text", "text": ""}, out)
+        # The bytes around a text delta's JSON string, cut once per block.
+        marked = self._event({"type": "text_delta", "text": TEXT_MARKER})
+        self._text_frame = cut_at_marker(marked)
 
     def _event(self, delta: dict[str, Any]) -> bytes:
         payload = {"type": "content_block_delta", "index": self._index, "delta": delta}
@@ -186,8 +214,6 @@ def _arguments(pieces: list[str], name: str) -> Any:
 class MessagesExchange:
     """One ``/v1/messages`` request, and its answer's writer."""
 
-    pass_through: ClassVar[WireFormat | None] = None  # translated, chunk by chunk
-
     model: str | None
     messages: Any
     options: dict[str, Any]
@@ -198,6 +224,12 @@ class MessagesExchange:
     _model: str = ""
     _finish: FinishDelta | None = None
     _started: bool = False
+
+    @property
+    def pass_through(self) -> WireFormat | None:
+        """A streamed answer takes an Anthropic-format upstream's text deltas as they
+        came (their block's index rewritten where this answer numbers it otherwise)."""
+        return "anthropic" if self.stream else None
 
     def opening(self, stream: RouterStream, request_id: str) -> list[bytes]:
         self._blocks = _Blocks(request_id)
@@ -212,6 +244,8 @@ class MessagesExchange:
         for delta in batch:
             if type(delta) is TextDelta or type(delta) is ToolCallDelta:
                 blocks.add(delta, out)
+            elif type(delta) is WireDelta:
+                blocks.relay(delta, out)
             elif isinstance(delta, FinishDelta):
                 self._finish = delta
             elif isinstance(delta, RestartDelta):
