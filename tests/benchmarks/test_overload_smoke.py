@@ -4,17 +4,13 @@ answer fails."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from tests.benchmarks.command import run_benchmark
+from tests.benchmarks.command import BenchmarkRuns
 
 
-def test_overload_benchmark_sheds_past_the_cap_and_fails_nothing(tmp_path: Path) -> None:
-    results, _ = run_benchmark(
-        "benchmarks.overload",
-        tmp_path / "overload.json",
-        *("--rows", "uncapped,cap-4", "--concurrency", "16", "--seconds", "1"),
-    )
+def test_overload_benchmark_sheds_past_the_cap_and_fails_nothing(
+    benchmark_runs: BenchmarkRuns,
+) -> None:
+    results, _ = benchmark_runs.result("overload")
     rows = {row["row"]: row for row in results["rows"]}
     assert set(rows) == {"uncapped", "cap-4"}
     assert rows["uncapped"]["shed"] == 0

@@ -2,18 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from tests.benchmarks.command import run_benchmark
+from tests.benchmarks.command import BenchmarkRuns
 
 
-def test_benchmark_suite_runs_on_a_tiny_workload(tmp_path: Path) -> None:
-    results, stdout = run_benchmark(
-        "benchmarks",
-        tmp_path / "results.json",
-        *("--clients", "floor,provider,router", "--concurrency", "1,4", "--chunks", "8"),
-        *("--seconds", "0.2", "--paced-seconds", "0.3", "--plot", str(tmp_path / "plot.png")),
-    )
+def test_benchmark_suite_runs_on_a_tiny_workload(benchmark_runs: BenchmarkRuns) -> None:
+    results, stdout = benchmark_runs.result("streaming")
     rows = results["streaming"]
     assert {(r["client"], r["concurrency"]) for r in rows} == {
         (client, concurrency)
@@ -28,16 +21,12 @@ def test_benchmark_suite_runs_on_a_tiny_workload(tmp_path: Path) -> None:
     assert "vs floor" in stdout
 
 
-def test_gateway_benchmark_runs_against_polyroute_serve(tmp_path: Path) -> None:
+def test_gateway_benchmark_runs_against_polyroute_serve(benchmark_runs: BenchmarkRuns) -> None:
     """The gateway benchmark's own parts (no peer installed): direct and polyroute,
     spoken to in each of its dialects (a dialect's stream counts only when the load
     client found its first text and its end)."""
     gateways = ("direct", "polyroute", "polyroute-messages", "polyroute-responses")
-    results, stdout = run_benchmark(
-        "benchmarks.gateway",
-        tmp_path / "gateway.json",
-        *("--gateways", ",".join(gateways), "--seconds", "1"),
-    )
+    results, stdout = benchmark_runs.result("gateway")
     rows = results["rows"]
     assert {(r["gateway"], r["workload"]) for r in rows} == {
         (gateway, workload) for gateway in gateways for workload in ("saturated", "paced")
@@ -52,12 +41,10 @@ def test_gateway_benchmark_runs_against_polyroute_serve(tmp_path: Path) -> None:
     assert "against chat completions" in stdout
 
 
-def test_embeddings_benchmark_runs_against_polyroute_serve(tmp_path: Path) -> None:
+def test_embeddings_benchmark_runs_against_polyroute_serve(benchmark_runs: BenchmarkRuns) -> None:
     """benchmarks/embeddings.py: direct, the floor proxy and polyroute, each answering
     every request whole (its first vector and its usage seen), and the target printed."""
-    results, stdout = run_benchmark(
-        "benchmarks.embeddings", tmp_path / "embeddings.json", "--seconds", "0.5"
-    )
+    results, stdout = benchmark_runs.result("embeddings")
     rows = results["rows"]
     assert {(r["gateway"], r["concurrency"]) for r in rows} == {
         (gateway, concurrency)
@@ -70,12 +57,10 @@ def test_embeddings_benchmark_runs_against_polyroute_serve(tmp_path: Path) -> No
     assert "target: polyroute embeddings" in stdout
 
 
-def test_cache_benchmark_counts_only_hits_on_the_hit_row(tmp_path: Path) -> None:
+def test_cache_benchmark_counts_only_hits_on_the_hit_row(benchmark_runs: BenchmarkRuns) -> None:
     """benchmarks.cache: the hit row's measured streams all said x-polyroute-cache: hit
     (the run fails otherwise), the refresh row's all said refresh."""
-    results, stdout = run_benchmark(
-        "benchmarks.cache", tmp_path / "cache.json", "--concurrency", "1,4", "--seconds", "0.6"
-    )
+    results, stdout = benchmark_runs.result("cache")
     rows = {(r["gateway"], r["concurrency"]): r for r in results["rows"]}
     assert set(rows) == {
         (gateway, concurrency)
@@ -91,10 +76,10 @@ def test_cache_benchmark_counts_only_hits_on_the_hit_row(tmp_path: Path) -> None
     assert "target: a hit's added TTFT p50" in stdout
 
 
-def test_affinity_benchmark_runs_two_gateways_on_one_redis(tmp_path: Path) -> None:
+def test_affinity_benchmark_runs_two_gateways_on_one_redis(benchmark_runs: BenchmarkRuns) -> None:
     """benchmarks.affinity: both runs answer every turn, the affinity run keeps each
     conversation on one entry and reads more of its input from the caches."""
-    results, stdout = run_benchmark("benchmarks.affinity", tmp_path / "affinity.json")
+    results, stdout = benchmark_runs.result("affinity")
     rows = {r["run"]: r for r in results["rows"]}
     assert set(rows) == {"affinity", "no-affinity"}
     for row in rows.values():
@@ -108,12 +93,12 @@ def test_affinity_benchmark_runs_two_gateways_on_one_redis(tmp_path: Path) -> No
     assert "target: >= 90% of input tokens cached" in stdout
 
 
-def test_console_benchmark_keeps_five_live_streams_open_under_load(tmp_path: Path) -> None:
+def test_console_benchmark_keeps_five_live_streams_open_under_load(
+    benchmark_runs: BenchmarkRuns,
+) -> None:
     """benchmarks.console: the plain gateway, the console idle and with five live streams
     open, each answering every request; the streams got a snapshot about every second."""
-    results, stdout = run_benchmark(
-        "benchmarks.console", tmp_path / "console.json", "--concurrency", "4", "--seconds", "1"
-    )
+    results, stdout = benchmark_runs.result("console")
     rows = {r["gateway"]: r for r in results["rows"]}
     assert set(rows) == {"polyroute", "console-idle", "console-5-tabs"}
     assert all(r["streams_per_s"] > 0 and r["cpu_ms_per_stream"] > 0 for r in rows.values())
@@ -125,18 +110,13 @@ def test_console_benchmark_keeps_five_live_streams_open_under_load(tmp_path: Pat
     assert "target: console-5-tabs" in stdout
 
 
-def test_observability_benchmark_measures_the_log_and_tracing(tmp_path: Path) -> None:
+def test_observability_benchmark_measures_the_log_and_tracing(
+    benchmark_runs: BenchmarkRuns,
+) -> None:
     """benchmarks.observability: the plain gateway, one with a store, and one with the
     request log and tracing on; the log's lag measured from the SQLite file, and two
     spans received for every logged request (the request's and its attempt's)."""
-    results, stdout = run_benchmark(
-        "benchmarks.observability",
-        tmp_path / "observability.json",
-        "--seconds",
-        "0.5",
-        "--concurrency",
-        "1,4",
-    )
+    results, stdout = benchmark_runs.result("observability")
     assert {(r["gateway"], r["concurrency"]) for r in results["rows"]} == {
         (gateway, concurrency)
         for gateway in ("polyroute", "stored", "observed")
