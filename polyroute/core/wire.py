@@ -23,16 +23,35 @@ a ``data`` over several lines, JSON spread over lines) sends the read to the dec
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
-from typing import Any, ClassVar, Literal, TypeAlias, cast
+from collections.abc import Collection, Sequence
+from typing import Any, ClassVar, Literal, TypeAlias, cast, get_args
 
 from polyroute.core.deltas import WireDelta
+from polyroute.core.errors import InvalidRequestError
 from polyroute.core.jsoncodec import loads
 from polyroute.core.sse import SSEDecoder, SSEEvent
 
 WireFormat: TypeAlias = Literal["openai", "anthropic"]
 """The formats whose text chunks can be relayed as they came: OpenAI's chat chunks, and
 Anthropic's Messages events (core/anthropic_wire.py)."""
+WIRE_FORMATS: frozenset[WireFormat] = frozenset(get_args(WireFormat))
+
+
+def relayable_formats(
+    pass_through: WireFormat | Collection[WireFormat] | None,
+) -> frozenset[WireFormat] | None:
+    """``Router.stream``'s ``pass_through`` (a format, or several) as a set; raises
+    :class:`InvalidRequestError` for one that is not in :data:`WIRE_FORMATS`."""
+    if pass_through is None:
+        return None
+    formats = frozenset((pass_through,) if isinstance(pass_through, str) else pass_through)
+    if unknown := formats - WIRE_FORMATS:
+        raise InvalidRequestError(
+            f"pass_through: unknown format {sorted(unknown)[0]!r}"
+            f" (one of {', '.join(sorted(WIRE_FORMATS))})"
+        )
+    return formats or None
+
 
 Relayed: TypeAlias = SSEEvent | WireDelta
 """What a read of a passed-through answer yields: runs of text chunks, and the rest."""

@@ -7,7 +7,7 @@ import asyncio
 import math
 import os
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -33,7 +33,7 @@ from polyroute.core.request import (
     NativeRequest,
     estimated_input_tokens,
 )
-from polyroute.core.wire import WireFormat
+from polyroute.core.wire import WireFormat, relayable_formats
 from polyroute.providers.base import Provider
 from polyroute.providers.registry import Registry, default_registry
 from polyroute.router.affinity import affinity_plan
@@ -466,7 +466,7 @@ class Router:
         budget: BudgetPlan | None = None,
         labels: RequestLabels | None = None,
         headers: Mapping[str, str] | None = None,
-        pass_through: WireFormat | None = None,
+        pass_through: WireFormat | Collection[WireFormat] | None = None,
         **options: Any,
     ) -> RouterStream:
         """Start routing ``messages`` to ``model``; iterate the result for text, or
@@ -491,8 +491,10 @@ class Router:
         consumer speaks OpenAI's chat chunks, so an OpenAI-format entry's plain text
         chunks come as :class:`WireDelta` runs of the upstream's own bytes (the gateway's
         chat completions; docs/router.md#pass-through); ``"anthropic"``: likewise, an
-        Anthropic entry's text deltas, for a consumer of Messages events; every other
-        delta is as without it. Raises at once (before any I/O)
+        Anthropic entry's text deltas, for a consumer of Messages events; several
+        formats (``("anthropic", "openai")``): any of them, for a consumer that writes
+        the runs' ``texts`` in its own events when they are not in its format; every
+        other delta is as without it. Raises at once (before any I/O)
         :class:`InvalidRequestError` for a bad argument (:class:`InvalidMessagesError`
         for bad messages), :class:`ModelNotSupportedError` for a model no entry serves and
         :class:`CapabilityNotSupportedError` when no entry serving it can do what the
@@ -501,6 +503,7 @@ class Router:
         or the upstream's typed error after part of the answer was delivered.
         """
         model = self._requested(model)
+        relayable = relayable_formats(pass_through)
         given = {
             "tools": tools,
             "tool_choice": tool_choice,
@@ -522,7 +525,7 @@ class Router:
             budget=budget,
             labels=labels,
             affinity=affinity_plan(context.settings.affinity, chain[0], request, headers),
-            pass_through=pass_through,
+            pass_through=relayable,
         )
 
     def _requested(self, model: str | None) -> str:

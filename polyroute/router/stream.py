@@ -223,7 +223,7 @@ class RouterStream:
         budget: BudgetPlan | None = None,
         labels: RequestLabels | None = None,
         affinity: AffinityPlan | None = None,
-        pass_through: WireFormat | None = None,
+        pass_through: frozenset[WireFormat] | None = None,
     ) -> None:
         self.request_id = request_id or new_request_id()
         self._pass_through = pass_through
@@ -707,9 +707,11 @@ class RouterStream:
         """Whether ``choice``'s text chunks may reach the consumer as they came: it speaks
         the consumer's format, and nothing must read each text first (a continuation's
         seam, ``tool_calls: atomic``'s hold)."""
+        relayed = choice.candidate.entry.provider.wire_format
         return (
             self._pass_through is not None
-            and choice.candidate.entry.provider.wire_format == self._pass_through
+            and relayed is not None
+            and relayed in self._pass_through
             and choice.mode != "continue"
             and self._context.tool_call_mode(choice.candidate) != "atomic"
         )

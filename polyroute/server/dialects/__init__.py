@@ -46,9 +46,10 @@ class Exchange(Protocol):
     stream: bool
 
     @property
-    def pass_through(self) -> WireFormat | None:
-        """The format the answer is written in, when an upstream's text chunks in that
-        format may be relayed as they came (``Router.stream(pass_through=...)``)."""
+    def pass_through(self) -> tuple[WireFormat, ...] | None:
+        """The formats whose text chunks the answer takes as they came
+        (``Router.stream(pass_through=...)``): its own, relayed as their bytes, and
+        others whose texts it writes in its own events."""
         ...
 
     def opening(self, stream: RouterStream, request_id: str) -> list[bytes]:

@@ -87,9 +87,9 @@ class ChatExchange:
     """The id and model every chunk of the answer says, as JSON strings."""
 
     @property
-    def pass_through(self) -> WireFormat | None:
+    def pass_through(self) -> tuple[WireFormat, ...] | None:
         """A streamed answer takes an OpenAI-format upstream's text chunks as they came."""
-        return "openai" if self.stream else None
+        return ("openai",) if self.stream else None
 
     def collect(self, batch: list[Delta]) -> None:
         pass  # the whole answer is the stream's message

@@ -126,14 +126,15 @@ class _Blocks:
         new one, as for a :class:`TextDelta`), saying its index: the upstream numbers
         its own blocks, which this answer may not show as it did (a block it sent
         empty, two text blocks in a row, another entry's blocks before a restart).
-        Encoded anew when the index cannot be rewritten in every one of them."""
+        Encoded anew when the index cannot be rewritten in every one of them, and an
+        OpenAI upstream's run (no index: its chunks are not Messages events) always."""
         if self._open != "text":
             self._text(out)
         texts = delta.texts
         self._pieces += texts
         ours = str(self._index).encode()
         data = rewritten(delta.data, b'"index":', delta.index, ours, len(texts))
-        if data is None:
+        if data is None:  # an OpenAI upstream's run has no index: always encoded anew
             before, after = self._text_frame
             data = b"".join(before + orjson.dumps(text) + after for text in texts)
         out.append(data)
@@ -226,10 +227,11 @@ class MessagesExchange:
     _started: bool = False
 
     @property
-    def pass_through(self) -> WireFormat | None:
+    def pass_through(self) -> tuple[WireFormat, ...] | None:
         """A streamed answer takes an Anthropic-format upstream's text deltas as they
-        came (their block's index rewritten where this answer numbers it otherwise)."""
-        return "anthropic" if self.stream else None
+        came (their block's index rewritten where this answer numbers it otherwise),
+        and an OpenAI-format upstream's text chunks as runs of texts."""
+        return ("anthropic", "openai") if self.stream else None
 
     def opening(self, stream: RouterStream, request_id: str) -> list[bytes]:
         self._blocks = _Blocks(request_id)

@@ -20,7 +20,7 @@ import secrets
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any
 
 import orjson
 from orjson import dumps
@@ -35,6 +35,7 @@ from polyroute.core.deltas import (
     ToolCallDelta,
     Usage,
     UsageDelta,
+    WireDelta,
 )
 from polyroute.core.errors import InvalidRequestError, PolyrouteError, UpstreamProtocolError
 from polyroute.core.request import NativeRequest
@@ -236,7 +237,11 @@ def _custom_input(arguments: str, name: str) -> str:
 class ResponsesExchange:
     """One ``/v1/responses`` request, and its answer's writer."""
 
-    pass_through: ClassVar[WireFormat | None] = None  # translated, chunk by chunk
+    @property
+    def pass_through(self) -> tuple[WireFormat, ...] | None:
+        """A streamed answer takes an OpenAI-format upstream's text chunks as runs of
+        texts, each written as an ``output_text`` delta."""
+        return ("openai",) if self.stream else None
 
     model: str | None
     messages: Any
@@ -271,6 +276,9 @@ class ResponsesExchange:
         for delta in batch:
             if type(delta) is TextDelta:
                 items.text(delta.text, out)
+            elif type(delta) is WireDelta:
+                for text in delta.texts:
+                    items.text(text, out)
             elif isinstance(delta, FinishDelta):
                 self._finish = delta.reason
             elif isinstance(delta, RestartDelta):
