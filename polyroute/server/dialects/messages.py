@@ -136,7 +136,7 @@ class _Blocks:
         data = rewritten(delta.data, b'"index":', delta.index, ours, len(texts))
         if data is None:  # an OpenAI upstream's run has no index: always encoded anew
             before, after = self._text_frame
-            data = b"".join(before + orjson.dumps(text) + after for text in texts)
+            data = b"".join([before + orjson.dumps(text) + after for text in texts])
         out.append(data)
 
     def close(self, out: list[bytes]) -> None:

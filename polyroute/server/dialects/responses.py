@@ -106,6 +106,22 @@ class _Items:
         )
         self.sequence += 1
 
+    def texts(self, texts: list[str], out: list[bytes]) -> None:
+        """:meth:`text` for a run of texts (a relayed one), in one piece of bytes."""
+        if not self._text_head:
+            self._start_message(out)
+        self._pieces += texts
+        head, first = self._text_head, self.sequence
+        out.append(
+            b"".join(
+                [
+                    b'%b%b,"sequence_number":%d}\n\n' % (head, dumps(text), number)
+                    for number, text in enumerate(texts, first)
+                ]
+            )
+        )
+        self.sequence = first + len(texts)
+
     def add(self, delta: Delta, out: list[bytes]) -> None:
         if type(delta) is TextDelta:
             self.text(delta.text, out)
@@ -277,8 +293,7 @@ class ResponsesExchange:
             if type(delta) is TextDelta:
                 items.text(delta.text, out)
             elif type(delta) is WireDelta:
-                for text in delta.texts:
-                    items.text(text, out)
+                items.texts(delta.texts, out)
             elif isinstance(delta, FinishDelta):
                 self._finish = delta.reason
             elif isinstance(delta, RestartDelta):
