@@ -63,24 +63,26 @@ class AnthropicPassThroughReader(EventRunReader):
             texts, index = decoded
         if None not in texts:  # every event is text: one run, the read's own bytes
             return [WireDelta(events, cast(list[str], texts), index=index)]
-        out: list[Relayed] = []
-        start = 0
-        run: list[str] = []
-        for position, text in enumerate(texts):
-            if text is not None:
-                run.append(text)
-                continue
-            event = _event(pieces[position])
-            if event is None:
-                return self._decoder.feed(events)  # framed otherwise: as without relaying
-            if run:
-                out.append(_run(pieces, start, position, run, index))
-                run = []
-            out.append(event)
-            start = position + 1
-        if run:
-            out.append(_run(pieces, start, len(pieces), run, index))
-        return out
+        out = self._interleaved(pieces, texts, (index,))
+        return self._decoder.feed(events) if out is None else out  # None: framed otherwise
+
+    @staticmethod
+    def _event(piece: bytes) -> SSEEvent | None:
+        """``piece`` (``event: NAME``, ``data: JSON``) as the SSE decoder would give it;
+        ``None`` when it is framed otherwise (one line, or more than two) or not UTF-8."""
+        name, found, data = piece.partition(_DATA)
+        if not found or name[:7] != _EVENT or b"\n" in name or b"\n" in data:
+            return None
+        try:
+            return SSEEvent(data.decode(), name[7:].decode() or "message")
+        except UnicodeDecodeError:
+            return None
+
+    @staticmethod
+    def _run(
+        pieces: list[bytes], start: int, end: int, texts: list[str], head: tuple[Any, ...]
+    ) -> WireDelta:
+        return WireDelta(_BLANK.join(pieces[start:end]) + _BLANK, texts, index=head[0])
 
     def _decoded_texts(self, pieces: list[bytes]) -> tuple[list[str | None], Any] | None:
         """Each piece's text when it is a plain text delta of the block of the read's
@@ -109,23 +111,6 @@ class AnthropicPassThroughReader(EventRunReader):
             assert text is not None
             self._learn(pieces[first], text, (index,))
         return texts, index
-
-
-def _event(piece: bytes) -> SSEEvent | None:
-    """``piece`` (``event: NAME``, ``data: JSON``) as the SSE decoder would give it;
-    ``None`` when it is framed otherwise (one line, or more than two) or not UTF-8."""
-    name, found, data = piece.partition(_DATA)
-    if not found or name[:7] != _EVENT or b"\n" in name or b"\n" in data:
-        return None
-    try:
-        return SSEEvent(data.decode(), name[7:].decode() or "message")
-    except UnicodeDecodeError:
-        return None
-
-
-def _run(pieces: list[bytes], start: int, end: int, texts: list[str], index: Any) -> WireDelta:
-    """The :class:`WireDelta` of the events ``pieces[start:end]``."""
-    return WireDelta(_BLANK.join(pieces[start:end]) + _BLANK, texts, index=index)
 
 
 def plain_text_delta(chunk: Any) -> str | None:

@@ -141,6 +141,41 @@ class EventRunReader:
         rest decoded."""
         raise NotImplementedError
 
+    def _event(self, piece: bytes) -> SSEEvent | None:
+        """``piece``, an event that is not plain text, as the SSE decoder would give it;
+        ``None`` when it is not one this reader decodes alone."""
+        raise NotImplementedError
+
+    def _run(
+        self, pieces: list[bytes], start: int, end: int, texts: list[str], head: tuple[Any, ...]
+    ) -> WireDelta:
+        """The :class:`WireDelta` of the plain events ``pieces[start:end]``."""
+        raise NotImplementedError
+
+    def _interleaved(
+        self, pieces: list[bytes], texts: list[str | None], head: tuple[Any, ...]
+    ) -> list[Relayed] | None:
+        """The runs of consecutive texts between the other pieces, each of those decoded
+        (:meth:`_event`); ``None`` when one cannot be (the read goes to the decoder)."""
+        out: list[Relayed] = []
+        start = 0
+        run: list[str] = []
+        for position, text in enumerate(texts):
+            if text is not None:
+                run.append(text)
+                continue
+            event = self._event(pieces[position])
+            if event is None:
+                return None
+            if run:
+                out.append(self._run(pieces, start, position, run, head))
+                run = []
+            out.append(event)
+            start = position + 1
+        if run:
+            out.append(self._run(pieces, start, len(pieces), run, head))
+        return out
+
     def _learn(self, piece: bytes, text: str, head: tuple[Any, ...]) -> None:
         """Learn the shape of ``piece``, a plain chunk of ``text`` naming ``head``, for
         the next reads, unless the stream has proved it has none twice: a read whose
@@ -187,29 +222,26 @@ class PassThroughReader(EventRunReader):
             data = events[: -len(_DONE_EVENT)] if done else events
             whole = WireDelta(data, cast(list[str], texts), *head)
             return [whole, SSEEvent(_DONE.decode())] if done else [whole]
-        out: list[Relayed] = []
-        start = 0
-        run: list[str] = []
-        for index, text in enumerate(texts):
-            if text is not None:
-                run.append(text)
-                continue
-            try:
-                event = SSEEvent(pieces[index].decode())
-            except UnicodeDecodeError:  # not decoded by a shape: the decoder raises at it
-                return self._decoder.feed(events)
-            if run:
-                out.append(_run(pieces, start, index, run, head))
-                run = []
-            out.append(event)
-            start = index + 1
-        if run and start == 0 and not done:  # the whole read: its bytes as they are
-            out.append(WireDelta(events, run, *head))
-        elif run:
-            out.append(_run(pieces, start, len(pieces), run, head))
+        out = self._interleaved(pieces, texts, head)
+        if out is None:
+            return self._decoder.feed(events)
         if done:
             out.append(SSEEvent(_DONE.decode()))
         return out
+
+    @staticmethod
+    def _event(piece: bytes) -> SSEEvent | None:
+        try:
+            return SSEEvent(piece.decode())
+        except UnicodeDecodeError:  # not decoded by a shape: the decoder raises at it
+            return None
+
+    @staticmethod
+    def _run(
+        pieces: list[bytes], start: int, end: int, texts: list[str], head: tuple[Any, ...]
+    ) -> WireDelta:
+        data = b"data: " + _SEPARATOR.join(pieces[start:end]) + b"\n\n"
+        return WireDelta(data, texts, *head)
 
     def _decoded_texts(
         self, pieces: list[bytes]
@@ -243,14 +275,6 @@ class PassThroughReader(EventRunReader):
         assert text is not None
         self._learn(pieces[first], text, head)
         return texts, head
-
-
-def _run(
-    pieces: list[bytes], start: int, end: int, texts: list[str], head: tuple[Any, Any]
-) -> WireDelta:
-    """The :class:`WireDelta` of the events ``pieces[start:end]``."""
-    data = b"data: " + _SEPARATOR.join(pieces[start:end]) + b"\n\n"
-    return WireDelta(data, texts, *head)
 
 
 class _ChunkShape:
