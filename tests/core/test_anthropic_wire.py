@@ -5,7 +5,6 @@ the upstream sent as whole, valid text deltas of one block."""
 
 from __future__ import annotations
 
-import itertools
 import json
 
 import orjson
@@ -17,8 +16,8 @@ from polyroute import PolyrouteError
 from polyroute.core.anthropic_wire import AnthropicPassThroughReader, plain_text_delta
 from polyroute.core.deltas import Delta, TextDelta, WireDelta
 from polyroute.core.sse import SSEDecoder, SSEEvent
-from polyroute.core.wire import Relayed
 from polyroute.providers.anthropic import Anthropic
+from tests.core.relaying import read_through
 
 Payload = dict[str, object] | bytes
 
@@ -195,29 +194,7 @@ def read(
 ) -> tuple[list[Delta], list[WireDelta], str | None]:
     """The deltas (relayed runs as their texts), the relayed runs and the error's
     message, reading ``answer`` in pieces cut at ``cuts``."""
-    parse = Anthropic().stream_parser()
-    decoder = SSEDecoder(provider="up")
-    reader = AnthropicPassThroughReader(decoder) if relay else decoder
-    deltas: list[Delta] = []
-    relayed: list[WireDelta] = []
-    bounds = [0, *cuts, len(answer)]
-    pieces = [answer[a:b] for a, b in itertools.pairwise(bounds)]
-    try:
-        batches: list[list[Relayed]] = [list(reader.feed(p)) for p in pieces]
-        batches.append(list(reader.close()))
-    except PolyrouteError as error:  # raised by the decoder, before any parsing
-        return deltas, relayed, str(error)
-    try:
-        for batch in batches:
-            for event in batch:
-                if isinstance(event, WireDelta):
-                    relayed.append(event)
-                    deltas += [TextDelta(text) for text in event.texts]
-                elif parse(event, deltas):
-                    return deltas, relayed, None
-    except PolyrouteError as error:
-        return deltas, relayed, str(error)
-    return deltas, relayed, "no end"
+    return read_through(answer, cuts, Anthropic(), AnthropicPassThroughReader if relay else None)
 
 
 def check_relayed(answer: bytes, relayed: list[WireDelta]) -> None:

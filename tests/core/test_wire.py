@@ -4,7 +4,6 @@ split it, and only ever relays bytes the upstream sent as whole, valid chunks.""
 
 from __future__ import annotations
 
-import itertools
 import json
 
 import orjson
@@ -13,8 +12,9 @@ import pytest
 from polyroute import PolyrouteError
 from polyroute.core.deltas import Delta, TextDelta, WireDelta
 from polyroute.core.sse import SSEDecoder
-from polyroute.core.wire import PassThroughReader, Relayed, plain_text
+from polyroute.core.wire import PassThroughReader, plain_text
 from polyroute.providers.openai import OpenAI
+from tests.core.relaying import read_through
 
 
 def chunk(
@@ -170,29 +170,10 @@ def read(
 ) -> tuple[list[Delta], list[bytes], str | None]:
     """The deltas (relayed runs as their texts), the relayed bytes and the error's
     message, reading ``answer`` in pieces cut at ``cuts``."""
-    parse = OpenAI().stream_parser()
-    decoder = SSEDecoder(provider="up")
-    reader: SSEDecoder | PassThroughReader = PassThroughReader(decoder) if relay else decoder
-    deltas: list[Delta] = []
-    relayed: list[bytes] = []
-    bounds = [0, *cuts, len(answer)]
-    pieces = [answer[a:b] for a, b in itertools.pairwise(bounds)]
-    try:
-        batches: list[list[Relayed]] = [list(reader.feed(p)) for p in pieces]
-        batches.append(list(reader.close()))
-    except PolyrouteError as error:  # raised by the decoder, before any parsing
-        return deltas, relayed, str(error)
-    try:
-        for batch in batches:
-            for event in batch:
-                if isinstance(event, WireDelta):
-                    relayed.append(event.data)
-                    deltas += [TextDelta(text) for text in event.texts]
-                elif parse(event, deltas):
-                    return deltas, relayed, None
-    except PolyrouteError as error:
-        return deltas, relayed, str(error)
-    return deltas, relayed, "no end"
+    deltas, relayed, error = read_through(
+        answer, cuts, OpenAI(), PassThroughReader if relay else None
+    )
+    return deltas, [run.data for run in relayed], error
 
 
 @pytest.mark.parametrize("name", list(ANSWERS))
