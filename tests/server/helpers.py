@@ -21,7 +21,6 @@ import yaml
 
 from tests.upstreams.anthropic import AnthropicUpstream
 from tests.upstreams.openai import OpenAIUpstream
-from tests.upstreams.scripted import Script
 
 
 def free_port() -> int:
@@ -137,9 +136,7 @@ class Upstreams:
     def reset(self) -> None:
         """Healthy answers, nothing queued, nothing recorded."""
         for server in (self.openai, self.backup, self.claude):
-            server.default = Script()
-            server.queue.clear()
-            server.requests.clear()
+            server.reset()
 
 
 @asynccontextmanager

@@ -65,9 +65,7 @@ async def served(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Serv
 @pytest.fixture(autouse=True)
 def fresh_scripts(served: Served) -> None:
     for server in (served.upstream, served.backup):
-        server.default = Script()
-        server.queue.clear()
-        server.requests.clear()
+        server.reset()
 
 
 async def test_a_whole_completion_through_the_sync_client(served: Served) -> None:

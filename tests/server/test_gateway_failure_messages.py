@@ -56,9 +56,7 @@ async def served(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Serv
 @pytest.fixture(autouse=True)
 def fresh_scripts(served: Served) -> None:
     for upstream in (served.first, served.second):
-        upstream.default = Script()
-        upstream.queue.clear()
-        upstream.requests.clear()
+        upstream.reset()
 
 
 async def post(url: str, body: dict[str, object] | bytes) -> tuple[int, dict[str, object]]:

@@ -68,9 +68,7 @@ async def served(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Serv
 @pytest.fixture(autouse=True)
 def fresh_scripts(served: Served) -> None:
     for server in (served.upstream, served.backup):
-        server.default = Script()
-        server.queue.clear()
-        server.requests.clear()
+        server.reset()
 
 
 def start(model: str = "claude-upstream") -> list[dict[str, Any]]:

@@ -15,9 +15,8 @@ import openai
 import orjson
 import pytest
 import pytest_asyncio
-import yaml
 
-from tests.server.helpers import gateway
+from tests.server.helpers import dialect_gateway
 from tests.upstreams.openai import OpenAIUpstream
 from tests.upstreams.scripted import Script
 
@@ -35,21 +34,15 @@ class Served:
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def served(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Served]:
-    upstream = await OpenAIUpstream(models=["m"]).start()
-    backup = await OpenAIUpstream(models=["m"]).start()
-    config = tmp_path_factory.mktemp("pass-through") / "gateway.yaml"
-    entries = [
-        {"name": "up", "type": "openai", "base_url": upstream.base_url, "models": ["m"]},
-        {"name": "backup", "type": "openai", "base_url": backup.base_url, "models": ["m"]},
-    ]
-    settings = {"retry": {"attempts": 1}, "cooldown": {"failures": 1000}}
-    config.write_text(yaml.safe_dump({"providers": entries, **settings}))
-    try:
-        async with gateway(config) as process:
-            yield Served(process.url, upstream, backup)
-    finally:
-        await upstream.stop()
-        await backup.stop()
+    folder = tmp_path_factory.mktemp("pass-through")
+    async with dialect_gateway(folder, cooldown={"failures": 1000}) as (url, upstreams):
+        yield Served(url, upstreams.openai, upstreams.backup)
+
+
+@pytest.fixture(autouse=True)
+def fresh_scripts(served: Served) -> None:
+    served.upstream.reset()
+    served.backup.reset()
 
 
 def chunk(text: str | None, *, finish: str | None = None, **extra: Any) -> dict[str, Any]:

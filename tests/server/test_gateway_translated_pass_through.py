@@ -16,19 +16,17 @@ import openai
 import orjson
 import pytest
 import pytest_asyncio
-import yaml
 
 from polyroute import InvalidRequestError, Router, WireDelta
 from polyroute.server.dialects.messages import MessagesDialect
 from polyroute.server.dialects.responses import ResponsesDialect
-from tests.server.helpers import gateway
+from tests.server.helpers import dialect_gateway
 from tests.upstreams.openai import OpenAIUpstream
 from tests.upstreams.scripted import Script
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 HI = [{"role": "user", "content": "Hi"}]
 TEXTS = ["Relayed", " as", " it", " came: ", "\u00e9\U0001f600", ' "quoted"', "\n"]
-MODELS = ["m", "atomic"]
 
 
 @dataclass
@@ -46,34 +44,16 @@ class Served:
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def served(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Served]:
-    upstream = await OpenAIUpstream(models=MODELS).start()
-    backup = await OpenAIUpstream(models=MODELS).start()
-    config = tmp_path_factory.mktemp("translated-pass-through") / "gateway.yaml"
-    entries = [
-        {"name": "up", "type": "openai", "base_url": upstream.base_url, "models": MODELS},
-        {"name": "backup", "type": "openai", "base_url": backup.base_url, "models": MODELS},
-    ]
-    settings = {
-        "retry": {"attempts": 1},
-        "cooldown": {"failures": 1000},
-        "per_model": {"atomic": {"tool_calls": "atomic"}},
-    }
-    config.write_text(yaml.safe_dump({"providers": entries, **settings}))
-    try:
-        async with gateway(config) as process:
-            yield Served(process.url, upstream, backup)
-    finally:
-        await upstream.stop()
-        await backup.stop()
-    assert process.code == 0
+    folder = tmp_path_factory.mktemp("translated-pass-through")
+    settings = {"cooldown": {"failures": 1000}, "per_model": {"atomic": {"tool_calls": "atomic"}}}
+    async with dialect_gateway(folder, **settings) as (url, upstreams):
+        yield Served(url, upstreams.openai, upstreams.backup)
 
 
 @pytest.fixture(autouse=True)
 def fresh_scripts(served: Served) -> None:
-    for server in (served.upstream, served.backup):
-        server.default = Script()
-        server.queue.clear()
-        server.requests.clear()
+    served.upstream.reset()
+    served.backup.reset()
 
 
 def chunk(text: str | None, *, finish: str | None = None, role: bool = False) -> dict[str, Any]:

@@ -54,6 +54,12 @@ class ScriptedUpstream(LocalServer):
         self.default = default or Script()
         self.queue: list[Script] = []
 
+    def reset(self) -> None:
+        """Healthy answers, nothing queued, nothing recorded."""
+        self.default = Script()
+        self.queue.clear()
+        self.requests.clear()
+
     def then(self, *scripts: Script) -> ScriptedUpstream:
         """Queue scripts for the next requests, in order."""
         self.queue.extend(scripts)
