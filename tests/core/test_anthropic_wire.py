@@ -18,6 +18,13 @@ from polyroute.core.deltas import Delta, TextDelta, WireDelta
 from polyroute.core.sse import SSEDecoder, SSEEvent
 from polyroute.providers.anthropic import Anthropic
 from tests.core.relaying import read_through
+from tests.upstreams.anthropic import (
+    block_delta,
+    block_start,
+    block_stop,
+    message_end,
+    message_start,
+)
 
 Payload = dict[str, object] | bytes
 
@@ -37,108 +44,79 @@ def events(*payloads: Payload, compact: bool = True, line_end: bytes = b"\n") ->
     return b"".join(map(framed, payloads))
 
 
-def start() -> list[Payload]:
-    message = {
-        "id": "msg_up",
-        "type": "message",
-        "role": "assistant",
-        "content": [],
-        "model": "claude-up",
-        "stop_reason": None,
-        "stop_sequence": None,
-        "usage": {"input_tokens": 3, "output_tokens": 1},
-    }
-    return [{"type": "message_start", "message": message}, {"type": "ping"}]
-
-
-def block(index: int, kind: str = "text", **fields: object) -> dict[str, object]:
-    empty = {"text": {"text": ""}, "thinking": {"thinking": "", "signature": ""}}
-    content = {"type": kind, **empty.get(kind, {}), **fields}
-    return {"type": "content_block_start", "index": index, "content_block": content}
-
-
-def delta(index: int, text: str, kind: str = "text_delta", key: str = "text") -> dict[str, object]:
-    return {"type": "content_block_delta", "index": index, "delta": {"type": kind, key: text}}
-
-
-def stop(index: int) -> dict[str, object]:
-    return {"type": "content_block_stop", "index": index}
-
-
-def end(reason: str = "end_turn") -> list[Payload]:
-    message_delta = {
-        "type": "message_delta",
-        "delta": {"stop_reason": reason, "stop_sequence": None},
-        "usage": {"output_tokens": 7},
-    }
-    return [message_delta, {"type": "message_stop"}]
-
-
 TEXTS = ["Hel", "lo, ", "wörld ", "\u00e9\U0001f600", 'a "quoted" \\ bit', "\n", "text"]
-TEXT_BLOCK = [block(0), *[delta(0, t) for t in TEXTS], stop(0)]
+TEXT_BLOCK = [block_start(0), *[block_delta(0, t) for t in TEXTS], block_stop(0)]
 
 
 def shaped(string: bytes) -> bytes:
     """A text delta written as the others are, around ``string`` (JSON or not)."""
-    return orjson.dumps(delta(0, "PLACEHOLDER")).replace(b'"PLACEHOLDER"', string)
+    return orjson.dumps(block_delta(0, "PLACEHOLDER")).replace(b'"PLACEHOLDER"', string)
 
 
 def answer(*middle: Payload, **framing: object) -> bytes:
-    return events(*start(), *middle, *end(), **framing)  # type: ignore[arg-type]
+    return events(*message_start(), *middle, *message_end(), **framing)  # type: ignore[arg-type]
 
 
 ANSWERS = {
     "compact, as the API writes": answer(*TEXT_BLOCK),
     "spaced, as Python's json writes": answer(*TEXT_BLOCK, compact=False),
     "thinking, then text": answer(
-        block(0, "thinking"),
-        delta(0, "Let me think.", "thinking_delta", "thinking"),
-        delta(0, "sig", "signature_delta", "signature"),
-        stop(0),
-        block(1),
-        *[delta(1, t) for t in TEXTS],
-        stop(1),
+        block_start(0, "thinking"),
+        block_delta(0, "Let me think.", "thinking_delta", "thinking"),
+        block_delta(0, "sig", "signature_delta", "signature"),
+        block_stop(0),
+        block_start(1),
+        *[block_delta(1, t) for t in TEXTS],
+        block_stop(1),
     ),
     "tool use between texts": answer(
-        block(0),
-        delta(0, "Let me look."),
-        delta(0, " Still here."),
-        stop(0),
-        block(1, "tool_use", id="toolu_1", name="f", input={}),
-        delta(1, '{"city": ', "input_json_delta", "partial_json"),
-        delta(1, '"Paris"}', "input_json_delta", "partial_json"),
-        stop(1),
-        block(2),
-        delta(2, "after"),
-        delta(2, " the call"),
-        stop(2),
+        block_start(0),
+        block_delta(0, "Let me look."),
+        block_delta(0, " Still here."),
+        block_stop(0),
+        block_start(1, "tool_use", id="toolu_1", name="f", input={}),
+        block_delta(1, '{"city": ', "input_json_delta", "partial_json"),
+        block_delta(1, '"Paris"}', "input_json_delta", "partial_json"),
+        block_stop(1),
+        block_start(2),
+        block_delta(2, "after"),
+        block_delta(2, " the call"),
+        block_stop(2),
     ),
     "two text blocks in a row": answer(
-        block(0), delta(0, "one "), delta(0, "two "), stop(0), block(1), delta(1, "three"), stop(1)
+        block_start(0),
+        block_delta(0, "one "),
+        block_delta(0, "two "),
+        block_stop(0),
+        block_start(1),
+        block_delta(1, "three"),
+        block_stop(1),
     ),
     "a citation between texts": answer(
-        block(0),
-        delta(0, "cited "),
+        block_start(0),
+        block_delta(0, "cited "),
         {
             "type": "content_block_delta",
             "index": 0,
             "delta": {"type": "citations_delta", "citation": {"type": "char_location"}},
         },
-        delta(0, "text"),
-        stop(0),
+        block_delta(0, "text"),
+        block_stop(0),
     ),
     "a text block that starts with text": answer(
-        block(0, text="Hi "), delta(0, "there"), delta(0, "!"), stop(0)
+        block_start(0, text="Hi "), block_delta(0, "there"), block_delta(0, "!"), block_stop(0)
     ),
     "escaped unicode": answer(
-        block(0),
-        delta(0, "caf"),
+        block_start(0),
+        block_delta(0, "caf"),
         b'{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"\\u00e9"}}',
-        stop(0),
+        block_stop(0),
     ),
-    "keep-alive comments": events(*start(), block(0), delta(0, "a"), delta(0, "b"))
+    "keep-alive comments": events(
+        *message_start(), block_start(0), block_delta(0, "a"), block_delta(0, "b")
+    )
     + b": keep-alive\n\n"
-    + events(delta(0, "c"), stop(0), *end()),
+    + events(block_delta(0, "c"), block_stop(0), *message_end()),
     "CRLF line ends": answer(*TEXT_BLOCK, line_end=b"\r\n"),
     "id fields": answer(*TEXT_BLOCK).replace(b"event: ", b"id: 7\nevent: "),
     "the name after the data": answer(*TEXT_BLOCK)
@@ -149,43 +127,65 @@ ANSWERS = {
         b"event: content_block_delta\n", b"event: message\n"
     ),
     "a text delta with a member more": answer(
-        block(0),
-        delta(0, "a"),
-        {**delta(0, "b"), "delta": {"type": "text_delta", "text": "b", "extra": 1}},
-        delta(0, "c"),
-        stop(0),
+        block_start(0),
+        block_delta(0, "a"),
+        {**block_delta(0, "b"), "delta": {"type": "text_delta", "text": "b", "extra": 1}},
+        block_delta(0, "c"),
+        block_stop(0),
     ),
     "an index that is not a number": answer(
-        block(0), delta(0, "a"), {**delta(0, "b"), "index": "0"}, delta(0, "c"), stop(0)
+        block_start(0),
+        block_delta(0, "a"),
+        {**block_delta(0, "b"), "index": "0"},
+        block_delta(0, "c"),
+        block_stop(0),
     ),
     "a bad string in a delta shaped as the others": answer(
-        block(0), delta(0, "one "), delta(0, "two "), shaped(b'"bad \\q"'), stop(0)
+        block_start(0),
+        block_delta(0, "one "),
+        block_delta(0, "two "),
+        shaped(b'"bad \\q"'),
+        block_stop(0),
     ),
     "an empty string in a delta shaped as the others": answer(
-        block(0), delta(0, "one "), delta(0, "two "), shaped(b'""'), delta(0, "three"), stop(0)
+        block_start(0),
+        block_delta(0, "one "),
+        block_delta(0, "two "),
+        shaped(b'""'),
+        block_delta(0, "three"),
+        block_stop(0),
     ),
     "malformed event after text": answer(
-        block(0), delta(0, "ok "), delta(0, "fine"), b'{"type": "content_block_delta", "ind'
+        block_start(0),
+        block_delta(0, "ok "),
+        block_delta(0, "fine"),
+        b'{"type": "content_block_delta", "ind',
     ),
-    "JSON over two lines": events(*start(), block(0), delta(0, "ok"))
+    "JSON over two lines": events(*message_start(), block_start(0), block_delta(0, "ok"))
     + b'event: content_block_delta\ndata: {"type":"content_block_delta",\n"index":0}\n\n'
-    + events(stop(0), *end()),
-    "a text delta's JSON over two lines": events(*start(), block(0), delta(0, "ok"))
+    + events(block_stop(0), *message_end()),
+    "a text delta's JSON over two lines": events(
+        *message_start(), block_start(0), block_delta(0, "ok")
+    )
     + b'event: content_block_delta\ndata: {"type":"content_block_delta",\n"index":0,'
     + b'"delta":{"type":"text_delta","text":"lost"}}\n\n'
-    + events(stop(0), *end()),
+    + events(block_stop(0), *message_end()),
     "error event after text": events(
-        *start(),
-        block(0),
-        delta(0, "partial"),
+        *message_start(),
+        block_start(0),
+        block_delta(0, "partial"),
         {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}},
     ),
-    "an event that is not an object": answer(block(0), delta(0, "a"), b"[1, 2]", stop(0)),
-    "text null": answer(block(0), delta(0, "a"), {**delta(0, "b"), "delta": None}, stop(0)),
+    "an event that is not an object": answer(
+        block_start(0), block_delta(0, "a"), b"[1, 2]", block_stop(0)
+    ),
+    "text null": answer(
+        block_start(0), block_delta(0, "a"), {**block_delta(0, "b"), "delta": None}, block_stop(0)
+    ),
     "invalid UTF-8 in an event's name": answer(*TEXT_BLOCK).replace(
         b"event: content_block_stop", b"event: content_block_\xff"
     ),
-    "no end": events(*start(), *TEXT_BLOCK),
+    "no end": events(*message_start(), *TEXT_BLOCK),
 }
 
 
@@ -208,7 +208,7 @@ def check_relayed(answer: bytes, relayed: list[WireDelta]) -> None:
         for event, text in zip(events, run.texts, strict=True):
             name, data = event.split(b"\n")
             assert name == b"event: content_block_delta"
-            assert json.loads(data.removeprefix(b"data: ")) == delta(run.index or 0, text)
+            assert json.loads(data.removeprefix(b"data: ")) == block_delta(run.index or 0, text)
         assert type(run.index) is int
 
 
@@ -295,15 +295,17 @@ def test_a_read_is_relayed_as_one_run_per_block_between_what_is_decoded() -> Non
 
 def test_later_reads_of_one_block_are_relayed_by_its_shape() -> None:
     reader = AnthropicPassThroughReader(SSEDecoder())
-    first = reader.feed(events(*start(), block(0), delta(0, "a"), delta(0, "b")))
+    first = reader.feed(
+        events(*message_start(), block_start(0), block_delta(0, "a"), block_delta(0, "b"))
+    )
     assert [type(item).__name__ for item in first] == ["SSEEvent"] * 3 + ["WireDelta"]
-    later = events(*[delta(0, t) for t in TEXTS])
+    later = events(*[block_delta(0, t) for t in TEXTS])
     (run,) = reader.feed(later)
     assert isinstance(run, WireDelta)
     assert (run.data, run.texts, run.index) == (later, TEXTS, 0)
     # A delta shaped as the others around a string that is not one is no text delta:
     # its read goes to the decoder, and the parser raises at it.
-    first, bad = reader.feed(events(delta(0, "c"), shaped(b'"bad \\q"')))
+    first, bad = reader.feed(events(block_delta(0, "c"), shaped(b'"bad \\q"')))
     assert isinstance(first, SSEEvent)
     assert isinstance(bad, SSEEvent)
     parse = Anthropic().stream_parser()
@@ -324,7 +326,12 @@ def test_any_texts_cut_anywhere_read_the_same_relayed(
     texts: list[str], cuts: list[int], compact: bool
 ) -> None:
     answer = events(
-        *start(), block(0), *[delta(0, t) for t in texts], stop(0), *end(), compact=compact
+        *message_start(),
+        block_start(0),
+        *[block_delta(0, t) for t in texts],
+        block_stop(0),
+        *message_end(),
+        compact=compact,
     )
     cuts = sorted({cut for cut in cuts if cut <= len(answer)})
     expected = read(answer, [], relay=False)
@@ -337,18 +344,21 @@ def test_any_texts_cut_anywhere_read_the_same_relayed(
 @pytest.mark.parametrize(
     ("payload", "text"),
     [
-        (delta(0, "a"), "a"),
-        (delta(3, "a"), "a"),
-        (delta(0, ""), None),
-        (delta(0, "a", "thinking_delta", "thinking"), None),
-        (delta(0, '{"a"', "input_json_delta", "partial_json"), None),
-        ({**delta(0, "a"), "index": "0"}, None),
-        ({**delta(0, "a"), "index": True}, None),
-        ({**delta(0, "a"), "extra": None}, None),
-        ({**delta(0, "a"), "delta": {"type": "text_delta", "text": "a", "citations": []}}, None),
-        ({**delta(0, "a"), "delta": {"type": "text_delta", "text": 1}}, None),
-        ({**delta(0, "a"), "type": "content_block_start"}, None),
-        (stop(0), None),
+        (block_delta(0, "a"), "a"),
+        (block_delta(3, "a"), "a"),
+        (block_delta(0, ""), None),
+        (block_delta(0, "a", "thinking_delta", "thinking"), None),
+        (block_delta(0, '{"a"', "input_json_delta", "partial_json"), None),
+        ({**block_delta(0, "a"), "index": "0"}, None),
+        ({**block_delta(0, "a"), "index": True}, None),
+        ({**block_delta(0, "a"), "extra": None}, None),
+        (
+            {**block_delta(0, "a"), "delta": {"type": "text_delta", "text": "a", "citations": []}},
+            None,
+        ),
+        ({**block_delta(0, "a"), "delta": {"type": "text_delta", "text": 1}}, None),
+        ({**block_delta(0, "a"), "type": "content_block_start"}, None),
+        (block_stop(0), None),
         ({"type": "content_block_delta", "index": 0, "delta": "ab"}, None),
         ([], None),
         ("abc", None),

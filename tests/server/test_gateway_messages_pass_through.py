@@ -22,7 +22,15 @@ import pytest_asyncio
 import yaml
 
 from tests.server.helpers import gateway
-from tests.upstreams.anthropic import AnthropicUpstream, anthropic_events
+from tests.upstreams.anthropic import (
+    AnthropicUpstream,
+    anthropic_events,
+    block_delta,
+    block_start,
+    block_stop,
+    message_end,
+    message_start,
+)
 from tests.upstreams.scripted import Script
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -71,45 +79,8 @@ def fresh_scripts(served: Served) -> None:
         server.reset()
 
 
-def start(model: str = "claude-upstream") -> list[dict[str, Any]]:
-    message = {
-        "id": "msg_upstream",
-        "type": "message",
-        "role": "assistant",
-        "content": [],
-        "model": model,
-        "stop_reason": None,
-        "stop_sequence": None,
-        "usage": {"input_tokens": 3, "output_tokens": 1},
-    }
-    return [{"type": "message_start", "message": message}, {"type": "ping"}]
-
-
-def block(index: int, kind: str = "text", **fields: Any) -> dict[str, Any]:
-    empty = {"text": {"text": ""}, "thinking": {"thinking": "", "signature": ""}}
-    content = {"type": kind, **empty.get(kind, {}), **fields}
-    return {"type": "content_block_start", "index": index, "content_block": content}
-
-
-def delta(index: int, text: str, kind: str = "text_delta", key: str = "text") -> dict[str, Any]:
-    return {"type": "content_block_delta", "index": index, "delta": {"type": kind, key: text}}
-
-
-def stop(index: int) -> dict[str, Any]:
-    return {"type": "content_block_stop", "index": index}
-
-
-def end(reason: str = "end_turn") -> list[dict[str, Any]]:
-    message_delta = {
-        "type": "message_delta",
-        "delta": {"stop_reason": reason, "stop_sequence": None},
-        "usage": {"output_tokens": 9},
-    }
-    return [message_delta, {"type": "message_stop"}]
-
-
 def text_block(index: int, texts: list[str] = TEXTS) -> list[dict[str, Any]]:
-    return [block(index), *[delta(index, text) for text in texts], stop(index)]
+    return [block_start(index), *[block_delta(index, text) for text in texts], block_stop(index)]
 
 
 def script(*middle: dict[str, Any] | bytes, compact: bool = False, **options: Any) -> Script:
@@ -117,9 +88,9 @@ def script(*middle: dict[str, Any] | bytes, compact: bool = False, **options: An
     (as a live upstream sends them, each read one event or a few). Spaced JSON unless
     ``compact``: bytes the gateway's own encoder does not write, so that finding them
     in its answer shows they were relayed (``spaced()``)."""
-    events = [*start(), *middle, *end()]
+    events = [*message_start(), *middle, *message_end()]
     if options.pop("cut", False):
-        events = [*start(), *middle]  # no end: the connection drops after the last
+        events = [*message_start(), *middle]  # no end: the connection drops after the last
     chunks = [anthropic_events(event, compact=compact) for event in events]
     return Script(raw=b"".join(chunks), piece_size=options.pop("piece_size", None), **options)
 
@@ -171,7 +142,7 @@ async def test_text_deltas_reach_the_client_as_the_upstream_sent_them(served: Se
     served.upstream.then(script(*text_block(0)))
     raw, request_id, events = await post(served)
     for text in TEXTS:  # byte for byte, as the upstream wrote each one
-        assert spaced(delta(0, text)) in raw
+        assert spaced(block_delta(0, text)) in raw
     message = events[0][1]["message"]
     assert (message["id"], message["model"]) == (f"msg_{request_id}", "m")  # ours, not theirs
     assert b"msg_upstream" not in raw
@@ -188,7 +159,7 @@ async def test_relayed_and_decoded_answers_are_the_same_events(
     raw, _, relayed = await post(served, "m")
     _, _, decoded = await post(served, "atomic")
     if not compact:  # compact, the gateway's own events are the same bytes
-        assert spaced(delta(0, TEXTS[0])) in raw  # relayed indeed
+        assert spaced(block_delta(0, TEXTS[0])) in raw  # relayed indeed
     assert comparable(relayed) == comparable(decoded)
 
 
@@ -196,12 +167,12 @@ async def test_blocks_the_answer_numbers_otherwise_say_its_index(served: Served)
     # Upstream: thinking (0), an empty text block (1), two text blocks in a row (2, 3).
     # The gateway's answer: thinking (0) and one text block (1), as the decoded path says.
     middle = [
-        block(0, "thinking"),
-        delta(0, "Hmm.", "thinking_delta", "thinking"),
-        delta(0, "sig", "signature_delta", "signature"),
-        stop(0),
-        block(1),
-        stop(1),
+        block_start(0, "thinking"),
+        block_delta(0, "Hmm.", "thinking_delta", "thinking"),
+        block_delta(0, "sig", "signature_delta", "signature"),
+        block_stop(0),
+        block_start(1),
+        block_stop(1),
         *text_block(2, ["one ", "two "]),
         *text_block(3, ["three ", "four"]),
     ]
@@ -209,8 +180,8 @@ async def test_blocks_the_answer_numbers_otherwise_say_its_index(served: Served)
     raw, _, relayed = await post(served, "m")
     _, _, decoded = await post(served, "atomic")
     assert comparable(relayed) == comparable(decoded)
-    assert spaced(delta(2, "one ")) not in raw  # its index rewritten
-    assert spaced(delta(1, "one ")) in raw
+    assert spaced(block_delta(2, "one ")) not in raw  # its index rewritten
+    assert spaced(block_delta(1, "one ")) in raw
     texts = [data for name, data in relayed if name == "content_block_delta"]
     assert {data["index"] for data in texts if data["delta"]["type"] == "text_delta"} == {1}
     async with served.client() as client:
@@ -239,14 +210,14 @@ async def test_the_official_client_reads_a_relayed_answer(served: Served) -> Non
 async def test_tool_calls_are_decoded_around_relayed_text(served: Served) -> None:
     middle = [
         *text_block(0, ["Let me ", "look."]),
-        block(1, "tool_use", id="toolu_1", name="get_weather", input={}),
-        delta(1, '{"city": ', "input_json_delta", "partial_json"),
-        delta(1, '"Paris"}', "input_json_delta", "partial_json"),
-        stop(1),
+        block_start(1, "tool_use", id="toolu_1", name="get_weather", input={}),
+        block_delta(1, '{"city": ', "input_json_delta", "partial_json"),
+        block_delta(1, '"Paris"}', "input_json_delta", "partial_json"),
+        block_stop(1),
     ]
     served.upstream.default = script(*middle)
     raw, _, events = await post(served)
-    assert spaced(delta(0, "Let me ")) in raw
+    assert spaced(block_delta(0, "Let me ")) in raw
     async with (
         served.client() as client,
         client.messages.stream(model="m", max_tokens=100, messages=HI) as stream,
@@ -261,7 +232,7 @@ async def test_tool_calls_are_decoded_around_relayed_text(served: Served) -> Non
 
 async def test_a_malformed_event_never_reaches_the_client(served: Served) -> None:
     broken = b'{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"lost'
-    middle = [block(0), delta(0, "Before "), delta(0, "the break"), broken]
+    middle = [block_start(0), block_delta(0, "Before "), block_delta(0, "the break"), broken]
     served.upstream.then(script(*middle, cut=True))
     served.backup.then(Script(chunks=[", after it."]))
     raw, _, events = await post(served)
@@ -273,7 +244,9 @@ async def test_a_malformed_event_never_reaches_the_client(served: Served) -> Non
 
 async def test_a_cut_answer_continues_from_exactly_the_text_delivered(served: Served) -> None:
     texts = TEXTS[:-1]  # no whitespace at the end, which a prefill leaves out
-    served.upstream.then(script(block(0), *[delta(0, t) for t in texts], cut=True, reset_after=0))
+    served.upstream.then(
+        script(block_start(0), *[block_delta(0, t) for t in texts], cut=True, reset_after=0)
+    )
     served.backup.then(Script(chunks=[" And the rest."]))
     _, _, events = await post(served)
     assert text_of(events) == "".join(texts) + " And the rest."

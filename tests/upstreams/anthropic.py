@@ -48,6 +48,50 @@ def anthropic_events(*payloads: dict[str, Any] | bytes, compact: bool = True) ->
     return b"".join(map(framed, payloads))
 
 
+def message_start(model: str = "claude-upstream") -> list[dict[str, Any]]:
+    """An answer's first events: its ``message_start`` (``msg_upstream``, 3 tokens in) and
+    a ``ping``."""
+    message = {
+        "id": "msg_upstream",
+        "type": "message",
+        "role": "assistant",
+        "content": [],
+        "model": model,
+        "stop_reason": None,
+        "stop_sequence": None,
+        "usage": {"input_tokens": 3, "output_tokens": 1},
+    }
+    return [{"type": "message_start", "message": message}, {"type": "ping"}]
+
+
+def block_start(index: int, kind: str = "text", **fields: Any) -> dict[str, Any]:
+    """A ``content_block_start`` of an empty block of ``kind``, with ``fields``."""
+    empty = {"text": {"text": ""}, "thinking": {"thinking": "", "signature": ""}}
+    content = {"type": kind, **empty.get(kind, {}), **fields}
+    return {"type": "content_block_start", "index": index, "content_block": content}
+
+
+def block_delta(
+    index: int, text: str, kind: str = "text_delta", key: str = "text"
+) -> dict[str, Any]:
+    """A ``content_block_delta`` of ``kind`` saying ``text`` under ``key``."""
+    return {"type": "content_block_delta", "index": index, "delta": {"type": kind, key: text}}
+
+
+def block_stop(index: int) -> dict[str, Any]:
+    return {"type": "content_block_stop", "index": index}
+
+
+def message_end(reason: str = "end_turn") -> list[dict[str, Any]]:
+    """An answer's last events: its ``message_delta`` (9 tokens out) and ``message_stop``."""
+    message_delta = {
+        "type": "message_delta",
+        "delta": {"stop_reason": reason, "stop_sequence": None},
+        "usage": {"output_tokens": 9},
+    }
+    return [message_delta, {"type": "message_stop"}]
+
+
 def anthropic_error(kind: str, message: str, request_id: str | None = None) -> str:
     """A non-2xx body as the API writes it (with its ``request_id`` when given)."""
     body: dict[str, Any] = {"type": "error", "error": {"type": kind, "message": message}}
