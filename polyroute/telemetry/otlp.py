@@ -107,7 +107,12 @@ def _attributes(tag: int, attributes: Mapping[str, Any] | None) -> bytes:
         return b""
     out = []
     for key, value in attributes.items():
-        if type(value) is str or type(value) is bool:
+        kind = type(value)
+        if (
+            kind is str
+            or kind is bool
+            or (kind is tuple and all(type(item) is str for item in value))  # finish reasons
+        ):
             pair = (tag, key, value)
             encoded = _PAIRS.get(pair)
             if encoded is None:
@@ -115,15 +120,7 @@ def _attributes(tag: int, attributes: Mapping[str, Any] | None) -> bytes:
                     _PAIRS.clear()  # a bound, not an eviction policy: refilled at once
                 encoded = _PAIRS[pair] = _delimited(tag, _key_value(key, value))
             out.append(encoded)
-        elif type(value) is tuple and all(type(item) is str for item in value):
-            listed = (tag, key, value)  # finish reasons: few, and repeated
-            encoded = _PAIRS.get(listed)
-            if encoded is None:
-                if len(_PAIRS) >= _PAIRS_MAX:
-                    _PAIRS.clear()
-                encoded = _PAIRS[listed] = _delimited(tag, _key_value(key, value))
-            out.append(encoded)
-        elif type(value) is int:
+        elif kind is int:
             number = (tag, key, value)
             encoded = _NUMBERS.get(number)
             if encoded is None:
