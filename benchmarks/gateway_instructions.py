@@ -48,7 +48,7 @@ from pathlib import Path
 
 from benchmarks import governance
 from benchmarks.__main__ import upstream
-from benchmarks.gateway import WIRES, Target, free_port, measure, wait_until_ready
+from benchmarks.gateway import PEERS, WIRES, Target, free_port, measure, wait_until_ready
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -169,6 +169,7 @@ def main() -> None:
     if args.governed:
         if args.dialect != "chat":
             parser.error("--governed measures chat completions only")
+        PEERS.mkdir(exist_ok=True)  # the governed gateway's store goes there
         rows.append(("governed", ROOT))
     results = []
     with ExitStack() as stack, tempfile.TemporaryDirectory() as scratch:

@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from benchmarks.__main__ import upstream
-from benchmarks.gateway import gateway, measure
+from benchmarks.gateway import PEERS, gateway, measure
 
 STEPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     (
@@ -161,6 +161,7 @@ def main() -> None:
     parser.add_argument("--py-spy", default=shutil.which("py-spy") or str(beside))
     parser.add_argument("--out", type=Path, default=Path("benchmarks/gateway-steps-results.json"))
     args = parser.parse_args()
+    PEERS.mkdir(exist_ok=True)  # polyroute serve's config goes there
     with ExitStack() as stack, tempfile.TemporaryDirectory() as scratch:
         base = stack.enter_context(upstream(args.chunks, 0.0, 0))
         floor = profiled("floor-proxy", base, args, Path(scratch))
