@@ -52,18 +52,13 @@ class AnthropicPassThroughReader(EventRunReader):
         # fewer, without a data line, which no check below lets through.
         if events.count(b"\n") != 3 * len(pieces):
             return self._decoder.feed(events)
-        shape = self._shape
-        texts = shape.texts(pieces) if shape is not None else None
-        if texts is not None and shape is not None:
-            index = shape.head[0]
-        else:
-            decoded = self._decoded_texts(pieces)
-            if decoded is None:
-                return self._decoder.feed(events)  # it raises at the malformed event
-            texts, index = decoded
+        read = self._texts(pieces)
+        if read is None:
+            return self._decoder.feed(events)  # it raises at the malformed event
+        texts, head = read
         if None not in texts:  # every event is text: one run, the read's own bytes
-            return [WireDelta(events, cast(list[str], texts), index=index)]
-        out = self._interleaved(pieces, texts, (index,))
+            return [WireDelta(events, cast(list[str], texts), index=head[0])]
+        out = self._interleaved(pieces, texts, head)
         return self._decoder.feed(events) if out is None else out  # None: framed otherwise
 
     @staticmethod
@@ -84,7 +79,9 @@ class AnthropicPassThroughReader(EventRunReader):
     ) -> WireDelta:
         return WireDelta(_BLANK.join(pieces[start:end]) + _BLANK, texts, index=head[0])
 
-    def _decoded_texts(self, pieces: list[bytes]) -> tuple[list[str | None], Any] | None:
+    def _decoded_texts(
+        self, pieces: list[bytes]
+    ) -> tuple[list[str | None], tuple[Any, ...]] | None:
         """Each piece's text when it is a plain text delta of the block of the read's
         first one (else ``None``), and that block's index, all decoded in one call;
         ``None`` when a piece's data is not JSON. Learns the shape of that first text
@@ -110,7 +107,7 @@ class AnthropicPassThroughReader(EventRunReader):
             text = texts[first]
             assert text is not None
             self._learn(pieces[first], text, (index,))
-        return texts, index
+        return texts, (index,)
 
 
 def plain_text_delta(chunk: Any) -> str | None:

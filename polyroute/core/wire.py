@@ -141,6 +141,21 @@ class EventRunReader:
         rest decoded."""
         raise NotImplementedError
 
+    def _texts(self, pieces: list[bytes]) -> tuple[list[str | None], tuple[Any, ...]] | None:
+        """Each piece's text (``None`` for one that is not plain text) and what the
+        plain ones name of themselves: by the shape learned, when they all fit it, else
+        decoded (:meth:`_decoded_texts`); ``None`` when a piece is not JSON."""
+        shape = self._shape
+        if shape is not None and (texts := shape.texts(pieces)) is not None:
+            return texts, shape.head
+        return self._decoded_texts(pieces)
+
+    def _decoded_texts(
+        self, pieces: list[bytes]
+    ) -> tuple[list[str | None], tuple[Any, ...]] | None:
+        """:meth:`_texts` of every piece decoded, in one call; learns the shape."""
+        raise NotImplementedError
+
     def _event(self, piece: bytes) -> SSEEvent | None:
         """``piece``, an event that is not plain text, as the SSE decoder would give it;
         ``None`` when it is not one this reader decodes alone."""
@@ -209,15 +224,10 @@ class PassThroughReader(EventRunReader):
             pieces.pop()
         if not pieces or events.count(b"\n") != 2 * (len(pieces) + done):
             return self._decoder.feed(events)
-        shape = self._shape
-        texts = shape.texts(pieces) if shape is not None else None
-        if texts is not None and shape is not None:
-            head = shape.head
-        else:
-            decoded = self._decoded_texts(pieces)
-            if decoded is None:
-                return self._decoder.feed(events)  # it raises at the malformed event
-            texts, head = decoded
+        read = self._texts(pieces)
+        if read is None:
+            return self._decoder.feed(events)  # it raises at the malformed event
+        texts, head = read
         if None not in texts:  # every chunk is text: one run, the read's own bytes
             data = events[: -len(_DONE_EVENT)] if done else events
             whole = WireDelta(data, cast(list[str], texts), *head)
