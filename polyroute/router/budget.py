@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import time
-import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -46,7 +45,12 @@ def cost_ceiling(
     a request cannot be held to a budget."""
     # The dearest prices of a chain, once per policy (a config's entries) and hour (the
     # catalogue's prices may change with the date): every budgeted request asks.
-    known = _DEAREST.setdefault(policy, {})
+    kept = _DEAREST.get(id(policy))
+    if kept is None or kept[0] is not policy:
+        if len(_DEAREST) >= 64:
+            _DEAREST.clear()  # bounded: each reload makes a new policy
+        kept = _DEAREST[id(policy)] = (policy, {})
+    known = kept[1]
     key = (tuple(chain), int(time.time() // 3600))
     dearest = known.get(key)
     if dearest is None:
@@ -56,9 +60,9 @@ def cost_ceiling(
     return (input_tokens * dearest[0] + output_tokens * dearest[1]) / 1_000_000
 
 
-_DEAREST: weakref.WeakKeyDictionary[RoutingPolicy, dict[tuple[Any, ...], tuple[float, float]]] = (
-    weakref.WeakKeyDictionary()
-)
+_DEAREST: dict[int, tuple[RoutingPolicy, dict[tuple[Any, ...], tuple[float, float]]]] = {}
+"""id(policy) -> (the policy, its chains' dearest prices); by id and identity, not a weak
+dictionary: that makes a weak reference at every look-up."""
 
 
 def _dearest_prices(policy: RoutingPolicy, chain: Iterable[str]) -> tuple[float, float]:
@@ -91,14 +95,24 @@ class BudgetKeeper:
         """Hold ``amount_usd`` on every budget of ``plan``; raises
         :class:`BudgetExceededError` for the first without room."""
         held = await self._state.reserve(plan.limits, amount_usd, plan.hold_s)
-        if isinstance(held, BudgetDenied):
-            raise BudgetExceededError(held.scope, held.remaining_usd, amount_usd)
-        return held
+        return _allowed(held, amount_usd)
+
+    def reserve_at_once(self, plan: BudgetPlan, amount_usd: float) -> Reservation | None:
+        """:meth:`reserve` when the state decides it without waiting; ``None`` when it
+        must ask its shared store (await :meth:`reserve` then)."""
+        held = self._state.reserve_at_once(plan.limits, amount_usd, plan.hold_s)
+        return None if held is None else _allowed(held, amount_usd)
 
     def settle(self, reservation: Reservation, cost: Cost) -> None:
         """Count what the request cost (its reservation, when it is unpriced)."""
         usd = reservation.amount_usd if cost.usd is None else cost.usd
         self._state.settle_soon(reservation, usd)
+
+
+def _allowed(held: Reservation | BudgetDenied, amount_usd: float) -> Reservation:
+    if isinstance(held, BudgetDenied):
+        raise BudgetExceededError(held.scope, held.remaining_usd, amount_usd)
+    return held
 
 
 def remaining_usd(reservation: Reservation) -> float:

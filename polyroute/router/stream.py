@@ -399,19 +399,15 @@ class RouterStream:
 
     # The routing loop -----------------------------------------------------------
 
-    async def _reserve(self, budget: BudgetPlan) -> Reservation:
-        """Hold the request's worst case on ``budget`` (raises
-        :class:`BudgetExceededError` without room, :class:`InvalidRequestError` for a
-        model without a price)."""
-        ceiling = cost_ceiling(
+    def _ceiling(self, budget: BudgetPlan) -> float:
+        """The request's worst case, to hold on ``budget`` (raises
+        :class:`InvalidRequestError` for a model without a price)."""
+        return cost_ceiling(
             self._context.policy,
             self._chain,
             self._input_tokens(),
             _max_tokens(self._request) or budget.default_max_tokens,
         )
-        held = await self._context.budgets.reserve(budget, ceiling)
-        self.budget_remaining_usd = remaining_usd(held)
-        return held
 
     async def _run(self, mode: _Mode) -> AsyncGenerator[Any, None]:
         # Longer than the other steps on purpose: deliver is inline (see below). Every
@@ -426,8 +422,12 @@ class RouterStream:
         try:
             # Under a budget, its worst case first; settled below however it ends. (In
             # this generator, not one around it: that would cost an async hop per read.)
-            if self._budget is not None:
-                held = await self._reserve(self._budget)
+            if (budget := self._budget) is not None:  # raises BudgetExceededError
+                ceiling, keeper = self._ceiling(budget), self._context.budgets
+                held = keeper.reserve_at_once(budget, ceiling) or await keeper.reserve(
+                    budget, ceiling
+                )
+                self.budget_remaining_usd = remaining_usd(held)
             if self._caching is not None and (stored := await self._lookup(self._caching)):
                 if replayed := self._replay(stored):
                     for item in deliverable(replayed):

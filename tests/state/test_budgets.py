@@ -416,6 +416,31 @@ async def test_a_grant_admits_requests_without_a_round_trip_and_is_given_back(
     assert _redis_figures(redis_server, "key:g") == (200_000, 0)
 
 
+async def test_reserve_at_once_decides_what_needs_no_round_trip_and_leaves_the_rest(
+    redis_server: RedisServer, redis_url: str
+) -> None:
+    scope = {"key:n": BudgetLimit(1.0, "total")}
+    alone = MemoryState(InMemoryHealth(failures=2, seconds=30), StatsBook(), limits={}, budget=None)
+    held = alone.reserve_at_once(scope, 0.25, 60)
+    assert isinstance(held, Reservation)
+    assert held.remaining_usd == {"key:n": 0.75}
+    assert alone.reserve_at_once(scope, 0.8, 60) == BudgetDenied("key:n", 0.75)
+    shared = redis_state(redis_url, _now)
+    await shared.start()
+    calls = _evalsha_calls(redis_server)
+    try:
+        assert shared.reserve_at_once(scope, 0.01, 60) is None  # no grant yet: Redis decides
+        assert _evalsha_calls(redis_server) == calls  # and nothing was asked of it
+        await shared.settle(await reserved(shared, scope, 0.01), 0.01)  # takes a grant
+        from_grant = shared.reserve_at_once(scope, 0.01, 60)
+        assert isinstance(from_grant, Reservation)
+        assert from_grant.is_shared
+        assert _evalsha_calls(redis_server) == calls + 1  # the grant's, no other
+        await shared.release_reservation(from_grant)
+    finally:
+        await shared.aclose()
+
+
 async def test_near_the_end_of_a_budget_grants_shrink_and_every_cent_is_used(
     redis_server: RedisServer, redis_url: str
 ) -> None:

@@ -174,6 +174,15 @@ class RoutingState(HealthStore, Protocol):
         or a ``ttl_s`` that is not positive and finite."""
         ...
 
+    def reserve_at_once(
+        self, scopes: Mapping[str, BudgetLimit], amount_usd: float, ttl_s: float
+    ) -> Reservation | BudgetDenied | None:
+        """:meth:`reserve` when this process decides it without waiting (the memory
+        backend always; a shared one from a grant with room, or while its store is out
+        of reach); ``None`` when only the shared store can (then await :meth:`reserve`).
+        Every budgeted request asks: a coroutine less each time."""
+        ...
+
     async def settle(self, reservation: Reservation, actual_usd: float) -> None:
         """Count ``actual_usd`` (below or above the amount reserved: it is the truth) as
         settled spend on the reservation's scopes, in the windows it was reserved in, and

@@ -430,6 +430,11 @@ class MemoryState:
     async def reserve(
         self, scopes: Mapping[str, BudgetLimit], amount_usd: float, ttl_s: float
     ) -> Reservation | BudgetDenied:
+        return self.reserve_at_once(scopes, amount_usd, ttl_s)
+
+    def reserve_at_once(
+        self, scopes: Mapping[str, BudgetLimit], amount_usd: float, ttl_s: float
+    ) -> Reservation | BudgetDenied:
         check_usd("a reservation's amount", amount_usd)
         check_ttl(ttl_s)
         return self.reserve_now(self.spend.windows(scopes), to_micros(amount_usd), ttl_s)

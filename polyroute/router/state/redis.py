@@ -484,6 +484,22 @@ class RedisState:
     async def reserve(
         self, scopes: Mapping[str, BudgetLimit], amount_usd: float, ttl_s: float
     ) -> Reservation | BudgetDenied:
+        held = self.reserve_at_once(scopes, amount_usd, ttl_s)
+        if held is not None:
+            return held
+        windows = self.local.spend.windows(scopes)
+        micros = to_micros(amount_usd)
+        rid = f"{self._process}:{next(self._lease_ids)}"
+        grant, failed = await self._admit_from_new_grant(windows, micros, ttl_s, rid)
+        if grant is not None:
+            return _granted(grant, rid, windows, micros, ttl_s)
+        if failed:
+            return self.local.reserve_now(windows, micros, ttl_s)
+        return await self._reserve_alone(windows, micros, ttl_s, rid)
+
+    def reserve_at_once(
+        self, scopes: Mapping[str, BudgetLimit], amount_usd: float, ttl_s: float
+    ) -> Reservation | BudgetDenied | None:
         check_usd("a reservation's amount", amount_usd)
         check_ttl(ttl_s)
         windows = self.local.spend.windows(scopes)
@@ -491,15 +507,8 @@ class RedisState:
         if not windows or self.degraded:
             return self.local.reserve_now(windows, micros, ttl_s)
         rid = f"{self._process}:{next(self._lease_ids)}"
-        grant, failed = self._grants.admit(windows, micros, rid), False
-        if grant is None:
-            grant, failed = await self._admit_from_new_grant(windows, micros, ttl_s, rid)
-        if grant is not None:
-            remaining = {scope: to_usd(max(0, left)) for scope, left in grant.remaining().items()}
-            return Reservation(rid, windows, to_usd(micros), remaining, ttl_s, is_shared=True)
-        if failed:
-            return self.local.reserve_now(windows, micros, ttl_s)
-        return await self._reserve_alone(windows, micros, ttl_s, rid)
+        grant = self._grants.admit(windows, micros, rid)
+        return None if grant is None else _granted(grant, rid, windows, micros, ttl_s)
 
     async def _reserve_alone(
         self, windows: tuple[ScopeWindow, ...], micros: int, ttl_s: float, rid: str
@@ -1140,3 +1149,11 @@ class RedisState:
 _ENTRY_KINDS = ("circuit", "block", "rpm", "tpm", "leases")
 _PINS_STALE = "\0polyroute:pins-stale"
 """A listener topic no announcement uses: its listener runs after every reconnect."""
+
+
+def _granted(
+    grant: Grant, rid: str, windows: tuple[ScopeWindow, ...], micros: int, ttl_s: float
+) -> Reservation:
+    """The reservation of a request admitted from ``grant``."""
+    remaining = {scope: to_usd(max(0, left)) for scope, left in grant.remaining().items()}
+    return Reservation(rid, windows, to_usd(micros), remaining, ttl_s, is_shared=True)
