@@ -130,9 +130,14 @@ class Tally:
             second.ttfts.append(ttft_ms)
         if cost_usd:
             second.cost_usd += cost_usd
+        now, unserved = self._now, provider
         for attempt in attempts:
             entry = self._entry(attempt.provider)
-            entry.add(self._now, 1, 0)
+            if attempt.provider == unserved:  # its tokens too: one add, not two
+                entry.add(now, 1, tokens)
+                unserved = None
+            else:
+                entry.add(now, 1, 0)
             if attempt.outcome == "failed":
                 second.errors += 1
                 error = attempt.error
@@ -144,8 +149,8 @@ class Tally:
                     "message": error_text(error) if error is not None else None,
                     "request_id": request_id,
                 }
-        if provider is not None:
-            self._entry(provider).add(self._now, 0, tokens)
+        if unserved is not None:  # no attempt of this request was its (a replayed answer)
+            self._entry(unserved).add(now, 0, tokens)
 
     def _entry(self, name: str) -> _EntryMinute:
         entry = self._entries.get(name)
