@@ -69,6 +69,22 @@ class RequestLabels:
 NO_LABELS = RequestLabels()
 
 
+def token_counts(attempts: Iterable[Attempt]) -> tuple[int, int, int, int]:
+    """:meth:`TokenCounts.of` as a plain tuple (input, cached input, output, reasoning):
+    the spend ledger's row takes them so, for every served request."""
+    inputs = cached = outputs = reasoning = 0
+    for attempt in attempts:
+        usage = attempt.usage
+        if usage is None:
+            outputs += math.ceil(attempt.chars / CHARS_PER_OUTPUT_TOKEN)
+            continue
+        inputs += usage.prompt_tokens
+        cached += usage.cache_read_tokens
+        outputs += usage.completion_tokens
+        reasoning += usage.reasoning_tokens
+    return inputs, cached, outputs, reasoning
+
+
 @dataclass(frozen=True, slots=True)
 class TokenCounts:
     """Tokens of a request, summed over its attempts (``usage`` in a record)."""
@@ -83,17 +99,7 @@ class TokenCounts:
         """As upstreams reported them; an attempt cut before it reported its usage adds
         the text it delivered at 4 characters a token (as its cost's estimate does, and
         as the spend ledger counts it)."""
-        counts = [0, 0, 0, 0]
-        for attempt in attempts:
-            usage = attempt.usage
-            if usage is None:
-                counts[2] += math.ceil(attempt.chars / CHARS_PER_OUTPUT_TOKEN)
-                continue
-            counts[0] += usage.prompt_tokens
-            counts[1] += usage.cache_read_tokens
-            counts[2] += usage.completion_tokens
-            counts[3] += usage.reasoning_tokens
-        return cls(*counts)
+        return cls(*token_counts(attempts))
 
     @property
     def total(self) -> int:

@@ -22,7 +22,7 @@ from polyroute.core.pricing import Cost
 from polyroute.core.redaction import register_secret
 from polyroute.router.budget import BudgetPlan
 from polyroute.router.config import GatewayConfig
-from polyroute.router.observe import RequestRecord, TokenCounts
+from polyroute.router.observe import RequestRecord, TokenCounts, token_counts
 from polyroute.router.router import Router
 from polyroute.router.state import BudgetLimit
 from polyroute.server.admin import AdminApi
@@ -170,7 +170,7 @@ class Governance:
             self._noted = budget
         if self.ledger is None:
             return
-        spent = Spent.of(attempts)
+        inputs, cached, outputs, reasoning = token_counts(attempts)  # as Spent.of counts
         key_id, team_id = (client.ledger_key, client.ledger_team) if client else (None, None)
         self.ledger.add(
             SpendRow(
@@ -180,10 +180,10 @@ class Governance:
                 team_id,
                 model,
                 provider,
-                spent.input_tokens,
-                spent.cached_input_tokens,
-                spent.output_tokens,
-                spent.reasoning_tokens,
+                inputs,
+                cached,
+                outputs,
+                reasoning,
                 cost.usd,
                 cost.status,
             )
