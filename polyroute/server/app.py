@@ -547,7 +547,7 @@ class Gateway:
         """The request's gateway key (``None`` without keys), or the 401 when keys are
         configured and the request carries none of them."""
         keys = generation.keys
-        key = keys.find(request.headers)
+        key = keys.find(request.headers, getattr(request.protocol, "key_memo", None))
         if keys and key is None:
             message = authorization_problem(request.headers) or _KEY_REQUIRED
             return error_response(dialect.refusal(401, message, "invalid_api_key"), request_id)

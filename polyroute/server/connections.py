@@ -30,6 +30,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from polyroute.core.errors import clipped
 from polyroute.core.logging import get_logger
 from polyroute.server.dialects.errors import WireError
+from polyroute.server.keys import KeyMemo
 from polyroute.server.limits import Limits
 from polyroute.server.listener import Listener, bound_sockets
 
@@ -93,7 +94,9 @@ class GuardedHandler(web.RequestHandler):
     the application, which stops the clock; aiohttp's ``log_access``, when its answer
     is written, which makes the connection idle again."""
 
-    __slots__ = ("_awaiting", "_busy", "_counted", "_deadline", "_guard", "_head", "_timer")
+    __slots__ = (
+        "_awaiting", "_busy", "_counted", "_deadline", "_guard", "_head", "_timer", "key_memo",
+    )  # fmt: skip
 
     def __init__(self, manager: web.Server, guard: ConnectionGuard, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
@@ -107,6 +110,8 @@ class GuardedHandler(web.RequestHandler):
         """The first bytes of the request being received: its path says in which
         dialect a refusal is written."""
         self._counted = True
+        self.key_memo = KeyMemo()
+        """The gateway's memo of this connection's key (see :class:`KeyMemo`)."""
         guard.open += 1  # at creation: asyncio makes a batch of protocols, then connects them
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:

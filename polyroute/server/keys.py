@@ -91,11 +91,30 @@ class ClientKey:
         return self._limits
 
 
+class KeyMemo:
+    """One connection's last key from the store: the secret it presented, and the key
+    found, while the keys known have not changed since (a kept-alive client sends the
+    same key with every request: it is hashed once). Compared with ``==``: the secret
+    is the one this connection itself sent before, so the time says nothing of
+    another's."""
+
+    __slots__ = ("client", "keys", "secret", "version")
+
+    def __init__(self) -> None:
+        self.keys: object = None
+        """The keys it was found in (a reload's new ones find it again)."""
+        self.version = -1
+        """Their :attr:`~polyroute.server.store_keys.StoreKeys.changes` then."""
+        self.secret = ""
+        self.client: ClientKey | None = None
+
+
 class RuntimeKeys(Protocol):
     """Keys kept in memory from the store (:class:`~polyroute.server.store_keys.StoreKeys`)."""
 
-    def find(self, secret: str) -> ClientKey | None:
-        """The active key whose secret (or previous one, in its rotation grace) this is."""
+    def find(self, secret: str, memo: KeyMemo | None = None) -> ClientKey | None:
+        """The active key whose secret (or previous one, in its rotation grace) this is;
+        ``memo``: the connection's, kept when the key found can be."""
         ...
 
 
@@ -119,9 +138,10 @@ class KeyRing:
     def __bool__(self) -> bool:
         return bool(self.keys) or self.runtime is not None
 
-    def find(self, headers: Mapping[str, str]) -> ClientKey | None:
+    def find(self, headers: Mapping[str, str], memo: KeyMemo | None = None) -> ClientKey | None:
         """The key in ``Authorization: Bearer ...`` or, as Anthropic's clients send it,
-        in ``x-api-key``; ``None`` when neither holds a key the gateway accepts."""
+        in ``x-api-key``; ``None`` when neither holds a key the gateway accepts.
+        ``memo``: the connection's (:class:`KeyMemo`), for a key from the store."""
         presented = presented_key(headers)
         if not presented:
             return None
@@ -131,7 +151,7 @@ class KeyRing:
             if hmac.compare_digest(key.secret, given):
                 found = key
         if found is None and self.runtime is not None:
-            found = self.runtime.find(presented)
+            found = self.runtime.find(presented, memo)
         return found
 
 

@@ -25,7 +25,7 @@ from polyroute.core.errors import describe_error
 from polyroute.core.logging import get_logger
 from polyroute.core.periods import utc_now
 from polyroute.router.state import BudgetLimit
-from polyroute.server.keys import ClientKey, budget_plan
+from polyroute.server.keys import ClientKey, KeyMemo, budget_plan
 from polyroute.store import KeyRecord, Store, StoreError, TeamRecord, hash_secret
 
 _log = get_logger()
@@ -68,6 +68,9 @@ class StoreKeys:
         """Refreshes that failed since start."""
         self._hold_s = hold_s
         self._now = now
+        self.changes = 0
+        """Counts every change to the keys known (a connection's memo of its key holds
+        while it stays the same)."""
         self._by_hash: dict[str, _Known] = {}
         self._by_id: dict[str, _Known] = {}
         self._teams: dict[str, TeamRecord] = {}
@@ -82,16 +85,28 @@ class StoreKeys:
         """Keys known (not revoked; expired ones included until they are changed)."""
         return len(self._by_id)
 
-    def find(self, secret: str) -> ClientKey | None:
+    def find(self, secret: str, memo: KeyMemo | None = None) -> ClientKey | None:
         """The key whose secret, or previous secret still in its rotation grace, this
-        is; ``None`` when none is, or it has expired."""
+        is; ``None`` when none is, or it has expired. ``memo``: the connection's; a key
+        without expiry found by its current secret is kept there until the keys
+        known change (a revocation, a rotation, new limits: any of them)."""
+        if (
+            memo is not None
+            and memo.keys is self
+            and memo.version == self.changes
+            and memo.secret == secret
+        ):
+            return memo.client
         digest = hash_secret(secret)
         known = self._by_hash.get(digest)
         if known is None:
             return None
         record = known.record
         if record.expires_at is None and digest == record.secret_hash:
-            return known.client  # the common case: no clock to read
+            if memo is not None:  # the common case: no clock to read, nothing to expire
+                memo.keys, memo.version, memo.secret = self, self.changes, secret
+                memo.client = known.client
+            return known.client
         now = self._now()
         if record.expires_at is not None and now >= record.expires_at:
             return None
@@ -161,6 +176,7 @@ class StoreKeys:
         if record.previous_hash is not None and record.previous_valid_until is not None:
             hashes = (record.secret_hash, record.previous_hash)
         known = _Known(record, self._client(record), hashes)
+        self.changes += 1
         self._by_id[record.id] = known
         for digest in hashes:
             self._by_hash[digest] = known
@@ -169,6 +185,7 @@ class StoreKeys:
         known = self._by_id.pop(key_id, None)
         if known is None:
             return
+        self.changes += 1
         for digest in known.hashes:
             if self._by_hash.get(digest) is known:
                 del self._by_hash[digest]
