@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 from polyroute.core.attempts import Attempt
 from polyroute.core.errors import ConfigError, describe_error
 from polyroute.core.logging import get_logger
-from polyroute.core.periods import utc_now
 from polyroute.core.pricing import Cost
 from polyroute.core.redaction import register_secret
 from polyroute.router.budget import BudgetPlan
@@ -34,7 +34,6 @@ from polyroute.store import (
     LogsConfig,
     RequestLogWriter,
     Retention,
-    SpendRow,
     Store,
     StoreError,
     StoreUnavailableError,
@@ -172,22 +171,10 @@ class Governance:
             return
         inputs, cached, outputs, reasoning = token_counts(attempts)  # as Spent.of counts
         key_id, team_id = (client.ledger_key, client.ledger_team) if client else (None, None)
-        self.ledger.add(
-            SpendRow(
-                request_id,
-                utc_now(),
-                key_id,
-                team_id,
-                model,
-                provider,
-                inputs,
-                cached,
-                outputs,
-                reasoning,
-                cost.usd,
-                cost.status,
-            )
-        )
+        self.ledger.served((
+            request_id, time.time(), key_id, team_id, model, provider,
+            inputs, cached, outputs, reasoning, cost.usd, cost.status,
+        ))  # fmt: skip
 
     def log_refusal(self, record: RequestRecord) -> None:
         """Queue the record of a request the gateway refused before routing it (the

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import io
 from collections.abc import Callable, Sequence
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -86,6 +87,24 @@ async def test_the_same_request_id_counts_once(store: Store) -> None:
     assert ledger.written == 4
     assert await requests(store) == 2
     assert await store.spent("key", "k1", spend_row("r").time) == 0.5
+
+
+async def test_served_rows_are_made_with_their_batch_at_the_time_they_were_queued(
+    store: Store,
+) -> None:
+    noon = spend_row("r").time
+    fields = (noon.timestamp(), "k1", "t1", "gpt-test", "openai", 100, 10, 20, 5, 0.25, "exact")
+    async with LedgerWriter(store, batch=10, interval_s=LONG) as ledger:
+        ledger.served(("s1", *fields))
+        ledger.add(spend_row("r1"))  # rows made before queueing go with them
+        await ledger.flush()
+        ledger.served(("s1", *fields))  # sent again (a lost answer): the same row
+        await ledger.flush()
+    assert ledger.written == 3
+    assert await requests(store) == 2
+    # Both at noon exactly: the served row's time is the one it was queued with.
+    assert await store.spent("key", "k1", noon) == 0.5
+    assert await store.spent("key", "k1", noon + timedelta(microseconds=1)) == 0
 
 
 async def test_rows_wait_out_an_outage_and_beyond_max_queued_are_dropped(
