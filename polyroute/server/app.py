@@ -45,7 +45,7 @@ from polyroute.router.state import Denied, Lease
 from polyroute.router.stream import RouterStream
 from polyroute.server.admission import Admission
 from polyroute.server.connections import ConnectionGuard, tracked
-from polyroute.server.console import Console
+from polyroute.server.console import Console, harden
 from polyroute.server.dialects import Dialect, Exchange
 from polyroute.server.dialects.chat import ChatDialect, polyroute_facts
 from polyroute.server.dialects.embeddings import embeddings_body, read_embeddings_body
@@ -281,8 +281,7 @@ class Gateway:
         self._max_body_bytes = self.config.max_body_bytes
         middlewares = [tracked, self._as_dialect_errors, self._refuse_bad_headers]
         app = web.Application(client_max_size=self._max_body_bytes, middlewares=middlewares)
-        app.on_response_prepare.append(_name_the_server)
-        app.on_response_prepare.append(self._close_when_draining)
+        app.on_response_prepare.append(self._prepared)
         app.router.add_post("/v1/chat/completions", self.handler(self.chat))
         app.router.add_post("/v1/messages", self.handler(self.messages))
         app.router.add_post("/v1/messages/count_tokens", self.count_tokens)
@@ -339,13 +338,18 @@ class Gateway:
             return WireError(refusal.status, refusal.body, 1.0, refusal.code)
         return refusal
 
-    async def _close_when_draining(
-        self, _request: web.Request, response: web.StreamResponse
-    ) -> None:
-        """While the gateway drains, every answer closes its connection."""
+    async def _prepared(self, request: web.Request, response: web.StreamResponse) -> None:
+        """Every answer, streams and errors too: ``Server: polyroute``, rather than
+        aiohttp's default, which tells the versions of Python and aiohttp; while the
+        gateway drains, ``Connection: close``; with the console, its security headers
+        under ``/ui`` and ``/admin``. One callback: aiohttp awaits each of them for
+        every answer."""
+        response.headers["Server"] = "polyroute"
         if self.admission.draining:
             response.headers["Connection"] = "close"
             response.force_close()
+        if self.console is not None:
+            harden(request, response)
 
     def _refused_because(self, request: web.Request, refused: web.HTTPException) -> str:
         """What aiohttp's refusal means here, and what to do instead."""
@@ -982,12 +986,6 @@ def _missing_model(dialect: Dialect) -> WireError:
     ``gateway.default_model_when_missing``."""
     message = "you must provide a model parameter"
     return dialect.refusal(400, message, "missing_required_parameter", param="model")
-
-
-async def _name_the_server(_request: web.Request, response: web.StreamResponse) -> None:
-    """``Server: polyroute`` on every answer, streams and errors too, rather than
-    aiohttp's default, which tells the versions of Python and aiohttp."""
-    response.headers["Server"] = "polyroute"
 
 
 def served_endpoints(app: web.Application) -> list[str]:

@@ -99,7 +99,6 @@ class Console:
         app.router.add_get("/ui/", self.to_page)
         app.router.add_get("/ui/{name}", self.asset)
         app.router.add_get("/admin/live", self.live)
-        app.on_response_prepare.append(_harden)
         app.on_startup.append(self._start)
         app.on_shutdown.append(self._stop)
         app.on_cleanup.append(self._cleanup)
@@ -210,7 +209,9 @@ def _event(name: str, data: Any) -> bytes:
     return b"event: " + name.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
 
 
-async def _harden(request: web.Request, response: web.StreamResponse) -> None:
+def harden(request: web.Request, response: web.StreamResponse) -> None:
+    """:data:`SECURITY_HEADERS` on ``response`` when ``request`` is under ``/ui`` or
+    ``/admin`` (the gateway calls it for every answer while the console is there)."""
     path = request.path
     if path == "/ui" or path.startswith(("/ui/", "/admin")):
         response.headers.update(SECURITY_HEADERS)
