@@ -20,7 +20,7 @@ encoder read them back through properties; a tuple is made in a microsecond.
 from __future__ import annotations
 
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
@@ -29,6 +29,11 @@ from opentelemetry.sdk.trace import Event, ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExportResult
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
+
+from polyroute.core.errors import describe_error
+from polyroute.core.logging import get_logger
+
+_log = get_logger()
 
 _HAS_IS_REMOTE, _IS_REMOTE = 0x100, 0x200
 """``SpanFlags``: the parent's remoteness is known; the parent is remote."""
@@ -186,17 +191,39 @@ class SpanData(NamedTuple):
 
 class RequestSpans:
     """One request's spans, as one item of the SDK's batch span processor (which asks
-    only ``context.trace_flags.sampled``: a request is queued only when sampled)."""
+    only ``context.trace_flags.sampled``: a request is queued only when sampled).
+    ``spans``: the spans, or what makes them, called once when they are first read: in
+    the exporter's thread, with its batch, rather than on the event loop as each
+    request ends (the same work runs about twice as fast in a batch)."""
 
-    __slots__ = ("instrumentation_scope", "resource", "spans")
+    __slots__ = ("_made", "_make", "instrumentation_scope", "resource")
     context = _SAMPLED
 
     def __init__(
-        self, spans: list[SpanData], resource: Resource, scope: InstrumentationScope
+        self,
+        spans: list[SpanData] | Callable[[], list[SpanData]],
+        resource: Resource,
+        scope: InstrumentationScope,
     ) -> None:
-        self.spans = spans
+        self._made: list[SpanData] | None = None
+        self._make: Callable[[], list[SpanData]] | None = None
+        if isinstance(spans, list):
+            self._made = spans
+        else:
+            self._make = spans
         self.resource = resource
         self.instrumentation_scope = scope
+
+    @property
+    def spans(self) -> list[SpanData]:
+        if self._make is not None:
+            make, self._make = self._make, None
+            try:
+                self._made = make()
+            except Exception as error:  # one request's spans lost, not its whole batch
+                _log.warning("telemetry.spans_failed", **describe_error(error))
+                self._made = []
+        return self._made or []
 
     def readable(self) -> list[ReadableSpan]:
         """The same spans as the SDK's, for the exporter's own encoder."""

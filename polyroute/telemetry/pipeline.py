@@ -113,7 +113,14 @@ class Pipeline:
             name = request_name(record, self.server)
             trace = RequestTrace(self, record.traceparent, name, {}, follow_current=False)
         if trace.sampled:
-            self._spans(record, trace, operation, seen)
+            events = tuple(trace.events)  # as they are now: nothing is added after the end
+            spans = RequestSpans(
+                lambda: self._spans(record, trace, operation, seen, events),
+                self.resource,
+                self.scope,
+            )
+            # The processor takes it as a span: it only asks whether it is sampled.
+            self.processor.on_end(cast(ReadableSpan, spans))
 
     def _spans(
         self,
@@ -121,14 +128,15 @@ class Pipeline:
         trace: RequestTrace,
         operation: str,
         seen: Sequence[SeenAttempt | None],
-    ) -> None:
-        """The request's span and a child per attempt, with the times they had, queued
-        as one item (encoded in the exporter's thread)."""
+        events: Sequence[tuple[str, int, Mapping[str, Any]]],
+    ) -> list[SpanData]:
+        """The request's span and a child per attempt, with the times they had (made
+        and encoded in the exporter's thread, from what the request ended with)."""
         end = int(record.time.timestamp() * 1e9)
         start = end - int(record.duration_ms * 1e6)
         trace_id, request_id = trace.trace_id, trace.span_id
         failed = record.status in ("failed", "truncated")
-        events = [(name, at, event_attributes(fields)) for name, at, fields in trace.events]
+        span_events = [(name, at, event_attributes(fields)) for name, at, fields in events]
         spans = [
             SpanData(
                 request_name(record, self.server),
@@ -140,7 +148,7 @@ class Pipeline:
                 start,
                 end,
                 request_attributes(record, self.server),
-                events,
+                span_events,
                 (record.error or "") if failed else None,
             )
         ]
@@ -162,8 +170,7 @@ class Pipeline:
                     (attempt.error or "") if failed else None,
                 )
             )
-        # The processor takes it as a span: it only asks whether it is sampled.
-        self.processor.on_end(cast(ReadableSpan, RequestSpans(spans, self.resource, self.scope)))
+        return spans
 
     # The providers -------------------------------------------------------------------
 

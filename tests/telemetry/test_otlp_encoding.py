@@ -111,6 +111,24 @@ def test_a_requests_spans_encode_as_the_exporter_encodes_them_as_sdk_spans() -> 
     spans = RequestSpans([request, failed, served, library], RESOURCE, SCOPE)
     ours = ExportTraceServiceRequest.FromString(encode_request([spans]))
     assert ours == encode_spans(spans.readable())
+    # Made when first read (in the exporter's thread), once: the same bytes.
+    made: list[int] = []
+
+    def make() -> list[SpanData]:
+        made.append(1)
+        return [request, failed, served, library]
+
+    later = RequestSpans(make, RESOURCE, SCOPE)
+    assert made == []
+    assert encode_request([later]) == encode_request([spans])
+    assert len(later.readable()) == 4
+    assert made == [1]
+
+    def broken() -> list[SpanData]:
+        raise ValueError("a bug in one request's spans")
+
+    # One request's spans that cannot be made are left out, not the batch with them.
+    assert encode_request([RequestSpans(broken, RESOURCE, SCOPE), spans]) == encode_request([spans])
 
 
 texts = st.text(max_size=40)
