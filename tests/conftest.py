@@ -81,7 +81,18 @@ asyncio.set_event_loop_policy(StrictLoopPolicy())
 
 def _loop_errors() -> str:
     errors, LOOP_ERRORS[:] = list(LOOP_ERRORS), []
-    return "; ".join(str(error.get("message") or error) for error in errors)
+    return "; ".join(_described(error) for error in errors)
+
+
+def _described(error: dict[str, Any]) -> str:
+    """A loop error's message, with the exception and the task or future it came from
+    (a task collected long after it failed says little else of where it was made)."""
+    parts = [str(error.get("message") or error)]
+    if (exception := error.get("exception")) is not None:
+        parts.append(f"{type(exception).__name__}: {exception}")
+    if (task := error.get("task") or error.get("future")) is not None:
+        parts.append(repr(task))
+    return " | ".join(parts)
 
 
 @pytest.hookimpl(hookwrapper=True)
