@@ -17,7 +17,7 @@ import pytest
 import pytest_asyncio
 
 from tests.server.helpers import dialect_gateway
-from tests.upstreams.openai import OpenAIUpstream
+from tests.upstreams.openai import OpenAIUpstream, chat_answer, chat_chunk
 from tests.upstreams.scripted import Script
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -45,29 +45,6 @@ def fresh_scripts(served: Served) -> None:
     served.backup.reset()
 
 
-def chunk(text: str | None, *, finish: str | None = None, **extra: Any) -> dict[str, Any]:
-    delta = {} if text is None else {"content": text}
-    return {
-        "id": "chatcmpl-upstream",
-        "object": "chat.completion.chunk",
-        "created": 1_700_000_000,
-        "model": "m",
-        "system_fingerprint": "fp_up",
-        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
-        **extra,
-    }
-
-
-def answer(*chunks: dict[str, Any] | bytes, spaced: bool = False, done: bool = True) -> bytes:
-    def encoded(item: dict[str, Any] | bytes) -> bytes:
-        if isinstance(item, bytes):
-            return item
-        return json.dumps(item).encode() if spaced else orjson.dumps(item)
-
-    events = [b"data: " + encoded(item) + b"\n\n" for item in chunks]
-    return b"".join(events) + (b"data: [DONE]\n\n" if done else b"")
-
-
 async def post(served: Served) -> tuple[bytes, str, list[dict[str, Any]]]:
     """The gateway's streamed answer: its bytes, its request id and its chunks."""
     body = {"model": "m", "messages": HI, "stream": True}
@@ -91,8 +68,8 @@ def text_of(chunks: list[dict[str, Any]]) -> str:
 
 
 async def test_text_chunks_reach_the_client_as_the_upstream_sent_them(served: Served) -> None:
-    sent = [chunk(text, obfuscation=f"pad{i}", usage=None) for i, text in enumerate(TEXTS)]
-    served.upstream.queue.append(Script(raw=answer(*sent, chunk(None, finish="stop"))))
+    sent = [chat_chunk(text, obfuscation=f"pad{i}", usage=None) for i, text in enumerate(TEXTS)]
+    served.upstream.queue.append(Script(raw=chat_answer(*sent, chat_chunk(None, finish="stop"))))
     raw, request_id, chunks = await post(served)
     ours = f'"id":"chatcmpl-{request_id}"'.encode()
     for item in sent:  # byte for byte, the per-chunk field included, but for the id
@@ -105,8 +82,8 @@ async def test_text_chunks_reach_the_client_as_the_upstream_sent_them(served: Se
 
 
 async def test_the_official_client_reads_a_relayed_answer(served: Served) -> None:
-    sent = [chunk(text, obfuscation="x") for text in TEXTS]
-    served.upstream.queue.append(Script(raw=answer(*sent, chunk(None, finish="length"))))
+    sent = [chat_chunk(text, obfuscation="x") for text in TEXTS]
+    served.upstream.queue.append(Script(raw=chat_answer(*sent, chat_chunk(None, finish="length"))))
     client = openai.AsyncOpenAI(base_url=f"{served.url}/v1", api_key="unused", max_retries=0)
     async with client:
         stream = await client.chat.completions.create(model="m", messages=HI, stream=True)  # type: ignore[arg-type]
@@ -119,8 +96,10 @@ async def test_the_official_client_reads_a_relayed_answer(served: Served) -> Non
 
 
 async def test_spaced_json_is_relayed_with_the_id_rewritten(served: Served) -> None:
-    sent = [chunk(text) for text in TEXTS]
-    served.upstream.queue.append(Script(raw=answer(*sent, chunk(None, finish="stop"), spaced=True)))
+    sent = [chat_chunk(text) for text in TEXTS]
+    served.upstream.queue.append(
+        Script(raw=chat_answer(*sent, chat_chunk(None, finish="stop"), spaced=True))
+    )
     raw, request_id, chunks = await post(served)
     assert b'"system_fingerprint": "fp_up"' in raw  # the upstream's own bytes
     assert {c["id"] for c in chunks} == {f"chatcmpl-{request_id}"}
@@ -128,8 +107,8 @@ async def test_spaced_json_is_relayed_with_the_id_rewritten(served: Served) -> N
 
 
 async def test_chunks_that_each_name_another_id_all_say_ours(served: Served) -> None:
-    sent = [{**chunk(text), "id": f"chatcmpl-{i}"} for i, text in enumerate(TEXTS)]
-    served.upstream.queue.append(Script(raw=answer(*sent, chunk(None, finish="stop"))))
+    sent = [{**chat_chunk(text), "id": f"chatcmpl-{i}"} for i, text in enumerate(TEXTS)]
+    served.upstream.queue.append(Script(raw=chat_answer(*sent, chat_chunk(None, finish="stop"))))
     _, request_id, chunks = await post(served)
     assert {c["id"] for c in chunks} == {f"chatcmpl-{request_id}"}
     assert text_of(chunks) == "".join(TEXTS)
@@ -137,7 +116,9 @@ async def test_chunks_that_each_name_another_id_all_say_ours(served: Served) -> 
 
 async def test_a_malformed_chunk_never_reaches_the_client(served: Served) -> None:
     broken = b'{"id":"chatcmpl-upstream","choices":[{"index":0,"delta":{"content":"lost'
-    served.upstream.queue.append(Script(raw=answer(chunk("Before "), chunk("the break"), broken)))
+    served.upstream.queue.append(
+        Script(raw=chat_answer(chat_chunk("Before "), chat_chunk("the break"), broken))
+    )
     served.backup.queue.append(Script(chunks=[", after it."]))
     raw, _, chunks = await post(served)
     assert b"lost" not in raw
@@ -147,7 +128,9 @@ async def test_a_malformed_chunk_never_reaches_the_client(served: Served) -> Non
 
 
 async def test_a_cut_answer_continues_from_exactly_the_text_delivered(served: Served) -> None:
-    served.upstream.queue.append(Script(raw=answer(*map(chunk, TEXTS), done=False), reset_after=0))
+    served.upstream.queue.append(
+        Script(raw=chat_answer(*map(chat_chunk, TEXTS), done=False), reset_after=0)
+    )
     served.backup.queue.append(Script(chunks=[" And the rest."]))
     _, _, chunks = await post(served)
     assert text_of(chunks) == "".join(TEXTS) + " And the rest."

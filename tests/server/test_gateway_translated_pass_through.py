@@ -13,7 +13,6 @@ from typing import Any
 
 import anthropic
 import openai
-import orjson
 import pytest
 import pytest_asyncio
 
@@ -21,7 +20,7 @@ from polyroute import InvalidRequestError, Router, WireDelta
 from polyroute.server.dialects.messages import MessagesDialect
 from polyroute.server.dialects.responses import ResponsesDialect
 from tests.server.helpers import dialect_gateway
-from tests.upstreams.openai import OpenAIUpstream
+from tests.upstreams.openai import OpenAIUpstream, chat_answer, chat_chunk
 from tests.upstreams.scripted import Script
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -56,27 +55,9 @@ def fresh_scripts(served: Served) -> None:
     served.backup.reset()
 
 
-def chunk(text: str | None, *, finish: str | None = None, role: bool = False) -> dict[str, Any]:
-    delta: dict[str, Any] = {} if text is None else {"content": text}
-    if role:
-        delta["role"] = "assistant"
-    return {
-        "id": "chatcmpl-upstream",
-        "object": "chat.completion.chunk",
-        "created": 1_700_000_000,
-        "model": "m",
-        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
-    }
-
-
-def answer(*chunks: dict[str, Any] | bytes, done: bool = True) -> bytes:
-    events = [
-        b"data: " + (c if isinstance(c, bytes) else orjson.dumps(c)) + b"\n\n" for c in chunks
-    ]
-    return b"".join(events) + (b"data: [DONE]\n\n" if done else b"")
-
-
-WHOLE = answer(chunk("", role=True), *map(chunk, TEXTS), chunk(None, finish="stop"))
+WHOLE = chat_answer(
+    chat_chunk("", role=True), *map(chat_chunk, TEXTS), chat_chunk(None, finish="stop")
+)
 
 
 async def messages_events(served: Served, model: str) -> list[dict[str, Any]]:
@@ -141,19 +122,19 @@ async def test_a_responses_answer_reads_as_the_decoded_one(served: Served) -> No
 
 
 async def test_tool_calls_around_relayed_text_read_as_decoded(served: Served) -> None:
-    call = chunk(None)
+    call = chat_chunk(None)
     call["choices"][0]["delta"] = {
         "tool_calls": [
             {"index": 0, "id": "call_1", "type": "function",
              "function": {"name": "f", "arguments": '{"a": 1}'}},
         ]
     }  # fmt: skip
-    mixed = answer(
-        chunk("", role=True),
-        chunk("Let me "),
-        chunk("look."),
+    mixed = chat_answer(
+        chat_chunk("", role=True),
+        chat_chunk("Let me "),
+        chat_chunk("look."),
         call,
-        chunk(None, finish="tool_calls"),
+        chat_chunk(None, finish="tool_calls"),
     )
     served.upstream.queue.extend([Script(raw=mixed), Script(raw=mixed)])
     relayed = await messages_events(served, "m")
@@ -166,7 +147,9 @@ async def test_tool_calls_around_relayed_text_read_as_decoded(served: Served) ->
 
 async def test_a_malformed_chunk_never_reaches_a_messages_client(served: Served) -> None:
     broken = b'{"id":"chatcmpl-upstream","choices":[{"index":0,"delta":{"content":"lost'
-    served.upstream.queue.append(Script(raw=answer(chunk("Before "), chunk("the break"), broken)))
+    served.upstream.queue.append(
+        Script(raw=chat_answer(chat_chunk("Before "), chat_chunk("the break"), broken))
+    )
     served.backup.queue.append(Script(chunks=[", after it."]))
     async with (
         served.anthropic() as client,
@@ -178,7 +161,7 @@ async def test_a_malformed_chunk_never_reaches_a_messages_client(served: Served)
 
 
 async def test_a_cut_answer_continues_from_exactly_the_text_delivered(served: Served) -> None:
-    cut = answer(chunk("", role=True), *map(chunk, TEXTS), done=False)
+    cut = chat_answer(chat_chunk("", role=True), *map(chat_chunk, TEXTS), done=False)
     served.upstream.queue.append(Script(raw=cut, reset_after=0))
     served.backup.queue.append(Script(chunks=[" And the rest."]))
     async with served.openai() as client:

@@ -9,6 +9,7 @@ import json
 import struct
 from typing import Any
 
+import orjson
 from aiohttp import web
 from openai.types import CreateEmbeddingResponse
 from openai.types.chat import ChatCompletionChunk
@@ -134,6 +135,40 @@ class OpenAIUpstream(ScriptedUpstream):
             usage = script.usage or {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}
             body += self._emit(encoder.chunk(usage=Usage.from_openai(usage)), script)
         return body + self.frame(b"[DONE]", script.line_end)
+
+
+def chat_chunk(
+    text: str | None, *, finish: str | None = None, role: bool = False, **extra: Any
+) -> dict[str, Any]:
+    """One chat-completions chunk as OpenAI writes it: ``text`` as its content delta
+    (``None``: no content), ``finish`` its finish reason, ``role`` the first chunk's
+    ``"assistant"``; ``extra`` keys beside (``usage``, ``obfuscation``...)."""
+    delta: dict[str, Any] = {} if text is None else {"content": text}
+    if role:
+        delta["role"] = "assistant"
+    return {
+        "id": "chatcmpl-upstream",
+        "object": "chat.completion.chunk",
+        "created": 1_700_000_000,
+        "model": "m",
+        "system_fingerprint": "fp_up",
+        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+        **extra,
+    }
+
+
+def chat_answer(*chunks: dict[str, Any] | bytes, spaced: bool = False, done: bool = True) -> bytes:
+    """``chunks`` as an upstream's SSE body (bytes as they are: a malformed one),
+    compact as the API writes them or ``spaced`` as Python's json does, ending with
+    ``[DONE]`` unless not ``done``."""
+
+    def encoded(item: dict[str, Any] | bytes) -> bytes:
+        if isinstance(item, bytes):
+            return item
+        return json.dumps(item).encode() if spaced else orjson.dumps(item)
+
+    events = [b"data: " + encoded(item) + b"\n\n" for item in chunks]
+    return b"".join(events) + (b"data: [DONE]\n\n" if done else b"")
 
 
 def embedding_for(text: str, dimensions: int = 8) -> list[float]:
