@@ -51,17 +51,21 @@ def anthropic_events(*payloads: dict[str, Any] | bytes, compact: bool = True) ->
 def message_start(model: str = "claude-upstream") -> list[dict[str, Any]]:
     """An answer's first events: its ``message_start`` (``msg_upstream``, 3 tokens in) and
     a ``ping``."""
-    message = {
-        "id": "msg_upstream",
+    return [{"type": "message_start", "message": _opening("msg_upstream", model)}, {"type": "ping"}]
+
+
+def _opening(message_id: str, model: str, **usage: Any) -> dict[str, Any]:
+    """The message a ``message_start`` carries: empty, 3 tokens in, 1 out (or ``usage``)."""
+    return {
+        "id": message_id,
         "type": "message",
         "role": "assistant",
         "content": [],
         "model": model,
         "stop_reason": None,
         "stop_sequence": None,
-        "usage": {"input_tokens": 3, "output_tokens": 1},
+        "usage": {"input_tokens": 3, "output_tokens": 1, **usage},
     }
-    return [{"type": "message_start", "message": message}, {"type": "ping"}]
 
 
 def block_start(index: int, kind: str = "text", **fields: Any) -> dict[str, Any]:
@@ -192,16 +196,7 @@ class AnthropicUpstream(ScriptedUpstream):
         if index == 0:
             self._block, self._block_type, self._outputs = -1, None, 0
             model = str(request.get("model", "?")) if isinstance(request, dict) else "?"
-            message = {
-                "id": "msg_local",
-                "type": "message",
-                "role": "assistant",
-                "content": [],
-                "model": model,
-                "stop_reason": None,
-                "stop_sequence": None,
-                "usage": {"input_tokens": 3, "output_tokens": 1, **(script.usage or {})},
-            }
+            message = _opening("msg_local", model, **(script.usage or {}))
             out += self._event({"type": "message_start", "message": message}, script)
             out += self._event({"type": "ping"}, script)
         if isinstance(text, str):
