@@ -216,7 +216,7 @@ class SpendLedger:
     ) -> Reservation | BudgetDenied:
         """Hold ``micros`` on every window, or on none (the first without room is named)."""
         now = self.clock()
-        tallies = self._tallies_of(windows)  # one per window, in their order
+        tallies = self._tallies_of(windows)
         share = max(1, share)
         for window, tally in zip(windows, tallies, strict=True):
             if micros > tally.room(window.limit, now, share):
@@ -225,10 +225,8 @@ class SpendLedger:
         deadline = now + ttl_s
         for window, tally in zip(windows, tallies, strict=True):
             tally.hold(rid, micros, deadline)
-            # What left() says, its expired holds purged by room() just above.
-            left = window.limit.micros - tally.seen - tally.own - tally.held
-            remaining[window.scope] = left / MICROS_PER_USD if left > 0 else 0.0
-        return Reservation(rid, windows, micros / MICROS_PER_USD, remaining, ttl_s, tallies=tallies)
+            remaining[window.scope] = to_usd(max(0, tally.left(window.limit, now)))
+        return Reservation(rid, windows, to_usd(micros), remaining, ttl_s, tallies=tallies)
 
     def finish(self, reservation: Reservation, micros: int) -> None:
         """Stop holding ``reservation`` here and count ``micros`` of settled spend, in the
