@@ -232,8 +232,6 @@ class _Refused(asyncio.Protocol):
     def __init__(self, guard: ConnectionGuard) -> None:
         self._guard = guard
         self._timer: asyncio.TimerHandle | None = None
-        self._deadline = 0.0
-        """When the headers being awaited are late (the loop's clock)."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
