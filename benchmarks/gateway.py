@@ -684,13 +684,15 @@ def rotated_runs(
     repeats: int,
     points: list[Point],
     run_one: Callable[[Target, Point], dict[str, Any]],
+    first: int = 0,
 ) -> dict[tuple[str, Point], list[dict[str, Any]]]:
     """Each target at each point (a concurrency, or what else a run varies), ``repeats``
     times: repeat by repeat, point by point, the targets in an order that rotates between
     repeats, so that the machine's drift hits all alike. The outcomes of ``run_one`` by
-    (target name, point), in the repeats' order; a line on stderr for each."""
+    (target name, point), in the repeats' order; a line on stderr for each. ``first``:
+    the number of the first repeat (:func:`fresh_runs` runs one at a time)."""
     results: dict[tuple[str, Point], list[dict[str, Any]]] = {}
-    for repeat in range(repeats):
+    for repeat in range(first, first + repeats):
         for point in points:
             shift = repeat % len(targets)
             for target in targets[shift:] + targets[:shift]:
@@ -722,13 +724,46 @@ def focused_runs(
 ) -> dict[tuple[str, int], list[dict[str, Any]]]:
     """:func:`rotated_runs` over ``args.concurrency`` of :func:`measure` (the load client
     on ``core`` for ``args.seconds``), each outcome checked by ``check``."""
+    run_one = _one_run(args, workload, core, check)
+    return rotated_runs(targets, args.repeats, args.concurrency, run_one)
 
+
+def fresh_runs(
+    start: Callable[[ExitStack], list[Target]],
+    args: argparse.Namespace,
+    workload: str,
+    core: int,
+    check: Callable[[Target, dict[str, Any]], None] = no_errors,
+) -> dict[tuple[str, int], list[dict[str, Any]]]:
+    """:func:`focused_runs` with every gateway started anew for each repeat (``start``
+    starts them in the stack it is given, which stops them after the repeat). Two
+    processes of the same code and config differ by several per cent in CPU per stream
+    for as long as they run (measured: 0.92 to 1.03 ms, five processes of the plain
+    gateway, three 4 s windows each, within-process spread about half that), so a ratio
+    of one process to another is only as good as that pair: processes started anew
+    each repeat average it out, as the rotation does the machine's drift."""
+    run_one = _one_run(args, workload, core, check)
+    results: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for repeat in range(args.repeats):
+        with ExitStack() as stack:
+            measured = rotated_runs(start(stack), 1, args.concurrency, run_one, first=repeat)
+        for point, outcomes in measured.items():
+            results.setdefault(point, []).extend(outcomes)
+    return results
+
+
+def _one_run(
+    args: argparse.Namespace,
+    workload: str,
+    core: int,
+    check: Callable[[Target, dict[str, Any]], None],
+) -> Callable[[Target, int], dict[str, Any]]:
     def run_one(target: Target, concurrency: int) -> dict[str, Any]:
         outcome = measure(target, workload, concurrency, args.seconds, core)
         check(target, outcome)
         return outcome
 
-    return rotated_runs(targets, args.repeats, args.concurrency, run_one)
+    return run_one
 
 
 def medians(runs: list[dict[str, Any]], figures: tuple[str, ...] = FIGURES) -> dict[str, Any]:

@@ -15,8 +15,10 @@ core:
   governed-redis   governed-memory with state: redis: the reservation and the
                    settlement are Lua scripts on Redis
 
-The budgets are large enough never to refuse. Figures (medians of the repeats, the rows'
-order rotating): streams/s, TTFT p50, CPU per stream, and each governed row against the
+The budgets are large enough never to refuse. Every repeat starts the four gateways anew
+(benchmarks/gateway.py's ``fresh_runs``: one process of the same code can be several per
+cent faster than another for as long as it runs). Figures (medians of the repeats, the
+rows' order rotating): streams/s, TTFT p50, CPU per stream, and each governed row against the
 plain one of its state backend in the same repeat (medians of per-repeat ratios), with
 the target: at least 0.9x the streams/s and at most 1.1x the CPU per stream.
 
@@ -39,8 +41,8 @@ from benchmarks.gateway import (
     Target,
     cell,
     focused_main,
-    focused_runs,
     free_port,
+    fresh_runs,
     median_ratio,
     medians,
     serve_polyroute,
@@ -121,12 +123,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     try:
         with ExitStack() as stack:
             base = stack.enter_context(upstream(64, 0.0, shared))
-            targets = [
-                served(name, base, own, redis.url if name.endswith("redis") else None, stack)
-                for name in ROWS
-            ]
-            results = focused_runs(targets, args, WORKLOAD, shared)
-            cores = {target.name: target.cores for target in targets}
+
+            def start(gateways: ExitStack) -> list[Target]:
+                return [
+                    served(name, base, own, redis.url if name.endswith("redis") else None, gateways)
+                    for name in ROWS
+                ]
+
+            results = fresh_runs(start, args, WORKLOAD, shared)
     finally:
         redis.close()
     rows = []
@@ -137,7 +141,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         rows.append(
             {
                 "gateway": name,
-                "cores": cores[name],
+                "cores": str(own),
                 "concurrency": concurrency,
                 **medians(runs, ("streams_per_s", "ttft_p50_ms", "cpu_ms_per_stream")),
                 "vs_plain_streams": median_ratio(runs, plain, "streams_per_s"),
