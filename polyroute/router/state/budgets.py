@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import NamedTuple
 
+from polyroute.core import periods
 from polyroute.core.periods import PERIODS, Period, period_window, utc_now
 
 MICROS_PER_USD = 1_000_000
@@ -189,6 +190,11 @@ class SpendLedger:
     def __init__(self, clock: Clock = time.monotonic, utc_now: UtcClock = utc_now) -> None:
         self.clock = clock
         self.utc_now = utc_now
+        # Whether kept windows are still current is asked of every request: in Unix
+        # seconds, without making a datetime (the injected clock's, when one is given).
+        self._wall: Clock = (
+            time.time if utc_now is periods.utc_now else lambda: utc_now().timestamp()
+        )
         self._tallies: dict[tuple[str, Period], _Tally] = {}
         """One per scope and period: a new window replaces the last one's figures."""
         # Every request of a key asks for the same windows and tallies until a period
@@ -201,10 +207,10 @@ class SpendLedger:
     def windows(self, limits: Mapping[str, BudgetLimit]) -> tuple[ScopeWindow, ...]:
         """Every scope of ``limits`` in its window current now (the same tuple, asked
         again with the same ``limits`` while those windows last)."""
-        now = self.utc_now()
         kept = self._windows.get(id(limits))
-        if kept is not None and kept[0] is limits and kept[1].holds(now):
+        if kept is not None and kept[0] is limits and kept[1].holds(self._wall()):
             return kept[1].windows
+        now = self.utc_now()
         windows = scope_windows(limits, now)
         if len(self._windows) >= _KEPT:
             self._windows.clear()  # bounded: a reload or new keys make new limits
@@ -221,12 +227,18 @@ class SpendLedger:
         for window, tally in zip(windows, tallies, strict=True):
             if micros > tally.room(window.limit, now, share):
                 return BudgetDenied(window.scope, to_usd(max(0, tally.left(window.limit, now))))
+        # Every budgeted request comes here: the tallies' figures read inline (purged
+        # above, by room), not through hold and left again.
         remaining = {}
         deadline = now + ttl_s
         for window, tally in zip(windows, tallies, strict=True):
-            tally.hold(rid, micros, deadline)
-            remaining[window.scope] = to_usd(max(0, tally.left(window.limit, now)))
-        return Reservation(rid, windows, to_usd(micros), remaining, ttl_s, tallies=tallies)
+            tally.holds[rid] = (micros, deadline)
+            tally.held += micros
+            if deadline < tally.next_deadline:
+                tally.next_deadline = deadline
+            left = window.limit.micros - tally.seen - tally.own - tally.held
+            remaining[window.scope] = left / MICROS_PER_USD if left > 0 else 0.0
+        return Reservation(rid, windows, micros / MICROS_PER_USD, remaining, ttl_s, tallies=tallies)
 
     def finish(self, reservation: Reservation, micros: int) -> None:
         """Stop holding ``reservation`` here and count ``micros`` of settled spend, in the
@@ -294,11 +306,12 @@ _KEPT = 1024
 
 
 class _Current(NamedTuple):
-    """Windows as they were made, and the span of time in which they are all current."""
+    """Windows as they were made, and the span of time in which they are all current
+    (Unix seconds; ``until`` infinite for ``total`` alone)."""
 
     windows: tuple[ScopeWindow, ...]
-    since: datetime
-    until: datetime | None
+    since: float
+    until: float
 
     @classmethod
     def of(
@@ -307,7 +320,7 @@ class _Current(NamedTuple):
         starts = [period_window(limit.period, now).starts_at for limit in limits.values()]
         since = max(starts, default=now)
         ends = [window.ends_at for window in windows if window.ends_at is not None]
-        return cls(windows, since, min(ends, default=None))
+        return cls(windows, since.timestamp(), min(ends).timestamp() if ends else math.inf)
 
-    def holds(self, now: datetime) -> bool:
-        return self.since <= now and (self.until is None or now < self.until)
+    def holds(self, now: float) -> bool:
+        return self.since <= now < self.until
