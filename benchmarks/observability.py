@@ -15,12 +15,14 @@ core:
              receiver process, which decodes and counts them)
 
 Each has the same gateway key in its config (a gateway with a store asks for a key), and
-every request presents it. Figures (medians of the repeats, the rows' order rotating):
+every request presents it. Every repeat starts the gateways anew (benchmarks/gateway.py's
+``fresh_runs``: one process of the same code can be several per cent faster than another
+for as long as it runs). Figures (medians of the repeats, the rows' order rotating):
 streams/s, TTFT p50, CPU per stream, and each row against polyroute and against stored
 in the same repeat (medians of per-repeat ratios), with the target for observed against
 polyroute: at least 0.9x the streams/s and at most 1.15x the CPU per stream at c=50.
 
-Then the log's lag: observed at c=50 (the highest rate this machine sustains: every
+Then the log's lag: a new observed gateway at c=50 (the highest rate this machine sustains: every
 worker sends its next request as soon as one ends) while a reader on its own SQLite
 connection polls the file every 10 ms; a row's lag is from its request's end (the row's
 ``time``) to when the reader first saw it: p50, p99 and max. Last, what reached the
@@ -52,8 +54,8 @@ from benchmarks.gateway import (
     PEERS,
     Target,
     cell,
-    focused_runs,
     free_port,
+    fresh_runs,
     measure,
     median_ratio,
     medians,
@@ -115,6 +117,10 @@ def served(name: str, base: str, core: int, collector: str, stack: ExitStack) ->
     return target
 
 
+def port_of(target: Target) -> int:
+    return int(target.urls[WORKLOAD].split(":")[2].split("/")[0])
+
+
 def database(port: int) -> Path:
     return PEERS / f"observed-{port}.db"
 
@@ -161,8 +167,7 @@ def log_dropped(target: Target) -> float:
 
 def lag_run(target: Target, concurrency: int, seconds: float, core: int) -> dict[str, Any]:
     """observed at ``concurrency``, the request log's lag measured meanwhile."""
-    port = int(target.urls[WORKLOAD].split(":")[2].split("/")[0])
-    reader = LagReader(database(port))
+    reader = LagReader(database(port_of(target)))
     reader.start()
     outcome = measure(target, WORKLOAD, concurrency, seconds, core)
     time.sleep(SETTLE_S)  # the writer's last batch
@@ -189,15 +194,23 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     with ExitStack() as outer:
         base = outer.enter_context(upstream(64, 0.0, shared))
         collector = outer.enter_context(receiver(shared))
-        with ExitStack() as stack:
+        logs: list[Path] = []  # every observed gateway's
+
+        def start(stack: ExitStack) -> list[Target]:
             targets = [served(name, base, own, collector, stack) for name in args.rows]
-            results = focused_runs(targets, args, WORKLOAD, shared)
-            observed = targets[args.rows.index("observed")]
+            logs.append(database(port_of(targets[args.rows.index("observed")])))
+            return targets
+
+        results = fresh_runs(start, args, WORKLOAD, shared)
+        with ExitStack() as stack:
+            observed = served("observed", base, own, collector, stack)
+            logs.append(database(port_of(observed)))
             lag = lag_run(observed, max(args.concurrency), args.seconds, shared)
-            port = int(observed.urls[WORKLOAD].split(":")[2].split("/")[0])
         # The gateways have stopped (their exporters flushed): what reached the receiver.
-        with sqlite3.connect(database(port)) as db:
-            logged = db.execute("SELECT count(*) FROM request_log").fetchone()[0]
+        logged = 0
+        for path in logs:
+            with sqlite3.connect(path) as db:
+                logged += db.execute("SELECT count(*) FROM request_log").fetchone()[0]
         exported = {**stats(collector), "logged_requests": logged}
     rows = []
     for (name, concurrency), runs in sorted(
