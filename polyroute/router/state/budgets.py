@@ -174,12 +174,6 @@ class _Tally:
             self.purge(now)
         return (limit.micros - self.seen) // share - self.own - self.held
 
-    def hold(self, rid: str, micros: int, deadline: float) -> None:
-        self.holds[rid] = (micros, deadline)
-        self.held += micros
-        if deadline < self.next_deadline:
-            self.next_deadline = deadline
-
 
 class SpendLedger:
     """Budgets as this process alone knows them: the whole truth of the memory backend,
@@ -227,8 +221,8 @@ class SpendLedger:
         for window, tally in zip(windows, tallies, strict=True):
             if micros > tally.room(window.limit, now, share):
                 return BudgetDenied(window.scope, to_usd(max(0, tally.left(window.limit, now))))
-        # Every budgeted request comes here: the tallies' figures read inline (purged
-        # above, by room), not through hold and left again.
+        # Every budgeted request comes here: its holds and what is left written inline
+        # (the tallies were purged above, by room).
         remaining = {}
         deadline = now + ttl_s
         for window, tally in zip(windows, tallies, strict=True):
