@@ -22,7 +22,7 @@ rows' order rotating): streams/s, TTFT p50, CPU per stream, and each governed ro
 plain one of its state backend in the same repeat (medians of per-repeat ratios), with
 the target: at least 0.9x the streams/s and at most 1.1x the CPU per stream.
 
-  python -m benchmarks.governance            # about 2 minutes
+  python -m benchmarks.governance            # about 4 minutes
   python -m benchmarks.governance --quick    # a smoke run
 """
 
