@@ -28,7 +28,7 @@ connection polls the file every 10 ms; a row's lag is from its request's end (th
 ``time``) to when the reader first saw it: p50, p99 and max. Last, what reached the
 receiver: spans per logged request (2: the request's and its attempt's).
 
-  python -m benchmarks.observability            # about 2 minutes
+  python -m benchmarks.observability            # about 3 minutes
   python -m benchmarks.observability --quick    # a smoke run
 """
 
