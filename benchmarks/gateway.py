@@ -728,25 +728,35 @@ def focused_runs(
     return rotated_runs(targets, args.repeats, args.concurrency, run_one)
 
 
-def fresh_runs(
+def focused_fresh_runs(
     start: Callable[[ExitStack], list[Target]],
     args: argparse.Namespace,
     workload: str,
     core: int,
     check: Callable[[Target, dict[str, Any]], None] = no_errors,
 ) -> dict[tuple[str, int], list[dict[str, Any]]]:
-    """:func:`focused_runs` with every gateway started anew for each repeat (``start``
+    """:func:`focused_runs` of gateways started anew every repeat (:func:`fresh_runs`)."""
+    run_one = _one_run(args, workload, core, check)
+    return fresh_runs(start, args.repeats, args.concurrency, run_one)
+
+
+def fresh_runs(
+    start: Callable[[ExitStack], list[Target]],
+    repeats: int,
+    points: list[Point],
+    run_one: Callable[[Target, Point], dict[str, Any]],
+) -> dict[tuple[str, Point], list[dict[str, Any]]]:
+    """:func:`rotated_runs` with every gateway started anew for each repeat (``start``
     starts them in the stack it is given, which stops them after the repeat). Two
     processes of the same code and config differ by several per cent in CPU per stream
     for as long as they run (measured: 0.92 to 1.03 ms, five processes of the plain
     gateway, three 4 s windows each, within-process spread about half that), so a ratio
     of one process to another is only as good as that pair: processes started anew
     each repeat average it out, as the rotation does the machine's drift."""
-    run_one = _one_run(args, workload, core, check)
-    results: dict[tuple[str, int], list[dict[str, Any]]] = {}
-    for repeat in range(args.repeats):
+    results: dict[tuple[str, Point], list[dict[str, Any]]] = {}
+    for repeat in range(repeats):
         with ExitStack() as stack:
-            measured = rotated_runs(start(stack), 1, args.concurrency, run_one, first=repeat)
+            measured = rotated_runs(start(stack), 1, points, run_one, first=repeat)
         for point, outcomes in measured.items():
             results.setdefault(point, []).extend(outcomes)
     return results

@@ -54,8 +54,8 @@ from benchmarks.gateway import (
     PEERS,
     Target,
     cell,
+    focused_fresh_runs,
     free_port,
-    fresh_runs,
     measure,
     median_ratio,
     medians,
@@ -201,7 +201,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             logs.append(database(port_of(targets[args.rows.index("observed")])))
             return targets
 
-        results = fresh_runs(start, args, WORKLOAD, shared)
+        results = focused_fresh_runs(start, args, WORKLOAD, shared)
         with ExitStack() as stack:
             observed = served("observed", base, own, collector, stack)
             logs.append(database(port_of(observed)))
