@@ -18,9 +18,10 @@ core:
 The budgets are large enough never to refuse. Every repeat starts the four gateways anew
 (benchmarks/gateway.py's ``fresh_runs``: one process of the same code can be several per
 cent faster than another for as long as it runs). Figures (medians of the repeats, the
-rows' order rotating): streams/s, TTFT p50, CPU per stream, and each governed row against the
-plain one of its state backend in the same repeat (medians of per-repeat ratios), with
-the target: at least 0.9x the streams/s and at most 1.1x the CPU per stream.
+rows' order rotating): streams/s, TTFT p50, CPU per stream, and each governed row
+against the plain one of its state backend in the same repeat (medians of per-repeat
+ratios), with the target: at least 0.9x the streams/s and at most 1.1x the CPU per
+stream.
 
   python -m benchmarks.governance            # about 4 minutes
   python -m benchmarks.governance --quick    # a smoke run

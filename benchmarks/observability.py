@@ -22,11 +22,12 @@ streams/s, TTFT p50, CPU per stream, and each row against polyroute and against 
 in the same repeat (medians of per-repeat ratios), with the target for observed against
 polyroute: at least 0.9x the streams/s and at most 1.15x the CPU per stream at c=50.
 
-Then the log's lag: a new observed gateway at c=50 (the highest rate this machine sustains: every
-worker sends its next request as soon as one ends) while a reader on its own SQLite
-connection polls the file every 10 ms; a row's lag is from its request's end (the row's
-``time``) to when the reader first saw it: p50, p99 and max. Last, what reached the
-receiver: spans per logged request (2: the request's and its attempt's).
+Then the log's lag: a new observed gateway at c=50 (the highest rate this machine
+sustains: every worker sends its next request as soon as one ends) while a reader on its
+own SQLite connection polls the file every 10 ms; a row's lag is from its request's end
+(the row's ``time``) to when the reader first saw it: p50, p99 and max. Last, what
+reached the receiver: spans per logged request (2: the request's and its attempt's), the
+rows counted in every observed gateway's log.
 
   python -m benchmarks.observability            # about 3 minutes
   python -m benchmarks.observability --quick    # a smoke run
