@@ -537,7 +537,7 @@ class Gateway:
             "x-polyroute-cost-usd": usd_header(embedded.cost_usd),
         }
         if embedded.budget_remaining_usd is not None:
-            headers[_BUDGET_HEADER] = usd_header(embedded.budget_remaining_usd)
+            headers[_BUDGET_HEADER] = budget_header(embedded.budget_remaining_usd)
         return web.Response(body=body, content_type="application/json", headers=headers)
 
     def _caller(
@@ -687,7 +687,7 @@ class Gateway:
         if stream.cache is not None:
             headers["x-polyroute-cache"] = stream.cache
         if stream.budget_remaining_usd is not None:
-            headers[_BUDGET_HEADER] = usd_header(stream.budget_remaining_usd)
+            headers[_BUDGET_HEADER] = budget_header(stream.budget_remaining_usd)
         response = _EventStream(headers=headers)
         await response.prepare(request)
         # One send per upstream read, the first with the headers and the opening
@@ -947,9 +947,16 @@ def _refusal_record(outcome: _Outcome, request_id: str, started: float) -> Reque
     )
 
 
-def usd_header(usd: float | None) -> str:
-    """An amount of USD as a header: plain decimals (no exponent), or ``unpriced``."""
-    return "unpriced" if usd is None else f"{usd:.10f}".rstrip("0").rstrip(".")
+def usd_header(usd: float | None, places: int = 10) -> str:
+    """An amount of USD as a header: plain decimals (no exponent) to ``places``, or
+    ``unpriced``."""
+    return "unpriced" if usd is None else f"{usd:.{places}f}".rstrip("0").rstrip(".")
+
+
+def budget_header(usd: float) -> str:
+    """What is left of a budget as a header: budgets count whole micro-dollars, and more
+    places would print a large amount's float noise ($999,999,999.95 as ...9500000477)."""
+    return usd_header(usd, 6)
 
 
 def _facts_headers(stream: RouterStream, request_id: str) -> dict[str, str]:
@@ -967,7 +974,7 @@ def _facts_headers(stream: RouterStream, request_id: str) -> dict[str, str]:
     if cache := facts.get("cache"):
         headers["x-polyroute-cache"] = cache
     if stream.budget_remaining_usd is not None:
-        headers[_BUDGET_HEADER] = usd_header(stream.budget_remaining_usd)
+        headers[_BUDGET_HEADER] = budget_header(stream.budget_remaining_usd)
     return headers
 
 
