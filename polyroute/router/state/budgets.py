@@ -174,6 +174,12 @@ class _Tally:
             self.purge(now)
         return (limit.micros - self.seen) // share - self.own - self.held
 
+    def hold(self, rid: str, micros: int, deadline: float) -> None:
+        self.holds[rid] = (micros, deadline)
+        self.held += micros
+        if deadline < self.next_deadline:
+            self.next_deadline = deadline
+
 
 class SpendLedger:
     """Budgets as this process alone knows them: the whole truth of the memory backend,
@@ -221,18 +227,12 @@ class SpendLedger:
         for window, tally in zip(windows, tallies, strict=True):
             if micros > tally.room(window.limit, now, share):
                 return BudgetDenied(window.scope, to_usd(max(0, tally.left(window.limit, now))))
-        # Every budgeted request comes here: its holds and what is left written inline
-        # (the tallies were purged above, by room).
         remaining = {}
         deadline = now + ttl_s
         for window, tally in zip(windows, tallies, strict=True):
-            tally.holds[rid] = (micros, deadline)
-            tally.held += micros
-            if deadline < tally.next_deadline:
-                tally.next_deadline = deadline
-            left = window.limit.micros - tally.seen - tally.own - tally.held
-            remaining[window.scope] = left / MICROS_PER_USD if left > 0 else 0.0
-        return Reservation(rid, windows, micros / MICROS_PER_USD, remaining, ttl_s, tallies=tallies)
+            tally.hold(rid, micros, deadline)
+            remaining[window.scope] = to_usd(max(0, tally.left(window.limit, now)))
+        return Reservation(rid, windows, to_usd(micros), remaining, ttl_s, tallies=tallies)
 
     def finish(self, reservation: Reservation, micros: int) -> None:
         """Stop holding ``reservation`` here and count ``micros`` of settled spend, in the
