@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import re
+import signal
 from collections.abc import Callable
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
@@ -120,20 +122,33 @@ async def _follow(
     source: Source, query: RequestQuery, first: list[dict[str, Any]], as_json: bool
 ) -> None:
     """Print ``first`` oldest first (as ``tail -f`` does), then each record written later,
-    until interrupted."""
-    shown: dict[tuple[str, str], datetime] = {}
-    records = first
-    while True:
-        fresh = [r for r in reversed(records) if (r["time"], r["id"]) not in shown]
-        for record in sorted(fresh, key=lambda r: (r["time"], r["id"])):
-            print(_json(record) if as_json else line(record), flush=True)
-            shown[record["time"], record["id"]] = datetime.fromisoformat(record["time"])
-        newest = max(shown.values(), default=None)
-        if newest is not None:
-            horizon = newest - timedelta(seconds=LATE_S)
-            shown = {key: moment for key, moment in shown.items() if moment >= horizon}
-        await asyncio.sleep(FOLLOW_EVERY_S)  # a poll: nothing to wait on in a remote store
-        records = await _read_since(source, query, newest)
+    until SIGINT (raised as ``KeyboardInterrupt``: the CLI's exit code 130)."""
+    # Handled here rather than left to Python's default: a process started with SIGINT
+    # ignored (a script's background job, some CI runners) would never stop otherwise,
+    # and `serve` and `simulate` stop on it all the same.
+    interrupted = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGINT, interrupted.set)
+    try:
+        shown: dict[tuple[str, str], datetime] = {}
+        records = first
+        while True:
+            fresh = [r for r in reversed(records) if (r["time"], r["id"]) not in shown]
+            for record in sorted(fresh, key=lambda r: (r["time"], r["id"])):
+                print(_json(record) if as_json else line(record), flush=True)
+                shown[record["time"], record["id"]] = datetime.fromisoformat(record["time"])
+            newest = max(shown.values(), default=None)
+            if newest is not None:
+                horizon = newest - timedelta(seconds=LATE_S)
+                shown = {key: moment for key, moment in shown.items() if moment >= horizon}
+            with contextlib.suppress(TimeoutError):  # a poll: a remote store tells nothing
+                async with asyncio.timeout(FOLLOW_EVERY_S):
+                    await interrupted.wait()
+            if interrupted.is_set():
+                raise KeyboardInterrupt
+            records = await _read_since(source, query, newest)
+    finally:
+        loop.remove_signal_handler(signal.SIGINT)
 
 
 async def _read_since(

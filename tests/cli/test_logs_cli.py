@@ -115,10 +115,13 @@ async def test_follow_prints_a_record_once_it_is_written(tmp_path: Path) -> None
         assert await stage.chat(KEYS["CI_KEY"], before) == 200
         await stage.record(before)
         environment = {k: v for k, v in os.environ.items() if k != "POLYROUTE_CONFIG"}
+        # Started with SIGINT ignored, as a script's background job is: it stops on it
+        # all the same (and so whether this suite runs in the foreground or not).
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "polyroute", "logs", "-c", str(stage.config), "--follow",
             "--json", cwd=tmp_path, env={**environment, **stage.env},
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
         )  # fmt: skip
         assert process.stdout is not None
         try:
