@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import re
 import signal
@@ -125,10 +124,17 @@ async def _follow(
     until SIGINT (raised as ``KeyboardInterrupt``: the CLI's exit code 130)."""
     # Handled here rather than left to Python's default: a process started with SIGINT
     # ignored (a script's background job, some CI runners) would never stop otherwise,
-    # and `serve` and `simulate` stop on it all the same.
+    # and `serve` and `simulate` stop on it all the same. As asyncio.run's own handler
+    # does, it cancels the task, so that a read under way stops too.
+    loop, task = asyncio.get_running_loop(), asyncio.current_task()
+    assert task is not None
     interrupted = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGINT, interrupted.set)
+
+    def interrupt() -> None:
+        interrupted.set()
+        task.cancel()
+
+    loop.add_signal_handler(signal.SIGINT, interrupt)
     try:
         shown: dict[tuple[str, str], datetime] = {}
         records = first
@@ -141,12 +147,12 @@ async def _follow(
             if newest is not None:
                 horizon = newest - timedelta(seconds=LATE_S)
                 shown = {key: moment for key, moment in shown.items() if moment >= horizon}
-            with contextlib.suppress(TimeoutError):  # a poll: a remote store tells nothing
-                async with asyncio.timeout(FOLLOW_EVERY_S):
-                    await interrupted.wait()
-            if interrupted.is_set():
-                raise KeyboardInterrupt
+            await asyncio.sleep(FOLLOW_EVERY_S)  # a poll: nothing to wait on in a remote store
             records = await _read_since(source, query, newest)
+    except asyncio.CancelledError:
+        if not interrupted.is_set():
+            raise
+        raise KeyboardInterrupt from None
     finally:
         loop.remove_signal_handler(signal.SIGINT)
 
