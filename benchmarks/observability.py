@@ -260,9 +260,17 @@ def print_results(outcome: dict[str, Any]) -> None:
         held = held and streams >= TARGET[0] and cpu <= TARGET[1]
         print(
             f"target: observed >= {TARGET[0]}x polyroute's streams/s and <= {TARGET[1]}x its "
-            f"CPU per stream at c={top}: {cell(streams, '.2f')}x and {cell(cpu, '.2f')}x, "
+            f"CPU per stream at c={top}: {cell(streams, '.3f')}x and {cell(cpu, '.3f')}x, "
             f"{'met' if held else 'NOT met'}"
         )
+    # One process's luck moves a row by up to about 10% (docs/performance.md): the
+    # repeats' range says how far apart the ratio above may read in another run.
+    ranges = []
+    for r in rows:
+        cpus = [run["cpu_ms_per_stream"] for run in r["runs"] if run["cpu_ms_per_stream"]]
+        if r["concurrency"] == top and cpus:
+            ranges.append(f"{r['gateway']} {min(cpus):.3f}-{max(cpus):.3f}")
+    print(f"CPU ms a stream over the repeats at c={top}: {', '.join(ranges)}")
     lag = outcome["lag"]
     print(
         f"request log lag at c={lag['concurrency']} ({lag['streams_per_s']:.0f} streams/s, "
