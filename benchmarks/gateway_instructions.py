@@ -26,7 +26,9 @@ flight at the edges is counted too (the window should hold many more). Rows:
 
 ``--dialect messages``: the client speaks Anthropic's Messages, the upstream answers in
 Anthropic's events, and polyroute's entry is of type ``anthropic`` (its text deltas
-relayed as they came), against the floor proxy relaying the same.
+relayed as they came), against the floor proxy relaying the same. ``--dialect
+embeddings``: ``POST /v1/embeddings`` in base64 (benchmarks/embeddings.py's request and
+answer; ``--chunks`` does not apply), instructions per request.
 
 Needs valgrind (``apt-get install valgrind``). Valgrind runs the process about 50 times
 slower: streams/s here mean nothing, instructions per stream do. An instruction count is
@@ -56,9 +58,13 @@ ROOT = Path(__file__).resolve().parent.parent
 ENTRIES = {
     "chat": ("openai", "/v1", "/v1/chat/completions"),
     "messages": ("anthropic", "/anthropic", "/anthropic/v1/messages"),
+    "embeddings": ("openai", "/v1", "/v1/embeddings"),
 }
 """Per dialect: polyroute's entry type, its base URL's path on the upstream, and the
 floor proxy's path (after the upstream's name)."""
+WIRE_OF = {"embeddings": "embeddings-base64"}
+"""The load client's wire where it is not the dialect's name: embeddings are asked in
+base64, as OpenAI's SDKs ask them (benchmarks/embeddings.py's base64 form)."""
 
 
 def instructions_per_stream(
@@ -101,7 +107,8 @@ def instructions_per_stream(
     try:
         wait_until_ready(f"{root}/healthz", process, seconds=300)
         headers = governance.admit(root) if name.startswith("governed") else {}
-        target = Target(name, {"saturated": url}, headers, process.pid, "1", dialect)
+        wire = WIRE_OF.get(dialect, dialect)
+        target = Target(name, {"saturated": url}, headers, process.pid, "1", wire)
         measure(target, "saturated", conc, 3, 0)  # warm-up: imports, pools, caches
         control = ["callgrind_control"]
 
