@@ -152,6 +152,35 @@ def read_base64_vector(text: Any, where: str) -> str:
     return str(text)
 
 
+def read_vectors(values: list[Any], where: str) -> list[Any]:
+    """``values`` read as vectors, all floats or all base64 strings as the first is;
+    ``where`` names one with ``{}`` for its position (``data[{}].embedding``). Raises as
+    :func:`read_vector` and :func:`read_base64_vector` do; the text naming a vector is
+    made only for one that fails (made for each, it cost as much as the checks)."""
+    if isinstance(values[0], str):
+        for position, text in enumerate(values):
+            # read_base64_vector's checks, inline: a call a vector costs more than they do
+            length = len(text) if type(text) is str else 0
+            if (
+                not length
+                or length % 4
+                or not text.isascii()
+                or text.find("=", 0, length - 2) >= 0
+                or (length // 4 * 3 - (2 if text[-2:] == "==" else text[-1] == "=")) % 4
+            ):
+                read_base64_vector(text, where.format(position))  # raises, saying why
+        return values
+    for position, vector in enumerate(values):
+        try:
+            if type(vector) is list and vector:
+                sum(vector)  # as read_vector: one pass in C that fails on a non-number
+                continue
+        except TypeError:
+            pass
+        read_vector(vector, where.format(position))  # raises, saying why
+    return values
+
+
 def _floats_of(text: str) -> list[float]:
     try:
         values = array("f", binascii.a2b_base64(text, strict_mode=True))

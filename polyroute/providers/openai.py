@@ -37,6 +37,7 @@ from polyroute.core.embeddings import (
     EncodingFormat,
     read_base64_vector,
     read_vector,
+    read_vectors,
 )
 from polyroute.core.errors import (
     AuthenticationError,
@@ -223,29 +224,47 @@ class OpenAI(AsyncGeneratorProvider):
         data = answer["data"]
         if not isinstance(data, list) or not data:
             raise TypeError("data is not a non-empty list")
-        encoded = isinstance(data[0].get("embedding"), str)
-        read = read_base64_vector if encoded else read_vector
-        by_index: dict[int, Any] = {}
-        for position, item in enumerate(data):
-            index = item.get("index", position)
-            if type(index) is not int or index in by_index:
-                raise ValueError(f"data[{position}].index {index!r} is not a new integer")
-            by_index[index] = read(item.get("embedding"), f"data[{position}].embedding")
-        if sorted(by_index) != list(range(len(by_index))):
-            raise ValueError(f"data[].index runs {sorted(by_index)}, not 0 to {len(data) - 1}")
-        vectors = [by_index[index] for index in range(len(by_index))]
+        if _in_order(data):  # as OpenAI answers: read in one pass
+            vectors = read_vectors([item.get("embedding") for item in data], "data[{}].embedding")
+        else:
+            vectors = _reordered(data)
         counted = answer.get("usage")
         usage = Usage.from_openai(counted) if isinstance(counted, dict) else None
-        return Embedded(base64=vectors, usage=usage) if encoded else Embedded(vectors, usage)
+        if isinstance(vectors[0], str):
+            return Embedded(base64=vectors, usage=usage)
+        return Embedded(vectors, usage)
 
     def relayable(self, answer: Any, model: str, encoding_format: EncodingFormat) -> bool:
         """In the inputs' order, in the form asked and naming the model asked."""
         data = answer["data"]
-        return (
-            answer.get("model") == model
-            and isinstance(data[0]["embedding"], str) == (encoding_format == "base64")
-            and all(item.get("index", position) == position for position, item in enumerate(data))
-        )
+        if answer.get("model") != model:
+            return False
+        if isinstance(data[0]["embedding"], str) != (encoding_format == "base64"):
+            return False
+        return _in_order(data) or all(item.get("index", at) == at for at, item in enumerate(data))
+
+
+def _in_order(data: list[Any]) -> bool:
+    """Whether ``data[].index`` counts 0, 1, 2... (whole numbers, not ``true``)."""
+    indexes = [item.get("index") for item in data]
+    # False == 0 and True == 1: only the first two could pass for a boolean.
+    return indexes == list(range(len(indexes))) and bool not in {type(i) for i in indexes[:2]}
+
+
+def _reordered(data: list[Any]) -> list[Any]:
+    """The vectors of ``data`` by their ``index`` (missing: the item's position), each
+    read; raises ``ValueError`` for indexes that are not 0 to n - 1 once each."""
+    encoded = isinstance(data[0].get("embedding"), str)
+    read = read_base64_vector if encoded else read_vector
+    by_index: dict[int, Any] = {}
+    for position, item in enumerate(data):
+        index = item.get("index", position)
+        if type(index) is not int or index in by_index:
+            raise ValueError(f"data[{position}].index {index!r} is not a new integer")
+        by_index[index] = read(item.get("embedding"), f"data[{position}].embedding")
+    if sorted(by_index) != list(range(len(by_index))):
+        raise ValueError(f"data[].index runs {sorted(by_index)}, not 0 to {len(data) - 1}")
+    return [by_index[index] for index in range(len(by_index))]
 
 
 def _code(value: Any) -> str:
