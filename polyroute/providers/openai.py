@@ -248,7 +248,8 @@ def _in_order(data: list[Any]) -> bool:
     """Whether ``data[].index`` counts 0, 1, 2... (whole numbers, not ``true``)."""
     indexes = [item.get("index") for item in data]
     # False == 0 and True == 1: only the first two could pass for a boolean.
-    return indexes == list(range(len(indexes))) and bool not in {type(i) for i in indexes[:2]}
+    in_order = indexes == list(range(len(indexes)))
+    return in_order and bool not in {type(index) for index in indexes[:2]}
 
 
 def _reordered(data: list[Any]) -> list[Any]:

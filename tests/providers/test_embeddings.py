@@ -371,6 +371,11 @@ async def test_error_statuses_become_the_typed_errors_of_chat(
             b'{"data": [{"index": 0, "embedding": [1]}, {"index": 2, "embedding": [2]}]}',
             r"index runs \[0, 2\]",
         ),
+        (  # false == 0 and true == 1: in order to a list's comparison, not to ours
+            "openai",
+            b'{"data": [{"index": false, "embedding": [1]}, {"index": true, "embedding": [2]}]}',
+            r"data\[0\]\.index False is not a new integer",
+        ),
         ("openai", b'{"data": [{"index": 0, "embedding": [1]}]}', "1 embeddings for 2 inputs"),
         ("openai", b"not json", "invalid JSON"),
         ("openai", b'{"data": []}', "data is not a non-empty list"),
