@@ -387,8 +387,20 @@ async def _read_tail(response: aiohttp.ClientResponse) -> None:
                 left -= len(data)
     except (TimeoutError, aiohttp.ClientError, OSError):
         pass  # a slow or broken tail: release() closes the connection rather than pool it
+    except RuntimeError:
+        # aiohttp's answer to a read of a connection already closed (its session closed
+        # under this task: a gateway stopping) is RuntimeError("Connection closed."):
+        # nothing left to read. Any other RuntimeError is a fault to be seen.
+        if _connected(response):
+            raise
     finally:
         response.release()  # pooled when read to its end, closed otherwise
+
+
+def _connected(response: aiohttp.ClientResponse) -> bool:
+    connection = response.connection
+    protocol = connection.protocol if connection is not None else None
+    return protocol is not None and protocol.is_connected()
 
 
 async def fetch_answer(

@@ -398,6 +398,21 @@ async def test_a_tail_that_never_ends_costs_its_connection(
     assert first.peer != second.peer
 
 
+async def test_a_tail_whose_connection_closed_under_it_ends_quietly(
+    openai_upstream: OpenAIUpstream,
+) -> None:
+    # The provider closed as soon as its answer is read (a gateway stopping): its
+    # session closes the connection before the tail's reader first reads it, which
+    # aiohttp answers with RuntimeError("Connection closed."), not an error of its own.
+    openai_upstream.default = Script(stall_after_end=True)
+    async with provider_for(openai_upstream) as provider:
+        assert finish_and_usage(await deltas_of(provider))[0] == "stop"
+        tails = list(http._reading_tails)
+    assert len(tails) == 1
+    await asyncio.gather(*tails)  # raises what a tail's reader raised
+    assert not http._reading_tails
+
+
 async def test_an_answer_closed_before_its_end_closes_the_connection_at_once(
     openai_upstream: OpenAIUpstream,
 ) -> None:
