@@ -352,6 +352,10 @@ async def stream_event_batches(
         raise
     except (TimeoutError, aiohttp.ClientError, OSError) as error:
         raise translate_client_error(error, provider, url) from error
+    except RuntimeError:
+        if not _closed_under(response):
+            raise
+        raise _closed_session_error(provider) from None
     finally:
         if watch is not None:
             watch.cancel()
@@ -388,19 +392,29 @@ async def _read_tail(response: aiohttp.ClientResponse) -> None:
     except (TimeoutError, aiohttp.ClientError, OSError):
         pass  # a slow or broken tail: release() closes the connection rather than pool it
     except RuntimeError:
-        # aiohttp's answer to a read of a connection already closed (its session closed
-        # under this task: a gateway stopping) is RuntimeError("Connection closed."):
-        # nothing left to read. Any other RuntimeError is a fault to be seen.
-        if _connected(response):
+        if not _closed_under(response):  # a gateway stopping: nothing left to read
             raise
     finally:
         response.release()  # pooled when read to its end, closed otherwise
 
 
-def _connected(response: aiohttp.ClientResponse) -> bool:
+def _closed_under(response: aiohttp.ClientResponse | None) -> bool:
+    """Whether ``response``'s connection was closed under a read of it (its session
+    closed: the provider, router or gateway closed while it ran), which aiohttp reports
+    as ``RuntimeError("Connection closed.")``, not as a ``ClientError``. Any other
+    RuntimeError is a fault to be seen, not this."""
+    if response is None:
+        return False
     connection = response.connection
     protocol = connection.protocol if connection is not None else None
-    return protocol is not None and protocol.is_connected()
+    return protocol is None or not protocol.is_connected()
+
+
+def _closed_session_error(provider: str) -> UpstreamConnectionError:
+    return UpstreamConnectionError(
+        "the connection was closed under the answer (the provider's session closed)",
+        provider=provider,
+    )
 
 
 async def fetch_answer(
@@ -418,6 +432,7 @@ async def fetch_answer(
     method, data = ("GET", None) if body is None else ("POST", orjson.dumps(body))
     if added := _added_headers.get():
         headers = {**(headers or {}), **added}
+    response: aiohttp.ClientResponse | None = None
     try:
         async with session.request(
             method, url, data=data, headers=headers, proxy=proxy, timeout=timeouts.for_aiohttp()
@@ -436,6 +451,10 @@ async def fetch_answer(
         raise
     except (aiohttp.ClientError, OSError, TimeoutError) as error:
         raise translate_client_error(error, provider, url) from error
+    except RuntimeError:
+        if not _closed_under(response):
+            raise
+        raise _closed_session_error(provider) from None
 
 
 class _IdleWatch:

@@ -6,6 +6,7 @@ import asyncio
 import json
 from typing import Any
 
+import aiohttp
 import pytest
 from openai.types.chat import ChatCompletionChunk
 
@@ -15,6 +16,7 @@ from polyroute import (
     InvalidRequestError,
     ModelNotSupportedError,
     RateLimitedError,
+    UpstreamConnectionError,
     UpstreamError,
     UpstreamProtocolError,
     UpstreamStatusError,
@@ -411,6 +413,44 @@ async def test_a_tail_whose_connection_closed_under_it_ends_quietly(
     assert len(tails) == 1
     await asyncio.gather(*tails)  # raises what a tail's reader raised
     assert not http._reading_tails
+
+
+async def test_a_stream_whose_provider_closed_under_it_raises_a_connection_error(
+    openai_upstream: OpenAIUpstream,
+) -> None:
+    # aiohttp reads a connection its session closed with RuntimeError("Connection
+    # closed."): the consumer gets the typed error a dropped connection gives.
+    openai_upstream.default = Script(chunks=["a"] * 50, delay=0.02)
+    provider = provider_for(openai_upstream)
+    async with provider:
+        stream = provider.stream("local-large", CHAT)
+        await anext(stream)
+    with pytest.raises(UpstreamConnectionError, match="closed under the answer"):
+        async for _delta in stream:
+            pass
+
+
+async def test_a_whole_answer_whose_session_closed_under_it_raises_a_connection_error(
+    openai_upstream: OpenAIUpstream,
+) -> None:
+    # The session closed between the answer's head and its body (here by a trace
+    # hook, as a provider closed at that moment would): the typed error, not aiohttp's
+    # RuntimeError.
+    openai_upstream.default = Script(chunks=["a"] * 20, delay=0.02)
+    trace = aiohttp.TraceConfig()
+
+    async def close_at_head(session: aiohttp.ClientSession, *_: object) -> None:
+        await session.close()
+
+    trace.on_request_end.append(close_at_head)
+    async with aiohttp.ClientSession(trace_configs=[trace]) as session:
+        with pytest.raises(UpstreamConnectionError, match="closed under the answer"):
+            await http.fetch_answer(
+                session,
+                f"{openai_upstream.base_url}/chat/completions",
+                provider="openai",
+                body={"model": "local-large", "messages": CHAT, "stream": True},
+            )
 
 
 async def test_an_answer_closed_before_its_end_closes_the_connection_at_once(
