@@ -237,11 +237,11 @@ class OpenAI(AsyncGeneratorProvider):
     def relayable(self, answer: Any, model: str, encoding_format: EncodingFormat) -> bool:
         """In the inputs' order, in the form asked and naming the model asked."""
         data = answer["data"]
-        if answer.get("model") != model:
-            return False
-        if isinstance(data[0]["embedding"], str) != (encoding_format == "base64"):
-            return False
-        return _in_order(data) or all(item.get("index", at) == at for at, item in enumerate(data))
+        return (
+            answer.get("model") == model
+            and isinstance(data[0]["embedding"], str) == (encoding_format == "base64")
+            and all(item.get("index", position) == position for position, item in enumerate(data))
+        )
 
 
 def _in_order(data: list[Any]) -> bool:
