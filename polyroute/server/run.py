@@ -74,6 +74,8 @@ async def serve(
     (docs/gateway.md#reload).
     A non-loopback ``host`` needs gateway keys (``gateway.keys``), or ``insecure``: an
     open gateway spends its owner's API keys for whoever reaches it.
+    Its signal handlers stay when it returns: a stop signal sent again must not find
+    the default action (cli.ignore_stop_signals ends them).
     """
     refuse_exposure(config, host, insecure)
     out = out or sys.stderr
@@ -218,17 +220,13 @@ async def serve_workers(
     they all have exited.
     Workers share circuits, limits and statistics only through ``state: redis``
     (docs/shared-state.md); with ``state: memory`` each keeps its own.
+    Its signal handlers stay when it returns, as :func:`serve`'s do.
     """
     if not port:
         raise ConfigError("--workers needs a fixed --port: each worker binds the same one")
     out = out or sys.stderr
     await _check_free(host, port)
-    loop = asyncio.get_running_loop()
-    try:
-        return await _run_workers(argv, workers, out)
-    finally:
-        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            loop.remove_signal_handler(signum)
+    return await _run_workers(argv, workers, out)
 
 
 async def _check_free(host: str, port: int) -> None:

@@ -9,10 +9,13 @@ import json
 import os
 import signal
 from pathlib import Path
+from typing import Any
 
 import aiohttp
+import pytest
 import yaml
 
+from polyroute.cli import STOP_SIGNALS, ignore_stop_signals
 from tests.server.helpers import gateway
 from tests.upstreams.openai import OpenAIUpstream
 from tests.upstreams.scripted import Script
@@ -133,3 +136,33 @@ async def test_readyz_and_the_router_agree_on_a_missing_key(tmp_path: Path) -> N
             error = await answer.json()
     assert body["unavailable"] == {"paid": "no key: POLYROUTE_TEST_UNSET_KEY is not set"}
     assert "no key: POLYROUTE_TEST_UNSET_KEY is not set" in error["error"]["message"]
+
+
+async def test_a_stop_signal_is_blocked_whenever_its_action_is_the_default_as_serve_ends(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # asyncio gives a signal its default action back as its handler goes, before it
+    # can be ignored: a repeated SIGTERM landing in between killed the gateway (exit
+    # -15, seen in CI; a spray of SIGTERMs every 20 us did it 6 times in 20).
+    loop = asyncio.get_running_loop()
+    before = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
+    set_signal = signal.signal
+    exposed: list[int] = []
+
+    def watched(signum: int, action: Any) -> Any:
+        defaults = (signal.SIG_DFL, signal.default_int_handler)
+        if action in defaults and signum not in signal.pthread_sigmask(signal.SIG_BLOCK, []):
+            exposed.append(signum)
+        return set_signal(signum, action)
+
+    for signum in STOP_SIGNALS:
+        loop.add_signal_handler(signum, lambda: None)
+    monkeypatch.setattr(signal, "signal", watched)
+    try:
+        ignore_stop_signals()
+        assert exposed == []
+        assert {signal.getsignal(signum) for signum in STOP_SIGNALS} == {signal.SIG_IGN}
+        assert not STOP_SIGNALS & signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    finally:
+        for signum, action in before.items():
+            set_signal(signum, action)
