@@ -531,12 +531,13 @@ STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
 
 
 def ignore_stop_signals() -> None:
-    """The gateway has stopped and the process is on its way out. A repeated SIGTERM or
-    SIGINT (a supervisor, or a test, that asks again), or a late SIGHUP, would otherwise
-    land after asyncio gives the signals their default action back, and kill the
-    process: exit -15, not 0. They are blocked while their handlers go: asyncio gives
-    each its default action before it can be ignored, and one landing in between
-    killed the process (seen in CI); one pending when it is ignored is discarded."""
+    """The gateway (or the simulator) has stopped and the process is on its way out. A
+    repeated SIGTERM or SIGINT (a supervisor, or a test, that asks again), or a late
+    SIGHUP, would otherwise land after asyncio gives the signals their default action
+    back, and kill the process: exit -15, not 0. They are blocked while their handlers
+    go: asyncio gives each its default action before it can be ignored, and one landing
+    in between killed the process (seen in CI); one pending when it is ignored is
+    discarded."""
     loop = asyncio.get_running_loop()
     signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     try:
@@ -590,6 +591,7 @@ async def simulate(args: argparse.Namespace) -> int:
     finally:
         for server in servers:
             await server.stop()
+        ignore_stop_signals()
     return EXIT_OK
 
 

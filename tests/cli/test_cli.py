@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import signal
@@ -11,6 +12,7 @@ from pathlib import Path
 
 from polyroute.providers import DarkAI, OpenAI
 from tests.cli.helpers import run_cli, simulated, write_config
+from tests.server.helpers import send_signal
 from tests.upstreams.darkai import DarkAIUpstream
 from tests.upstreams.openai import OpenAIUpstream
 from tests.upstreams.scripted import Script
@@ -199,6 +201,25 @@ async def test_simulate_serves_real_upstreams_until_interrupted(tmp_path: Path) 
     assert oa_text.startswith("[simulated b]")
     process.send_signal(signal.SIGINT)
     assert await asyncio.wait_for(process.wait(), 30) == 0
+
+
+async def test_simulate_asked_to_stop_again_and_again_still_exits_0(tmp_path: Path) -> None:
+    # A supervisor that repeats SIGTERM while the simulator stops: once its servers
+    # stopped, the default action must not come back (it killed it: exit -15).
+    sim = tmp_path / "sim.yaml"
+    sim.write_text("upstreams:\n  - {name: a, format: openai, words: 3}\n")
+    process = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "polyroute", "simulate", "--config", str(sim)),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    assert process.stdout is not None
+    assert (await asyncio.wait_for(process.stdout.readline(), 30)).startswith(b"a\t")
+    while process.returncode is None:
+        send_signal(process, signal.SIGTERM)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(process.wait(), 0.002)
+    assert process.returncode == 0
 
 
 async def test_providers_check_probes_a_model_the_entry_lists(

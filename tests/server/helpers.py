@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import resource
@@ -94,7 +95,7 @@ async def gateway(
         yield served
     finally:
         if process.returncode is None:
-            process.send_signal(signal.SIGTERM)
+            send_signal(process, signal.SIGTERM)
         if reading is not None:
             await asyncio.wait_for(reading, 30)
         else:
@@ -102,6 +103,15 @@ async def gateway(
                 (await asyncio.wait_for(process.stderr.read(), 30)).decode().splitlines()
             )
         served.code = await asyncio.wait_for(process.wait(), 30)
+
+
+def send_signal(process: asyncio.subprocess.Process, signum: int) -> None:
+    """Send ``signum`` to ``process`` unless it is gone. ``os.kill``, not
+    ``process.send_signal``: that polls first, and a poll that reaps a child which has
+    just exited, before asyncio's watcher does, makes asyncio report 255 ("Unknown child
+    process pid") whatever the child exited with."""
+    with contextlib.suppress(ProcessLookupError):  # reaped, not yet reported
+        os.kill(process.pid, signum)
 
 
 async def _read_lines(stream: asyncio.StreamReader, lines: list[str]) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import signal
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ import pytest
 import yaml
 
 from polyroute.cli import STOP_SIGNALS, ignore_stop_signals
-from tests.server.helpers import gateway
+from tests.server.helpers import gateway, send_signal
 from tests.upstreams.openai import OpenAIUpstream
 from tests.upstreams.scripted import Script
 
@@ -103,11 +102,7 @@ async def test_sigterm_repeated_until_it_exits_still_exits_0(
     async with gateway(config_for(tmp_path, openai_upstream, 0.2)) as served:
         process = served.process
         while process.returncode is None:
-            # os.kill, not process.send_signal: Popen.send_signal polls first, and a
-            # poll that reaps the child before asyncio's watcher does makes asyncio
-            # report 255 ("Unknown child process pid") whatever the child exited with.
-            with contextlib.suppress(ProcessLookupError):  # reaped, not yet reported
-                os.kill(process.pid, signal.SIGTERM)
+            send_signal(process, signal.SIGTERM)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(process.wait(), 0.002)
     assert served.code == 0
