@@ -313,13 +313,15 @@ class RequestStart:
     """A request as it starts, for an observer that watches requests live
     (:class:`RequestWatcher`): its id and labels, the operation (``chat``,
     ``embeddings``), the model as requested and its options (OpenAI's names:
-    ``temperature``, ``max_tokens``...; ``dimensions`` for embeddings)."""
+    ``temperature``, ``max_tokens``...; ``dimensions`` for embeddings), and its
+    ``time.perf_counter()`` as it started (the clock of its record's times)."""
 
     request_id: str
     labels: RequestLabels
     operation: str
     model: str
     options: Mapping[str, Any]
+    started: float
 
 
 class AttemptTarget(NamedTuple):

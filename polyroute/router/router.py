@@ -850,7 +850,7 @@ def _embedding_start(call: _EmbeddingCall, dimensions: int | None) -> RequestSta
     """An embeddings call as it starts, for the observers that watch it live."""
     model = call.model if isinstance(call.model, str) else ""
     options = {"dimensions": dimensions} if dimensions is not None else {}
-    return RequestStart(call.request_id, call.labels, "embeddings", model, options)
+    return RequestStart(call.request_id, call.labels, "embeddings", model, options, call.started)
 
 
 class _Shared(NamedTuple):

@@ -862,7 +862,7 @@ class RouterStream:
     def _start_of(self, model: str) -> Callable[[], RequestStart]:
         """The request as it starts, for the observers that watch it live."""
         return lambda: RequestStart(
-            self.request_id, self._labels, "chat", model, self._request.options
+            self.request_id, self._labels, "chat", model, self._request.options, self._started
         )
 
     def _request_record(self, error: BaseException | None) -> RequestRecord:

@@ -8,6 +8,7 @@ down never reaches a request."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -129,6 +130,29 @@ async def test_a_retry_is_two_attempt_spans_and_an_event(
     first, second = openai_upstream.requests
     assert _traceparent(first)[1] == failed.span_id
     assert _traceparent(second)[1] == served.span_id
+
+
+async def test_a_wall_clock_that_steps_does_not_move_events_out_of_their_spans(
+    receiver: OTLPReceiver,
+    tracing: Make,
+    openai_upstream: OpenAIUpstream,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The spans' times are the record's end less durations measured on one clock; an
+    # event timed on the wall clock read apart from it (an NTP step, or only a process
+    # paused between the two reads) landed outside the attempts it sits between: a
+    # retry's event 1.3 ms before its failed attempt ended, in a loaded suite run.
+    wall = time.time_ns
+    monkeypatch.setattr(time, "time_ns", lambda: wall() - 50_000_000)
+    openai_upstream.then(Script(status=503, error_body='{"error": {"message": "busy"}}'))
+    traced = tracing()
+    async with _router(traced, _entry("up", openai_upstream)) as router:
+        await _answer(router)
+    await _exported(traced)
+    request = _request(receiver)
+    failed, served = receiver.children(request)
+    (_, at, _) = request.events[0]
+    assert request.start_ns <= failed.end_ns <= at <= served.start_ns <= request.end_ns
 
 
 async def test_a_relay_is_two_attempt_spans_under_one_request_span(

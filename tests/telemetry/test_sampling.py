@@ -12,7 +12,7 @@ from polyroute.telemetry.pipeline import Pipeline
 
 
 def test_a_root_requests_sampling_is_the_sdk_samplers() -> None:
-    start = RequestStart("r", RequestLabels(), "chat", "m", {})
+    start = RequestStart("r", RequestLabels(), "chat", "m", {}, 0.0)
     for ratio in (0.0, 0.25, 0.5, 1.0):
         config = TelemetryConfig(otlp_endpoint="http://127.0.0.1:9", sample_ratio=ratio)
         pipeline = Pipeline(config)
