@@ -31,6 +31,7 @@ from typing import Any, TypeVar
 import pytest
 import yaml
 from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
@@ -262,6 +263,20 @@ def wait(driver: WebDriver, condition: Callable[[WebDriver], T], seconds: float 
     """What ``condition`` returns once it is truthy (polled every 50 ms)."""
     found: T = WebDriverWait(driver, seconds, poll_frequency=0.05).until(condition)
     return found
+
+
+def click(driver: WebDriver, selector: str) -> None:
+    """Click what ``selector`` finds, found anew when a redraw replaced it between the
+    finding and the click (a table the page redraws after an action or a refresh)."""
+
+    def clicked(d: WebDriver) -> bool:
+        try:
+            d.find_element(By.CSS_SELECTOR, selector).click()
+        except StaleElementReferenceException:
+            return False
+        return True
+
+    wait(driver, clicked)
 
 
 def text_of(driver: WebDriver, selector: str) -> str | None:

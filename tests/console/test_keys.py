@@ -15,9 +15,11 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import Select
 
+from polyroute.server.admin import DISPLAY_CHARS
 from tests.console.conftest import (
     Gateway,
     Loop,
+    click,
     console_config,
     shoot,
     sign_in,
@@ -109,10 +111,12 @@ def test_a_key_made_in_the_page_works_then_rotates_and_is_revoked(
     shoot(driver, screenshots, "keys")
 
     driver.find_element(By.ID, "new-secret-done").click()
-    driver.find_element(
-        By.CSS_SELECTOR, '#keys-table tr[data-key="made-in-page"] button.rotate'
-    ).click()
+    click(driver, '#keys-table tr[data-key="made-in-page"] button.rotate')  # past a refresh
     rotated = wait(driver, lambda d: secret_shown(d, after=secret))
+    # The page shows the new secret, then redraws the table: a button found before the
+    # redraw is gone by its click (seen under load). The redrawn row shows the new prefix.
+    prefix = rotated[:DISPLAY_CHARS]
+    wait(driver, lambda d: key_row(d, "made-in-page", "mono").startswith(prefix))
     assert gateway.chat("m", key=rotated)[0] == 200
     assert gateway.chat("m", key=secret)[0] == 401  # no grace asked: the old one is over
 
