@@ -1,6 +1,6 @@
 """``python -m benchmarks...`` as a user runs it, on a tiny workload: subprocesses, run
-side by side (most of a run is waiting out its measuring windows, so three at a time
-take about a third of the time that one after another would)."""
+side by side, and beside the rest of the suite (conftest.py starts them with the
+session)."""
 
 from __future__ import annotations
 
