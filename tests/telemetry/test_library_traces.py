@@ -102,16 +102,25 @@ async def test_a_library_call_is_an_internal_span_with_a_client_span_per_attempt
     assert _traceparent(sent) == (attempt.trace_id, attempt.span_id, "01")
 
 
-async def test_a_retry_is_two_attempt_spans_and_an_event(
-    receiver: OTLPReceiver, tracing: Make, openai_upstream: OpenAIUpstream
-) -> None:
-    openai_upstream.then(Script(status=503, error_body='{"error": {"message": "busy"}}'))
+async def _retried_once(
+    receiver: OTLPReceiver, tracing: Make, upstream: OpenAIUpstream
+) -> tuple[ReceivedSpan, ReceivedSpan, ReceivedSpan]:
+    """A request whose first attempt gets a 503 and whose retry is served, exported: its
+    span, then its failed and its served attempt's."""
+    upstream.then(Script(status=503, error_body='{"error": {"message": "busy"}}'))
     traced = tracing()
-    async with _router(traced, _entry("up", openai_upstream)) as router:
+    async with _router(traced, _entry("up", upstream)) as router:
         await _answer(router)
     await _exported(traced)
     request = _request(receiver)
     failed, served = receiver.children(request)
+    return request, failed, served
+
+
+async def test_a_retry_is_two_attempt_spans_and_an_event(
+    receiver: OTLPReceiver, tracing: Make, openai_upstream: OpenAIUpstream
+) -> None:
+    request, failed, served = await _retried_once(receiver, tracing, openai_upstream)
     assert failed.is_error
     assert not served.is_error
     assert failed.attributes["error.type"] == "UpstreamStatusError"
@@ -144,13 +153,7 @@ async def test_a_wall_clock_that_steps_does_not_move_events_out_of_their_spans(
     # retry's event 1.3 ms before its failed attempt ended, in a loaded suite run.
     wall = time.time_ns
     monkeypatch.setattr(time, "time_ns", lambda: wall() - 50_000_000)
-    openai_upstream.then(Script(status=503, error_body='{"error": {"message": "busy"}}'))
-    traced = tracing()
-    async with _router(traced, _entry("up", openai_upstream)) as router:
-        await _answer(router)
-    await _exported(traced)
-    request = _request(receiver)
-    failed, served = receiver.children(request)
+    request, failed, served = await _retried_once(receiver, tracing, openai_upstream)
     (_, at, _) = request.events[0]
     assert request.start_ns <= failed.end_ns <= at <= served.start_ns <= request.end_ns
 
