@@ -39,6 +39,18 @@ async def run_cli(
     return Result(process.returncode, out.decode(), err.decode())
 
 
+async def start_simulate(
+    config: Path, *, stderr: int = asyncio.subprocess.PIPE
+) -> asyncio.subprocess.Process:
+    """``polyroute simulate -c config`` started, its stdout (a line per upstream once all
+    listen) piped; ``stderr`` as ``asyncio.create_subprocess_exec`` takes it."""
+    return await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "polyroute", "simulate", "-c", str(config)),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=stderr,
+    )
+
+
 def simulated(name: str, models: list[str], **options: object) -> dict[str, object]:
     latency = {"first_chunk_ms": 0, "chunk_gap_ms": 0}
     return {

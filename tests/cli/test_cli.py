@@ -7,11 +7,10 @@ import contextlib
 import json
 import re
 import signal
-import sys
 from pathlib import Path
 
 from polyroute.providers import DarkAI, OpenAI
-from tests.cli.helpers import run_cli, simulated, write_config
+from tests.cli.helpers import run_cli, simulated, start_simulate, write_config
 from tests.server.helpers import send_signal
 from tests.upstreams.darkai import DarkAIUpstream
 from tests.upstreams.openai import OpenAIUpstream
@@ -176,16 +175,7 @@ async def test_simulate_serves_real_upstreams_until_interrupted(tmp_path: Path) 
         "  - {name: a, format: darkai, words: 3, latency: {first_chunk_ms: 0, chunk_gap_ms: 0}}\n"
         "  - {name: b, format: openai, words: 3, latency: {first_chunk_ms: 0, chunk_gap_ms: 0}}\n"
     )
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "polyroute",
-        "simulate",
-        "--config",
-        str(sim),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    process = await start_simulate(sim)
     assert process.stdout is not None
     lines = [
         (await asyncio.wait_for(process.stdout.readline(), 30)).decode().split() for _ in range(2)
@@ -208,11 +198,7 @@ async def test_simulate_asked_to_stop_again_and_again_still_exits_0(tmp_path: Pa
     # stopped, the default action must not come back (it killed it: exit -15).
     sim = tmp_path / "sim.yaml"
     sim.write_text("upstreams:\n  - {name: a, format: openai, words: 3}\n")
-    process = await asyncio.create_subprocess_exec(
-        *(sys.executable, "-m", "polyroute", "simulate", "--config", str(sim)),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
+    process = await start_simulate(sim, stderr=asyncio.subprocess.DEVNULL)
     assert process.stdout is not None
     assert (await asyncio.wait_for(process.stdout.readline(), 30)).startswith(b"a\t")
     while process.returncode is None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from polyroute import Router
 from polyroute.core.errors import PortInUseError
 from polyroute.simulator.profile import SimulatedUpstream
 from polyroute.simulator.server import SimulatorServer
+from tests.cli.helpers import start_simulate
 
 HI = [{"role": "user", "content": "Hi"}]
 FAST = {"first_chunk_ms": 0, "chunk_gap_ms": 0}
@@ -106,11 +106,7 @@ async def test_a_taken_port_is_a_port_in_use_error(openai_sim: SimulatorServer) 
 async def test_simulate_prints_the_url_a_config_takes(tmp_path: Path) -> None:
     sim = tmp_path / "sim.yaml"
     sim.write_text("upstreams:\n  - {name: a, format: openai}\n  - {name: d, format: darkai}\n")
-    process = await asyncio.create_subprocess_exec(
-        *(sys.executable, "-m", "polyroute", "simulate", "-c", str(sim)),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    process = await start_simulate(sim)
     assert process.stdout is not None
     assert process.stderr is not None
     try:
