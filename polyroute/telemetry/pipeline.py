@@ -113,6 +113,7 @@ class Pipeline:
         self.metrics.record(operation, record.attempts, seen)
         if trace is None:
             name = request_name(record, self.server)
+            # Nobody watched it run: no routing event to time, so no start to count from.
             trace = RequestTrace(self, record.traceparent, name, {}, 0.0, follow_current=False)
         if trace.sampled:
             events = tuple(trace.events)  # as they are now: nothing is added after the end
