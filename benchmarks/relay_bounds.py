@@ -1,0 +1,183 @@
+"""``python -m benchmarks.relay_bounds``: how close to the floor proxy a polyroute
+gateway could come at all (issue 28's targets), measured against two bounds.
+
+Rows, each a process of its own on the gateway's core, started anew every repeat
+(benchmarks/gateway.py's ``fresh_runs``), serving gateway.py's saturated answer (64
+chunks at once) at each concurrency:
+
+  direct        the load client talks to the upstream itself (for the added TTFT)
+  floor-proxy   benchmarks/floor_proxy.py: read the request, POST it, copy the bytes back
+  shell         polyroute serve doing everything it does before routing (admission,
+                the request read, decoded and validated, the key, the accounting after),
+                then relaying the upstream's bytes as the floor proxy does
+  lean          the same shell, then the least a routed relay that keeps the answer's id
+                and model can do: the attempt engine's first candidate and its claim, the
+                upstream request, each read's whole events relayed with the id and model
+                rewritten, the end checked, the success recorded; no text counted, no
+                chunk checked, no relay, no record
+  polyroute     polyroute serve from this tree
+
+``shell`` and ``lean`` are not polyroute: they run a copy of this tree's ``polyroute``
+package with ``benchmarks/relay_bounds.patch`` applied (chosen by ``POLYROUTE_BOUND``),
+which replaces the chat handler's routing with the bound's relay. They say what the
+rest of polyroute's gateway costs before any routing (``shell``) and what a dedicated
+stream path could cost at best (``lean``): issue 28's targets (CPU a stream at most 1.5x
+the floor proxy's; added TTFT p50 at c=1 within 0.1 ms of its) are out of reach of any
+design whose ``lean`` row misses them.
+
+  python -m benchmarks.relay_bounds                  # about 12 minutes
+  python -m benchmarks.relay_bounds --concurrency 50 --repeats 2
+
+Figures: per row and concurrency, medians over the repeats of the CPU a stream, the
+ratio to the floor proxy's (each repeat's pair, then the median) and the added TTFT p50
+(each repeat against direct). If the patch no longer applies (app.py changed), the run
+stops and says so: update the patch to the handler's new shape.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+from benchmarks.__main__ import machine, upstream
+from benchmarks.gateway import (
+    PEERS,
+    WIRES,
+    Target,
+    free_port,
+    fresh_runs,
+    gateway,
+    measure,
+    started,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+PATCH = Path(__file__).with_suffix(".patch")
+ROWS = ["direct", "floor-proxy", "shell", "lean", "polyroute"]
+WORKLOAD = "saturated"
+
+
+def bounded_copy(scratch: Path) -> Path:
+    """This tree's ``polyroute`` package, copied under ``scratch`` with the bounds' patch
+    applied: the directory to put first on the rows' ``sys.path``."""
+    shutil.copytree(ROOT / "polyroute", scratch / "polyroute")
+    applied = subprocess.run(
+        ["git", "apply", str(PATCH)], cwd=scratch, capture_output=True, text=True
+    )
+    if applied.returncode:
+        raise SystemExit(f"{PATCH.name} does not apply to this tree:\n{applied.stderr}")
+    return scratch
+
+
+def serve(row: str, base: str, core: int, tree: Path, stack: ExitStack) -> Target:
+    """``polyroute serve`` (one worker, on ``core``) from ``tree`` with ``row``'s bound."""
+    port = free_port()
+    root = f"http://127.0.0.1:{port}"
+    config = PEERS / f"relay-bounds-{row}-{port}.json"
+    entry = {"name": WORKLOAD, "type": "openai", "base_url": f"{base}/v1", "models": [WORKLOAD]}
+    config.write_text(json.dumps({"providers": [entry]}))
+    start = f"import sys; sys.path.insert(0, {str(tree)!r}); from polyroute.cli import main; main()"
+    command = [sys.executable, "-c", start, "serve", "-c", str(config)]
+    command += ["--port", str(port), "--workers", "1"]
+    env = {"POLYROUTE_BOUND": row if row in ("shell", "lean") else ""}
+    process = stack.enter_context(started(command, f"{root}/healthz", {core}, env))
+    return Target(row, {WORKLOAD: root + WIRES["chat"].path}, {}, process.pid, str(core))
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    available = sorted(os.sched_getaffinity(0))
+    shared, own = available[0], available[-1]  # upstream + load client | the gateway
+    PEERS.mkdir(exist_ok=True)
+    with ExitStack() as outer:
+        scratch = Path(outer.enter_context(tempfile.TemporaryDirectory(prefix="bounds-")))
+        trees = {"shell": bounded_copy(scratch), "lean": scratch, "polyroute": ROOT}
+        base = outer.enter_context(upstream(64, 0.0, shared))
+
+        def start(stack: ExitStack) -> list[Target]:
+            return [
+                serve(row, base, own, trees[row], stack)
+                if row in trees
+                else gateway(row, {WORKLOAD: base}, own, {own}, stack)
+                for row in args.rows
+            ]
+
+        def run_one(target: Target, concurrency: int) -> dict[str, Any]:
+            outcome = measure(target, WORKLOAD, concurrency, args.seconds, shared)
+            if outcome["errors"] or not outcome["streams"]:
+                raise SystemExit(f"{target.name}: {outcome['errors']} errors")
+            return outcome
+
+        results = fresh_runs(start, args.repeats, args.concurrency, run_one)
+    rows = []
+    for (name, concurrency), runs in results.items():
+        floor = results.get(("floor-proxy", concurrency))
+        direct = results.get(("direct", concurrency))
+        cpu = [r["cpu_ms_per_stream"] for r in runs]
+        row: dict[str, Any] = {
+            "row": name,
+            "concurrency": concurrency,
+            "streams_per_s": statistics.median(r["streams_per_s"] for r in runs),
+            "cpu_ms_per_stream": statistics.median(cpu) if None not in cpu else None,
+            "vs_floor": None,
+            "added_ttft_p50_ms": None,
+        }
+        if floor and None not in cpu:
+            pairs = zip(cpu, (f["cpu_ms_per_stream"] for f in floor), strict=True)
+            row["vs_floor"] = statistics.median(mine / theirs for mine, theirs in pairs)
+        if direct and name != "direct":
+            added = zip(runs, direct, strict=True)
+            row["added_ttft_p50_ms"] = statistics.median(
+                mine["ttft_p50_ms"] - theirs["ttft_p50_ms"] for mine, theirs in added
+            )
+        rows.append(row)
+    rows.sort(key=lambda r: (r["concurrency"], args.rows.index(r["row"])))
+    settings = {"seconds": args.seconds, "repeats": args.repeats, "chunks": 64}
+    return {"machine": machine(), "settings": settings, "rows": rows}
+
+
+def cell(value: float | None, fmt: str) -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def print_rows(rows: list[dict[str, Any]]) -> None:
+    print("| conc | row | streams/s | CPU ms/stream | vs floor | +TTFT p50 ms |")
+    print("|---:|---|---:|---:|---:|---:|")
+    for r in rows:
+        print(
+            f"| {r['concurrency']} | {r['row']} | {r['streams_per_s']:,.0f} | "
+            f"{cell(r['cpu_ms_per_stream'], '.3f')} | {cell(r['vs_floor'], '.2f')}x | "
+            f"{cell(r['added_ttft_p50_ms'], '.2f')} |"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--concurrency", default="1,50,200")
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--repeats", type=int, default=6)
+    parser.add_argument("--rows", default=",".join(ROWS))
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/relay-bounds-results.json"))
+    args = parser.parse_args()
+    args.concurrency = [int(c) for c in args.concurrency.split(",")]
+    args.rows = args.rows.split(",")
+    if unknown := set(args.rows) - set(ROWS):
+        raise SystemExit(f"--rows: unknown {sorted(unknown)}; of {', '.join(ROWS)}")
+    outcome = run(args)
+    print_rows(outcome["rows"])
+    args.out.write_text(json.dumps(outcome, indent=2))
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
