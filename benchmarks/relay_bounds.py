@@ -53,6 +53,7 @@ from benchmarks.gateway import (
     PEERS,
     WIRES,
     Target,
+    cell,
     free_port,
     fresh_runs,
     gateway,
@@ -99,7 +100,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     PEERS.mkdir(exist_ok=True)
     with ExitStack() as outer:
         scratch = Path(outer.enter_context(tempfile.TemporaryDirectory(prefix="bounds-")))
-        trees = {"shell": bounded_copy(scratch), "lean": scratch, "polyroute": ROOT}
+        bounded = bounded_copy(scratch)  # both bounds: the row picks one (POLYROUTE_BOUND)
+        trees = {"shell": bounded, "lean": bounded, "polyroute": ROOT}
         base = outer.enter_context(upstream(64, 0.0, shared))
 
         def start(stack: ExitStack) -> list[Target]:
@@ -144,17 +146,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return {"machine": machine(), "settings": settings, "rows": rows}
 
 
-def cell(value: float | None, fmt: str) -> str:
-    return "-" if value is None else format(value, fmt)
-
-
 def print_rows(rows: list[dict[str, Any]]) -> None:
     print("| conc | row | streams/s | CPU ms/stream | vs floor | +TTFT p50 ms |")
     print("|---:|---|---:|---:|---:|---:|")
     for r in rows:
+        ratio = "-" if r["vs_floor"] is None else f"{r['vs_floor']:.2f}x"
         print(
             f"| {r['concurrency']} | {r['row']} | {r['streams_per_s']:,.0f} | "
-            f"{cell(r['cpu_ms_per_stream'], '.3f')} | {cell(r['vs_floor'], '.2f')}x | "
+            f"{cell(r['cpu_ms_per_stream'], '.3f')} | {ratio} | "
             f"{cell(r['added_ttft_p50_ms'], '.2f')} |"
         )
 
