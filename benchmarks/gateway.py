@@ -503,6 +503,12 @@ def median_ratio(runs: list[dict[str, Any]], base: list[dict[str, Any]], key: st
     return statistics.median(found) if found else None
 
 
+def median_added(runs: list[dict[str, Any]], base: list[dict[str, Any]], key: str) -> float | None:
+    """The median over repeats of ``runs``' ``key`` less ``base``'s in the same repeat."""
+    found = [r[key] - b[key] for r, b in zip(runs, base, strict=True) if r[key] and b[key]]
+    return statistics.median(found) if found else None
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     available = sorted(os.sched_getaffinity(0))
     shared, own = available[0], available[-1]  # upstreams + client | the gateway
@@ -556,12 +562,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         }
         if direct:  # added TTFT: per repeat against direct, then the median
             for p in ("p50", "p99"):
-                added = [
-                    r[f"ttft_{p}_ms"] - d[f"ttft_{p}_ms"]
-                    for r, d in zip(runs, direct, strict=True)
-                    if r[f"ttft_{p}_ms"] and d[f"ttft_{p}_ms"]
-                ]
-                row[f"added_ttft_{p}_ms"] = statistics.median(added) if added else None
+                row[f"added_ttft_{p}_ms"] = median_added(runs, direct, f"ttft_{p}_ms")
         if chat and name in SERVED and dialects[name] != "chat":
             row |= against_chat(runs, chat)
         rows.append(row)
@@ -664,17 +665,23 @@ def serve_polyroute(
     *,
     port: int | None = None,
     env: dict[str, str] | None = None,
+    tree: Path | None = None,
 ) -> Target:
     """``polyroute serve`` with ``config`` (one worker, on ``core``, stopped with
     ``stack``): the target of row ``name``, its chat URL asked for ``workload``. Give
     ``port`` when the config names it (a file per gateway); set the target's ``headers``
-    after, when they come from the running gateway (a key made by its admin API)."""
+    after, when they come from the running gateway (a key made by its admin API).
+    ``tree``: a directory holding another copy of the ``polyroute`` package to run
+    (benchmarks/relay_bounds.py's patched one), rather than this checkout's."""
     port = port or free_port()
     root = f"http://127.0.0.1:{port}"
     path = PEERS / f"polyroute-{name}-{port}.json"
     path.write_text(json.dumps(config))
-    command = [sys.executable, "-m", "polyroute", "serve", "-c", str(path)]
-    command += ["--port", str(port), "--workers", "1"]
+    command = [sys.executable, "-m", "polyroute"]
+    if tree is not None:
+        start = f"import sys; sys.path.insert(0, {str(tree)!r})"
+        command = [sys.executable, "-c", start + "; from polyroute.cli import main; main()"]
+    command += ["serve", "-c", str(path), "--port", str(port), "--workers", "1"]
     process = stack.enter_context(started(command, f"{root}/healthz", {core}, env=env))
     return Target(name, {workload: root + WIRES["chat"].path}, {}, process.pid, str(core))
 

@@ -40,9 +40,7 @@ import argparse
 import json
 import os
 import shutil
-import statistics
 import subprocess
-import sys
 import tempfile
 from contextlib import ExitStack
 from pathlib import Path
@@ -51,14 +49,14 @@ from typing import Any
 from benchmarks.__main__ import machine, upstream
 from benchmarks.gateway import (
     PEERS,
-    WIRES,
     Target,
     cell,
-    free_port,
-    fresh_runs,
+    focused_fresh_runs,
     gateway,
-    measure,
-    started,
+    median,
+    median_added,
+    median_ratio,
+    serve_polyroute,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -79,19 +77,13 @@ def bounded_copy(scratch: Path) -> Path:
     return scratch
 
 
-def serve(row: str, base: str, core: int, tree: Path, stack: ExitStack) -> Target:
-    """``polyroute serve`` (one worker, on ``core``) from ``tree`` with ``row``'s bound."""
-    port = free_port()
-    root = f"http://127.0.0.1:{port}"
-    config = PEERS / f"relay-bounds-{row}-{port}.json"
+def serve(row: str, base: str, core: int, tree: Path | None, stack: ExitStack) -> Target:
+    """``polyroute serve`` (one worker, on ``core``) with ``row``'s bound, from ``tree``
+    (the bounds' patched copy; ``None``: this checkout)."""
     entry = {"name": WORKLOAD, "type": "openai", "base_url": f"{base}/v1", "models": [WORKLOAD]}
-    config.write_text(json.dumps({"providers": [entry]}))
-    start = f"import sys; sys.path.insert(0, {str(tree)!r}); from polyroute.cli import main; main()"
-    command = [sys.executable, "-c", start, "serve", "-c", str(config)]
-    command += ["--port", str(port), "--workers", "1"]
     env = {"POLYROUTE_BOUND": row if row in ("shell", "lean") else ""}
-    process = stack.enter_context(started(command, f"{root}/healthz", {core}, env))
-    return Target(row, {WORKLOAD: root + WIRES["chat"].path}, {}, process.pid, str(core))
+    config = {"providers": [entry]}
+    return serve_polyroute(row, config, WORKLOAD, core, stack, env=env, tree=tree)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -101,7 +93,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     with ExitStack() as outer:
         scratch = Path(outer.enter_context(tempfile.TemporaryDirectory(prefix="bounds-")))
         bounded = bounded_copy(scratch)  # both bounds: the row picks one (POLYROUTE_BOUND)
-        trees = {"shell": bounded, "lean": bounded, "polyroute": ROOT}
+        trees = {"shell": bounded, "lean": bounded, "polyroute": None}
         base = outer.enter_context(upstream(64, 0.0, shared))
 
         def start(stack: ExitStack) -> list[Target]:
@@ -112,34 +104,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 for row in args.rows
             ]
 
-        def run_one(target: Target, concurrency: int) -> dict[str, Any]:
-            outcome = measure(target, WORKLOAD, concurrency, args.seconds, shared)
-            if outcome["errors"] or not outcome["streams"]:
-                raise SystemExit(f"{target.name}: {outcome['errors']} errors")
-            return outcome
-
-        results = fresh_runs(start, args.repeats, args.concurrency, run_one)
+        results = focused_fresh_runs(start, args, WORKLOAD, shared)
     rows = []
     for (name, concurrency), runs in results.items():
-        floor = results.get(("floor-proxy", concurrency))
-        direct = results.get(("direct", concurrency))
-        cpu = [r["cpu_ms_per_stream"] for r in runs]
+        floor = results.get(("floor-proxy", concurrency), [])
+        direct = results.get(("direct", concurrency), [])
         row: dict[str, Any] = {
             "row": name,
             "concurrency": concurrency,
-            "streams_per_s": statistics.median(r["streams_per_s"] for r in runs),
-            "cpu_ms_per_stream": statistics.median(cpu) if None not in cpu else None,
-            "vs_floor": None,
+            "streams_per_s": median(runs, "streams_per_s"),
+            "cpu_ms_per_stream": median(runs, "cpu_ms_per_stream"),
+            "vs_floor": median_ratio(runs, floor, "cpu_ms_per_stream") if floor else None,
             "added_ttft_p50_ms": None,
         }
-        if floor and None not in cpu:
-            pairs = zip(cpu, (f["cpu_ms_per_stream"] for f in floor), strict=True)
-            row["vs_floor"] = statistics.median(mine / theirs for mine, theirs in pairs)
         if direct and name != "direct":
-            added = zip(runs, direct, strict=True)
-            row["added_ttft_p50_ms"] = statistics.median(
-                mine["ttft_p50_ms"] - theirs["ttft_p50_ms"] for mine, theirs in added
-            )
+            row["added_ttft_p50_ms"] = median_added(runs, direct, "ttft_p50_ms")
         rows.append(row)
     rows.sort(key=lambda r: (r["concurrency"], args.rows.index(r["row"])))
     settings = {"seconds": args.seconds, "repeats": args.repeats, "chunks": 64}
