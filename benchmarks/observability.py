@@ -96,24 +96,37 @@ def stats(root: str) -> dict[str, int]:
     return counted
 
 
-def served(name: str, base: str, core: int, collector: str, stack: ExitStack) -> Target:
+def served(
+    name: str,
+    base: str,
+    core: int,
+    collector: str,
+    stack: ExitStack,
+    *,
+    like: str | None = None,
+    tree: Path | None = None,
+    env: dict[str, str] | None = None,
+) -> Target:
     """polyroute serve; ``observed`` with a SQLite store (the request log on) and
-    tracing every request to ``collector``."""
+    tracing every request to ``collector``. ``like``: the row whose config to serve
+    (``name``'s by default); ``tree`` and ``env``: another copy of the package to run
+    (benchmarks/observability_bounds.py's) and what to add to its environment."""
+    like = like or name
     port = free_port()
     entry = {"name": WORKLOAD, "type": "openai", "base_url": f"{base}/v1", "models": [WORKLOAD]}
     keys = [{"name": "bench", "key_env": "BENCH_KEY"}]
     config: dict[str, Any] = {"providers": [entry], "gateway": {"keys": keys}}
-    if name in ("stored", "logged", "observed"):
+    if like in ("stored", "logged", "observed"):
         config["store"] = {"backend": "sqlite", "path": str(database(port))}
-        config["logs"] = {"enabled": name != "stored"}
-    if name in ("traced", "observed"):
+        config["logs"] = {"enabled": like != "stored"}
+    if like in ("traced", "observed"):
         config["telemetry"] = {
             "otlp_endpoint": collector,
             "service_name": f"bench-{name}",
             "sample_ratio": 1.0,
         }
-    env = {"BENCH_KEY": KEY}
-    target = serve_polyroute(name, config, WORKLOAD, core, stack, port=port, env=env)
+    env = {"BENCH_KEY": KEY, **(env or {})}
+    target = serve_polyroute(name, config, WORKLOAD, core, stack, port=port, env=env, tree=tree)
     target.headers = {WORKLOAD: {"Authorization": f"Bearer {KEY}"}}
     return target
 

@@ -65,15 +65,15 @@ ROWS = ["direct", "floor-proxy", "shell", "lean", "polyroute"]
 WORKLOAD = "saturated"
 
 
-def bounded_copy(scratch: Path) -> Path:
-    """This tree's ``polyroute`` package, copied under ``scratch`` with the bounds' patch
-    applied: the directory to put first on the rows' ``sys.path``."""
+def bounded_copy(scratch: Path, patch: Path = PATCH) -> Path:
+    """This tree's ``polyroute`` package, copied under ``scratch`` with ``patch`` (the
+    bounds' patch) applied: the directory to put first on the rows' ``sys.path``."""
     shutil.copytree(ROOT / "polyroute", scratch / "polyroute")
     applied = subprocess.run(
-        ["git", "apply", str(PATCH)], cwd=scratch, capture_output=True, text=True
+        ["git", "apply", str(patch)], cwd=scratch, capture_output=True, text=True
     )
     if applied.returncode:
-        raise SystemExit(f"{PATCH.name} does not apply to this tree:\n{applied.stderr}")
+        raise SystemExit(f"{patch.name} does not apply to this tree:\n{applied.stderr}")
     return scratch
 
 

@@ -1,0 +1,154 @@
+"""``python -m benchmarks.observability_bounds``: how close to the plain gateway any
+request log and tracing could come (issue 26's target), against a bound.
+
+Rows, each polyroute serve (1 worker) on the gateway's core, started anew every repeat,
+serving benchmarks/observability.py's load (the saturated answer, 64 chunks at once)
+with its configs:
+
+  polyroute  the plain gateway: no store, no tracing
+  stored     a SQLite store, the request log off (the spend ledger's row a request)
+  floor      observed's config, and a request does only the log's and tracing's writes:
+             the first request's row (as the store takes it, with this request's id
+             and time) queued to the log's writer and written to SQLite in its batches,
+             and the first request's two spans, encoded once, queued to the span
+             processor and exported over OTLP/HTTP; no watch, no ``traceparent``, no
+             record, no row or span built, no GenAI metric
+  observed   the request log on and tracing on (sample ratio 1.0), from this tree
+
+``floor`` is not polyroute: it runs a copy of this tree's ``polyroute`` package with
+``benchmarks/observability_bounds.patch`` applied (chosen by
+``POLYROUTE_OBSERVE_FLOOR``). Whatever a design builds, it still writes a row and
+exports two spans a request, so issue 26's target (at c=50, at least 0.9x the plain
+gateway's streams/s and at most 1.15x its CPU a stream) is out of reach of any design of
+the log and tracing on this stack if ``floor`` misses it or leaves no room for the
+building.
+
+  python -m benchmarks.observability_bounds                  # about 10 minutes
+  python -m benchmarks.observability_bounds --repeats 2 --seconds 2   # a smoke run
+
+Figures: per row, medians over the repeats of streams/s and CPU a stream, and the ratio
+to the plain gateway's (each repeat's pair, then the median) with its quartiles. If the
+patch no longer applies, the run stops and says so: update the patch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sqlite3
+import statistics
+import tempfile
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+from benchmarks.__main__ import machine, upstream
+from benchmarks.gateway import PEERS, Target, cell, focused_fresh_runs, median, median_ratio
+from benchmarks.observability import TARGET, WORKLOAD, database, port_of, receiver, served, stats
+from benchmarks.relay_bounds import bounded_copy
+
+PATCH = Path(__file__).with_suffix(".patch")
+ROWS = ["polyroute", "stored", "floor", "observed"]
+
+
+def quartiles(runs: list[dict[str, Any]], base: list[dict[str, Any]], key: str) -> list[float]:
+    """The per-repeat ratios' first and third quartiles."""
+    ratios = [run[key] / other[key] for run, other in zip(runs, base, strict=True)]
+    if len(ratios) < 2:
+        return ratios * 2
+    low, _, high = statistics.quantiles(ratios, n=4)
+    return [low, high]
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    available = sorted(os.sched_getaffinity(0))
+    shared, own = available[0], available[-1]  # upstream + client + receiver | the gateway
+    PEERS.mkdir(exist_ok=True)
+    with ExitStack() as outer:
+        scratch = Path(outer.enter_context(tempfile.TemporaryDirectory(prefix="bounds-")))
+        bounded = bounded_copy(scratch, PATCH)
+        base = outer.enter_context(upstream(64, 0.0, shared))
+        collector = outer.enter_context(receiver(shared))
+        floors: list[Path] = []  # every floor gateway's log
+
+        def one(row: str, stack: ExitStack) -> Target:
+            if row != "floor":
+                return served(row, base, own, collector, stack)
+            env = {"POLYROUTE_OBSERVE_FLOOR": "1"}
+            target = served(
+                row, base, own, collector, stack, like="observed", tree=bounded, env=env
+            )
+            floors.append(database(port_of(target)))
+            return target
+
+        def start(stack: ExitStack) -> list[Target]:
+            return [one(row, stack) for row in args.rows]
+
+        results = focused_fresh_runs(start, args, WORKLOAD, shared)
+        # The gateways have stopped (their exporters flushed): proof that floor wrote.
+        exported = stats(collector)
+    written = {"rows": 0, "spans": exported.get("spans bench-floor", 0)}
+    for path in floors:
+        with sqlite3.connect(path) as db:
+            written["rows"] += db.execute("SELECT count(*) FROM request_log").fetchone()[0]
+    rows = []
+    for (name, concurrency), runs in results.items():
+        plain = results[("polyroute", concurrency)]
+        rows.append(
+            {
+                "row": name,
+                "concurrency": concurrency,
+                "streams_per_s": median(runs, "streams_per_s"),
+                "cpu_ms_per_stream": median(runs, "cpu_ms_per_stream"),
+                "vs_plain_streams": median_ratio(runs, plain, "streams_per_s"),
+                "vs_plain_cpu": median_ratio(runs, plain, "cpu_ms_per_stream"),
+                "vs_plain_cpu_quartiles": quartiles(runs, plain, "cpu_ms_per_stream"),
+                "runs": runs,
+            }
+        )
+    rows.sort(key=lambda r: (r["concurrency"], args.rows.index(r["row"])))
+    settings = {"seconds": args.seconds, "repeats": args.repeats, "chunks": 64}
+    return {"machine": machine(), "settings": settings, "rows": rows, "floor_wrote": written}
+
+
+def print_rows(rows: list[dict[str, Any]], wrote: dict[str, int]) -> None:
+    print("| conc | row | streams/s | vs plain | CPU ms/stream | vs plain (quartiles) |")
+    print("|---:|---|---:|---:|---:|---:|")
+    for r in rows:
+        low, high = r["vs_plain_cpu_quartiles"]
+        print(
+            f"| {r['concurrency']} | {r['row']} | {r['streams_per_s']:,.0f} | "
+            f"{cell(r['vs_plain_streams'], '.2f')}x | {cell(r['cpu_ms_per_stream'], '.3f')} | "
+            f"{cell(r['vs_plain_cpu'], '.2f')}x ({low:.2f}-{high:.2f}) |"
+        )
+    print(
+        f"\ntarget at c=50: >= {TARGET[0]}x the plain gateway's streams/s, <= {TARGET[1]}x its CPU"
+    )
+    print(f"floor wrote {wrote['rows']} rows and exported {wrote['spans']} spans")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--concurrency", default="50")
+    parser.add_argument("--seconds", type=float, default=6.0)
+    parser.add_argument("--repeats", type=int, default=12)
+    parser.add_argument("--rows", default=",".join(ROWS))
+    parser.add_argument(
+        "--out", type=Path, default=Path("benchmarks/observability-bounds-results.json")
+    )
+    args = parser.parse_args()
+    args.concurrency = [int(c) for c in args.concurrency.split(",")]
+    args.rows = args.rows.split(",")
+    if "polyroute" not in args.rows or set(args.rows) - set(ROWS):
+        raise SystemExit(f"--rows: polyroute and any of {', '.join(ROWS[1:])}")
+    outcome = run(args)
+    print_rows(outcome["rows"], outcome["floor_wrote"])
+    args.out.write_text(json.dumps(outcome, indent=2))
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
