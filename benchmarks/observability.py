@@ -117,7 +117,10 @@ def served(
     keys = [{"name": "bench", "key_env": "BENCH_KEY"}]
     config: dict[str, Any] = {"providers": [entry], "gateway": {"keys": keys}}
     if like in ("stored", "logged", "observed"):
-        config["store"] = {"backend": "sqlite", "path": str(database(port))}
+        path = database(port)
+        for stale in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+            stale.unlink(missing_ok=True)  # an earlier run's, on a port used again
+        config["store"] = {"backend": "sqlite", "path": str(path)}
         config["logs"] = {"enabled": like != "stored"}
     if like in ("traced", "observed"):
         config["telemetry"] = {
@@ -222,7 +225,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             lag = lag_run(observed, max(args.concurrency), args.seconds, shared)
         # The gateways have stopped (their exporters flushed): what reached the receiver.
         logged = 0
-        for path in logs:
+        for path in set(logs):  # a port used again is one file
             with sqlite3.connect(path) as db:
                 logged += db.execute("SELECT count(*) FROM request_log").fetchone()[0]
         exported = {**stats(collector), "logged_requests": logged}
