@@ -497,9 +497,14 @@ def median(runs: list[dict[str, Any]], key: str) -> float | None:
     return statistics.median(values) if values else None
 
 
+def ratios(runs: list[dict[str, Any]], base: list[dict[str, Any]], key: str) -> list[float]:
+    """Per repeat, ``runs``' ``key`` over ``base``'s (a repeat where either has none: left out)."""
+    return [r[key] / b[key] for r, b in zip(runs, base, strict=True) if r[key] and b[key]]
+
+
 def median_ratio(runs: list[dict[str, Any]], base: list[dict[str, Any]], key: str) -> float | None:
     """The median over repeats of ``runs``' ``key`` over ``base``'s in the same repeat."""
-    found = [r[key] / b[key] for r, b in zip(runs, base, strict=True) if r[key] and b[key]]
+    found = ratios(runs, base, key)
     return statistics.median(found) if found else None
 
 
@@ -794,20 +799,33 @@ def focused_main(
     concurrency: list[int],
     run: Callable[[argparse.Namespace], dict[str, Any]],
     show: Callable[[list[dict[str, Any]]], None],
+    *,
+    seconds: float = 5.0,
+    repeats: int = 3,
+    rows: list[str] | None = None,
+    required: tuple[str, ...] = (),
 ) -> None:
     """The command line of a focused run (benchmarks.embeddings, benchmarks.cache...):
-    ``--concurrency``, ``--seconds``, ``--repeats``, ``--quick``, ``--out`` (``results``);
-    runs, shows the rows and writes the JSON."""
+    ``--concurrency``, ``--seconds``, ``--repeats``, ``--quick``, ``--out`` (``results``),
+    and with ``rows`` ``--rows``: some of them, ``required`` among them; runs, shows the
+    rows and writes the JSON."""
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--concurrency", default=",".join(map(str, concurrency)))
-    parser.add_argument("--seconds", type=float, default=5.0)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=seconds)
+    parser.add_argument("--repeats", type=int, default=repeats)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out", type=Path, default=Path(results))
+    if rows is not None:
+        parser.add_argument("--rows", default=",".join(rows), help=f"of {', '.join(rows)}")
     if "--quick" in sys.argv:  # smaller defaults; options given explicitly still win
         parser.set_defaults(seconds=1.0, repeats=1)
     args = parser.parse_args()
     args.concurrency = [int(c) for c in args.concurrency.split(",")]
+    if rows is not None:
+        args.rows = args.rows.split(",")
+        if set(args.rows) - set(rows) or set(required) - set(args.rows):
+            needed = f" (with {', '.join(required)})" if required else ""
+            parser.error(f"--rows: some of {', '.join(rows)}{needed}")
     outcome = run(args)
     show(outcome["rows"])
     args.out.write_text(json.dumps(outcome, indent=2))

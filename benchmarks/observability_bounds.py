@@ -34,7 +34,6 @@ patch no longer applies, the run stops and says so: update the patch.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sqlite3
 import statistics
@@ -44,7 +43,16 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.__main__ import machine, upstream
-from benchmarks.gateway import PEERS, Target, cell, focused_fresh_runs, median, median_ratio
+from benchmarks.gateway import (
+    PEERS,
+    Target,
+    cell,
+    focused_fresh_runs,
+    focused_main,
+    median,
+    median_ratio,
+    ratios,
+)
 from benchmarks.observability import TARGET, WORKLOAD, database, port_of, receiver, served, stats
 from benchmarks.relay_bounds import bounded_copy
 
@@ -53,11 +61,11 @@ ROWS = ["polyroute", "stored", "floor", "observed"]
 
 
 def quartiles(runs: list[dict[str, Any]], base: list[dict[str, Any]], key: str) -> list[float]:
-    """The per-repeat ratios' first and third quartiles."""
-    ratios = [run[key] / other[key] for run, other in zip(runs, base, strict=True)]
-    if len(ratios) < 2:
-        return ratios * 2
-    low, _, high = statistics.quantiles(ratios, n=4)
+    """The per-repeat ratios' (gateway.py's ``ratios``) first and third quartiles."""
+    found = ratios(runs, base, key)
+    if len(found) < 2:
+        return found * 2
+    low, _, high = statistics.quantiles(found, n=4)
     return [low, high]
 
 
@@ -107,12 +115,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "runs": runs,
             }
         )
+        if name == "floor":
+            rows[-1]["wrote"] = written
     rows.sort(key=lambda r: (r["concurrency"], args.rows.index(r["row"])))
     settings = {"seconds": args.seconds, "repeats": args.repeats, "chunks": 64}
-    return {"machine": machine(), "settings": settings, "rows": rows, "floor_wrote": written}
+    return {"machine": machine(), "settings": settings, "rows": rows}
 
 
-def print_rows(rows: list[dict[str, Any]], wrote: dict[str, int]) -> None:
+def print_rows(rows: list[dict[str, Any]]) -> None:
     print("| conc | row | streams/s | vs plain | CPU ms/stream | vs plain (quartiles) |")
     print("|---:|---|---:|---:|---:|---:|")
     for r in rows:
@@ -125,29 +135,16 @@ def print_rows(rows: list[dict[str, Any]], wrote: dict[str, int]) -> None:
     print(
         f"\ntarget at c=50: >= {TARGET[0]}x the plain gateway's streams/s, <= {TARGET[1]}x its CPU"
     )
-    print(f"floor wrote {wrote['rows']} rows and exported {wrote['spans']} spans")
+    for wrote in (r["wrote"] for r in rows if "wrote" in r):
+        print(f"floor wrote {wrote['rows']} rows and exported {wrote['spans']} spans")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--concurrency", default="50")
-    parser.add_argument("--seconds", type=float, default=6.0)
-    parser.add_argument("--repeats", type=int, default=12)
-    parser.add_argument("--rows", default=",".join(ROWS))
-    parser.add_argument(
-        "--out", type=Path, default=Path("benchmarks/observability-bounds-results.json")
-    )
-    args = parser.parse_args()
-    args.concurrency = [int(c) for c in args.concurrency.split(",")]
-    args.rows = args.rows.split(",")
-    if "polyroute" not in args.rows or set(args.rows) - set(ROWS):
-        raise SystemExit(f"--rows: polyroute and any of {', '.join(ROWS[1:])}")
-    outcome = run(args)
-    print_rows(outcome["rows"], outcome["floor_wrote"])
-    args.out.write_text(json.dumps(outcome, indent=2))
-    print(f"\nwrote {args.out}")
+    results = "benchmarks/observability-bounds-results.json"
+    focused_main(
+        __doc__, results, [50], run, print_rows, seconds=6.0, repeats=12, rows=ROWS,
+        required=("polyroute",),
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

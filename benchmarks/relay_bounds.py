@@ -37,7 +37,6 @@ stops and says so: update the patch to the handler's new shape.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
@@ -52,6 +51,7 @@ from benchmarks.gateway import (
     Target,
     cell,
     focused_fresh_runs,
+    focused_main,
     gateway,
     median,
     median_added,
@@ -138,23 +138,8 @@ def print_rows(rows: list[dict[str, Any]]) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--concurrency", default="1,50,200")
-    parser.add_argument("--seconds", type=float, default=5.0)
-    parser.add_argument("--repeats", type=int, default=6)
-    parser.add_argument("--rows", default=",".join(ROWS))
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/relay-bounds-results.json"))
-    args = parser.parse_args()
-    args.concurrency = [int(c) for c in args.concurrency.split(",")]
-    args.rows = args.rows.split(",")
-    if unknown := set(args.rows) - set(ROWS):
-        raise SystemExit(f"--rows: unknown {sorted(unknown)}; of {', '.join(ROWS)}")
-    outcome = run(args)
-    print_rows(outcome["rows"])
-    args.out.write_text(json.dumps(outcome, indent=2))
-    print(f"\nwrote {args.out}")
+    results = "benchmarks/relay-bounds-results.json"
+    focused_main(__doc__, results, [1, 50, 200], run, print_rows, repeats=6, rows=ROWS)
 
 
 if __name__ == "__main__":
